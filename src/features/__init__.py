@@ -1,0 +1,1 @@
+"""Collect, clean, stitch and featurise events: the event lake and everything read from it."""

@@ -1,0 +1,530 @@
+"""Ingestion: schema check → PII pseudonymisation → consent gate → dedupe → clean → lake.
+
+Adapters (:mod:`bespoke.features.sources`) turn a source into a :class:`SourceBatch` of
+typed frames; :func:`ingest` does the rest in one run. Structural problems (a missing
+column, a value of the wrong type, an unreadable file) raise :class:`IngestError` naming
+the file, column and row before anything is written. Row-level anomalies go to
+quarantine. Event ids are content hashes, so ingesting the same source again adds
+nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pandera.pandas as pandera
+import pyarrow as pa
+import pyarrow.compute as pc
+from pandera.engines import pandas_engine
+
+from bespoke.features import clean, geo, privacy
+from bespoke.features.lake import Lake
+from bespoke.features.schema import (
+    EVENT_SCHEMA,
+    ITEM_SCHEMA,
+    PERSONALIZATION,
+    QUARANTINE_SCHEMA,
+    USER_SCHEMA,
+    Channel,
+    ConsentPurpose,
+    check_dataset_name,
+)
+
+#: ``callback(stage, done, total)``: the single progress hook of long work.
+Callback = Callable[[str, int, int], None]
+
+
+class IngestError(ValueError):
+    """Bad input. Raised before anything is written: the lake is unchanged."""
+
+
+# --- reading and type checks -----------------------------------------------------------
+
+ROW = "_row"  # 1-based line number in the source file, for messages and quarantine
+SOURCE = "_source"  # the source file's name
+
+
+def read_delimited(
+    path: str | Path,
+    *,
+    sep: str,
+    names: Sequence[str] | None = None,
+    encoding: str = "utf-8",
+    header_lines: int | None = None,
+) -> pd.DataFrame:
+    """A delimited text file as strings, with its line numbers in ``_row``.
+
+    ``names`` given: the file has ``header_lines`` (default 0) lines before the data.
+    ``names`` absent: the first line is the header.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise IngestError(f"{path}: no such file")
+    skip = header_lines if header_lines is not None else (0 if names else 1)
+    try:
+        frame = pd.read_csv(
+            path,
+            sep=sep,
+            names=list(names) if names else None,
+            header=None if names else 0,
+            skiprows=skip if names else None,
+            dtype=str,
+            keep_default_na=False,
+            na_values=[""],
+            encoding=encoding,
+            engine="python" if len(sep) > 1 and sep != r"\s+" else "c",
+            skipinitialspace=True,
+        )
+    except UnicodeDecodeError as error:
+        raise IngestError(f"{path}: not valid {encoding} text ({error.reason} at byte {error.start})") from error
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as error:
+        raise IngestError(f"{path}: unreadable as a {sep!r}-separated table: {error}") from error
+    if names is None:
+        frame.columns = [str(c).strip() for c in frame.columns]
+    frame[ROW] = np.arange(len(frame), dtype=np.int64) + skip + 1
+    frame[SOURCE] = path.name
+    return frame
+
+
+def read_table_file(path: str | Path) -> pd.DataFrame:
+    """A CSV/TSV (header line) or Parquet file as strings, with ``_row`` and ``_source``."""
+    path = Path(path)
+    if not path.is_file():
+        raise IngestError(f"{path}: no such file")
+    if path.suffix.lower() in {".parquet", ".pq"}:
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as error:  # pyarrow raises several types for a bad file
+            raise IngestError(f"{path}: unreadable as Parquet: {error}") from error
+        frame = frame.astype({c: "string" for c in frame.columns if frame[c].dtype == object})
+        frame[ROW] = np.arange(len(frame), dtype=np.int64) + 1
+        frame[SOURCE] = path.name
+        return frame
+    sep = "\t" if path.suffix.lower() in {".tsv", ".tab"} else ","
+    return read_delimited(path, sep=sep)
+
+
+def require_columns(frame: pd.DataFrame, required: Sequence[str], source: str) -> None:
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        present = [c for c in frame.columns if not c.startswith("_")]
+        raise IngestError(f"{source}: missing column(s) {missing}; the file has {present}")
+
+
+def unix_seconds() -> pandas_engine.DateTime:
+    return pandas_engine.DateTime(to_datetime_kwargs={"unit": "s"}, tz="UTC")
+
+
+def date_format(fmt: str) -> pandas_engine.DateTime:
+    return pandas_engine.DateTime(to_datetime_kwargs={"format": fmt}, tz="UTC")
+
+
+def iso_datetime() -> pandas_engine.DateTime:
+    return pandas_engine.DateTime(to_datetime_kwargs={"format": "ISO8601", "utc": True}, tz="UTC")
+
+
+def coerce(frame: pd.DataFrame, types: Mapping[str, Any], source: str) -> pd.DataFrame:
+    """Cast columns to ``types`` with pandera; any value that does not fit raises
+    :class:`IngestError` naming the file, line and column of the first few."""
+    present = {c: t for c, t in types.items() if c in frame.columns}
+    unix = {c for c, t in present.items() if isinstance(t, pandas_engine.DateTime) and t.to_datetime_kwargs.get("unit")}
+    if unix:  # epoch numbers arrive as text: numbers first, then instants
+        frame = coerce(frame, {c: "Int64" for c in unix}, source)
+    schema = pandera.DataFrameSchema(
+        {c: pandera.Column(t, coerce=True, nullable=True) for c, t in present.items()}
+    )
+    try:
+        return schema.validate(frame, lazy=True)
+    except pandera.errors.SchemaErrors as errors:
+        cases = errors.failure_cases.drop_duplicates(["column", "index"]).head(5)
+        found = []
+        for case in cases.itertuples():
+            row = frame.loc[case.index, ROW] if ROW in frame and case.index in frame.index else case.index
+            found.append(f"line {row}, column {case.column!r}: {case.failure_case!r} is not {_describe(types[case.column])}")
+        total = errors.failure_cases.drop_duplicates(["column", "index"]).shape[0]
+        more = f" (and {total - len(found)} more)" if total > len(found) else ""
+        raise IngestError(f"{source}: " + "; ".join(found) + more) from None
+
+
+def _describe(kind: Any) -> str:
+    if isinstance(kind, pandas_engine.DateTime):
+        kwargs = kind.to_datetime_kwargs
+        return "a unix time" if kwargs.get("unit") else f"a date ({kwargs.get('format', 'any')})"
+    return {"Int64": "a whole number", "float64": "a number", "string": "text"}.get(str(kind), str(kind))
+
+
+# --- batches and results -----------------------------------------------------------------
+
+EVENT_INPUT_COLUMNS = [
+    "source_event_id", "timestamp", "user_id", "anonymous_id", "event_type", "item_id",
+    "value", "quantity", "channel", "device", "geo", "page", "referrer", "ip", "email",
+    "phone", "consent",
+]  # fmt: skip
+EVENT_INPUT_TYPES: dict[str, Any] = {
+    **{c: "string" for c in EVENT_INPUT_COLUMNS},
+    "timestamp": iso_datetime(),
+    "value": "float64",
+    "quantity": "Int64",
+}
+
+
+@dataclass
+class SourceBatch:
+    """What an adapter hands to :func:`ingest`: typed frames and where they came from.
+
+    ``events`` holds :data:`EVENT_INPUT_COLUMNS` (missing ones are empty) plus ``_row``
+    and ``_source``; ``users`` and ``items`` hold the attribute and catalog columns.
+    """
+
+    dataset: str
+    source: str
+    files: list[Path] = field(default_factory=list)
+    events: pd.DataFrame | None = None
+    users: pd.DataFrame | None = None
+    items: pd.DataFrame | None = None
+    has_timestamps: bool = True
+    rating_scale: tuple[float, float] | None = None
+    #: Consent purposes for rows with none of their own: the terms the source was
+    #: collected under. Empty means every row must carry its own.
+    default_consent: tuple[ConsentPurpose, ...] = ()
+    default_channel: Channel = Channel.BATCH
+
+
+@dataclass
+class IngestResult:
+    """What one run did; ``manifest`` is also stored under ``<lake>/_runs/``."""
+
+    run_id: str
+    dataset: str
+    manifest: dict[str, Any]
+
+    def counts(self, entity: str = "events") -> dict[str, Any]:
+        return self.manifest.get(entity, {})
+
+
+def new_run_id(now: datetime) -> str:
+    return f"{now:%Y%m%dT%H%M%S}Z-{uuid.uuid4().hex[:8]}"
+
+
+def fingerprint(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --- ingestion -----------------------------------------------------------------------------
+
+
+def ingest(
+    batch: SourceBatch,
+    lake: Lake,
+    key: bytes,
+    *,
+    now: datetime | None = None,
+    callback: Callback | None = None,
+) -> IngestResult:
+    """Validate, clean and add ``batch`` to ``lake`` in one run; see the module docstring."""
+    check_dataset_name(batch.dataset)
+    now = now or datetime.now(UTC)
+    run_id = new_run_id(now)
+    progress = callback or (lambda stage, done, total: None)
+    manifest: dict[str, Any] = {
+        "run_id": run_id,
+        "dataset": batch.dataset,
+        "source": batch.source,
+        "files": [{"name": p.name, "bytes": p.stat().st_size, "sha256": fingerprint(p)} for p in batch.files],
+        "started_at": now.isoformat(),
+    }
+    stamp = pd.Timestamp(now)
+    outputs: list[tuple[str, pa.Table]] = []
+    quarantined: list[pd.DataFrame] = []
+
+    steps = [("users", batch.users), ("items", batch.items), ("events", batch.events)]
+    total = sum(1 for _, frame in steps if frame is not None) + 1
+    done = 0
+    known_items: frozenset[str] | None = None
+    for entity, frame in steps:
+        if frame is None:
+            continue
+        progress(f"validating {entity}", done, total)
+        if entity == "users":
+            table, flagged, counts = _prepare_users(frame, batch, lake, key, run_id, stamp, now)
+        elif entity == "items":
+            table, flagged, counts = _prepare_items(frame, batch, lake, run_id, stamp, now)
+            known_items = frozenset(table.column("item_id").to_pylist()) | _lake_ids(lake, "items", "item_id", batch.dataset)
+        else:
+            if known_items is None and lake.files("items", batch.dataset):
+                known_items = _lake_ids(lake, "items", "item_id", batch.dataset)
+            table, flagged, counts = _prepare_events(frame, batch, lake, key, run_id, stamp, now, known_items)
+        outputs.append((entity, table))
+        quarantined.append(flagged)
+        manifest[entity] = counts
+        done += 1
+
+    progress("writing", done, total)
+    quarantine = _new_quarantine(pd.concat(quarantined) if quarantined else None, lake, batch.dataset)
+    with lake.transaction(run_id) as writer:
+        for entity, table in outputs:
+            writer.write(entity, table, batch.dataset)
+        writer.write("quarantine", quarantine, batch.dataset)
+        manifest["quarantine_written"] = quarantine.num_rows
+        manifest["finished_at"] = datetime.now(UTC).isoformat()
+        writer.record_run(manifest)
+    progress("done", total, total)
+    return IngestResult(run_id=run_id, dataset=batch.dataset, manifest=manifest)
+
+
+def _lake_ids(lake: Lake, table: str, column: str, dataset: str) -> frozenset[str]:
+    return frozenset(lake.read_column(table, column, dataset).to_pylist())
+
+
+def _prepare_events(
+    raw: pd.DataFrame,
+    batch: SourceBatch,
+    lake: Lake,
+    key: bytes,
+    run_id: str,
+    stamp: pd.Timestamp,
+    now: datetime,
+    known_items: frozenset[str] | None,
+) -> tuple[pa.Table, pd.DataFrame, dict[str, Any]]:
+    df = raw.copy()
+    for column in EVENT_INPUT_COLUMNS:
+        if column not in df:
+            kind = EVENT_INPUT_TYPES[column]
+            df[column] = pd.Series(pd.NA, index=df.index, dtype=kind if isinstance(kind, str) else "datetime64[ns, UTC]")
+    source = batch.source
+    for column in ("user_id", "anonymous_id"):
+        if privacy.looks_like_email(df[column]):
+            raise IngestError(
+                f"{source}: column {column!r} looks like e-mail addresses; map that column "
+                "to 'email' instead so that it is stored only as a keyed pseudonym"
+            )
+    text = ["user_id", "anonymous_id", "event_type", "item_id", "channel", "device", "geo", "page", "referrer", "source_event_id"]  # noqa: E501
+    df = clean.standardise_strings(df, text, lower=["event_type", "channel"])
+    counts: dict[str, Any] = {"read": len(df)}
+
+    # PII never goes further than this function: pseudonyms replace it.
+    for raw_field in ("email", "phone", "ip"):
+        df[privacy_column(raw_field)] = privacy.pseudonymise_series(key, raw_field, df[raw_field])
+    df = df.drop(columns=["email", "phone", "ip"])
+    # A log keyed only by e-mail still gets a stable user id: its pseudonym.
+    df["user_id"] = df["user_id"].fillna(df["email_hash"])
+
+    df["consent"] = _consent(df, batch)
+    allowed = df["consent"].str.contains(PERSONALIZATION.value, regex=False).fillna(False)
+    counts["excluded_no_consent"] = int((~allowed).sum())
+    df = df[allowed.to_numpy()]
+
+    df["dataset"] = batch.dataset
+    df["event_id"] = event_ids(df)
+    ctx = clean.RuleContext(
+        now=now, has_timestamps=batch.has_timestamps, known_items=known_items, rating_scale=batch.rating_scale
+    )
+    flagged = clean.flag(df, clean.EVENT_RULES, ctx)
+    quarantine = _quarantine_frame(df.loc[flagged.index], flagged, "events", "event_id", batch.dataset, run_id, stamp)
+    counts["quarantined"] = flagged["reason"].value_counts().to_dict()
+
+    good = df.drop(index=flagged.index)
+    good, imputed = clean.impute(good, clean.EVENT_IMPUTATIONS)
+    good["channel"] = good["channel"].fillna(batch.default_channel.value)
+    existing = lake.read_column("events", "event_id", batch.dataset)
+    fresh = ~good["event_id"].isin(existing.to_numpy(zero_copy_only=False)) if len(existing) else np.ones(len(good), bool)
+    counts["already_present"] = int((~fresh).sum())
+    good = good[fresh]
+    counts["stored"] = len(good)
+    counts["imputed"] = {k: int(good["imputed"].str.contains(k, regex=False).sum()) for k in imputed}
+    good["run_id"] = run_id
+    good["ingested_at"] = stamp
+    return _to_arrow(good, EVENT_SCHEMA), quarantine, counts
+
+
+def privacy_column(raw_field: str) -> str:
+    return f"{raw_field}_hash"
+
+
+def _consent(df: pd.DataFrame, batch: SourceBatch) -> pd.Series:
+    """Each row's consent purposes as a sorted "|"-joined string; unknown purposes raise."""
+    default = "|".join(sorted(p.value for p in batch.default_consent))
+    values = df["consent"].astype("string").str.lower().fillna(default)
+    known = {p.value for p in ConsentPurpose}
+    spelled: dict[str, str] = {}
+    for text in values.unique():
+        parts = sorted({p for p in str(text).replace(",", "|").replace(";", "|").split("|") if p.strip()})
+        parts = [p.strip() for p in parts]
+        unknown = [p for p in parts if p not in known]
+        if unknown:
+            row = df.loc[values == text, ROW].iloc[0] if ROW in df else "?"
+            raise IngestError(
+                f"{batch.source}: line {row}, column 'consent': unknown purpose(s) {unknown}; "
+                f"known: {sorted(known)}"
+            )
+        spelled[text] = "|".join(parts)
+    return values.map(spelled).astype("string")
+
+
+_ID_FIELDS = [
+    "dataset", "user_id", "anonymous_id", "event_type", "item_id", "channel", "device",
+    "geo", "page", "referrer", "ip_hash", "email_hash", "phone_hash",
+]  # fmt: skip
+
+
+def event_ids(df: pd.DataFrame) -> np.ndarray:
+    """Deterministic event ids: md5 over the sender's id when there is one, otherwise over
+    every content field (so exact duplicates share an id)."""
+    if df.empty:
+        return np.array([], dtype=object)
+    parts = [f"coalesce(CAST(\"{c}\" AS VARCHAR), chr(0))" for c in _ID_FIELDS]
+    parts.append("coalesce(CAST(epoch_us(\"timestamp\") AS VARCHAR), chr(0))")
+    parts.append("coalesce(CAST(\"value\" AS VARCHAR), chr(0))")
+    parts.append("coalesce(CAST(\"quantity\" AS VARCHAR), chr(0))")
+    content = "concat_ws(chr(31), " + ", ".join(parts) + ")"
+    sql = (
+        "SELECT CASE WHEN source_event_id IS NULL THEN md5(" + content + ") "
+        "ELSE md5(concat_ws(chr(31), dataset, 'source-id', source_event_id)) END AS id FROM frame"
+    )
+    frame = df[[*_ID_FIELDS, "timestamp", "value", "quantity", "source_event_id"]]  # noqa: F841
+    with duckdb.connect() as con:
+        return con.execute(sql).fetch_arrow_table().column("id").to_numpy(zero_copy_only=False)
+
+
+def _quarantine_frame(
+    rows: pd.DataFrame,
+    flagged: pd.DataFrame,
+    entity: str,
+    id_column: str,
+    dataset: str,
+    run_id: str,
+    stamp: pd.Timestamp,
+) -> pd.DataFrame:
+    if rows.empty:
+        return pd.DataFrame(columns=QUARANTINE_SCHEMA.names)
+    body = rows.drop(columns=[c for c in (ROW, SOURCE, "dataset") if c in rows])
+    records = body.to_json(orient="records", lines=True, date_format="iso").splitlines()
+    occurrence = rows.groupby(id_column).cumcount().astype(str)
+    ids = (entity + "\x1f" + rows[id_column].astype(str) + "\x1f" + occurrence).map(
+        lambda text: hashlib.md5(text.encode()).hexdigest()
+    )
+    return pd.DataFrame(
+        {
+            "quarantine_id": ids.to_numpy(),
+            "dataset": dataset,
+            "entity": entity,
+            "reason": flagged["reason"].to_numpy(),
+            "reasons": flagged["reasons"].to_numpy(),
+            "record": records,
+            "source": rows[SOURCE].to_numpy() if SOURCE in rows else None,
+            "source_row": rows[ROW].to_numpy() if ROW in rows else None,
+            "run_id": run_id,
+            "quarantined_at": stamp,
+        }
+    )
+
+
+def _new_quarantine(frame: pd.DataFrame | None, lake: Lake, dataset: str) -> pa.Table:
+    if frame is None or frame.empty:
+        return QUARANTINE_SCHEMA.empty_table()
+    existing = lake.read_column("quarantine", "quarantine_id", dataset).to_pylist()
+    frame = frame[~frame["quarantine_id"].isin(existing)]
+    return _to_arrow(frame, QUARANTINE_SCHEMA)
+
+
+def _to_arrow(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    """``df`` as a table of ``schema``; list columns arrive as "|"-joined strings."""
+    lists = [f.name for f in schema if pa.types.is_list(f.type)]
+    flat = pa.Table.from_pandas(
+        df[[c for c in schema.names if c not in lists]].reset_index(drop=True),
+        schema=pa.schema([f for f in schema if f.name not in lists]),
+        preserve_index=False,
+    )
+    for name in lists:
+        joined = pa.array(df[name].fillna("").astype(str).to_numpy(), pa.string())
+        split = pc.split_pattern(joined, "|")
+        empty = pc.equal(joined, "")
+        values = pc.if_else(empty, pa.scalar([], pa.list_(pa.string())), split)
+        flat = flat.append_column(schema.field(name), values)
+    return flat.select(schema.names)
+
+
+# --- users and items -------------------------------------------------------------------
+
+_USER_ATTRIBUTES = ["age", "gender", "occupation", "zip_hash", "state", "region", "country"]
+_ITEM_ATTRIBUTES = ["title", "release_date", "release_year", "genres", "url"]
+
+
+def _prepare_users(
+    raw: pd.DataFrame, batch: SourceBatch, lake: Lake, key: bytes, run_id: str, stamp: pd.Timestamp, now: datetime
+) -> tuple[pa.Table, pd.DataFrame, dict[str, Any]]:
+    df = clean.standardise_strings(raw.copy(), ["user_id", "gender", "occupation", "zip"], lower=["occupation"])
+    for column in ("age", "gender", "occupation", "zip"):
+        if column not in df:
+            df[column] = pd.NA
+    located = geo.locate_series(df["zip"])
+    df[["state", "region", "country"]] = located.astype("string")
+    df["zip_hash"] = privacy.pseudonymise_series(key, "zip", df["zip"])
+    df = df.drop(columns=["zip"])
+    df["dataset"] = batch.dataset
+    counts: dict[str, Any] = {"read": len(df)}
+    flagged = clean.flag(df, clean.USER_RULES, clean.RuleContext(now=now))
+    quarantine = _quarantine_frame(df.loc[flagged.index], flagged, "users", "user_id", batch.dataset, run_id, stamp)
+    counts["quarantined"] = flagged["reason"].value_counts().to_dict()
+    good, imputed = clean.impute(df.drop(index=flagged.index), clean.USER_IMPUTATIONS)
+    counts["imputed"] = imputed
+    return _changed_only(good, lake, "users", "user_id", _USER_ATTRIBUTES, USER_SCHEMA, batch.dataset, run_id, stamp, counts), quarantine, counts  # noqa: E501
+
+
+def _prepare_items(
+    raw: pd.DataFrame, batch: SourceBatch, lake: Lake, run_id: str, stamp: pd.Timestamp, now: datetime
+) -> tuple[pa.Table, pd.DataFrame, dict[str, Any]]:
+    df = clean.standardise_strings(raw.copy(), ["item_id", "title", "url"], lower=[])
+    for column in _ITEM_ATTRIBUTES:
+        if column not in df:
+            df[column] = pd.NA
+    df["dataset"] = batch.dataset
+    counts: dict[str, Any] = {"read": len(df)}
+    flagged = clean.flag(df, clean.ITEM_RULES, clean.RuleContext(now=now))
+    quarantine = _quarantine_frame(df.loc[flagged.index], flagged, "items", "item_id", batch.dataset, run_id, stamp)
+    counts["quarantined"] = flagged["reason"].value_counts().to_dict()
+    good, imputed = clean.impute(df.drop(index=flagged.index), clean.ITEM_IMPUTATIONS)
+    counts["imputed"] = imputed
+    return _changed_only(good, lake, "items", "item_id", _ITEM_ATTRIBUTES, ITEM_SCHEMA, batch.dataset, run_id, stamp, counts), quarantine, counts  # noqa: E501
+
+
+def _changed_only(
+    good: pd.DataFrame,
+    lake: Lake,
+    table: str,
+    key: str,
+    attributes: list[str],
+    schema: pa.Schema,
+    dataset: str,
+    run_id: str,
+    stamp: pd.Timestamp,
+    counts: dict[str, Any],
+) -> pa.Table:
+    """Rows that are new or differ from their latest stored version (attribute history)."""
+    good = good.assign(run_id=run_id, ingested_at=stamp)
+    candidate = _to_arrow(good, schema)
+    if lake.files(table, dataset):
+        con = lake.connect()
+        con.register("candidate", candidate)
+        same = " AND ".join(f"c.{a} IS NOT DISTINCT FROM l.{a}" for a in attributes)
+        candidate = con.execute(
+            f"SELECT c.* FROM candidate c ANTI JOIN (SELECT * FROM {table} WHERE dataset = ?) l "
+            f"ON c.{key} = l.{key} AND {same}",
+            [dataset],
+        ).fetch_arrow_table().select(schema.names).cast(schema)
+    counts["already_present"] = counts["read"] - sum(counts["quarantined"].values()) - candidate.num_rows
+    counts["stored"] = candidate.num_rows
+    return candidate

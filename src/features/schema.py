@@ -1,0 +1,283 @@
+"""The canonical records: events, user attributes, item catalog, quarantine.
+
+Each record has a pydantic model (for one record at a time: the service, notebooks,
+tests) and an Arrow schema (for the lake). ``tests/code/test_schema.py`` keeps the two in
+step. Incoming events (:class:`EventIn`) may carry raw PII; stored events
+(:class:`Event`) carry only keyed pseudonyms of it.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime
+from enum import StrEnum
+from typing import Annotated
+
+import pyarrow as pa
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+DATASET_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+DatasetName = Annotated[str, StringConstraints(pattern=DATASET_NAME_PATTERN)]
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=256, strip_whitespace=True)]
+
+
+class EventType(StrEnum):
+    IMPRESSION = "impression"
+    VIEW = "view"
+    CLICK = "click"
+    SEARCH = "search"
+    ADD_TO_CART = "add_to_cart"
+    REMOVE_FROM_CART = "remove_from_cart"
+    PURCHASE = "purchase"
+    RATE = "rate"
+    LIKE = "like"
+    DISLIKE = "dislike"
+    SHARE = "share"
+    SIGNUP = "signup"
+
+
+#: Event types whose ``value`` is money: negative amounts are anomalies for them.
+MONETARY_EVENT_TYPES = frozenset({EventType.ADD_TO_CART, EventType.PURCHASE})
+
+
+class Channel(StrEnum):
+    WEB = "web"
+    MOBILE = "mobile"
+    EMAIL = "email"
+    CRM = "crm"
+    PUSH = "push"
+    SMS = "sms"
+    STORE = "store"
+    CALL_CENTER = "call_center"
+    BATCH = "batch"
+    API = "api"
+
+
+class ConsentPurpose(StrEnum):
+    NECESSARY = "necessary"
+    ANALYTICS = "analytics"
+    PERSONALIZATION = "personalization"
+    MARKETING = "marketing"
+
+
+#: The purpose an event needs to enter the personalization lake.
+PERSONALIZATION = ConsentPurpose.PERSONALIZATION
+
+#: Raw PII fields accepted on input and the pseudonym columns that replace them.
+PII_FIELDS = {"email": "email_hash", "phone": "phone_hash", "ip": "ip_hash", "zip": "zip_hash"}
+
+
+class EventContext(BaseModel):
+    """Where the event happened. ``ip`` is raw PII: it is pseudonymised before storage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device: str | None = None
+    geo: str | None = None
+    page: str | None = None
+    referrer: str | None = None
+    ip: str | None = None
+
+
+class EventIn(BaseModel):
+    """An event as a source or a client sends it."""
+
+    model_config = ConfigDict(extra="forbid", use_enum_values=True)
+
+    source_event_id: Identifier | None = Field(
+        default=None, description="The sender's own id; makes re-sending idempotent."
+    )
+    timestamp: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
+    user_id: Identifier | None = None
+    anonymous_id: Identifier | None = None
+    event_type: EventType
+    item_id: Identifier | None = None
+    value: float | None = Field(default=None, allow_inf_nan=False)
+    quantity: int | None = None
+    channel: Channel = Channel.API
+    context: EventContext = Field(default_factory=EventContext)
+    email: str | None = Field(default=None, description="Raw; stored only as email_hash.")
+    phone: str | None = Field(default=None, description="Raw; stored only as phone_hash.")
+    consent: list[ConsentPurpose] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _needs_identity(self) -> EventIn:
+        if self.user_id is None and self.anonymous_id is None:
+            raise ValueError("an event needs user_id or anonymous_id")
+        return self
+
+
+class Event(BaseModel):
+    """An event as stored in the lake (one row of :data:`EVENT_SCHEMA`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: str
+    dataset: DatasetName
+    timestamp: datetime | None
+    user_id: str | None
+    anonymous_id: str | None
+    event_type: EventType
+    item_id: str | None
+    value: float | None
+    quantity: int | None
+    channel: Channel
+    device: str | None
+    geo: str | None
+    page: str | None
+    referrer: str | None
+    ip_hash: str | None
+    email_hash: str | None
+    phone_hash: str | None
+    consent: list[ConsentPurpose]
+    imputed: list[str]
+    run_id: str
+    ingested_at: datetime
+
+
+class UserAttributes(BaseModel):
+    """A person's attributes (one row of :data:`USER_SCHEMA`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: DatasetName
+    user_id: str
+    age: int | None
+    gender: str | None
+    occupation: str | None
+    zip_hash: str | None
+    state: str | None
+    region: str | None
+    country: str | None
+    imputed: list[str]
+    run_id: str
+    ingested_at: datetime
+
+
+class Item(BaseModel):
+    """A catalog entry (one row of :data:`ITEM_SCHEMA`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: DatasetName
+    item_id: str
+    title: str | None
+    release_date: date | None
+    release_year: int | None
+    genres: list[str]
+    url: str | None
+    imputed: list[str]
+    run_id: str
+    ingested_at: datetime
+
+
+class QuarantinedRecord(BaseModel):
+    """A row kept out of the lake, with why (one row of :data:`QUARANTINE_SCHEMA`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    quarantine_id: str
+    dataset: DatasetName
+    entity: str
+    reason: str
+    reasons: list[str]
+    record: str = Field(description="The row as JSON, PII already pseudonymised.")
+    source: str | None
+    source_row: int | None
+    run_id: str
+    quarantined_at: datetime
+
+
+_UTC_TS = pa.timestamp("us", tz="UTC")
+_STRINGS = pa.list_(pa.string())
+
+EVENT_SCHEMA = pa.schema(
+    [
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("timestamp", _UTC_TS),
+        pa.field("user_id", pa.string()),
+        pa.field("anonymous_id", pa.string()),
+        pa.field("event_type", pa.string(), nullable=False),
+        pa.field("item_id", pa.string()),
+        pa.field("value", pa.float64()),
+        pa.field("quantity", pa.int64()),
+        pa.field("channel", pa.string(), nullable=False),
+        pa.field("device", pa.string()),
+        pa.field("geo", pa.string()),
+        pa.field("page", pa.string()),
+        pa.field("referrer", pa.string()),
+        pa.field("ip_hash", pa.string()),
+        pa.field("email_hash", pa.string()),
+        pa.field("phone_hash", pa.string()),
+        pa.field("consent", _STRINGS, nullable=False),
+        pa.field("imputed", _STRINGS, nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("ingested_at", _UTC_TS, nullable=False),
+    ]
+)
+
+USER_SCHEMA = pa.schema(
+    [
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("age", pa.int64()),
+        pa.field("gender", pa.string()),
+        pa.field("occupation", pa.string()),
+        pa.field("zip_hash", pa.string()),
+        pa.field("state", pa.string()),
+        pa.field("region", pa.string()),
+        pa.field("country", pa.string()),
+        pa.field("imputed", _STRINGS, nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("ingested_at", _UTC_TS, nullable=False),
+    ]
+)
+
+ITEM_SCHEMA = pa.schema(
+    [
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("title", pa.string()),
+        pa.field("release_date", pa.date32()),
+        pa.field("release_year", pa.int64()),
+        pa.field("genres", _STRINGS, nullable=False),
+        pa.field("url", pa.string()),
+        pa.field("imputed", _STRINGS, nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("ingested_at", _UTC_TS, nullable=False),
+    ]
+)
+
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        pa.field("quarantine_id", pa.string(), nullable=False),
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("entity", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("reasons", _STRINGS, nullable=False),
+        pa.field("record", pa.string(), nullable=False),
+        pa.field("source", pa.string()),
+        pa.field("source_row", pa.int64()),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("quarantined_at", _UTC_TS, nullable=False),
+    ]
+)
+
+#: Each lake table, its record model and its Arrow schema.
+TABLES: dict[str, tuple[type[BaseModel], pa.Schema]] = {
+    "events": (Event, EVENT_SCHEMA),
+    "users": (UserAttributes, USER_SCHEMA),
+    "items": (Item, ITEM_SCHEMA),
+    "quarantine": (QuarantinedRecord, QUARANTINE_SCHEMA),
+}
+
+
+def check_dataset_name(name: str) -> str:
+    """``name`` when it is a valid dataset name (it becomes a folder name in the lake)."""
+    if not re.fullmatch(DATASET_NAME_PATTERN, name):
+        raise ValueError(
+            f"invalid dataset name {name!r}: use 1-64 lower-case letters, digits, '.', '_' "
+            "or '-', starting with a letter or digit"
+        )
+    return name

@@ -1,0 +1,248 @@
+"""Source adapters: each turns one kind of source into a :class:`SourceBatch`.
+
+Adapters only read and type-check; everything else (pseudonyms, consent, quarantine,
+idempotency) is :func:`bespoke.features.collect.ingest`'s, the same for every source.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from bespoke.features.collect import (
+    EVENT_INPUT_COLUMNS,
+    EVENT_INPUT_TYPES,
+    ROW,
+    SOURCE,
+    IngestError,
+    SourceBatch,
+    coerce,
+    date_format,
+    iso_datetime,
+    read_delimited,
+    read_table_file,
+    require_columns,
+    unix_seconds,
+)
+from bespoke.features.schema import Channel, ConsentPurpose, EventType
+
+#: What the public research datasets were collected for; rows carry no consent of their own.
+RESEARCH_CONSENT = (ConsentPurpose.PERSONALIZATION, ConsentPurpose.ANALYTICS)
+MOVIELENS_RATING_SCALE = (1.0, 5.0)
+
+
+def _folder(path: Path, expected: list[str]) -> Path:
+    if not path.is_dir():
+        raise IngestError(f"{path}: no such folder (expected one holding {', '.join(expected)})")
+    return path
+
+
+def movielens_100k(path: str | Path, dataset: str = "ml-100k") -> SourceBatch:
+    """MovieLens 100K: ``u.data`` ratings → ``rate`` events, ``u.user`` → attributes
+    (zip → state/region), ``u.item`` (latin-1) → catalog with genres."""
+    folder = _folder(Path(path), ["u.data", "u.user", "u.item", "u.genre"])
+    ratings = read_delimited(folder / "u.data", sep="\t", names=["user_id", "item_id", "value", "timestamp"])
+    ratings = coerce(ratings, {"user_id": "string", "item_id": "string", "value": "float64", "timestamp": unix_seconds()}, "u.data")  # noqa: E501
+    ratings["event_type"] = EventType.RATE.value
+
+    users = read_delimited(folder / "u.user", sep="|", names=["user_id", "age", "gender", "occupation", "zip"])
+    users = coerce(users, {"user_id": "string", "age": "Int64", "gender": "string", "occupation": "string", "zip": "string"}, "u.user")  # noqa: E501
+
+    genre_table = read_delimited(folder / "u.genre", sep="|", names=["genre", "index"])
+    genres = [g for g in genre_table.sort_values("index", key=lambda s: s.astype(int))["genre"]]
+    item_columns = ["item_id", "title", "release_date", "video_release_date", "url", *genres]
+    items = read_delimited(folder / "u.item", sep="|", names=item_columns, encoding="latin-1")
+    items = coerce(items, {"item_id": "string", "release_date": date_format("%d-%b-%Y"), **{g: "Int64" for g in genres}}, "u.item")  # noqa: E501
+    flags = items[genres].fillna(0).astype(bool).to_numpy()
+    items["genres"] = ["|".join(g for g, on in zip(genres, row, strict=True) if on and g != "unknown") for row in flags]
+    items["release_date"] = items["release_date"].dt.date
+    items["release_year"] = pd.array([d.year if pd.notna(d) else None for d in items["release_date"]], dtype="Int64")
+
+    return SourceBatch(
+        dataset=dataset,
+        source="movielens-100k",
+        files=[folder / "u.data", folder / "u.user", folder / "u.item", folder / "u.genre"],
+        events=ratings,
+        users=users,
+        items=items.drop(columns=["video_release_date", *genres]),
+        rating_scale=MOVIELENS_RATING_SCALE,
+        default_consent=RESEARCH_CONSENT,
+    )
+
+
+def movielens_1m(path: str | Path, dataset: str = "ml-1m") -> SourceBatch:
+    """MovieLens 1M ``ratings_notime.csv``: interactions only, without timestamps (the
+    shared copy has none, and its item ids are re-indexed, so no catalog joins)."""
+    folder = _folder(Path(path), ["ratings_notime.csv"])
+    ratings = read_delimited(folder / "ratings_notime.csv", sep=",")
+    require_columns(ratings, ["user_id", "item_idx", "rating"], "ratings_notime.csv")
+    ratings = ratings.rename(columns={"item_idx": "item_id", "rating": "value"})
+    ratings = coerce(ratings, {"user_id": "string", "item_id": "string", "value": "float64"}, "ratings_notime.csv")
+    ratings["event_type"] = EventType.RATE.value
+    return SourceBatch(
+        dataset=dataset,
+        source="movielens-1m",
+        files=[folder / "ratings_notime.csv"],
+        events=ratings,
+        has_timestamps=False,
+        rating_scale=MOVIELENS_RATING_SCALE,
+        default_consent=RESEARCH_CONSENT,
+    )
+
+
+def cdnow(path: str | Path, dataset: str = "cdnow") -> SourceBatch:
+    """CDNOW master file: one ``purchase`` event per line, value in dollars, quantity in CDs.
+
+    ``path`` is the file or the folder holding ``CDNOW_master.txt``.
+    """
+    path = Path(path)
+    file = path / "CDNOW_master.txt" if path.is_dir() else path
+    orders = read_delimited(file, sep=r"\s+")
+    require_columns(orders, ["customer_id", "date", "number_of_cds", "dollar_value"], file.name)
+    orders = orders.rename(columns={"customer_id": "user_id", "date": "timestamp", "number_of_cds": "quantity", "dollar_value": "value"})  # noqa: E501
+    orders = coerce(orders, {"user_id": "string", "timestamp": date_format("%Y%m%d"), "quantity": "Int64", "value": "float64"}, file.name)  # noqa: E501
+    orders["event_type"] = EventType.PURCHASE.value
+    return SourceBatch(
+        dataset=dataset, source="cdnow", files=[file], events=orders, default_consent=RESEARCH_CONSENT
+    )
+
+
+TimestampFormat = Literal["iso", "unix_s", "unix_ms"] | str
+
+
+class ColumnMapping(BaseModel):
+    """How a generic interaction log's columns map onto Bespoke's event fields.
+
+    Each field names the source column for that event field; ``*_constant`` fields set a
+    value for every row instead. Example (JSON)::
+
+        {"user_id": "customer", "item_id": "sku", "timestamp": "ts",
+         "event_type": "action", "event_type_values": {"buy": "purchase"},
+         "value": "amount", "email": "mail", "default_consent": ["personalization"]}
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    source_event_id: str | None = None
+    timestamp: str | None = None
+    timestamp_format: TimestampFormat = Field(
+        default="iso", description="'iso', 'unix_s', 'unix_ms' or a strftime pattern."
+    )
+    user_id: str | None = None
+    anonymous_id: str | None = None
+    event_type: str | None = None
+    event_type_constant: EventType | None = None
+    event_type_values: dict[str, EventType] = Field(
+        default_factory=dict, description="Source value → event type, for logs with their own names."
+    )
+    item_id: str | None = None
+    value: str | None = None
+    quantity: str | None = None
+    channel: str | None = None
+    channel_constant: Channel = Channel.BATCH
+    device: str | None = None
+    geo: str | None = None
+    page: str | None = None
+    referrer: str | None = None
+    ip: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    consent: str | None = None
+    default_consent: list[ConsentPurpose] = Field(
+        default_factory=list, description="Purposes for rows without a consent value of their own."
+    )
+    rating_scale: tuple[float, float] | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> ColumnMapping:
+        if not (self.user_id or self.anonymous_id or self.email):
+            raise ValueError("map at least one identity column: user_id, anonymous_id or email")
+        if not (self.event_type or self.event_type_constant):
+            raise ValueError("map event_type to a column or set event_type_constant")
+        if self.event_type and self.event_type_constant:
+            raise ValueError("set either event_type or event_type_constant, not both")
+        if not (self.consent or self.default_consent):
+            raise ValueError(
+                "say what the events were collected for: map a consent column or set "
+                "default_consent (events without 'personalization' are not stored)"
+            )
+        return self
+
+    def columns(self) -> dict[str, str]:
+        """Event field → source column, for the fields mapped to a column."""
+        return {f: getattr(self, f) for f in EVENT_INPUT_COLUMNS if getattr(self, f, None)}
+
+    @classmethod
+    def load(cls, path: str | Path) -> ColumnMapping:
+        """A mapping from a JSON file, with errors that name the file and field."""
+        path = Path(path)
+        try:
+            return cls.model_validate(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise IngestError(f"{path}: no such mapping file") from None
+        except json.JSONDecodeError as error:
+            raise IngestError(f"{path}: not valid JSON ({error})") from None
+        except ValidationError as error:
+            raise IngestError(f"{path}: invalid mapping: {_pydantic_message(error)}") from None
+
+
+def _pydantic_message(error: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '(mapping)'}: {e['msg']}" for e in error.errors()
+    )
+
+
+def _timestamp_type(fmt: str) -> Any:
+    if fmt == "iso":
+        return iso_datetime()
+    if fmt == "unix_s":
+        return unix_seconds()
+    if fmt == "unix_ms":
+        from pandera.engines import pandas_engine
+
+        return pandas_engine.DateTime(to_datetime_kwargs={"unit": "ms"}, tz="UTC")
+    return date_format(fmt)
+
+
+def interactions_file(
+    path: str | Path, mapping: ColumnMapping, dataset: str, source: str = "csv"
+) -> SourceBatch:
+    """Any CSV/TSV/Parquet interaction log, read through a :class:`ColumnMapping`."""
+    path = Path(path)
+    frame = read_table_file(path)
+    columns = mapping.columns()
+    require_columns(frame, list(dict.fromkeys(columns.values())), path.name)
+    events = pd.DataFrame({field: frame[column] for field, column in columns.items()})
+    events[ROW], events[SOURCE] = frame[ROW], frame[SOURCE]
+    types = {f: t for f, t in EVENT_INPUT_TYPES.items() if f in events}
+    if "timestamp" in events:
+        types["timestamp"] = _timestamp_type(mapping.timestamp_format)
+    events = coerce(events, types, path.name)
+    if mapping.event_type_constant:
+        events["event_type"] = mapping.event_type_constant.value
+    elif mapping.event_type_values:
+        renames = {k: v.value for k, v in mapping.event_type_values.items()}
+        events["event_type"] = events["event_type"].map(lambda v: renames.get(v, v)).astype("string")
+    return SourceBatch(
+        dataset=dataset,
+        source=source,
+        files=[path],
+        events=events,
+        has_timestamps=mapping.timestamp is not None,
+        rating_scale=mapping.rating_scale,
+        default_consent=tuple(mapping.default_consent),
+        default_channel=mapping.channel_constant,
+    )
+
+
+#: Built-in sources by the name the CLI and ``make demo`` use, and their data folder.
+BUILTIN_SOURCES: dict[str, tuple[Callable[..., SourceBatch], str]] = {
+    "movielens-100k": (movielens_100k, "ml-100k"),
+    "movielens-1m": (movielens_1m, "ml-1m"),
+    "cdnow": (cdnow, "cdnow"),
+}

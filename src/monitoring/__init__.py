@@ -1,0 +1,1 @@
+"""Drift, model quality, KPI and experiment analysis."""

@@ -1,0 +1,125 @@
+"""The one configuration object.
+
+Every setting can come from the environment with the ``BESPOKE_`` prefix (or a ``.env``
+file in the working directory). Reading settings never creates a file or a folder; the
+places they name are created by the code that writes there.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+HMAC_KEY_FILE = "hmac.key"
+
+
+def find_project_root(start: Path | None = None) -> Path:
+    """The nearest folder at or above ``start`` holding Bespoke's ``pyproject.toml``.
+
+    A checkout keeps its state (``var/``, ``mlruns/``) at its root whatever folder a
+    command runs from; outside a checkout the working directory is the root.
+    """
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        pyproject = folder / "pyproject.toml"
+        if pyproject.is_file() and 'name = "bespoke"' in pyproject.read_text(errors="ignore"):
+            return folder
+    return here
+
+
+class Settings(BaseSettings):
+    """Where Bespoke keeps its state and which secrets it uses."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BESPOKE_", env_file=".env", extra="ignore", validate_default=True
+    )
+
+    root: Path = Field(
+        default_factory=find_project_root,
+        description="Project root; the defaults of home and mlruns are relative to it.",
+    )
+    home: Path | None = Field(
+        default=None, description="State folder: the event lake, secrets, inbox. Default <root>/var."
+    )
+    lake_url: str | None = Field(
+        default=None,
+        description="Event lake location: a folder or any fsspec URL. Default <home>/lake.",
+    )
+    datasets_dir: Path | None = Field(
+        default=None,
+        description="Folder holding the public datasets (ml-100k/, ml-1m/, cdnow/).",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default=None, description="Default sqlite:///<root>/mlruns/mlflow.db."
+    )
+    mlflow_artifacts_dir: Path | None = Field(
+        default=None, description="Where MLflow stores artifacts. Default <root>/mlruns/artifacts."
+    )
+    hmac_key: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Key for the HMAC-SHA256 pseudonyms of PII. When unset, a random key is created "
+            "once in <home>/secrets/hmac.key and reused; changing it changes every pseudonym."
+        ),
+    )
+
+    @field_validator("root", "home", "datasets_dir", "mlflow_artifacts_dir")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> Settings:
+        if self.home is None:
+            self.home = self.root / "var"
+        if self.lake_url is None:
+            self.lake_url = str(self.home / "lake")
+        elif "://" not in self.lake_url:
+            self.lake_url = str(Path(self.lake_url).expanduser().resolve())
+        if self.mlflow_artifacts_dir is None:
+            self.mlflow_artifacts_dir = self.root / "mlruns" / "artifacts"
+        if self.mlflow_tracking_uri is None:
+            self.mlflow_tracking_uri = f"sqlite:///{self.root / 'mlruns' / 'mlflow.db'}"
+        return self
+
+    @property
+    def secrets_dir(self) -> Path:
+        assert self.home is not None
+        return self.home / "secrets"
+
+    def pseudonym_key(self) -> bytes:
+        """The HMAC key, creating and keeping a random one on first use when none is set."""
+        if self.hmac_key is not None:
+            return self.hmac_key.get_secret_value().encode()
+        path = self.secrets_dir / HMAC_KEY_FILE
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # O_EXCL: two processes starting together must not each write their own key.
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass
+            else:
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(secrets.token_hex(32))
+        return path.read_text().strip().encode()
+
+    def dataset_path(self, name: str) -> Path:
+        """``<datasets_dir>/<name>``, with a message that says how to set it when unset."""
+        if self.datasets_dir is None:
+            raise FileNotFoundError(
+                f"no datasets folder is set: export BESPOKE_DATASETS_DIR=/path/to/data "
+                f"(holding {name}/) or pass the path explicitly"
+            )
+        return self.datasets_dir / name
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first call."""
+    return Settings()

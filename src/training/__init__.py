@@ -1,0 +1,1 @@
+"""Recommenders, the CTR ranker, tuning and the champion gate."""
