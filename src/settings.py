@@ -44,7 +44,8 @@ class Settings(BaseSettings):
         description="Project root; the defaults of home and mlruns are relative to it.",
     )
     home: Path | None = Field(
-        default=None, description="State folder: the event lake, secrets, inbox. Default <root>/var."
+        default=None,
+        description="State folder: the event lake, secrets, inbox. Default <root>/var.",
     )
     lake_url: str | None = Field(
         default=None,

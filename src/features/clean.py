@@ -15,7 +15,6 @@ from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
-
 from bespoke.features.schema import MONETARY_EVENT_TYPES, Channel, EventType
 
 #: How far ahead of the ingesting clock a timestamp may be before it counts as future
@@ -94,13 +93,17 @@ EVENT_RULES: tuple[Rule, ...] = (
     Rule(
         "negative_amount",
         "negative money value or quantity",
-        lambda df, ctx: (df["event_type"].isin(_MONETARY) & (df["value"] < 0)).fillna(False)
-        | (df["quantity"] < 0).fillna(False),
+        lambda df, ctx: (
+            (df["event_type"].isin(_MONETARY) & (df["value"] < 0)).fillna(False)
+            | (df["quantity"] < 0).fillna(False)
+        ),
     ),
     Rule(
         "zero_value_purchase",
         "a purchase worth exactly 0",
-        lambda df, ctx: ((df["event_type"] == EventType.PURCHASE) & (df["value"] == 0)).fillna(False),
+        lambda df, ctx: ((df["event_type"] == EventType.PURCHASE) & (df["value"] == 0)).fillna(
+            False
+        ),
     ),
     Rule("rating_out_of_range", "rating outside the source's scale", _rating_out_of_range),
     Rule(
@@ -166,7 +169,12 @@ def _monetary(df: pd.DataFrame) -> pd.Series:
 EVENT_IMPUTATIONS: tuple[Imputation, ...] = (
     Imputation("channel", "mode"),
     # A value or quantity only means something for some event types, and differs by type.
-    Imputation("value", "median", where=lambda df: _monetary(df) | (df["event_type"] == EventType.RATE), group_by="event_type"),  # noqa: E501
+    Imputation(
+        "value",
+        "median",
+        where=lambda df: _monetary(df) | (df["event_type"] == EventType.RATE),
+        group_by="event_type",
+    ),
     Imputation("quantity", "median", where=_monetary, group_by="event_type"),
 )
 USER_IMPUTATIONS: tuple[Imputation, ...] = (
@@ -207,9 +215,14 @@ def impute(
             gaps &= rule.where(df).fillna(False).astype(bool)
         if not gaps.any():
             continue
-        groups = [(None, gaps)] if rule.group_by is None else [
-            (key, gaps & (df[rule.group_by] == key)) for key in df.loc[gaps, rule.group_by].unique()
-        ]
+        groups = (
+            [(None, gaps)]
+            if rule.group_by is None
+            else [
+                (key, gaps & (df[rule.group_by] == key))
+                for key in df.loc[gaps, rule.group_by].unique()
+            ]
+        )
         filled = 0
         for key, mask in groups:
             pool = df if key is None else df[df[rule.group_by] == key]

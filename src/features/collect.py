@@ -24,8 +24,6 @@ import pandas as pd
 import pandera.pandas as pandera
 import pyarrow as pa
 import pyarrow.compute as pc
-from pandera.engines import pandas_engine
-
 from bespoke.features import clean, geo, privacy
 from bespoke.features.lake import Lake
 from bespoke.features.schema import (
@@ -38,6 +36,7 @@ from bespoke.features.schema import (
     ConsentPurpose,
     check_dataset_name,
 )
+from pandera.engines import pandas_engine
 
 #: ``callback(stage, done, total)``: the single progress hook of long work.
 Callback = Callable[[str, int, int], None]
@@ -85,7 +84,9 @@ def read_delimited(
             skipinitialspace=True,
         )
     except UnicodeDecodeError as error:
-        raise IngestError(f"{path}: not valid {encoding} text ({error.reason} at byte {error.start})") from error
+        raise IngestError(
+            f"{path}: not valid {encoding} text ({error.reason} at byte {error.start})"
+        ) from error
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as error:
         raise IngestError(f"{path}: unreadable as a {sep!r}-separated table: {error}") from error
     if names is None:
@@ -136,7 +137,11 @@ def coerce(frame: pd.DataFrame, types: Mapping[str, Any], source: str) -> pd.Dat
     """Cast columns to ``types`` with pandera; any value that does not fit raises
     :class:`IngestError` naming the file, line and column of the first few."""
     present = {c: t for c, t in types.items() if c in frame.columns}
-    unix = {c for c, t in present.items() if isinstance(t, pandas_engine.DateTime) and t.to_datetime_kwargs.get("unit")}
+    unix = {
+        c
+        for c, t in present.items()
+        if isinstance(t, pandas_engine.DateTime) and t.to_datetime_kwargs.get("unit")
+    }
     if unix:  # epoch numbers arrive as text: numbers first, then instants
         frame = coerce(frame, {c: "Int64" for c in unix}, source)
     schema = pandera.DataFrameSchema(
@@ -148,8 +153,14 @@ def coerce(frame: pd.DataFrame, types: Mapping[str, Any], source: str) -> pd.Dat
         cases = errors.failure_cases.drop_duplicates(["column", "index"]).head(5)
         found = []
         for case in cases.itertuples():
-            row = frame.loc[case.index, ROW] if ROW in frame and case.index in frame.index else case.index
-            found.append(f"line {row}, column {case.column!r}: {case.failure_case!r} is not {_describe(types[case.column])}")
+            row = (
+                frame.loc[case.index, ROW]
+                if ROW in frame and case.index in frame.index
+                else case.index
+            )
+            found.append(
+                f"line {row}, column {case.column!r}: {case.failure_case!r} is not {_describe(types[case.column])}"
+            )
         total = errors.failure_cases.drop_duplicates(["column", "index"]).shape[0]
         more = f" (and {total - len(found)} more)" if total > len(found) else ""
         raise IngestError(f"{source}: " + "; ".join(found) + more) from None
@@ -159,7 +170,9 @@ def _describe(kind: Any) -> str:
     if isinstance(kind, pandas_engine.DateTime):
         kwargs = kind.to_datetime_kwargs
         return "a unix time" if kwargs.get("unit") else f"a date ({kwargs.get('format', 'any')})"
-    return {"Int64": "a whole number", "float64": "a number", "string": "text"}.get(str(kind), str(kind))
+    return {"Int64": "a whole number", "float64": "a number", "string": "text"}.get(
+        str(kind), str(kind)
+    )
 
 
 # --- batches and results -----------------------------------------------------------------
@@ -243,7 +256,10 @@ def ingest(
         "run_id": run_id,
         "dataset": batch.dataset,
         "source": batch.source,
-        "files": [{"name": p.name, "bytes": p.stat().st_size, "sha256": fingerprint(p)} for p in batch.files],
+        "files": [
+            {"name": p.name, "bytes": p.stat().st_size, "sha256": fingerprint(p)}
+            for p in batch.files
+        ],
         "started_at": now.isoformat(),
     }
     stamp = pd.Timestamp(now)
@@ -262,18 +278,24 @@ def ingest(
             table, flagged, counts = _prepare_users(frame, batch, lake, key, run_id, stamp, now)
         elif entity == "items":
             table, flagged, counts = _prepare_items(frame, batch, lake, run_id, stamp, now)
-            known_items = frozenset(table.column("item_id").to_pylist()) | _lake_ids(lake, "items", "item_id", batch.dataset)
+            known_items = frozenset(table.column("item_id").to_pylist()) | _lake_ids(
+                lake, "items", "item_id", batch.dataset
+            )
         else:
             if known_items is None and lake.files("items", batch.dataset):
                 known_items = _lake_ids(lake, "items", "item_id", batch.dataset)
-            table, flagged, counts = _prepare_events(frame, batch, lake, key, run_id, stamp, now, known_items)
+            table, flagged, counts = _prepare_events(
+                frame, batch, lake, key, run_id, stamp, now, known_items
+            )
         outputs.append((entity, table))
         quarantined.append(flagged)
         manifest[entity] = counts
         done += 1
 
     progress("writing", done, total)
-    quarantine = _new_quarantine(pd.concat(quarantined) if quarantined else None, lake, batch.dataset)
+    quarantine = _new_quarantine(
+        pd.concat(quarantined) if quarantined else None, lake, batch.dataset
+    )
     with lake.transaction(run_id) as writer:
         for entity, table in outputs:
             writer.write(entity, table, batch.dataset)
@@ -303,7 +325,11 @@ def _prepare_events(
     for column in EVENT_INPUT_COLUMNS:
         if column not in df:
             kind = EVENT_INPUT_TYPES[column]
-            df[column] = pd.Series(pd.NA, index=df.index, dtype=kind if isinstance(kind, str) else "datetime64[ns, UTC]")
+            df[column] = pd.Series(
+                pd.NA,
+                index=df.index,
+                dtype=kind if isinstance(kind, str) else "datetime64[ns, UTC]",
+            )
     source = batch.source
     for column in ("user_id", "anonymous_id"):
         if privacy.looks_like_email(df[column]):
@@ -311,7 +337,18 @@ def _prepare_events(
                 f"{source}: column {column!r} looks like e-mail addresses; map that column "
                 "to 'email' instead so that it is stored only as a keyed pseudonym"
             )
-    text = ["user_id", "anonymous_id", "event_type", "item_id", "channel", "device", "geo", "page", "referrer", "source_event_id"]  # noqa: E501
+    text = [
+        "user_id",
+        "anonymous_id",
+        "event_type",
+        "item_id",
+        "channel",
+        "device",
+        "geo",
+        "page",
+        "referrer",
+        "source_event_id",
+    ]
     df = clean.standardise_strings(df, text, lower=["event_type", "channel"])
     counts: dict[str, Any] = {"read": len(df)}
 
@@ -330,21 +367,32 @@ def _prepare_events(
     df["dataset"] = batch.dataset
     df["event_id"] = event_ids(df)
     ctx = clean.RuleContext(
-        now=now, has_timestamps=batch.has_timestamps, known_items=known_items, rating_scale=batch.rating_scale
+        now=now,
+        has_timestamps=batch.has_timestamps,
+        known_items=known_items,
+        rating_scale=batch.rating_scale,
     )
     flagged = clean.flag(df, clean.EVENT_RULES, ctx)
-    quarantine = _quarantine_frame(df.loc[flagged.index], flagged, "events", "event_id", batch.dataset, run_id, stamp)
+    quarantine = _quarantine_frame(
+        df.loc[flagged.index], flagged, "events", "event_id", batch.dataset, run_id, stamp
+    )
     counts["quarantined"] = flagged["reason"].value_counts().to_dict()
 
     good = df.drop(index=flagged.index)
     good, imputed = clean.impute(good, clean.EVENT_IMPUTATIONS)
     good["channel"] = good["channel"].fillna(batch.default_channel.value)
     existing = lake.read_column("events", "event_id", batch.dataset)
-    fresh = ~good["event_id"].isin(existing.to_numpy(zero_copy_only=False)) if len(existing) else np.ones(len(good), bool)
+    fresh = (
+        ~good["event_id"].isin(existing.to_numpy(zero_copy_only=False))
+        if len(existing)
+        else np.ones(len(good), bool)
+    )
     counts["already_present"] = int((~fresh).sum())
     good = good[fresh]
     counts["stored"] = len(good)
-    counts["imputed"] = {k: int(good["imputed"].str.contains(k, regex=False).sum()) for k in imputed}
+    counts["imputed"] = {
+        k: int(good["imputed"].str.contains(k, regex=False).sum()) for k in imputed
+    }
     good["run_id"] = run_id
     good["ingested_at"] = stamp
     return _to_arrow(good, EVENT_SCHEMA), quarantine, counts
@@ -361,7 +409,9 @@ def _consent(df: pd.DataFrame, batch: SourceBatch) -> pd.Series:
     known = {p.value for p in ConsentPurpose}
     spelled: dict[str, str] = {}
     for text in values.unique():
-        parts = sorted({p for p in str(text).replace(",", "|").replace(";", "|").split("|") if p.strip()})
+        parts = sorted(
+            {p for p in str(text).replace(",", "|").replace(";", "|").split("|") if p.strip()}
+        )
         parts = [p.strip() for p in parts]
         unknown = [p for p in parts if p not in known]
         if unknown:
@@ -385,10 +435,10 @@ def event_ids(df: pd.DataFrame) -> np.ndarray:
     every content field (so exact duplicates share an id)."""
     if df.empty:
         return np.array([], dtype=object)
-    parts = [f"coalesce(CAST(\"{c}\" AS VARCHAR), chr(0))" for c in _ID_FIELDS]
-    parts.append("coalesce(CAST(epoch_us(\"timestamp\") AS VARCHAR), chr(0))")
-    parts.append("coalesce(CAST(\"value\" AS VARCHAR), chr(0))")
-    parts.append("coalesce(CAST(\"quantity\" AS VARCHAR), chr(0))")
+    parts = [f'coalesce(CAST("{c}" AS VARCHAR), chr(0))' for c in _ID_FIELDS]
+    parts.append('coalesce(CAST(epoch_us("timestamp") AS VARCHAR), chr(0))')
+    parts.append('coalesce(CAST("value" AS VARCHAR), chr(0))')
+    parts.append('coalesce(CAST("quantity" AS VARCHAR), chr(0))')
     content = "concat_ws(chr(31), " + ", ".join(parts) + ")"
     sql = (
         "SELECT CASE WHEN source_event_id IS NULL THEN md5(" + content + ") "
@@ -464,9 +514,17 @@ _ITEM_ATTRIBUTES = ["title", "release_date", "release_year", "genres", "url"]
 
 
 def _prepare_users(
-    raw: pd.DataFrame, batch: SourceBatch, lake: Lake, key: bytes, run_id: str, stamp: pd.Timestamp, now: datetime
+    raw: pd.DataFrame,
+    batch: SourceBatch,
+    lake: Lake,
+    key: bytes,
+    run_id: str,
+    stamp: pd.Timestamp,
+    now: datetime,
 ) -> tuple[pa.Table, pd.DataFrame, dict[str, Any]]:
-    df = clean.standardise_strings(raw.copy(), ["user_id", "gender", "occupation", "zip"], lower=["occupation"])
+    df = clean.standardise_strings(
+        raw.copy(), ["user_id", "gender", "occupation", "zip"], lower=["occupation"]
+    )
     for column in ("age", "gender", "occupation", "zip"):
         if column not in df:
             df[column] = pd.NA
@@ -477,15 +535,36 @@ def _prepare_users(
     df["dataset"] = batch.dataset
     counts: dict[str, Any] = {"read": len(df)}
     flagged = clean.flag(df, clean.USER_RULES, clean.RuleContext(now=now))
-    quarantine = _quarantine_frame(df.loc[flagged.index], flagged, "users", "user_id", batch.dataset, run_id, stamp)
+    quarantine = _quarantine_frame(
+        df.loc[flagged.index], flagged, "users", "user_id", batch.dataset, run_id, stamp
+    )
     counts["quarantined"] = flagged["reason"].value_counts().to_dict()
-    good, imputed = clean.impute(df.drop(index=flagged.index), clean.USER_IMPUTATIONS)
-    counts["imputed"] = imputed
-    return _changed_only(good, lake, "users", "user_id", _USER_ATTRIBUTES, USER_SCHEMA, batch.dataset, run_id, stamp, counts), quarantine, counts  # noqa: E501
+    good, _ = clean.impute(df.drop(index=flagged.index), clean.USER_IMPUTATIONS)
+    return (
+        _changed_only(
+            good,
+            lake,
+            "users",
+            "user_id",
+            _USER_ATTRIBUTES,
+            USER_SCHEMA,
+            batch.dataset,
+            run_id,
+            stamp,
+            counts,
+        ),
+        quarantine,
+        counts,
+    )
 
 
 def _prepare_items(
-    raw: pd.DataFrame, batch: SourceBatch, lake: Lake, run_id: str, stamp: pd.Timestamp, now: datetime
+    raw: pd.DataFrame,
+    batch: SourceBatch,
+    lake: Lake,
+    run_id: str,
+    stamp: pd.Timestamp,
+    now: datetime,
 ) -> tuple[pa.Table, pd.DataFrame, dict[str, Any]]:
     df = clean.standardise_strings(raw.copy(), ["item_id", "title", "url"], lower=[])
     for column in _ITEM_ATTRIBUTES:
@@ -494,11 +573,27 @@ def _prepare_items(
     df["dataset"] = batch.dataset
     counts: dict[str, Any] = {"read": len(df)}
     flagged = clean.flag(df, clean.ITEM_RULES, clean.RuleContext(now=now))
-    quarantine = _quarantine_frame(df.loc[flagged.index], flagged, "items", "item_id", batch.dataset, run_id, stamp)
+    quarantine = _quarantine_frame(
+        df.loc[flagged.index], flagged, "items", "item_id", batch.dataset, run_id, stamp
+    )
     counts["quarantined"] = flagged["reason"].value_counts().to_dict()
-    good, imputed = clean.impute(df.drop(index=flagged.index), clean.ITEM_IMPUTATIONS)
-    counts["imputed"] = imputed
-    return _changed_only(good, lake, "items", "item_id", _ITEM_ATTRIBUTES, ITEM_SCHEMA, batch.dataset, run_id, stamp, counts), quarantine, counts  # noqa: E501
+    good, _ = clean.impute(df.drop(index=flagged.index), clean.ITEM_IMPUTATIONS)
+    return (
+        _changed_only(
+            good,
+            lake,
+            "items",
+            "item_id",
+            _ITEM_ATTRIBUTES,
+            ITEM_SCHEMA,
+            batch.dataset,
+            run_id,
+            stamp,
+            counts,
+        ),
+        quarantine,
+        counts,
+    )
 
 
 def _changed_only(
@@ -520,11 +615,20 @@ def _changed_only(
         con = lake.connect()
         con.register("candidate", candidate)
         same = " AND ".join(f"c.{a} IS NOT DISTINCT FROM l.{a}" for a in attributes)
-        candidate = con.execute(
-            f"SELECT c.* FROM candidate c ANTI JOIN (SELECT * FROM {table} WHERE dataset = ?) l "
-            f"ON c.{key} = l.{key} AND {same}",
-            [dataset],
-        ).fetch_arrow_table().select(schema.names).cast(schema)
-    counts["already_present"] = counts["read"] - sum(counts["quarantined"].values()) - candidate.num_rows
+        candidate = (
+            con.execute(
+                f"SELECT c.* FROM candidate c ANTI JOIN (SELECT * FROM {table} WHERE dataset = ?) l "
+                f"ON c.{key} = l.{key} AND {same}",
+                [dataset],
+            )
+            .fetch_arrow_table()
+            .select(schema.names)
+            .cast(schema)
+        )
+    counts["already_present"] = (
+        counts["read"] - sum(counts["quarantined"].values()) - candidate.num_rows
+    )
     counts["stored"] = candidate.num_rows
+    fields = pc.list_flatten(candidate.column("imputed")).value_counts().to_pylist()
+    counts["imputed"] = {f["values"]: f["counts"] for f in fields}
     return candidate

@@ -20,7 +20,9 @@ CENSUS_REGIONS = {
     "South": "DE DC FL GA MD NC SC VA WV AL KY MS TN AR LA OK TX",
     "West": "AZ CO ID MT NV NM UT WY AK CA HI OR WA",
 }
-STATE_REGION = {state: region for region, states in CENSUS_REGIONS.items() for state in states.split()}
+STATE_REGION = {
+    state: region for region, states in CENSUS_REGIONS.items() for state in states.split()
+}
 _CANADIAN = re.compile(r"^[A-Z]\d[A-Z]\s?\d[A-Z]\d$|^[A-Z]\d[A-Z]$|^[A-Z]\d[A-Z]\d[A-Z]$")
 
 

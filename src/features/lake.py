@@ -29,14 +29,13 @@ import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from fsspec.implementations.local import LocalFileSystem
-
 from bespoke.features.schema import TABLES
+from fsspec.implementations.local import LocalFileSystem
 
 UNDATED = "undated"
 
 #: Views over the lake: name -> SQL over the raw table ``{raw}``.
-_LATEST = "SELECT * EXCLUDE (_rank) FROM (SELECT *, row_number() OVER (PARTITION BY dataset, {key} ORDER BY ingested_at DESC, run_id DESC) AS _rank FROM {raw}) WHERE _rank = 1"  # noqa: E501
+_LATEST = "SELECT * EXCLUDE (_rank) FROM (SELECT *, row_number() OVER (PARTITION BY dataset, {key} ORDER BY ingested_at DESC, run_id DESC) AS _rank FROM {raw}) WHERE _rank = 1"
 _VIEWS = {
     "events": "SELECT *, CAST(timestamp AS DATE) AS event_date FROM {raw}",
     "users": _LATEST.replace("{key}", "user_id"),

@@ -12,8 +12,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
 from bespoke.features.collect import (
     EVENT_INPUT_COLUMNS,
     EVENT_INPUT_TYPES,
@@ -30,6 +28,7 @@ from bespoke.features.collect import (
     unix_seconds,
 )
 from bespoke.features.schema import Channel, ConsentPurpose, EventType
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 #: What the public research datasets were collected for; rows carry no consent of their own.
 RESEARCH_CONSENT = (ConsentPurpose.PERSONALIZATION, ConsentPurpose.ANALYTICS)
@@ -46,22 +45,53 @@ def movielens_100k(path: str | Path, dataset: str = "ml-100k") -> SourceBatch:
     """MovieLens 100K: ``u.data`` ratings → ``rate`` events, ``u.user`` → attributes
     (zip → state/region), ``u.item`` (latin-1) → catalog with genres."""
     folder = _folder(Path(path), ["u.data", "u.user", "u.item", "u.genre"])
-    ratings = read_delimited(folder / "u.data", sep="\t", names=["user_id", "item_id", "value", "timestamp"])
-    ratings = coerce(ratings, {"user_id": "string", "item_id": "string", "value": "float64", "timestamp": unix_seconds()}, "u.data")  # noqa: E501
+    ratings = read_delimited(
+        folder / "u.data", sep="\t", names=["user_id", "item_id", "value", "timestamp"]
+    )
+    ratings = coerce(
+        ratings,
+        {"user_id": "string", "item_id": "string", "value": "float64", "timestamp": unix_seconds()},
+        "u.data",
+    )
     ratings["event_type"] = EventType.RATE.value
 
-    users = read_delimited(folder / "u.user", sep="|", names=["user_id", "age", "gender", "occupation", "zip"])
-    users = coerce(users, {"user_id": "string", "age": "Int64", "gender": "string", "occupation": "string", "zip": "string"}, "u.user")  # noqa: E501
+    users = read_delimited(
+        folder / "u.user", sep="|", names=["user_id", "age", "gender", "occupation", "zip"]
+    )
+    users = coerce(
+        users,
+        {
+            "user_id": "string",
+            "age": "Int64",
+            "gender": "string",
+            "occupation": "string",
+            "zip": "string",
+        },
+        "u.user",
+    )
 
     genre_table = read_delimited(folder / "u.genre", sep="|", names=["genre", "index"])
     genres = [g for g in genre_table.sort_values("index", key=lambda s: s.astype(int))["genre"]]
     item_columns = ["item_id", "title", "release_date", "video_release_date", "url", *genres]
     items = read_delimited(folder / "u.item", sep="|", names=item_columns, encoding="latin-1")
-    items = coerce(items, {"item_id": "string", "release_date": date_format("%d-%b-%Y"), **{g: "Int64" for g in genres}}, "u.item")  # noqa: E501
+    items = coerce(
+        items,
+        {
+            "item_id": "string",
+            "release_date": date_format("%d-%b-%Y"),
+            **{g: "Int64" for g in genres},
+        },
+        "u.item",
+    )
     flags = items[genres].fillna(0).astype(bool).to_numpy()
-    items["genres"] = ["|".join(g for g, on in zip(genres, row, strict=True) if on and g != "unknown") for row in flags]
+    items["genres"] = [
+        "|".join(g for g, on in zip(genres, row, strict=True) if on and g != "unknown")
+        for row in flags
+    ]
     items["release_date"] = items["release_date"].dt.date
-    items["release_year"] = pd.array([d.year if pd.notna(d) else None for d in items["release_date"]], dtype="Int64")
+    items["release_year"] = pd.array(
+        [d.year if pd.notna(d) else None for d in items["release_date"]], dtype="Int64"
+    )
 
     return SourceBatch(
         dataset=dataset,
@@ -82,7 +112,11 @@ def movielens_1m(path: str | Path, dataset: str = "ml-1m") -> SourceBatch:
     ratings = read_delimited(folder / "ratings_notime.csv", sep=",")
     require_columns(ratings, ["user_id", "item_idx", "rating"], "ratings_notime.csv")
     ratings = ratings.rename(columns={"item_idx": "item_id", "rating": "value"})
-    ratings = coerce(ratings, {"user_id": "string", "item_id": "string", "value": "float64"}, "ratings_notime.csv")
+    ratings = coerce(
+        ratings,
+        {"user_id": "string", "item_id": "string", "value": "float64"},
+        "ratings_notime.csv",
+    )
     ratings["event_type"] = EventType.RATE.value
     return SourceBatch(
         dataset=dataset,
@@ -104,11 +138,31 @@ def cdnow(path: str | Path, dataset: str = "cdnow") -> SourceBatch:
     file = path / "CDNOW_master.txt" if path.is_dir() else path
     orders = read_delimited(file, sep=r"\s+")
     require_columns(orders, ["customer_id", "date", "number_of_cds", "dollar_value"], file.name)
-    orders = orders.rename(columns={"customer_id": "user_id", "date": "timestamp", "number_of_cds": "quantity", "dollar_value": "value"})  # noqa: E501
-    orders = coerce(orders, {"user_id": "string", "timestamp": date_format("%Y%m%d"), "quantity": "Int64", "value": "float64"}, file.name)  # noqa: E501
+    orders = orders.rename(
+        columns={
+            "customer_id": "user_id",
+            "date": "timestamp",
+            "number_of_cds": "quantity",
+            "dollar_value": "value",
+        }
+    )
+    orders = coerce(
+        orders,
+        {
+            "user_id": "string",
+            "timestamp": date_format("%Y%m%d"),
+            "quantity": "Int64",
+            "value": "float64",
+        },
+        file.name,
+    )
     orders["event_type"] = EventType.PURCHASE.value
     return SourceBatch(
-        dataset=dataset, source="cdnow", files=[file], events=orders, default_consent=RESEARCH_CONSENT
+        dataset=dataset,
+        source="cdnow",
+        files=[file],
+        events=orders,
+        default_consent=RESEARCH_CONSENT,
     )
 
 
@@ -138,7 +192,8 @@ class ColumnMapping(BaseModel):
     event_type: str | None = None
     event_type_constant: EventType | None = None
     event_type_values: dict[str, EventType] = Field(
-        default_factory=dict, description="Source value → event type, for logs with their own names."
+        default_factory=dict,
+        description="Source value → event type, for logs with their own names.",
     )
     item_id: str | None = None
     value: str | None = None
@@ -178,17 +233,26 @@ class ColumnMapping(BaseModel):
         return {f: getattr(self, f) for f in EVENT_INPUT_COLUMNS if getattr(self, f, None)}
 
     @classmethod
-    def load(cls, path: str | Path) -> ColumnMapping:
-        """A mapping from a JSON file, with errors that name the file and field."""
+    def from_fields(cls, fields: dict[str, Any], origin: str = "column mapping") -> ColumnMapping:
+        """A mapping from field → value pairs, with errors that name the field."""
+        try:
+            return cls.model_validate(fields)
+        except ValidationError as error:
+            raise IngestError(f"{origin}: invalid mapping: {_pydantic_message(error)}") from None
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> ColumnMapping:
+        """A mapping from a JSON file (``overrides`` win), with errors naming file and field."""
         path = Path(path)
         try:
-            return cls.model_validate(json.loads(path.read_text()))
+            fields = json.loads(path.read_text())
         except FileNotFoundError:
             raise IngestError(f"{path}: no such mapping file") from None
         except json.JSONDecodeError as error:
             raise IngestError(f"{path}: not valid JSON ({error})") from None
-        except ValidationError as error:
-            raise IngestError(f"{path}: invalid mapping: {_pydantic_message(error)}") from None
+        if not isinstance(fields, dict):
+            raise IngestError(f"{path}: a mapping is a JSON object of field → column")
+        return cls.from_fields({**fields, **(overrides or {})}, origin=str(path))
 
 
 def _pydantic_message(error: ValidationError) -> str:
@@ -227,7 +291,9 @@ def interactions_file(
         events["event_type"] = mapping.event_type_constant.value
     elif mapping.event_type_values:
         renames = {k: v.value for k, v in mapping.event_type_values.items()}
-        events["event_type"] = events["event_type"].map(lambda v: renames.get(v, v)).astype("string")
+        events["event_type"] = (
+            events["event_type"].map(lambda v: renames.get(v, v)).astype("string")
+        )
     return SourceBatch(
         dataset=dataset,
         source=source,

@@ -1,0 +1,43 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each installs uv with pip
+# when it is missing, then `uv sync --locked`, then runs.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# The shared datasets beside the checkout, when they are there; an exported
+# BESPOKE_DATASETS_DIR wins.
+SHARED_DATA := $(abspath ../shared/data)
+ifneq ($(wildcard $(SHARED_DATA)),)
+export BESPOKE_DATASETS_DIR ?= $(SHARED_DATA)
+endif
+
+UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+PYTEST_WORKERS ?= 2
+
+.PHONY: help setup demo test lint format bench
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+setup:  ## install uv if missing, then the locked environment into .venv
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 \
+		|| python3 -m pip install --quiet --user uv \
+		|| python3 -m pip install --quiet --user --break-system-packages uv
+	@$(UV) sync --locked --quiet
+
+demo: setup  ## run the main job end to end on the embedded defaults
+	@$(UV) run --locked bespoke demo
+
+test: setup  ## run the tests (code, data, notebooks)
+	@$(UV) run --locked pytest -n $(PYTEST_WORKERS) --nbmake tests notebooks
+
+lint: setup  ## ruff lint and format check
+	@$(UV) run --locked ruff check .
+	@$(UV) run --locked ruff format --check .
+
+format: setup  ## apply ruff's fixes and formatting
+	@$(UV) run --locked ruff check --fix .
+	@$(UV) run --locked ruff format .
+
+bench: setup  ## run the benchmarks; JSON results and tables under bench/results/
+	@mkdir -p bench/results
+	@$(UV) run --locked python bench/ingest.py --out bench/results/ingest.json

@@ -1,0 +1,246 @@
+"""The ``bespoke`` command: parses, calls library functions, formats. No logic lives here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(
+    help="Bespoke: a personalization engine for data scientists.", no_args_is_help=True
+)
+ingest_app = typer.Typer(
+    help="Add a source's events (and attributes, catalog) to the lake.", no_args_is_help=True
+)
+data_app = typer.Typer(help="Look at what is in the lake.", no_args_is_help=True)
+app.add_typer(ingest_app, name="ingest")
+app.add_typer(data_app, name="data")
+
+console = Console()
+errors = Console(stderr=True)
+
+DatasetOption = Annotated[
+    str | None, typer.Option("--dataset", help="Dataset name in the lake (default: the source's).")
+]
+PathOption = Annotated[
+    Path | None,
+    typer.Option("--path", help="Source folder or file (default: under BESPOKE_DATASETS_DIR)."),
+]
+
+
+@contextmanager
+def _progress() -> Iterator[Callable[[str, int, int], None]]:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("starting", total=None)
+
+        def update(stage: str, done: int, total: int) -> None:
+            progress.update(task, description=stage, completed=done, total=total)
+
+        yield update
+
+
+def _fail(message: str) -> typer.Exit:
+    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=1)
+
+
+@contextmanager
+def _clear_errors() -> Iterator[None]:
+    """Bad input ends the command with its message and exit code 1, not a traceback."""
+    from bespoke.features.collect import IngestError
+
+    try:
+        yield
+    except (IngestError, FileNotFoundError, KeyError, ValueError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+        raise _fail(message) from error
+
+
+def _ingest(build: Callable[[], Any]) -> None:
+    from bespoke.features.collect import ingest
+    from bespoke.features.lake import Lake
+    from bespoke.features.report import manifest_summary
+    from bespoke.settings import get_settings
+
+    settings = get_settings()
+    with _clear_errors():
+        batch = build()
+        lake = Lake(settings.lake_url)
+        with _progress() as update:
+            result = ingest(batch, lake, settings.pseudonym_key(), callback=update)
+    console.print(
+        f"[bold green]ingested[/] {batch.source} → dataset [bold]{result.dataset}[/] (run {result.run_id})"
+    )
+    console.print(manifest_summary(result.manifest), highlight=False)
+
+
+def _builtin(name: str, path: Path | None, dataset: str | None) -> None:
+    from bespoke.features.sources import BUILTIN_SOURCES
+    from bespoke.settings import get_settings
+
+    adapter, folder = BUILTIN_SOURCES[name]
+
+    def build() -> Any:
+        source = path or get_settings().dataset_path(folder)
+        return adapter(source, **({"dataset": dataset} if dataset else {}))
+
+    _ingest(build)
+
+
+@ingest_app.command("movielens-100k")
+def ingest_movielens_100k(path: PathOption = None, dataset: DatasetOption = None) -> None:
+    """MovieLens 100K: ratings, users (zip → state/region), movie catalog with genres."""
+    _builtin("movielens-100k", path, dataset)
+
+
+@ingest_app.command("movielens-1m")
+def ingest_movielens_1m(path: PathOption = None, dataset: DatasetOption = None) -> None:
+    """MovieLens 1M ratings (interactions only, no timestamps)."""
+    _builtin("movielens-1m", path, dataset)
+
+
+@ingest_app.command("cdnow")
+def ingest_cdnow(path: PathOption = None, dataset: DatasetOption = None) -> None:
+    """CDNOW purchases: dollar value and number of CDs per order."""
+    _builtin("cdnow", path, dataset)
+
+
+@ingest_app.command("csv")
+def ingest_csv(
+    file: Annotated[Path, typer.Argument(help="A CSV, TSV or Parquet interaction log.")],
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset name in the lake.")],
+    mapping: Annotated[
+        Path | None, typer.Option("--mapping", help="JSON column mapping (see ColumnMapping).")
+    ] = None,
+    map_: Annotated[
+        list[str] | None,
+        typer.Option("--map", help="FIELD=COLUMN, repeatable; adds to or overrides --mapping."),
+    ] = None,
+    event_type: Annotated[
+        str | None, typer.Option("--event-type", help="One event type for every row.")
+    ] = None,
+    consent: Annotated[
+        str | None,
+        typer.Option(
+            "--consent", help="Purposes for rows without their own, e.g. personalization,analytics."
+        ),
+    ] = None,
+    timestamp_format: Annotated[
+        str | None,
+        typer.Option("--timestamp-format", help="iso, unix_s, unix_ms or a strftime pattern."),
+    ] = None,
+) -> None:
+    """Any interaction log, through a column mapping."""
+    from bespoke.features.collect import IngestError
+    from bespoke.features.sources import ColumnMapping, interactions_file
+
+    def build() -> Any:
+        fields: dict[str, Any] = {}
+        for pair in map_ or []:
+            field, sep, column = pair.partition("=")
+            if not sep or not field.strip() or not column.strip():
+                raise IngestError(f"--map {pair!r}: expected FIELD=COLUMN, e.g. user_id=customer")
+            fields[field.strip()] = column.strip()
+        if event_type:
+            fields["event_type_constant"] = event_type
+        if consent:
+            fields["default_consent"] = [p.strip() for p in consent.split(",") if p.strip()]
+        if timestamp_format:
+            fields["timestamp_format"] = timestamp_format
+        column_mapping = (
+            ColumnMapping.load(mapping, overrides=fields)
+            if mapping
+            else ColumnMapping.from_fields(fields, "--map options")
+        )
+        return interactions_file(file, column_mapping, dataset)
+
+    _ingest(build)
+
+
+def _table(title: str, frame: pd.DataFrame) -> Table:
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for column in frame.columns:
+        numeric = pd.api.types.is_numeric_dtype(frame[column])
+        table.add_column(str(column), justify="right" if numeric else "left")
+    for row in frame.itertuples(index=False):
+        table.add_row(*[_cell(v) for v in row])
+    return table
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, pd.Timestamp):
+        return value.strftime("%Y-%m-%d %H:%M") if not pd.isna(value) else "—"
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return "—"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+@data_app.command("report")
+def data_report(dataset: DatasetOption = None) -> None:
+    """Rows per source and type, date ranges, quarantine by reason, imputed values."""
+    from bespoke.features.lake import Lake
+    from bespoke.features.report import data_report as build_report
+    from bespoke.settings import get_settings
+
+    settings = get_settings()
+    with _clear_errors():
+        report = build_report(Lake(settings.lake_url), dataset)
+    console.print(f"[dim]lake: {settings.lake_url}[/]")
+    if report.events.empty:
+        console.print("The lake is empty: run [bold]bespoke ingest …[/] first.")
+        return
+    console.print(_table("Events", report.events))
+    console.print(_table("Attributes and catalog", report.tables))
+    console.print(
+        _table("Quarantine (reason = first failed rule)", report.quarantine)
+        if not report.quarantine.empty
+        else "Quarantine: empty"
+    )
+    console.print(
+        _table("Imputed values", report.imputed)
+        if not report.imputed.empty
+        else "Imputed values: none"
+    )
+    console.print(_table("Kept out for lack of personalization consent", report.consent))
+
+
+@app.command("settings")
+def show_settings() -> None:
+    """The settings in force (secrets hidden) and where they come from."""
+    from bespoke.settings import get_settings
+
+    settings = get_settings()
+    table = Table("setting", "value", header_style="bold")
+    for name, value in settings.model_dump().items():
+        shown = "(set)" if name == "hmac_key" and value else str(value)
+        table.add_row(f"BESPOKE_{name.upper()}", shown)
+    console.print(table)
+
+
+@app.command("demo")
+def demo() -> None:
+    """The main job end to end on the embedded defaults (what ``make demo`` runs)."""
+    console.rule("[bold]1. Ingest MovieLens 100K and CDNOW into the event lake")
+    _builtin("movielens-100k", None, None)
+    _builtin("cdnow", None, None)
+    console.rule("[bold]2. Data report")
+    data_report(None)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
