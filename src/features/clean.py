@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
-from bespoke.features.schema import MONETARY_EVENT_TYPES, Channel, EventType
+from bespoke.features.schema import MONETARY_EVENT_TYPES, TEXT, Channel, EventType
 
 #: How far ahead of the ingesting clock a timestamp may be before it counts as future
 #: (clock skew between a sender and us).
@@ -142,7 +142,7 @@ def flag(df: pd.DataFrame, rules: tuple[Rule, ...], ctx: RuleContext) -> pd.Data
     any_flag = np.logical_or.reduce(list(masks.values())) if masks else np.zeros(len(df), bool)
     flagged_index = df.index[any_flag]
     if not len(flagged_index):
-        return pd.DataFrame({"reason": [], "reasons": []}, index=flagged_index, dtype="string")
+        return pd.DataFrame({"reason": [], "reasons": []}, index=flagged_index, dtype=TEXT)
     reasons = pd.Series("", index=df.index, dtype="object")
     for reason, mask in masks.items():
         reasons[mask] = reasons[mask] + "|" + reason
@@ -237,7 +237,7 @@ def impute(
             filled += int(mask.sum())
         if filled:
             counts[rule.column] = filled
-    df["imputed"] = imputed.str.lstrip("|")
+    df["imputed"] = imputed.str.lstrip("|") if counts else ""
     return df, counts
 
 
@@ -246,7 +246,7 @@ def standardise_strings(df: pd.DataFrame, columns: list[str], lower: list[str]) 
     for column in columns:
         if column not in df:
             continue
-        values = df[column].astype("string").str.strip()
+        values = df[column].astype(TEXT).str.strip()
         if column in lower:
             values = values.str.lower()
         df[column] = values.mask(values == "")

@@ -31,6 +31,7 @@ from bespoke.features.schema import (
     ITEM_SCHEMA,
     PERSONALIZATION,
     QUARANTINE_SCHEMA,
+    TEXT,
     USER_SCHEMA,
     Channel,
     ConsentPurpose,
@@ -76,7 +77,7 @@ def read_delimited(
             names=list(names) if names else None,
             header=None if names else 0,
             skiprows=skip if names else None,
-            dtype=str,
+            dtype=TEXT,
             keep_default_na=False,
             na_values=[""],
             encoding=encoding,
@@ -106,7 +107,7 @@ def read_table_file(path: str | Path) -> pd.DataFrame:
             frame = pd.read_parquet(path)
         except Exception as error:  # pyarrow raises several types for a bad file
             raise IngestError(f"{path}: unreadable as Parquet: {error}") from error
-        frame = frame.astype({c: "string" for c in frame.columns if frame[c].dtype == object})
+        frame = frame.astype({c: TEXT for c in frame.columns if frame[c].dtype == object})
         frame[ROW] = np.arange(len(frame), dtype=np.int64) + 1
         frame[SOURCE] = path.name
         return frame
@@ -137,40 +138,45 @@ def coerce(frame: pd.DataFrame, types: Mapping[str, Any], source: str) -> pd.Dat
     """Cast columns to ``types`` with pandera; any value that does not fit raises
     :class:`IngestError` naming the file, line and column of the first few."""
     present = {c: t for c, t in types.items() if c in frame.columns}
-    unix = {
-        c
-        for c, t in present.items()
-        if isinstance(t, pandas_engine.DateTime) and t.to_datetime_kwargs.get("unit")
-    }
-    if unix:  # epoch numbers arrive as text: numbers first, then instants
-        frame = coerce(frame, {c: "Int64" for c in unix}, source)
+    # Epoch times arrive as text: checked as whole numbers, then turned into instants.
+    epochs = {c: t.to_datetime_kwargs["unit"] for c, t in present.items() if _epoch_unit(t)}
     schema = pandera.DataFrameSchema(
-        {c: pandera.Column(t, coerce=True, nullable=True) for c, t in present.items()}
+        {
+            c: pandera.Column("Int64" if c in epochs else t, coerce=True, nullable=True)
+            for c, t in present.items()
+        }
     )
     try:
-        return schema.validate(frame, lazy=True)
+        frame = schema.validate(frame, lazy=True)
     except pandera.errors.SchemaErrors as errors:
-        cases = errors.failure_cases.drop_duplicates(["column", "index"]).head(5)
+        cases = errors.failure_cases.drop_duplicates(["column", "index"])
         found = []
-        for case in cases.itertuples():
+        for case in cases.head(5).itertuples():
             row = (
                 frame.loc[case.index, ROW]
                 if ROW in frame and case.index in frame.index
                 else case.index
             )
             found.append(
-                f"line {row}, column {case.column!r}: {case.failure_case!r} is not {_describe(types[case.column])}"
+                f"line {row}, column {case.column!r}: {case.failure_case!r} is not "
+                + _describe(types[case.column])
             )
-        total = errors.failure_cases.drop_duplicates(["column", "index"]).shape[0]
-        more = f" (and {total - len(found)} more)" if total > len(found) else ""
+        more = f" (and {len(cases) - len(found)} more)" if len(cases) > len(found) else ""
         raise IngestError(f"{source}: " + "; ".join(found) + more) from None
+    for column, unit in epochs.items():
+        frame[column] = pd.to_datetime(frame[column], unit=unit, utc=True)
+    return frame
+
+
+def _epoch_unit(kind: Any) -> str | None:
+    return kind.to_datetime_kwargs.get("unit") if isinstance(kind, pandas_engine.DateTime) else None
 
 
 def _describe(kind: Any) -> str:
     if isinstance(kind, pandas_engine.DateTime):
         kwargs = kind.to_datetime_kwargs
         return "a unix time" if kwargs.get("unit") else f"a date ({kwargs.get('format', 'any')})"
-    return {"Int64": "a whole number", "float64": "a number", "string": "text"}.get(
+    return {"Int64": "a whole number", "float64": "a number", TEXT: "text"}.get(
         str(kind), str(kind)
     )
 
@@ -183,7 +189,7 @@ EVENT_INPUT_COLUMNS = [
     "phone", "consent",
 ]  # fmt: skip
 EVENT_INPUT_TYPES: dict[str, Any] = {
-    **{c: "string" for c in EVENT_INPUT_COLUMNS},
+    **{c: TEXT for c in EVENT_INPUT_COLUMNS},
     "timestamp": iso_datetime(),
     "value": "float64",
     "quantity": "Int64",
@@ -325,11 +331,7 @@ def _prepare_events(
     for column in EVENT_INPUT_COLUMNS:
         if column not in df:
             kind = EVENT_INPUT_TYPES[column]
-            df[column] = pd.Series(
-                pd.NA,
-                index=df.index,
-                dtype=kind if isinstance(kind, str) else "datetime64[ns, UTC]",
-            )
+            df[column] = _missing(kind, df.index)
     source = batch.source
     for column in ("user_id", "anonymous_id"):
         if privacy.looks_like_email(df[column]):
@@ -362,7 +364,8 @@ def _prepare_events(
     df["consent"] = _consent(df, batch)
     allowed = df["consent"].str.contains(PERSONALIZATION.value, regex=False).fillna(False)
     counts["excluded_no_consent"] = int((~allowed).sum())
-    df = df[allowed.to_numpy()]
+    if counts["excluded_no_consent"]:
+        df = df[allowed.to_numpy()]
 
     df["dataset"] = batch.dataset
     df["event_id"] = event_ids(df)
@@ -378,17 +381,17 @@ def _prepare_events(
     )
     counts["quarantined"] = flagged["reason"].value_counts().to_dict()
 
-    good = df.drop(index=flagged.index)
+    good = df.drop(index=flagged.index) if len(flagged) else df
     good, imputed = clean.impute(good, clean.EVENT_IMPUTATIONS)
     good["channel"] = good["channel"].fillna(batch.default_channel.value)
     existing = lake.read_column("events", "event_id", batch.dataset)
-    fresh = (
-        ~good["event_id"].isin(existing.to_numpy(zero_copy_only=False))
-        if len(existing)
-        else np.ones(len(good), bool)
-    )
+    fresh = np.ones(len(good), bool)
+    if len(existing):
+        present = pc.is_in(pa.array(good["event_id"]), value_set=existing)
+        fresh = ~present.to_numpy(zero_copy_only=False)
     counts["already_present"] = int((~fresh).sum())
-    good = good[fresh]
+    if counts["already_present"]:
+        good = good[fresh]
     counts["stored"] = len(good)
     counts["imputed"] = {
         k: int(good["imputed"].str.contains(k, regex=False).sum()) for k in imputed
@@ -405,10 +408,13 @@ def privacy_column(raw_field: str) -> str:
 def _consent(df: pd.DataFrame, batch: SourceBatch) -> pd.Series:
     """Each row's consent purposes as a sorted "|"-joined string; unknown purposes raise."""
     default = "|".join(sorted(p.value for p in batch.default_consent))
-    values = df["consent"].astype("string").str.lower().fillna(default)
+    if df["consent"].isna().all():
+        return pd.Series(pd.array([default] * len(df), dtype=TEXT), index=df.index)
+    values = df["consent"].astype(TEXT).str.lower().fillna(default)
+    codes, distinct = pd.factorize(values)
     known = {p.value for p in ConsentPurpose}
-    spelled: dict[str, str] = {}
-    for text in values.unique():
+    spelled: list[str] = []
+    for text in distinct:
         parts = sorted(
             {p for p in str(text).replace(",", "|").replace(";", "|").split("|") if p.strip()}
         )
@@ -420,33 +426,62 @@ def _consent(df: pd.DataFrame, batch: SourceBatch) -> pd.Series:
                 f"{batch.source}: line {row}, column 'consent': unknown purpose(s) {unknown}; "
                 f"known: {sorted(known)}"
             )
-        spelled[text] = "|".join(parts)
-    return values.map(spelled).astype("string")
+        spelled.append("|".join(parts))
+    return pd.Series(pd.array(spelled, dtype=TEXT).take(codes), index=df.index)
 
 
-_ID_FIELDS = [
-    "dataset", "user_id", "anonymous_id", "event_type", "item_id", "channel", "device",
-    "geo", "page", "referrer", "ip_hash", "email_hash", "phone_hash",
-]  # fmt: skip
+def _missing(kind: Any, index: pd.Index) -> pd.Series:
+    """An all-missing column of an input type, built without a per-row loop."""
+    n = len(index)
+    if kind == TEXT:
+        values = pd.arrays.ArrowStringArray(pa.chunked_array([pa.nulls(n, pa.string())]))
+    elif kind == "Int64":
+        values = pd.arrays.IntegerArray(np.zeros(n, np.int64), np.ones(n, bool))
+    elif kind == "float64":
+        values = np.full(n, np.nan)
+    else:  # a timestamp
+        values = pd.arrays.DatetimeArray._from_sequence(
+            np.full(n, np.datetime64("NaT", "ns")), dtype="datetime64[ns, UTC]"
+        )
+    return pd.Series(values, index=index)
 
 
-def event_ids(df: pd.DataFrame) -> np.ndarray:
-    """Deterministic event ids: md5 over the sender's id when there is one, otherwise over
-    every content field (so exact duplicates share an id)."""
+#: The fields an event id covers, each with a short tag for the canonical string.
+_ID_FIELDS = {
+    "dataset": "d", "user_id": "u", "anonymous_id": "a", "event_type": "t", "item_id": "i",
+    "channel": "c", "device": "dv", "geo": "g", "page": "p", "referrer": "r", "ip_hash": "ip",
+    "email_hash": "e", "phone_hash": "ph", "timestamp": "ts", "value": "v", "quantity": "q",
+}  # fmt: skip
+
+
+def event_ids(df: pd.DataFrame) -> pd.api.extensions.ExtensionArray:
+    """Deterministic event ids: the md5 of the sender's id when there is one, otherwise of
+    the canonical content string ``tag=value`` for every present field, in a fixed order
+    (so exact duplicates share an id, whatever columns a source happens to carry)."""
     if df.empty:
-        return np.array([], dtype=object)
-    parts = [f'coalesce(CAST("{c}" AS VARCHAR), chr(0))' for c in _ID_FIELDS]
-    parts.append('coalesce(CAST(epoch_us("timestamp") AS VARCHAR), chr(0))')
-    parts.append('coalesce(CAST("value" AS VARCHAR), chr(0))')
-    parts.append('coalesce(CAST("quantity" AS VARCHAR), chr(0))')
-    content = "concat_ws(chr(31), " + ", ".join(parts) + ")"
-    sql = (
-        "SELECT CASE WHEN source_event_id IS NULL THEN md5(" + content + ") "
-        "ELSE md5(concat_ws(chr(31), dataset, 'source-id', source_event_id)) END AS id FROM frame"
-    )
-    frame = df[[*_ID_FIELDS, "timestamp", "value", "quantity", "source_event_id"]]  # noqa: F841
+        return pd.array([], dtype=TEXT)
+
+    def tagged(column: str) -> str | None:
+        tag = _ID_FIELDS[column]
+        values = df[column]
+        if values.isna().all():
+            return None  # a missing field adds nothing to the string
+        if column in ("dataset", "event_type") and values.nunique() == 1:
+            return "'" + f"{tag}={values.iloc[0]}".replace("'", "''") + "'"
+        expression = {"timestamp": 'epoch_us("timestamp")'}.get(column, f'"{column}"')
+        return f"'{tag}=' || CAST({expression} AS VARCHAR)"
+
+    parts = [p for p in map(tagged, _ID_FIELDS) if p]
+    content = "md5(concat_ws(chr(31), " + ", ".join(parts) + "))"
+    if df["source_event_id"].notna().any():
+        content = f"coalesce(md5(concat_ws(chr(31), 'd=' || dataset, 's=' || source_event_id)), {content})"
+    columns = [c for c in [*_ID_FIELDS, "source_event_id"] if df[c].notna().any()]
+    table = pa.Table.from_pandas(df[columns], preserve_index=False)
+    # Several record batches, so that DuckDB hashes them on every core (order is kept).
+    frame = pa.Table.from_batches(table.to_batches(max_chunksize=65_536))  # noqa: F841 - SQL
     with duckdb.connect() as con:
-        return con.execute(sql).fetch_arrow_table().column("id").to_numpy(zero_copy_only=False)
+        ids = con.execute(f"SELECT {content} AS id FROM frame").to_arrow_table().column("id")
+    return pd.array(ids, dtype=TEXT)
 
 
 def _quarantine_frame(
@@ -485,8 +520,10 @@ def _quarantine_frame(
 def _new_quarantine(frame: pd.DataFrame | None, lake: Lake, dataset: str) -> pa.Table:
     if frame is None or frame.empty:
         return QUARANTINE_SCHEMA.empty_table()
-    existing = lake.read_column("quarantine", "quarantine_id", dataset).to_pylist()
-    frame = frame[~frame["quarantine_id"].isin(existing)]
+    existing = lake.read_column("quarantine", "quarantine_id", dataset)
+    if len(existing):
+        present = pc.is_in(pa.array(frame["quarantine_id"], pa.string()), value_set=existing)
+        frame = frame[~present.to_numpy(zero_copy_only=False)]
     return _to_arrow(frame, QUARANTINE_SCHEMA)
 
 
@@ -499,11 +536,12 @@ def _to_arrow(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
         preserve_index=False,
     )
     for name in lists:
-        joined = pa.array(df[name].fillna("").astype(str).to_numpy(), pa.string())
-        split = pc.split_pattern(joined, "|")
-        empty = pc.equal(joined, "")
-        values = pc.if_else(empty, pa.scalar([], pa.list_(pa.string())), split)
-        flat = flat.append_column(schema.field(name), values)
+        # Few distinct spellings ("personalization|analytics", ""): split each once.
+        codes, spellings = pd.factorize(df[name].fillna(""), use_na_sentinel=False)
+        lists_ = pa.array(
+            [[p for p in str(s).split("|") if p] for s in spellings], pa.list_(pa.string())
+        )
+        flat = flat.append_column(schema.field(name), lists_.take(pa.array(codes)))
     return flat.select(schema.names)
 
 
@@ -529,7 +567,7 @@ def _prepare_users(
         if column not in df:
             df[column] = pd.NA
     located = geo.locate_series(df["zip"])
-    df[["state", "region", "country"]] = located.astype("string")
+    df[["state", "region", "country"]] = located.astype(TEXT)
     df["zip_hash"] = privacy.pseudonymise_series(key, "zip", df["zip"])
     df = df.drop(columns=["zip"])
     df["dataset"] = batch.dataset
@@ -621,7 +659,7 @@ def _changed_only(
                 f"ON c.{key} = l.{key} AND {same}",
                 [dataset],
             )
-            .fetch_arrow_table()
+            .to_arrow_table()
             .select(schema.names)
             .cast(schema)
         )

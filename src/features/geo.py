@@ -26,17 +26,16 @@ STATE_REGION = {
 _CANADIAN = re.compile(r"^[A-Z]\d[A-Z]\s?\d[A-Z]\d$|^[A-Z]\d[A-Z]$|^[A-Z]\d[A-Z]\d[A-Z]$")
 
 
-@lru_cache(maxsize=1)
-def _tables() -> tuple[dict[str, str], dict[str, str]]:
-    import zipcodes  # loads a 40k-row table: only when geo is first needed
+@lru_cache(maxsize=65536)
+def _us_state(zip5: str) -> str | None:
+    import zipcodes  # its table loads on first use, not at import
 
-    by_zip: dict[str, str] = {}
-    by_prefix: dict[str, Counter[str]] = {}
-    for row in zipcodes.list_all():
-        by_zip[row["zip_code"]] = row["state"]
-        by_prefix.setdefault(row["zip_code"][:3], Counter())[row["state"]] += 1
-    prefix_state = {prefix: counts.most_common(1)[0][0] for prefix, counts in by_prefix.items()}
-    return by_zip, prefix_state
+    found = zipcodes.matching(zip5)
+    if found:
+        return found[0]["state"]
+    # A retired zip code: the state that the other codes sharing its prefix are in.
+    neighbours = Counter(z["state"] for z in zipcodes.similar_to(zip5[:3]))
+    return neighbours.most_common(1)[0][0] if neighbours else None
 
 
 def locate(zip_code: str | None) -> tuple[str | None, str | None, str | None]:
@@ -46,11 +45,8 @@ def locate(zip_code: str | None) -> tuple[str | None, str | None, str | None]:
     code = str(zip_code).strip().upper()
     digits = code.split("-")[0]
     if len(digits) == 5 and digits.isdigit():
-        by_zip, by_prefix = _tables()
-        state = by_zip.get(digits) or by_prefix.get(digits[:3])
-        if state is None:
-            return None, None, "US"
-        return state, STATE_REGION.get(state), "US"
+        state = _us_state(digits)
+        return state, STATE_REGION.get(state) if state else None, "US"
     if _CANADIAN.match(code):
         return None, None, "CA"
     return None, None, None
@@ -58,5 +54,9 @@ def locate(zip_code: str | None) -> tuple[str | None, str | None, str | None]:
 
 def locate_series(zip_codes: pd.Series) -> pd.DataFrame:
     """``locate`` for a column: a frame with ``state``, ``region`` and ``country``."""
-    rows = [locate(code) for code in zip_codes]
+    distinct = {code: locate(code) for code in zip_codes.dropna().unique()}
+    rows = [
+        distinct.get(code, (None, None, None)) if pd.notna(code) else (None, None, None)
+        for code in zip_codes
+    ]
     return pd.DataFrame(rows, columns=["state", "region", "country"], index=zip_codes.index)

@@ -19,6 +19,7 @@ import fcntl
 import json
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +27,8 @@ from typing import Any
 
 import duckdb
 import fsspec
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from bespoke.features.schema import TABLES
 from fsspec.implementations.local import LocalFileSystem
@@ -200,19 +201,24 @@ class LakeWriter:
         if table != "events":
             self._write_file(self.lake.path(table, f"dataset={dataset}"), data)
             return data.num_rows
-        days = pc.strftime(data.column("timestamp"), format="%Y-%m-%d").fill_null(UNDATED)
-        data = data.append_column("_day", days).sort_by(
-            [("_day", "ascending"), ("user_id", "ascending"), ("timestamp", "ascending")]
+        # Whole days since the epoch (UTC); one file per day and run.
+        micros = data.column("timestamp").cast(pa.int64()).to_numpy(zero_copy_only=False)
+        undated = np.isnan(micros) if micros.dtype.kind == "f" else np.zeros(len(micros), bool)
+        days = np.where(
+            undated, np.iinfo(np.int64).max, np.floor_divide(np.nan_to_num(micros), 86_400_000_000)
         )
-        counts = pc.value_counts(data.column("_day"))  # in first-seen, here sorted, order
-        data = data.drop_columns("_day")
-        offset = 0
-        for day, count in zip(
-            counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True
-        ):
+        order = np.argsort(days, kind="stable")
+        data, days = data.take(order), days[order]
+        starts = np.flatnonzero(np.r_[True, days[1:] != days[:-1]])
+        ends = np.r_[starts[1:], len(days)]
+        parts = []
+        for start, end in zip(starts, ends, strict=True):
+            day = UNDATED if undated[order[start]] else str(np.datetime64(int(days[start]), "D"))
             folder = self.lake.path(table, f"dataset={dataset}", f"event_date={day}")
-            self._write_file(folder, data.slice(offset, count))
-            offset += count
+            parts.append((folder, data.slice(start, end - start)))
+        # Parquet encoding releases the GIL: one writer per core.
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            list(pool.map(lambda part: self._write_file(*part), parts))
         return data.num_rows
 
     def _write_file(self, folder: str, data: pa.Table) -> None:

@@ -12,6 +12,7 @@ import hmac
 import re
 
 import pandas as pd
+from bespoke.features.schema import TEXT
 
 _NOT_DIGITS = re.compile(r"[^\d+]")
 
@@ -43,8 +44,8 @@ def pseudonymise_series(key: bytes, kind: str, values: pd.Series) -> pd.Series:
     present = values.dropna()
     distinct = present.unique()
     mapping = {value: pseudonym(key, kind, str(value)) for value in distinct}
-    out = pd.Series(pd.NA, index=values.index, dtype="string")
-    out.loc[present.index] = present.map(mapping).astype("string")
+    out = pd.Series(pd.NA, index=values.index, dtype=TEXT)
+    out.loc[present.index] = present.map(mapping).astype(TEXT)
     return out
 
 
@@ -53,5 +54,5 @@ _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
 def looks_like_email(values: pd.Series, sample: int = 1000) -> bool:
     """Whether a column seems to hold e-mail addresses (checked on a sample)."""
-    head = values.dropna().astype(str).head(sample)
+    head = values.dropna().head(sample).astype(str)
     return bool(len(head)) and head.str.fullmatch(_EMAIL).mean() > 0.5

@@ -16,6 +16,10 @@ from typing import Annotated
 import pyarrow as pa
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+#: pandas dtype of text columns: Arrow-backed, for vectorised string work and cheap
+#: conversion to Parquet.
+TEXT = "string[pyarrow]"
+
 DATASET_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 DatasetName = Annotated[str, StringConstraints(pattern=DATASET_NAME_PATTERN)]
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=256, strip_whitespace=True)]

@@ -27,7 +27,7 @@ from bespoke.features.collect import (
     require_columns,
     unix_seconds,
 )
-from bespoke.features.schema import Channel, ConsentPurpose, EventType
+from bespoke.features.schema import TEXT, Channel, ConsentPurpose, EventType
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 #: What the public research datasets were collected for; rows carry no consent of their own.
@@ -50,7 +50,7 @@ def movielens_100k(path: str | Path, dataset: str = "ml-100k") -> SourceBatch:
     )
     ratings = coerce(
         ratings,
-        {"user_id": "string", "item_id": "string", "value": "float64", "timestamp": unix_seconds()},
+        {"user_id": TEXT, "item_id": TEXT, "value": "float64", "timestamp": unix_seconds()},
         "u.data",
     )
     ratings["event_type"] = EventType.RATE.value
@@ -61,11 +61,11 @@ def movielens_100k(path: str | Path, dataset: str = "ml-100k") -> SourceBatch:
     users = coerce(
         users,
         {
-            "user_id": "string",
+            "user_id": TEXT,
             "age": "Int64",
-            "gender": "string",
-            "occupation": "string",
-            "zip": "string",
+            "gender": TEXT,
+            "occupation": TEXT,
+            "zip": TEXT,
         },
         "u.user",
     )
@@ -77,7 +77,7 @@ def movielens_100k(path: str | Path, dataset: str = "ml-100k") -> SourceBatch:
     items = coerce(
         items,
         {
-            "item_id": "string",
+            "item_id": TEXT,
             "release_date": date_format("%d-%b-%Y"),
             **{g: "Int64" for g in genres},
         },
@@ -114,7 +114,7 @@ def movielens_1m(path: str | Path, dataset: str = "ml-1m") -> SourceBatch:
     ratings = ratings.rename(columns={"item_idx": "item_id", "rating": "value"})
     ratings = coerce(
         ratings,
-        {"user_id": "string", "item_id": "string", "value": "float64"},
+        {"user_id": TEXT, "item_id": TEXT, "value": "float64"},
         "ratings_notime.csv",
     )
     ratings["event_type"] = EventType.RATE.value
@@ -149,7 +149,7 @@ def cdnow(path: str | Path, dataset: str = "cdnow") -> SourceBatch:
     orders = coerce(
         orders,
         {
-            "user_id": "string",
+            "user_id": TEXT,
             "timestamp": date_format("%Y%m%d"),
             "quantity": "Int64",
             "value": "float64",
@@ -291,9 +291,7 @@ def interactions_file(
         events["event_type"] = mapping.event_type_constant.value
     elif mapping.event_type_values:
         renames = {k: v.value for k, v in mapping.event_type_values.items()}
-        events["event_type"] = (
-            events["event_type"].map(lambda v: renames.get(v, v)).astype("string")
-        )
+        events["event_type"] = events["event_type"].map(lambda v: renames.get(v, v)).astype(TEXT)
     return SourceBatch(
         dataset=dataset,
         source=source,
