@@ -21,11 +21,12 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
 from bespoke.features.collect import ingest
 from bespoke.features.lake import Lake
 from bespoke.features.sources import movielens_100k
-from rich.console import Console
-from rich.table import Table
 
 TARGET_EVENTS_PER_S = 200_000
 USER_ID_STRIDE = 10_000  # above ML-100K's largest user id (943)

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
+
 from bespoke.features.schema import MONETARY_EVENT_TYPES, TEXT, Channel, EventType
 
 #: How far ahead of the ingesting clock a timestamp may be before it counts as future

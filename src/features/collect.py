@@ -24,6 +24,8 @@ import pandas as pd
 import pandera.pandas as pandera
 import pyarrow as pa
 import pyarrow.compute as pc
+from pandera.engines import pandas_engine
+
 from bespoke.features import clean, geo, privacy
 from bespoke.features.lake import Lake
 from bespoke.features.schema import (
@@ -37,7 +39,6 @@ from bespoke.features.schema import (
     ConsentPurpose,
     check_dataset_name,
 )
-from pandera.engines import pandas_engine
 
 #: ``callback(stage, done, total)``: the single progress hook of long work.
 Callback = Callable[[str, int, int], None]

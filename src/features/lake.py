@@ -30,8 +30,9 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from bespoke.features.schema import TABLES
 from fsspec.implementations.local import LocalFileSystem
+
+from bespoke.features.schema import TABLES
 
 UNDATED = "undated"
 

@@ -12,6 +12,7 @@ import hmac
 import re
 
 import pandas as pd
+
 from bespoke.features.schema import TEXT
 
 _NOT_DIGITS = re.compile(r"[^\d+]")

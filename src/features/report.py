@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 
 import pandas as pd
+
 from bespoke.features.lake import Lake
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
 from bespoke.features.collect import (
     EVENT_INPUT_COLUMNS,
     EVENT_INPUT_TYPES,
@@ -28,7 +30,6 @@ from bespoke.features.collect import (
     unix_seconds,
 )
 from bespoke.features.schema import TEXT, Channel, ConsentPurpose, EventType
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 #: What the public research datasets were collected for; rows carry no consent of their own.
 RESEARCH_CONSENT = (ConsentPurpose.PERSONALIZATION, ConsentPurpose.ANALYTICS)
