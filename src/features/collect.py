@@ -32,6 +32,7 @@ from bespoke.features.schema import (
     EVENT_SCHEMA,
     ITEM_SCHEMA,
     PERSONALIZATION,
+    PII_FIELDS,
     QUARANTINE_SCHEMA,
     TEXT,
     USER_SCHEMA,
@@ -86,8 +87,10 @@ def read_delimited(
             skipinitialspace=True,
         )
     except UnicodeDecodeError as error:
+        line, offset = _first_undecodable_line(path, encoding)
         raise IngestError(
-            f"{path}: not valid {encoding} text ({error.reason} at byte {error.start})"
+            f"{path}: line {line} is not valid {encoding} text (byte {offset} of the file); "
+            f"convert it to {encoding}"
         ) from error
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as error:
         raise IngestError(f"{path}: unreadable as a {sep!r}-separated table: {error}") from error
@@ -96,6 +99,19 @@ def read_delimited(
     frame[ROW] = np.arange(len(frame), dtype=np.int64) + skip + 1
     frame[SOURCE] = path.name
     return frame
+
+
+def _first_undecodable_line(path: Path, encoding: str) -> tuple[int, int]:
+    """(line number, file byte offset) of the first byte that ``encoding`` cannot decode."""
+    offset = 0
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode(encoding)
+            except UnicodeDecodeError as error:
+                return number, offset + error.start
+            offset += len(line)
+    return 0, offset
 
 
 def read_table_file(path: str | Path) -> pd.DataFrame:
@@ -270,39 +286,38 @@ def ingest(
         "started_at": now.isoformat(),
     }
     stamp = pd.Timestamp(now)
-    outputs: list[tuple[str, pa.Table]] = []
-    quarantined: list[pd.DataFrame] = []
-
-    steps = [("users", batch.users), ("items", batch.items), ("events", batch.events)]
-    total = sum(1 for _, frame in steps if frame is not None) + 1
-    done = 0
+    entities = [
+        e
+        for e, f in (("users", batch.users), ("items", batch.items), ("events", batch.events))
+        if f is not None
+    ]
+    total = len(entities) + 1
+    progress("validating " + ", ".join(entities), 0, total)
+    prepared: dict[str, tuple[pa.Table, pd.DataFrame, dict[str, Any]]] = {}
+    if batch.users is not None:
+        prepared["users"] = _prepare_users(batch.users, batch, lake, key, run_id, stamp, now)
+        progress("validated users", len(prepared), total)
+    if batch.items is not None:
+        prepared["items"] = _prepare_items(batch.items, batch, lake, run_id, stamp, now)
+        progress("validated items", len(prepared), total)
     known_items: frozenset[str] | None = None
-    for entity, frame in steps:
-        if frame is None:
-            continue
-        progress(f"validating {entity}", done, total)
-        if entity == "users":
-            table, flagged, counts = _prepare_users(frame, batch, lake, key, run_id, stamp, now)
-        elif entity == "items":
-            table, flagged, counts = _prepare_items(frame, batch, lake, run_id, stamp, now)
-            known_items = frozenset(table.column("item_id").to_pylist()) | _lake_ids(
-                lake, "items", "item_id", batch.dataset
-            )
-        else:
-            if known_items is None and lake.files("items", batch.dataset):
-                known_items = _lake_ids(lake, "items", "item_id", batch.dataset)
-            table, flagged, counts = _prepare_events(
-                frame, batch, lake, key, run_id, stamp, now, known_items
-            )
-        outputs.append((entity, table))
-        quarantined.append(flagged)
-        manifest[entity] = counts
-        done += 1
+    if batch.items is not None or lake.files("items", batch.dataset):
+        known_items = _lake_ids(lake, "items", "item_id", batch.dataset)
+        if "items" in prepared:
+            known_items |= frozenset(prepared["items"][0].column("item_id").to_pylist())
+    if batch.events is not None:
+        prepared["events"] = _prepare_events(
+            batch.events, batch, lake, key, run_id, stamp, now, known_items
+        )
+    outputs = [(entity, prepared[entity][0]) for entity in entities]
+    quarantined = [prepared[entity][1] for entity in entities]
+    for entity in entities:
+        manifest[entity] = prepared[entity][2]
+    done = len(entities)
 
     progress("writing", done, total)
-    quarantine = _new_quarantine(
-        pd.concat(quarantined) if quarantined else None, lake, batch.dataset
-    )
+    flagged = [frame for frame in quarantined if not frame.empty]
+    quarantine = _new_quarantine(pd.concat(flagged) if flagged else None, lake, batch.dataset)
     with lake.transaction(run_id) as writer:
         for entity, table in outputs:
             writer.write(entity, table, batch.dataset)
@@ -357,8 +372,7 @@ def _prepare_events(
 
     # PII never goes further than this function: pseudonyms replace it.
     for raw_field in ("email", "phone", "ip"):
-        df[privacy_column(raw_field)] = privacy.pseudonymise_series(key, raw_field, df[raw_field])
-    df = df.drop(columns=["email", "phone", "ip"])
+        df[PII_FIELDS[raw_field]] = privacy.pseudonymise_series(key, raw_field, df.pop(raw_field))
     # A log keyed only by e-mail still gets a stable user id: its pseudonym.
     df["user_id"] = df["user_id"].fillna(df["email_hash"])
 
@@ -402,10 +416,6 @@ def _prepare_events(
     return _to_arrow(good, EVENT_SCHEMA), quarantine, counts
 
 
-def privacy_column(raw_field: str) -> str:
-    return f"{raw_field}_hash"
-
-
 def _consent(df: pd.DataFrame, batch: SourceBatch) -> pd.Series:
     """Each row's consent purposes as a sorted "|"-joined string; unknown purposes raise."""
     default = "|".join(sorted(p.value for p in batch.default_consent))
@@ -417,9 +427,8 @@ def _consent(df: pd.DataFrame, batch: SourceBatch) -> pd.Series:
     spelled: list[str] = []
     for text in distinct:
         parts = sorted(
-            {p for p in str(text).replace(",", "|").replace(";", "|").split("|") if p.strip()}
+            {p.strip() for p in str(text).replace(",", "|").replace(";", "|").split("|")} - {""}
         )
-        parts = [p.strip() for p in parts]
         unknown = [p for p in parts if p not in known]
         if unknown:
             row = df.loc[values == text, ROW].iloc[0] if ROW in df else "?"
@@ -475,7 +484,8 @@ def event_ids(df: pd.DataFrame) -> pd.api.extensions.ExtensionArray:
     parts = [p for p in map(tagged, _ID_FIELDS) if p]
     content = "md5(concat_ws(chr(31), " + ", ".join(parts) + "))"
     if df["source_event_id"].notna().any():
-        content = f"coalesce(md5(concat_ws(chr(31), 'd=' || dataset, 's=' || source_event_id)), {content})"
+        sender = "md5(concat_ws(chr(31), 'd=' || dataset, 's=' || source_event_id))"
+        content = f"CASE WHEN source_event_id IS NULL THEN {content} ELSE {sender} END"
     columns = [c for c in [*_ID_FIELDS, "source_event_id"] if df[c].notna().any()]
     table = pa.Table.from_pandas(df[columns], preserve_index=False)
     # Several record batches, so that DuckDB hashes them on every core (order is kept).

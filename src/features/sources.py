@@ -282,12 +282,14 @@ def interactions_file(
     frame = read_table_file(path)
     columns = mapping.columns()
     require_columns(frame, list(dict.fromkeys(columns.values())), path.name)
-    events = pd.DataFrame({field: frame[column] for field, column in columns.items()})
-    events[ROW], events[SOURCE] = frame[ROW], frame[SOURCE]
-    types = {f: t for f, t in EVENT_INPUT_TYPES.items() if f in events}
-    if "timestamp" in events:
-        types["timestamp"] = _timestamp_type(mapping.timestamp_format)
-    events = coerce(events, types, path.name)
+    field_types = {**EVENT_INPUT_TYPES, "timestamp": _timestamp_type(mapping.timestamp_format)}
+    # Type-checked under the file's own column names, so that messages name them.
+    column_types: dict[str, Any] = {}
+    for field, column in columns.items():
+        column_types.setdefault(column, field_types[field])
+    typed = coerce(frame[[*column_types, ROW, SOURCE]], column_types, path.name)
+    events = pd.DataFrame({field: typed[column] for field, column in columns.items()})
+    events[ROW], events[SOURCE] = typed[ROW], typed[SOURCE]
     if mapping.event_type_constant:
         events["event_type"] = mapping.event_type_constant.value
     elif mapping.event_type_values:
