@@ -62,7 +62,7 @@ def _fail(message: str) -> typer.Exit:
 @contextmanager
 def _clear_errors() -> Iterator[None]:
     """Bad input ends the command with its message and exit code 1, not a traceback."""
-    from bespoke.features.collect import IngestError
+    from bespoke.features.parse import IngestError
 
     try:
         yield
@@ -146,7 +146,7 @@ def ingest_csv(
     ] = None,
 ) -> None:
     """Any interaction log, through a column mapping."""
-    from bespoke.features.collect import IngestError
+    from bespoke.features.parse import IngestError
     from bespoke.features.sources import ColumnMapping, interactions_file
 
     def build() -> Any:
@@ -184,7 +184,7 @@ def _table(title: str, frame: pd.DataFrame) -> Table:
 
 def _cell(value: Any) -> str:
     if isinstance(value, pd.Timestamp):
-        return value.strftime("%Y-%m-%d %H:%M") if not pd.isna(value) else "—"
+        return value.strftime("%Y-%m-%d") if not pd.isna(value) else "—"
     if value is None or (isinstance(value, float) and pd.isna(value)):
         return "—"
     return f"{value:,}" if isinstance(value, int) else str(value)

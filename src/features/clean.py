@@ -1,20 +1,27 @@
-"""Standardise, flag anomalies, impute gaps.
+"""Standardise, flag anomalies, impute gaps — as DuckDB SQL, the same for every entity.
 
-Every anomaly rule is a named, vectorised mask over a typed frame. A flagged row goes to
-quarantine with its first reason (rules are checked in the order listed) and all of
-them; nothing is dropped silently. Gaps in rows that pass are imputed — numeric with the
-median, categorical with the mode of the clean rows — and each row records which of its
-fields were imputed.
+Every anomaly rule is a named SQL condition over one row (window functions allowed). A
+flagged row goes to quarantine with its first reason (rules are checked in the order
+listed) and all of them; nothing is dropped silently. Gaps in rows that pass are imputed
+— numeric with the median, categorical with the mode of the clean rows, by group where
+the meaning differs (a purchase's value is not a rating) — and each row records which of
+its fields were imputed.
+
+:func:`flag` and :func:`impute` apply the rules to a DataFrame (notebooks, tests);
+ingestion composes :func:`checks`, :func:`fill_values` and :func:`imputed_sql` into its
+own queries over Arrow data.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, Literal
 
+import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from bespoke.features.schema import MONETARY_EVENT_TYPES, TEXT, Channel, EventType
 
@@ -24,14 +31,28 @@ FUTURE_TOLERANCE = timedelta(minutes=5)
 #: Ages outside this range are implausible for a customer.
 PLAUSIBLE_AGES = (5, 110)
 
+#: The row's position in its batch, added by the caller: "earlier" means a lower position.
+POSITION = "_pos"
 
-@dataclass(frozen=True)
-class Rule:
-    """One anomaly: a reason code, what it means, and the rows it flags."""
 
-    reason: str
-    description: str
-    flags: Callable[[pd.DataFrame, RuleContext], pd.Series]
+def sql_literal(value: Any) -> str:
+    """A Python scalar as a SQL literal."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool | np.bool_):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int | float | np.integer | np.floating):
+        return repr(float(value)) if isinstance(value, float | np.floating) else str(int(value))
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _in_list(values: object) -> str:
+    return "(" + ", ".join(sql_literal(str(v)) for v in sorted(str(v) for v in values)) + ")"  # type: ignore[attr-defined]
+
+
+_EVENT_TYPES = _in_list(EventType)
+_CHANNELS = _in_list(Channel)
+_MONETARY = _in_list(MONETARY_EVENT_TYPES)
 
 
 @dataclass(frozen=True)
@@ -44,139 +65,237 @@ class RuleContext:
     rating_scale: tuple[float, float] | None = None
 
 
-_EVENT_TYPES = frozenset(e.value for e in EventType)
-_CHANNELS = frozenset(c.value for c in Channel)
-_MONETARY = sorted(e.value for e in MONETARY_EVENT_TYPES)
+Needs = Literal["timestamps", "known_items", "rating_scale"]
 
 
-def _unknown_items(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
-    if ctx.known_items is None:
-        return pd.Series(False, index=df.index)
-    return df["item_id"].notna() & ~df["item_id"].isin(ctx.known_items)
+@dataclass(frozen=True)
+class Rule:
+    """One anomaly: a reason code, what it means, and the SQL condition that flags a row.
+
+    ``needs`` names context without which the rule is off (a source without timestamps
+    has no missing ones; without a catalog no item is unknown). The condition may use
+    ``$future_limit``, ``$rating_low`` and ``$rating_high`` and the relation
+    ``known_items(item_id)``.
+    """
+
+    reason: str
+    description: str
+    sql: str
+    needs: Needs | None = None
+
+    def applies(self, ctx: RuleContext) -> bool:
+        return (
+            self.needs is None
+            or (self.needs == "timestamps" and ctx.has_timestamps)
+            or (self.needs == "known_items" and ctx.known_items is not None)
+            or (self.needs == "rating_scale" and ctx.rating_scale is not None)
+        )
 
 
-def _rating_out_of_range(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
-    if ctx.rating_scale is None:
-        return pd.Series(False, index=df.index)
-    low, high = ctx.rating_scale
-    rated = (df["event_type"] == EventType.RATE) & df["value"].notna()
-    return rated & ~df["value"].between(low, high)
+#: How many earlier rows of the batch share the row's key (0 for the first): supplied by
+#: the caller from :func:`occurrences`, since a window over wide rows is costly.
+OCCURRENCE = "_nth"
 
 
-def _future(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
-    limit = pd.Timestamp(ctx.now + FUTURE_TOLERANCE)
-    return (df["timestamp"] > limit).fillna(False)
+@dataclass(frozen=True)
+class RuleSet:
+    """The rules of one entity, checked in order, and the key whose repeats in a batch
+    are exact duplicates."""
+
+    key: str
+    rules: tuple[Rule, ...]
+
+    def __iter__(self):
+        return iter(self.rules)
 
 
-EVENT_RULES: tuple[Rule, ...] = (
-    Rule(
-        "missing_identity",
-        "neither user_id nor anonymous_id",
-        lambda df, ctx: df["user_id"].isna() & df["anonymous_id"].isna(),
-    ),
-    Rule(
-        "unknown_event_type",
-        "event_type is not one of the EventType values",
-        lambda df, ctx: ~df["event_type"].isin(_EVENT_TYPES),
-    ),
-    Rule(
-        "unknown_channel",
-        "channel is not one of the Channel values",
-        lambda df, ctx: df["channel"].notna() & ~df["channel"].isin(_CHANNELS),
-    ),
-    Rule(
-        "missing_timestamp",
-        "no timestamp in a source that has them",
-        lambda df, ctx: df["timestamp"].isna() & ctx.has_timestamps,
-    ),
-    Rule("future_timestamp", f"timestamp more than {FUTURE_TOLERANCE} ahead of ingestion", _future),
-    Rule("unknown_item", "item_id is not in the dataset's catalog", _unknown_items),
-    Rule(
-        "negative_amount",
-        "negative money value or quantity",
-        lambda df, ctx: (
-            (df["event_type"].isin(_MONETARY) & (df["value"] < 0)).fillna(False)
-            | (df["quantity"] < 0).fillna(False)
-        ),
-    ),
-    Rule(
-        "zero_value_purchase",
-        "a purchase worth exactly 0",
-        lambda df, ctx: ((df["event_type"] == EventType.PURCHASE) & (df["value"] == 0)).fillna(
-            False
-        ),
-    ),
-    Rule("rating_out_of_range", "rating outside the source's scale", _rating_out_of_range),
-    Rule(
-        "exact_duplicate",
-        "same content (same event id) as an earlier row of the same batch",
-        lambda df, ctx: df["event_id"].duplicated(keep="first"),
-    ),
-)
-
-USER_RULES: tuple[Rule, ...] = (
-    Rule(
-        "implausible_age",
-        f"age outside {PLAUSIBLE_AGES[0]}..{PLAUSIBLE_AGES[1]}",
-        lambda df, ctx: df["age"].notna() & ~df["age"].between(*PLAUSIBLE_AGES),
-    ),
-    Rule(
-        "exact_duplicate",
-        "same user id as an earlier row of the same batch",
-        lambda df, ctx: df["user_id"].duplicated(keep="first"),
-    ),
-)
-
-ITEM_RULES: tuple[Rule, ...] = (
-    Rule(
-        "exact_duplicate",
-        "same item id as an earlier row of the same batch",
-        lambda df, ctx: df["item_id"].duplicated(keep="first"),
-    ),
-)
-
-
-def flag(df: pd.DataFrame, rules: tuple[Rule, ...], ctx: RuleContext) -> pd.DataFrame:
-    """A frame indexed like ``df`` with ``reason`` (first failed rule) and ``reasons``
-    ("|"-joined, all failed rules) for the flagged rows only."""
-    masks = {rule.reason: rule.flags(df, ctx).to_numpy(dtype=bool) for rule in rules}
-    any_flag = np.logical_or.reduce(list(masks.values())) if masks else np.zeros(len(df), bool)
-    flagged_index = df.index[any_flag]
-    if not len(flagged_index):
-        return pd.DataFrame({"reason": [], "reasons": []}, index=flagged_index, dtype=TEXT)
-    reasons = pd.Series("", index=df.index, dtype="object")
-    for reason, mask in masks.items():
-        reasons[mask] = reasons[mask] + "|" + reason
-    reasons = reasons[any_flag].str.lstrip("|")
-    return pd.DataFrame(
-        {"reason": reasons.str.split("|", n=1).str[0], "reasons": reasons}, index=flagged_index
+def occurrences(keys: pa.Array | pa.ChunkedArray | pd.Series) -> np.ndarray:
+    """For each row, how many earlier rows have the same key (missing keys count too)."""
+    codes, _ = pd.factorize(
+        pd.Series(keys) if not isinstance(keys, pd.Series) else keys, use_na_sentinel=False
     )
+    order = np.argsort(codes, kind="stable")
+    sorted_codes = codes[order]
+    starts = np.r_[True, sorted_codes[1:] != sorted_codes[:-1]]
+    group_start = np.maximum.accumulate(np.where(starts, np.arange(len(codes)), 0))
+    nth = np.empty(len(codes), dtype=np.int64)
+    nth[order] = np.arange(len(codes)) - group_start
+    return nth
+
+
+_DUPLICATE_SQL = f"{OCCURRENCE} > 0"
+
+EVENT_RULES = RuleSet(
+    "event_id",
+    (
+        Rule(
+            "missing_identity",
+            "neither user_id nor anonymous_id",
+            "user_id IS NULL AND anonymous_id IS NULL",
+        ),
+        Rule(
+            "unknown_event_type",
+            "event_type is not one of the EventType values",
+            f"event_type IS NULL OR event_type NOT IN {_EVENT_TYPES}",
+        ),
+        Rule(
+            "unknown_channel",
+            "channel is not one of the Channel values",
+            f"channel NOT IN {_CHANNELS}",
+        ),
+        Rule(
+            "missing_timestamp",
+            "no timestamp in a source that has them",
+            '"timestamp" IS NULL',
+            "timestamps",
+        ),
+        Rule(
+            "future_timestamp",
+            f"timestamp more than {FUTURE_TOLERANCE} ahead of ingestion",
+            '"timestamp" > $future_limit',
+        ),
+        Rule(
+            "unknown_item",
+            "item_id is not in the dataset's catalog",
+            "item_id NOT IN (SELECT item_id FROM known_items)",
+            "known_items",
+        ),
+        Rule(
+            "negative_amount",
+            "negative money value or quantity",
+            f"(event_type IN {_MONETARY} AND value < 0) OR quantity < 0",
+        ),
+        Rule(
+            "zero_value_purchase",
+            "a purchase worth exactly 0",
+            "event_type = 'purchase' AND value = 0",
+        ),
+        Rule(
+            "rating_out_of_range",
+            "rating outside the source's scale",
+            "event_type = 'rate' AND value NOT BETWEEN $rating_low AND $rating_high",
+            "rating_scale",
+        ),
+        Rule(
+            "exact_duplicate",
+            "same content (same event id) as an earlier row of the same batch",
+            _DUPLICATE_SQL,
+        ),
+    ),
+)
+
+USER_RULES = RuleSet(
+    "user_id",
+    (
+        Rule(
+            "implausible_age",
+            f"age outside {PLAUSIBLE_AGES[0]}..{PLAUSIBLE_AGES[1]}",
+            f"age NOT BETWEEN {PLAUSIBLE_AGES[0]} AND {PLAUSIBLE_AGES[1]}",
+        ),
+        Rule("exact_duplicate", "same user id as an earlier row of the same batch", _DUPLICATE_SQL),
+    ),
+)
+
+ITEM_RULES = RuleSet(
+    "item_id",
+    (Rule("exact_duplicate", "same item id as an earlier row of the same batch", _DUPLICATE_SQL),),
+)
+
+
+#: Column holding a checked row's failed rules as a bit mask (0: clean).
+FLAGS = "_flags"
+
+
+@dataclass(frozen=True)
+class Checks:
+    """The rules that apply in a context, as SQL: ``flags`` gives each row a bit mask of
+    its failed rules (cheap on millions of rows); ``reasons`` turns a mask back into the
+    rule names, in rule order (run only on the flagged few)."""
+
+    flags: str
+    reasons: str
+    params: dict[str, Any]
+
+
+def checks(rules: RuleSet, ctx: RuleContext) -> Checks:
+    applicable = [rule for rule in rules if rule.applies(ctx)]
+    if not applicable:
+        return Checks("0", "[]::VARCHAR[]", {})
+    flags = " + ".join(
+        f"(CASE WHEN coalesce(({rule.sql}), FALSE) THEN {1 << bit} ELSE 0 END)"
+        for bit, rule in enumerate(applicable)
+    )
+    names = ", ".join(
+        f"CASE WHEN ({FLAGS} & {1 << bit}) <> 0 THEN '{rule.reason}' END"
+        for bit, rule in enumerate(applicable)
+    )
+    params: dict[str, Any] = {}
+    if "$future_limit" in flags:
+        params["future_limit"] = ctx.now + FUTURE_TOLERANCE
+    if ctx.rating_scale is not None and "$rating_low" in flags:
+        params["rating_low"], params["rating_high"] = ctx.rating_scale
+    return Checks(f"CAST({flags} AS BIGINT)", f"list_filter([{names}], r -> r IS NOT NULL)", params)
+
+
+def register_context(con: duckdb.DuckDBPyConnection, ctx: RuleContext) -> None:
+    """Make the relations rules refer to (``known_items``) available on ``con``."""
+    if ctx.known_items is not None:
+        items = pa.table({"item_id": pa.array(sorted(ctx.known_items), pa.string())})
+        con.register("known_items", items)
+
+
+def flag(data: pd.DataFrame, rules: RuleSet, ctx: RuleContext) -> pd.DataFrame:
+    """``reason`` (first failed rule) and ``reasons`` ("|"-joined, all failed rules) for
+    the flagged rows of ``data``, indexed like ``data``."""
+    check = checks(rules, ctx)
+    frame = data.reset_index(drop=True).assign(
+        **{
+            POSITION: np.arange(len(data)),
+            OCCURRENCE: occurrences(data[rules.key].reset_index(drop=True)),
+        }
+    )
+    with duckdb.connect() as con:
+        register_context(con, ctx)
+        con.register("data", frame)
+        found = con.execute(
+            f"SELECT {POSITION}, {check.reasons} FROM (SELECT *, {check.flags} AS {FLAGS} "
+            f"FROM data) WHERE {FLAGS} <> 0 ORDER BY {POSITION}",
+            check.params,
+        ).fetchall()
+    index = data.index[[position for position, _ in found]]
+    return pd.DataFrame(
+        {
+            "reason": pd.array([reasons[0] for _, reasons in found], dtype=TEXT),
+            "reasons": pd.array(["|".join(reasons) for _, reasons in found], dtype=TEXT),
+        },
+        index=index,
+    )
+
+
+# --- imputation ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Imputation:
-    """Fill the gaps of ``column`` (within ``where`` rows) with the median or the mode."""
+    """Fill the gaps of ``column`` (in rows where ``where`` holds) with the median or the
+    mode of its present values, per ``group_by`` value when given."""
 
     column: str
-    strategy: str  # "median" or "mode"
-    where: Callable[[pd.DataFrame], pd.Series] | None = None
+    strategy: Literal["median", "mode"]
+    where: str | None = None
     group_by: str | None = None
-
-
-def _monetary(df: pd.DataFrame) -> pd.Series:
-    return df["event_type"].isin(_MONETARY)
 
 
 EVENT_IMPUTATIONS: tuple[Imputation, ...] = (
     Imputation("channel", "mode"),
-    # A value or quantity only means something for some event types, and differs by type.
+    # A value or quantity means something only for some event types, and differs by type.
     Imputation(
         "value",
         "median",
-        where=lambda df: _monetary(df) | (df["event_type"] == EventType.RATE),
+        where=f"event_type IN {_MONETARY} OR event_type = 'rate'",
         group_by="event_type",
     ),
-    Imputation("quantity", "median", where=_monetary, group_by="event_type"),
+    Imputation("quantity", "median", where=f"event_type IN {_MONETARY}", group_by="event_type"),
 )
 USER_IMPUTATIONS: tuple[Imputation, ...] = (
     Imputation("age", "median"),
@@ -185,61 +304,117 @@ USER_IMPUTATIONS: tuple[Imputation, ...] = (
 )
 ITEM_IMPUTATIONS: tuple[Imputation, ...] = (Imputation("release_year", "median"),)
 
+#: Fill values: (column, group value or None) -> value.
+FillValues = dict[tuple[str, Any], Any]
 
-def _fill_value(values: pd.Series, strategy: str) -> object:
-    present = values.dropna()
-    if present.empty:
-        return None
-    if strategy == "median":
-        median = present.median()
-        return round(median) if pd.api.types.is_integer_dtype(values.dtype) else median
-    return present.mode().sort_values().iloc[0]  # ties: the smallest, so runs repeat
+
+def fill_values(
+    con: duckdb.DuckDBPyConnection,
+    relation: str,
+    imputations: tuple[Imputation, ...],
+    columns: set[str],
+    fallback: str | None = None,
+) -> FillValues:
+    """What each gap would be filled with, learnt from ``relation``'s present values, or
+    from ``fallback``'s for the groups ``relation`` has no values of."""
+    fills: FillValues = {}
+    for rule in imputations:
+        if rule.column not in columns:
+            continue
+        for source in (relation, fallback):
+            if source is None:
+                continue
+            for group, value in _statistic(con, source, rule):
+                if value is not None:
+                    fills.setdefault((rule.column, group), value)
+    return fills
+
+
+def _statistic(
+    con: duckdb.DuckDBPyConnection, relation: str, rule: Imputation
+) -> list[tuple[Any, Any]]:
+    column = f'"{rule.column}"'
+    group = f'"{rule.group_by}"' if rule.group_by else "NULL"
+    where = f"{column} IS NOT NULL" + (f" AND ({rule.where})" if rule.where else "")
+    if rule.strategy == "median":
+        kind = con.execute(f"SELECT typeof({column}) FROM {relation} LIMIT 1").fetchone()
+        integral = kind is not None and kind[0] in {"TINYINT", "SMALLINT", "INTEGER", "BIGINT"}
+        median = f"CAST(round(median({column})) AS BIGINT)" if integral else f"median({column})"
+        sql = f"SELECT {group} AS g, {median} FROM {relation} WHERE {where} GROUP BY ALL"
+    else:  # mode; ties go to the smallest value, so that runs repeat
+        sql = (
+            f"SELECT g, v FROM (SELECT {group} AS g, {column} AS v, count(*) AS n FROM {relation} "
+            f"WHERE {where} GROUP BY ALL) QUALIFY row_number() OVER (PARTITION BY g ORDER BY n DESC, v) = 1"
+        )
+    return con.execute(sql).fetchall()
+
+
+def imputed_sql(
+    imputations: tuple[Imputation, ...], fills: FillValues
+) -> tuple[dict[str, str], str]:
+    """SQL that fills gaps: column -> expression, and the ``imputed`` list expression."""
+    filled: dict[str, str] = {}
+    recorded: list[str] = []
+    for rule in imputations:
+        cases = []
+        for (column, group), value in fills.items():
+            if column != rule.column:
+                continue
+            condition = f'"{column}" IS NULL' + (f" AND ({rule.where})" if rule.where else "")
+            if rule.group_by:
+                condition += f' AND "{rule.group_by}" = {sql_literal(group)}'
+            cases.append(f"WHEN {condition} THEN {sql_literal(value)}")
+        if not cases:
+            continue
+        fill = "CASE " + " ".join(cases) + " END"
+        filled[rule.column] = f'coalesce("{rule.column}", {fill})'
+        recorded.append(f"CASE WHEN {fill} IS NOT NULL THEN '{rule.column}' END")
+    record = (
+        "list_filter([" + ", ".join(recorded) + "], f -> f IS NOT NULL)"
+        if recorded
+        else "[]::VARCHAR[]"
+    )
+    return filled, record
 
 
 def impute(
-    df: pd.DataFrame, imputations: tuple[Imputation, ...], fallback: pd.DataFrame | None = None
+    data: pd.DataFrame, imputations: tuple[Imputation, ...], fallback: pd.DataFrame | None = None
 ) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Fill gaps in place of a copy; returns it (with an ``imputed`` column of "|"-joined
-    field names) and the count of filled values per field.
-
-    Statistics come from ``df``'s own present values, or from ``fallback`` (e.g. the rows
-    already in the lake) when ``df`` has none.
-    """
-    df = df.copy()
-    imputed = pd.Series("", index=df.index, dtype="object")
-    counts: dict[str, int] = {}
-    for rule in imputations:
-        if rule.column not in df:
-            continue
-        gaps = df[rule.column].isna()
-        if rule.where is not None:
-            gaps &= rule.where(df).fillna(False).astype(bool)
-        if not gaps.any():
-            continue
-        groups = (
-            [(None, gaps)]
-            if rule.group_by is None
-            else [
-                (key, gaps & (df[rule.group_by] == key))
-                for key in df.loc[gaps, rule.group_by].unique()
-            ]
+    """A copy of ``data`` with its gaps filled and an ``imputed`` column ("|"-joined field
+    names), and the number of values filled per field."""
+    out = data.copy()
+    with duckdb.connect() as con:
+        con.register("data", data.reset_index(drop=True))
+        if fallback is not None:
+            con.register("fallback", fallback)
+        fills = fill_values(
+            con,
+            "data",
+            imputations,
+            set(data.columns),
+            "fallback" if fallback is not None else None,
         )
-        filled = 0
-        for key, mask in groups:
-            pool = df if key is None else df[df[rule.group_by] == key]
-            value = _fill_value(pool[rule.column], rule.strategy)
-            if value is None and fallback is not None and rule.column in fallback:
-                backup = fallback if key is None else fallback[fallback[rule.group_by] == key]
-                value = _fill_value(backup[rule.column], rule.strategy)
-            if value is None:
-                continue  # nothing to learn a fill value from: the gap stays a gap
-            df.loc[mask, rule.column] = value
-            imputed[mask] = imputed[mask] + "|" + rule.column
-            filled += int(mask.sum())
-        if filled:
-            counts[rule.column] = filled
-    df["imputed"] = imputed.str.lstrip("|") if counts else ""
-    return df, counts
+        filled, record = imputed_sql(imputations, fills)
+        select = ", ".join(
+            [*(f'{sql} AS "{c}"' for c, sql in filled.items()), f"{record} AS imputed"]
+        )
+        result = con.execute(f"SELECT {select} FROM data").to_arrow_table()
+    for column in filled:
+        values = result.column(column).to_pandas()
+        out[column] = pd.Series(values.to_numpy(), index=out.index).astype(data[column].dtype)
+    lists = result.column("imputed").to_pylist()
+    out["imputed"] = ["|".join(fields) for fields in lists]
+    counts: dict[str, int] = {}
+    for fields in lists:
+        for field in fields:
+            counts[field] = counts.get(field, 0) + 1
+    return out, counts
+
+
+def standardise_sql(column: str, lower: bool = False) -> str:
+    """Stripped of surrounding blanks, an empty string as missing, optionally lower-cased."""
+    expression = f"nullif(trim(\"{column}\"), '')"
+    return f"lower({expression})" if lower else expression
 
 
 def standardise_strings(df: pd.DataFrame, columns: list[str], lower: list[str]) -> pd.DataFrame:

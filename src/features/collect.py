@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,13 +21,12 @@ from typing import Any
 import duckdb
 import numpy as np
 import pandas as pd
-import pandera.pandas as pandera
 import pyarrow as pa
 import pyarrow.compute as pc
-from pandera.engines import pandas_engine
 
 from bespoke.features import clean, geo, privacy
 from bespoke.features.lake import Lake
+from bespoke.features.parse import ROW, SOURCE, IngestError, iso_datetime
 from bespoke.features.schema import (
     EVENT_SCHEMA,
     ITEM_SCHEMA,
@@ -44,161 +43,6 @@ from bespoke.features.schema import (
 #: ``callback(stage, done, total)``: the single progress hook of long work.
 Callback = Callable[[str, int, int], None]
 
-
-class IngestError(ValueError):
-    """Bad input. Raised before anything is written: the lake is unchanged."""
-
-
-# --- reading and type checks -----------------------------------------------------------
-
-ROW = "_row"  # 1-based line number in the source file, for messages and quarantine
-SOURCE = "_source"  # the source file's name
-
-
-def read_delimited(
-    path: str | Path,
-    *,
-    sep: str,
-    names: Sequence[str] | None = None,
-    encoding: str = "utf-8",
-    header_lines: int | None = None,
-) -> pd.DataFrame:
-    """A delimited text file as strings, with its line numbers in ``_row``.
-
-    ``names`` given: the file has ``header_lines`` (default 0) lines before the data.
-    ``names`` absent: the first line is the header.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise IngestError(f"{path}: no such file")
-    skip = header_lines if header_lines is not None else (0 if names else 1)
-    try:
-        frame = pd.read_csv(
-            path,
-            sep=sep,
-            names=list(names) if names else None,
-            header=None if names else 0,
-            skiprows=skip if names else None,
-            dtype=TEXT,
-            keep_default_na=False,
-            na_values=[""],
-            encoding=encoding,
-            engine="python" if len(sep) > 1 and sep != r"\s+" else "c",
-            skipinitialspace=True,
-        )
-    except UnicodeDecodeError as error:
-        line, offset = _first_undecodable_line(path, encoding)
-        raise IngestError(
-            f"{path}: line {line} is not valid {encoding} text (byte {offset} of the file); "
-            f"convert it to {encoding}"
-        ) from error
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as error:
-        raise IngestError(f"{path}: unreadable as a {sep!r}-separated table: {error}") from error
-    if names is None:
-        frame.columns = [str(c).strip() for c in frame.columns]
-    frame[ROW] = np.arange(len(frame), dtype=np.int64) + skip + 1
-    frame[SOURCE] = path.name
-    return frame
-
-
-def _first_undecodable_line(path: Path, encoding: str) -> tuple[int, int]:
-    """(line number, file byte offset) of the first byte that ``encoding`` cannot decode."""
-    offset = 0
-    with path.open("rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            try:
-                line.decode(encoding)
-            except UnicodeDecodeError as error:
-                return number, offset + error.start
-            offset += len(line)
-    return 0, offset
-
-
-def read_table_file(path: str | Path) -> pd.DataFrame:
-    """A CSV/TSV (header line) or Parquet file as strings, with ``_row`` and ``_source``."""
-    path = Path(path)
-    if not path.is_file():
-        raise IngestError(f"{path}: no such file")
-    if path.suffix.lower() in {".parquet", ".pq"}:
-        try:
-            frame = pd.read_parquet(path)
-        except Exception as error:  # pyarrow raises several types for a bad file
-            raise IngestError(f"{path}: unreadable as Parquet: {error}") from error
-        frame = frame.astype({c: TEXT for c in frame.columns if frame[c].dtype == object})
-        frame[ROW] = np.arange(len(frame), dtype=np.int64) + 1
-        frame[SOURCE] = path.name
-        return frame
-    sep = "\t" if path.suffix.lower() in {".tsv", ".tab"} else ","
-    return read_delimited(path, sep=sep)
-
-
-def require_columns(frame: pd.DataFrame, required: Sequence[str], source: str) -> None:
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        present = [c for c in frame.columns if not c.startswith("_")]
-        raise IngestError(f"{source}: missing column(s) {missing}; the file has {present}")
-
-
-def unix_seconds() -> pandas_engine.DateTime:
-    return pandas_engine.DateTime(to_datetime_kwargs={"unit": "s"}, tz="UTC")
-
-
-def date_format(fmt: str) -> pandas_engine.DateTime:
-    return pandas_engine.DateTime(to_datetime_kwargs={"format": fmt}, tz="UTC")
-
-
-def iso_datetime() -> pandas_engine.DateTime:
-    return pandas_engine.DateTime(to_datetime_kwargs={"format": "ISO8601", "utc": True}, tz="UTC")
-
-
-def coerce(frame: pd.DataFrame, types: Mapping[str, Any], source: str) -> pd.DataFrame:
-    """Cast columns to ``types`` with pandera; any value that does not fit raises
-    :class:`IngestError` naming the file, line and column of the first few."""
-    present = {c: t for c, t in types.items() if c in frame.columns}
-    # Epoch times arrive as text: checked as whole numbers, then turned into instants.
-    epochs = {c: t.to_datetime_kwargs["unit"] for c, t in present.items() if _epoch_unit(t)}
-    schema = pandera.DataFrameSchema(
-        {
-            c: pandera.Column("Int64" if c in epochs else t, coerce=True, nullable=True)
-            for c, t in present.items()
-        }
-    )
-    try:
-        frame = schema.validate(frame, lazy=True)
-    except pandera.errors.SchemaErrors as errors:
-        cases = errors.failure_cases.drop_duplicates(["column", "index"])
-        found = []
-        for case in cases.head(5).itertuples():
-            row = (
-                frame.loc[case.index, ROW]
-                if ROW in frame and case.index in frame.index
-                else case.index
-            )
-            found.append(
-                f"line {row}, column {case.column!r}: {case.failure_case!r} is not "
-                + _describe(types[case.column])
-            )
-        more = f" (and {len(cases) - len(found)} more)" if len(cases) > len(found) else ""
-        raise IngestError(f"{source}: " + "; ".join(found) + more) from None
-    for column, unit in epochs.items():
-        frame[column] = pd.to_datetime(frame[column], unit=unit, utc=True)
-    return frame
-
-
-def _epoch_unit(kind: Any) -> str | None:
-    return kind.to_datetime_kwargs.get("unit") if isinstance(kind, pandas_engine.DateTime) else None
-
-
-def _describe(kind: Any) -> str:
-    if isinstance(kind, pandas_engine.DateTime):
-        kwargs = kind.to_datetime_kwargs
-        return "a unix time" if kwargs.get("unit") else f"a date ({kwargs.get('format', 'any')})"
-    return {"Int64": "a whole number", "float64": "a number", TEXT: "text"}.get(
-        str(kind), str(kind)
-    )
-
-
-# --- batches and results -----------------------------------------------------------------
 
 EVENT_INPUT_COLUMNS = [
     "source_event_id", "timestamp", "user_id", "anonymous_id", "event_type", "item_id",
@@ -273,10 +117,10 @@ def ingest(
     """Validate, clean and add ``batch`` to ``lake`` in one run; see the module docstring."""
     check_dataset_name(batch.dataset)
     now = now or datetime.now(UTC)
-    run_id = new_run_id(now)
+    run = _Run(batch=batch, lake=lake, key=key, run_id=new_run_id(now), now=now)
     progress = callback or (lambda stage, done, total: None)
     manifest: dict[str, Any] = {
-        "run_id": run_id,
+        "run_id": run.run_id,
         "dataset": batch.dataset,
         "source": batch.source,
         "files": [
@@ -285,40 +129,28 @@ def ingest(
         ],
         "started_at": now.isoformat(),
     }
-    stamp = pd.Timestamp(now)
-    entities = [
-        e
-        for e, f in (("users", batch.users), ("items", batch.items), ("events", batch.events))
-        if f is not None
-    ]
-    total = len(entities) + 1
-    progress("validating " + ", ".join(entities), 0, total)
-    prepared: dict[str, tuple[pa.Table, pd.DataFrame, dict[str, Any]]] = {}
-    if batch.users is not None:
-        prepared["users"] = _prepare_users(batch.users, batch, lake, key, run_id, stamp, now)
-        progress("validated users", len(prepared), total)
-    if batch.items is not None:
-        prepared["items"] = _prepare_items(batch.items, batch, lake, run_id, stamp, now)
-        progress("validated items", len(prepared), total)
-    known_items: frozenset[str] | None = None
-    if batch.items is not None or lake.files("items", batch.dataset):
-        known_items = _lake_ids(lake, "items", "item_id", batch.dataset)
-        if "items" in prepared:
-            known_items |= frozenset(prepared["items"][0].column("item_id").to_pylist())
-    if batch.events is not None:
-        prepared["events"] = _prepare_events(
-            batch.events, batch, lake, key, run_id, stamp, now, known_items
+    steps = [
+        (entity, frame, prepare)
+        for entity, frame, prepare in (
+            ("users", batch.users, _prepare_users),
+            ("items", batch.items, _prepare_items),
+            ("events", batch.events, _prepare_events),
         )
-    outputs = [(entity, prepared[entity][0]) for entity in entities]
-    quarantined = [prepared[entity][1] for entity in entities]
-    for entity in entities:
-        manifest[entity] = prepared[entity][2]
-    done = len(entities)
-
-    progress("writing", done, total)
-    flagged = [frame for frame in quarantined if not frame.empty]
-    quarantine = _new_quarantine(pd.concat(flagged) if flagged else None, lake, batch.dataset)
-    with lake.transaction(run_id) as writer:
+        if frame is not None
+    ]
+    total = len(steps) + 1
+    outputs: list[tuple[str, pa.Table]] = []
+    flagged: list[pa.Table] = []
+    with lake.connect() as con:
+        for done, (entity, frame, prepare) in enumerate(steps):
+            progress(f"validating {entity}", done, total)
+            table, quarantined, counts = prepare(con, frame, run)
+            outputs.append((entity, table))
+            flagged.append(quarantined)
+            manifest[entity] = counts
+    progress("writing", len(steps), total)
+    quarantine = _new_quarantine(flagged, lake, batch.dataset)
+    with lake.transaction(run.run_id) as writer:
         for entity, table in outputs:
             writer.write(entity, table, batch.dataset)
         writer.write("quarantine", quarantine, batch.dataset)
@@ -326,94 +158,320 @@ def ingest(
         manifest["finished_at"] = datetime.now(UTC).isoformat()
         writer.record_run(manifest)
     progress("done", total, total)
-    return IngestResult(run_id=run_id, dataset=batch.dataset, manifest=manifest)
+    return IngestResult(run_id=run.run_id, dataset=batch.dataset, manifest=manifest)
 
 
-def _lake_ids(lake: Lake, table: str, column: str, dataset: str) -> frozenset[str]:
-    return frozenset(lake.read_column(table, column, dataset).to_pylist())
+@dataclass
+class _Run:
+    """What the steps of one ingestion run share."""
+
+    batch: SourceBatch
+    lake: Lake
+    key: bytes
+    run_id: str
+    now: datetime
+
+    def sql(self, con: duckdb.DuckDBPyConnection, query: str) -> duckdb.DuckDBPyConnection:
+        """Run ``query`` with the run's parameters that it names: ``$dataset``,
+        ``$run_id`` and ``$stamp`` (the run's start, written into every row)."""
+        return con.execute(query, self.params(query))
+
+    def params(self, query: str) -> dict[str, Any]:
+        """The run's parameters that ``query`` names."""
+        params = {"dataset": self.batch.dataset, "run_id": self.run_id, "stamp": self.now}
+        return {k: v for k, v in params.items() if f"${k}" in query}
+
+    def lake_table(self, table: str) -> str:
+        """SQL for this dataset's rows of a lake view."""
+        return f"(SELECT * FROM {table} WHERE dataset = {clean.sql_literal(self.batch.dataset)})"
 
 
-def _prepare_events(
-    raw: pd.DataFrame,
-    batch: SourceBatch,
-    lake: Lake,
-    key: bytes,
-    run_id: str,
-    stamp: pd.Timestamp,
-    now: datetime,
-    known_items: frozenset[str] | None,
-) -> tuple[pa.Table, pd.DataFrame, dict[str, Any]]:
-    df = raw.copy()
+#: Rows per Arrow record batch handed to DuckDB: several batches let it use every core.
+_BATCH_ROWS = 65_536
+
+#: A step's result: rows to store, rows to quarantine, counts for the manifest.
+_Prepared = tuple[pa.Table, pa.Table, dict[str, Any]]
+
+
+def _register(con: duckdb.DuckDBPyConnection, name: str, frame: pd.DataFrame) -> None:
+    """``frame`` as relation ``name``, with its row positions and (possibly empty)
+    provenance, in record batches so that DuckDB works on every core (order is kept)."""
+    n = len(frame)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.append_column(clean.POSITION, pa.array(np.arange(n, dtype=np.int64)))
+    for column, kind in ((ROW, pa.int64()), (SOURCE, pa.string())):
+        if column not in table.column_names:
+            table = table.append_column(column, pa.nulls(n, kind))
+    _register_table(con, name, table)
+
+
+def _check(
+    con: duckdb.DuckDBPyConnection,
+    run: _Run,
+    entity: str,
+    std: pa.Table,
+    record: list[str],
+    rules: clean.RuleSet,
+    ctx: clean.RuleContext,
+) -> tuple[pa.Table, pa.Table, dict[str, int]]:
+    """Flag the standardised rows ``std``. Returns them with their flags (the clean ones
+    are also the view ``good_<entity>``), the flagged ones as quarantine rows (``record``
+    is the row as JSON, PII already pseudonymised), and the count per first reason."""
+    check = clean.checks(rules, ctx)
+    clean.register_context(con, ctx)
+    std = std.append_column(clean.OCCURRENCE, pa.array(clean.occurrences(std.column(rules.key))))
+    _register_table(con, f"std_{entity}", std)
+    flags = _narrow(con, f"SELECT {check.flags} FROM std_{entity}", std, check.params)
+    checked = std.append_column(clean.FLAGS, flags.column(0))
+    _register_table(con, f"checked_{entity}", checked)
+    con.execute(
+        f"CREATE OR REPLACE TEMP VIEW good_{entity} AS SELECT * EXCLUDE ({clean.FLAGS}, "
+        f"{clean.OCCURRENCE}) FROM checked_{entity} WHERE {clean.FLAGS} = 0"
+    )
+    fields = ", ".join(
+        f'"{c}" := strftime("{c}", \'%Y-%m-%dT%H:%M:%S.%fZ\')' if c == "timestamp" else f'"{c}"'
+        for c in record
+        if c in std.column_names
+    )
+    flagged = run.sql(
+        con,
+        f"""
+        SELECT md5(concat_ws(chr(31), '{entity}', coalesce({rules.key}, chr(0)),
+                             CAST({clean.OCCURRENCE} AS VARCHAR))) AS quarantine_id,
+               $dataset AS dataset, '{entity}' AS entity, reasons[1] AS reason, reasons,
+               CAST(to_json(struct_pack({fields})) AS VARCHAR) AS record,
+               {SOURCE} AS source, {ROW} AS source_row, $run_id AS run_id,
+               $stamp AS quarantined_at
+        FROM (SELECT *, {check.reasons} AS reasons FROM checked_{entity} WHERE {clean.FLAGS} <> 0)
+        ORDER BY {clean.POSITION}
+        """,
+    ).to_arrow_table()
+    counts = flagged.column("reason").value_counts().to_pylist()
+    return checked, flagged, {c["values"]: c["counts"] for c in counts}
+
+
+def _filled(
+    con: duckdb.DuckDBPyConnection,
+    entity: str,
+    columns: list[str],
+    imputations: tuple[clean.Imputation, ...],
+    fallback: str | None,
+) -> dict[str, str]:
+    """Column -> SQL over ``good_<entity>`` with the gaps filled, plus ``imputed``."""
+    fills = clean.fill_values(con, f"good_{entity}", imputations, set(columns), fallback)
+    filled, record = clean.imputed_sql(imputations, fills)
+    return {c: filled.get(c, f'"{c}"') for c in columns} | {"imputed": record}
+
+
+def _materialise(con: duckdb.DuckDBPyConnection, query: str, params: dict[str, Any]) -> pa.Table:
+    """The result of ``query`` as an Arrow table (cheaper to build than a DuckDB temp
+    table, which compresses what it stores)."""
+    return con.execute(query, params).to_arrow_table()
+
+
+def _register_table(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
+    """``table`` as relation ``name``, in record batches so that DuckDB scans it on every
+    core (a projection still returns rows in order)."""
+    batches = table.to_batches(max_chunksize=_BATCH_ROWS)
+    con.register(name, pa.Table.from_batches(batches, table.schema))
+
+
+def _select(expressions: dict[str, str]) -> str:
+    return ", ".join(f'{sql} AS "{column}"' for column, sql in expressions.items())
+
+
+def _imputed_counts(table: pa.Table) -> dict[str, int]:
+    fields = pc.list_flatten(table.column("imputed")).value_counts().to_pylist()
+    return {f["values"]: f["counts"] for f in fields}
+
+
+# --- events ------------------------------------------------------------------------------
+
+#: Free-text event fields (stripped) and code fields (stripped and lower-cased).
+_EVENT_TEXT = ["anonymous_id", "item_id", "device", "geo", "page", "referrer", "source_event_id"]
+_EVENT_CODES = ["event_type", "channel"]
+#: What a quarantined event's record holds.
+_EVENT_RECORD = [
+    "event_id", "timestamp", "user_id", "anonymous_id", "event_type", "item_id", "value",
+    "quantity", "channel", "device", "geo", "page", "referrer", "ip_hash", "email_hash",
+    "phone_hash", "consent", "source_event_id",
+]  # fmt: skip
+
+
+def _prepare_events(con: duckdb.DuckDBPyConnection, raw: pd.DataFrame, run: _Run) -> _Prepared:
+    """Events stay in Arrow; DuckDB computes narrow results over them (ids, rule flags,
+    fill values), so that a million rows are copied as few times as possible."""
+    batch = run.batch
+    df = raw.copy(deep=False)
     for column in EVENT_INPUT_COLUMNS:
         if column not in df:
-            kind = EVENT_INPUT_TYPES[column]
-            df[column] = _missing(kind, df.index)
-    source = batch.source
+            df[column] = _missing(EVENT_INPUT_TYPES[column], df.index)
     for column in ("user_id", "anonymous_id"):
         if privacy.looks_like_email(df[column]):
             raise IngestError(
-                f"{source}: column {column!r} looks like e-mail addresses; map that column "
-                "to 'email' instead so that it is stored only as a keyed pseudonym"
+                f"{batch.source}: column {column!r} looks like e-mail addresses; map that "
+                "column to 'email' instead so that it is stored only as a keyed pseudonym"
             )
-    text = [
-        "user_id",
-        "anonymous_id",
-        "event_type",
-        "item_id",
-        "channel",
-        "device",
-        "geo",
-        "page",
-        "referrer",
-        "source_event_id",
-    ]
-    df = clean.standardise_strings(df, text, lower=["event_type", "channel"])
     counts: dict[str, Any] = {"read": len(df)}
-
-    # PII never goes further than this function: pseudonyms replace it.
+    # PII goes no further than here: keyed pseudonyms replace it.
     for raw_field in ("email", "phone", "ip"):
-        df[PII_FIELDS[raw_field]] = privacy.pseudonymise_series(key, raw_field, df.pop(raw_field))
-    # A log keyed only by e-mail still gets a stable user id: its pseudonym.
-    df["user_id"] = df["user_id"].fillna(df["email_hash"])
-
+        df[PII_FIELDS[raw_field]] = privacy.pseudonymise_series(
+            run.key, raw_field, df.pop(raw_field)
+        )
     df["consent"] = _consent(df, batch)
     allowed = df["consent"].str.contains(PERSONALIZATION.value, regex=False).fillna(False)
     counts["excluded_no_consent"] = int((~allowed).sum())
     if counts["excluded_no_consent"]:
         df = df[allowed.to_numpy()]
 
-    df["dataset"] = batch.dataset
-    df["event_id"] = event_ids(df)
+    std = _standard_events(df)
+    profile = _Profile.of(std)
+    _register_table(con, "std_ids", std)
+    event_ids = _narrow(con, f"SELECT {_event_id_sql(profile, batch.dataset)} FROM std_ids", std)
+    std = std.append_column("event_id", event_ids.column(0))
+
+    known_items = None
+    if batch.items is not None or run.lake.files("items", batch.dataset):
+        known = con.execute(f"SELECT item_id FROM {run.lake_table('items')}").fetchall()
+        if batch.items is not None:
+            known += con.execute("SELECT item_id FROM good_items").fetchall()
+        known_items = frozenset(item for (item,) in known)
     ctx = clean.RuleContext(
-        now=now,
+        now=run.now,
         has_timestamps=batch.has_timestamps,
         known_items=known_items,
         rating_scale=batch.rating_scale,
     )
-    flagged = clean.flag(df, clean.EVENT_RULES, ctx)
-    quarantine = _quarantine_frame(
-        df.loc[flagged.index], flagged, "events", "event_id", batch.dataset, run_id, stamp
+    checked, flagged, counts["quarantined"] = _check(
+        con, run, "events", std, _EVENT_RECORD, clean.EVENT_RULES, ctx
     )
-    counts["quarantined"] = flagged["reason"].value_counts().to_dict()
+    good = checked.filter(pc.equal(checked.column(clean.FLAGS), 0)) if flagged.num_rows else checked
+    good = good.drop_columns([clean.FLAGS, clean.OCCURRENCE])
 
-    good = df.drop(index=flagged.index) if len(flagged) else df
-    good, imputed = clean.impute(good, clean.EVENT_IMPUTATIONS)
-    good["channel"] = good["channel"].fillna(batch.default_channel.value)
-    existing = lake.read_column("events", "event_id", batch.dataset)
-    fresh = np.ones(len(good), bool)
+    existing = run.lake.read_column("events", "event_id", batch.dataset)
     if len(existing):
-        present = pc.is_in(pa.array(good["event_id"]), value_set=existing)
-        fresh = ~present.to_numpy(zero_copy_only=False)
-    counts["already_present"] = int((~fresh).sum())
-    if counts["already_present"]:
-        good = good[fresh]
-    counts["stored"] = len(good)
-    counts["imputed"] = {
-        k: int(good["imputed"].str.contains(k, regex=False).sum()) for k in imputed
+        good = good.filter(pc.invert(pc.is_in(good.column("event_id"), value_set=existing)))
+    good = _impute_events(con, good, batch)
+    clean_rows = counts["read"] - counts["excluded_no_consent"] - flagged.num_rows
+    counts["already_present"] = clean_rows - good.num_rows
+    counts["stored"] = good.num_rows
+    counts["imputed"] = _imputed_counts(good)
+    n = good.num_rows
+    constants = {
+        "dataset": pa.repeat(pa.scalar(batch.dataset), n),
+        "run_id": pa.repeat(pa.scalar(run.run_id), n),
+        "ingested_at": pa.repeat(pa.scalar(run.now, pa.timestamp("us", tz="UTC")), n),
     }
-    good["run_id"] = run_id
-    good["ingested_at"] = stamp
-    return _to_arrow(good, EVENT_SCHEMA), quarantine, counts
+    columns = {
+        field.name: constants.get(field.name)
+        or (good.column(field.name) if field.name in good.column_names else pa.nulls(n, field.type))
+        for field in EVENT_SCHEMA
+    }
+    return pa.table(columns).cast(EVENT_SCHEMA), flagged, counts
+
+
+def _standard_events(df: pd.DataFrame) -> pa.Table:
+    """Every event field, standardised: text stripped (blank is missing), codes
+    lower-cased, consent as a list, a log keyed only by e-mail keyed by the e-mail's
+    pseudonym; plus position and provenance. A field missing in every row is a null
+    column, which costs nothing."""
+    n = len(df)
+    fields = ["user_id", *_EVENT_TEXT, *_EVENT_CODES, "timestamp", "value", "quantity"]
+    fields += ["ip_hash", "email_hash", "phone_hash"]
+    columns: dict[str, pa.ChunkedArray | pa.Array] = {}
+    for name in fields:
+        kind = EVENT_SCHEMA.field(name).type if name in EVENT_SCHEMA.names else pa.string()
+        if name not in df or df[name].isna().all():
+            columns[name] = pa.nulls(n, kind)
+            continue
+        values = _arrow(df[name]).cast(kind)
+        if name in ("user_id", *_EVENT_TEXT, *_EVENT_CODES):
+            values = _standard_text(values, lower=name in _EVENT_CODES)
+        columns[name] = values
+    if columns["email_hash"].null_count < n:
+        columns["user_id"] = pc.coalesce(columns["user_id"], columns["email_hash"])
+    columns["consent"] = _split_purposes(df["consent"])
+    columns[clean.POSITION] = pa.array(np.arange(n, dtype=np.int64))
+    for name, kind in ((ROW, pa.int64()), (SOURCE, pa.string())):
+        columns[name] = pa.array(df[name].to_numpy(), kind) if name in df else pa.nulls(n, kind)
+    return pa.table(columns)
+
+
+def _arrow(values: pd.Series) -> pa.ChunkedArray:
+    """A column as Arrow, without copying Arrow-backed data."""
+    array = pa.array(values, from_pandas=True)
+    return array if isinstance(array, pa.ChunkedArray) else pa.chunked_array([array])
+
+
+def _standard_text(values: pa.ChunkedArray, lower: bool) -> pa.ChunkedArray:
+    values = pc.utf8_trim_whitespace(values)
+    if lower:
+        values = pc.utf8_lower(values)
+    return pc.if_else(pc.equal(values, ""), pa.scalar(None, pa.string()), values)
+
+
+def _split_purposes(consent: pd.Series) -> pa.Array:
+    """ "a|b" strings as lists, splitting each distinct spelling once."""
+    codes, spellings = pd.factorize(consent.fillna(""), use_na_sentinel=False)
+    lists = pa.array(
+        [[p for p in str(s).split("|") if p] for s in spellings], pa.list_(pa.string())
+    )
+    return lists.take(pa.array(codes))
+
+
+def _narrow(
+    con: duckdb.DuckDBPyConnection,
+    query: str,
+    table: pa.Table,
+    params: dict[str, Any] | None = None,
+) -> pa.Table:
+    """A per-row query over a registered copy of ``table``, its rows aligned with
+    ``table``'s by position (``query`` must not select the position itself)."""
+    result = con.execute(
+        query.replace("SELECT ", f"SELECT {clean.POSITION}, ", 1), params or {}
+    ).to_arrow_table()
+    positions = result.column(0).to_numpy()
+    expected = table.column(clean.POSITION).to_numpy()
+    if not np.array_equal(positions, expected):  # a join inside may reorder rows
+        where = np.empty(int(positions.max()) + 1 if len(positions) else 0, dtype=np.int64)
+        where[positions] = np.arange(len(positions))
+        result = result.take(pa.array(where[expected]))
+    return result.drop_columns([result.column_names[0]])
+
+
+def _impute_events(con: duckdb.DuckDBPyConnection, good: pa.Table, batch: SourceBatch) -> pa.Table:
+    """Fill gaps from the clean rows' statistics; the channel falls back to the source's."""
+    n = good.num_rows
+    gaps = [
+        rule.column
+        for rule in clean.EVENT_IMPUTATIONS
+        if rule.column in good.column_names and good.column(rule.column).null_count
+    ]
+    imputed = pa.ListArray.from_arrays(
+        pa.array(np.zeros(n + 1, np.int32)), pa.array([], pa.string())
+    )
+    if gaps:
+        _register_table(con, "clean_events", good)
+        fills = clean.fill_values(con, "clean_events", clean.EVENT_IMPUTATIONS, set(gaps))
+        filled, record = clean.imputed_sql(clean.EVENT_IMPUTATIONS, fills)
+        if filled:
+            select = ", ".join(
+                [*(f'{sql} AS "{c}"' for c, sql in filled.items()), f"{record} AS imputed"]
+            )
+            result = _narrow(con, f"SELECT {select} FROM clean_events", good)
+            for column in filled:
+                good = good.set_column(
+                    good.column_names.index(column), column, result.column(column)
+                )
+            imputed = result.column("imputed")
+    default = pa.scalar(batch.default_channel.value)
+    channel = (
+        pc.fill_null(good.column("channel"), default)
+        if "channel" in good.column_names
+        else pa.repeat(default, n)
+    )
+    good = good.drop_columns(["channel"]) if "channel" in good.column_names else good
+    return good.append_column("channel", channel).append_column("imputed", imputed)
 
 
 def _consent(df: pd.DataFrame, batch: SourceBatch) -> pd.Series:
@@ -464,96 +522,49 @@ _ID_FIELDS = {
 }  # fmt: skip
 
 
-def event_ids(df: pd.DataFrame) -> pd.api.extensions.ExtensionArray:
-    """Deterministic event ids: the md5 of the sender's id when there is one, otherwise of
-    the canonical content string ``tag=value`` for every present field, in a fixed order
-    (so exact duplicates share an id, whatever columns a source happens to carry)."""
-    if df.empty:
-        return pd.array([], dtype=TEXT)
+@dataclass(frozen=True)
+class _Profile:
+    """What the event id needs to know of a batch: values present per column, and the
+    value of columns that hold a single one."""
 
-    def tagged(column: str) -> str | None:
-        tag = _ID_FIELDS[column]
-        values = df[column]
-        if values.isna().all():
-            return None  # a missing field adds nothing to the string
-        if column in ("dataset", "event_type") and values.nunique() == 1:
-            return "'" + f"{tag}={values.iloc[0]}".replace("'", "''") + "'"
-        expression = {"timestamp": 'epoch_us("timestamp")'}.get(column, f'"{column}"')
-        return f"'{tag}=' || CAST({expression} AS VARCHAR)"
+    non_null: dict[str, int]
+    constant: dict[str, Any]
 
-    parts = [p for p in map(tagged, _ID_FIELDS) if p]
+    @classmethod
+    def of(cls, table: pa.Table) -> _Profile:
+        rows = table.num_rows
+        non_null = {name: rows - table.column(name).null_count for name in table.column_names}
+        constant = {}
+        if "event_type" in table.column_names and non_null["event_type"] == rows:
+            distinct = pc.unique(table.column("event_type"))
+            if len(distinct) == 1:
+                constant["event_type"] = distinct[0].as_py()
+        return cls(non_null=non_null, constant=constant)
+
+
+def _event_id_sql(profile: _Profile, dataset: str) -> str:
+    """SQL for deterministic event ids over the standardised fields.
+
+    The md5 of the sender's id when there is one, otherwise of the canonical content
+    string ``tag=value`` over every present field in a fixed order: exact duplicates share
+    an id whatever columns a source happens to carry.
+    """
+    parts = [clean.sql_literal(f"{_ID_FIELDS['dataset']}={dataset}")]
+    for column, tag in _ID_FIELDS.items():
+        if column == "dataset" or not profile.non_null.get(column):
+            continue  # missing in every row: adds nothing to any row's string
+        if column in profile.constant:
+            parts.append(clean.sql_literal(f"{tag}={profile.constant[column]}"))
+            continue
+        expression = 'epoch_us("timestamp")' if column == "timestamp" else f'"{column}"'
+        parts.append(f"'{tag}=' || CAST({expression} AS VARCHAR)")
     content = "md5(concat_ws(chr(31), " + ", ".join(parts) + "))"
-    if df["source_event_id"].notna().any():
-        sender = "md5(concat_ws(chr(31), 'd=' || dataset, 's=' || source_event_id))"
-        content = f"CASE WHEN source_event_id IS NULL THEN {content} ELSE {sender} END"
-    columns = [c for c in [*_ID_FIELDS, "source_event_id"] if df[c].notna().any()]
-    table = pa.Table.from_pandas(df[columns], preserve_index=False)
-    # Several record batches, so that DuckDB hashes them on every core (order is kept).
-    frame = pa.Table.from_batches(table.to_batches(max_chunksize=65_536))  # noqa: F841 - SQL
-    with duckdb.connect() as con:
-        ids = con.execute(f"SELECT {content} AS id FROM frame").to_arrow_table().column("id")
-    return pd.array(ids, dtype=TEXT)
-
-
-def _quarantine_frame(
-    rows: pd.DataFrame,
-    flagged: pd.DataFrame,
-    entity: str,
-    id_column: str,
-    dataset: str,
-    run_id: str,
-    stamp: pd.Timestamp,
-) -> pd.DataFrame:
-    if rows.empty:
-        return pd.DataFrame(columns=QUARANTINE_SCHEMA.names)
-    body = rows.drop(columns=[c for c in (ROW, SOURCE, "dataset") if c in rows])
-    records = body.to_json(orient="records", lines=True, date_format="iso").splitlines()
-    occurrence = rows.groupby(id_column).cumcount().astype(str)
-    ids = (entity + "\x1f" + rows[id_column].astype(str) + "\x1f" + occurrence).map(
-        lambda text: hashlib.md5(text.encode()).hexdigest()
+    if not profile.non_null.get("source_event_id"):
+        return content
+    sender = (
+        f"md5(concat_ws(chr(31), {clean.sql_literal('d=' + dataset)}, 's=' || source_event_id))"
     )
-    return pd.DataFrame(
-        {
-            "quarantine_id": ids.to_numpy(),
-            "dataset": dataset,
-            "entity": entity,
-            "reason": flagged["reason"].to_numpy(),
-            "reasons": flagged["reasons"].to_numpy(),
-            "record": records,
-            "source": rows[SOURCE].to_numpy() if SOURCE in rows else None,
-            "source_row": rows[ROW].to_numpy() if ROW in rows else None,
-            "run_id": run_id,
-            "quarantined_at": stamp,
-        }
-    )
-
-
-def _new_quarantine(frame: pd.DataFrame | None, lake: Lake, dataset: str) -> pa.Table:
-    if frame is None or frame.empty:
-        return QUARANTINE_SCHEMA.empty_table()
-    existing = lake.read_column("quarantine", "quarantine_id", dataset)
-    if len(existing):
-        present = pc.is_in(pa.array(frame["quarantine_id"], pa.string()), value_set=existing)
-        frame = frame[~present.to_numpy(zero_copy_only=False)]
-    return _to_arrow(frame, QUARANTINE_SCHEMA)
-
-
-def _to_arrow(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
-    """``df`` as a table of ``schema``; list columns arrive as "|"-joined strings."""
-    lists = [f.name for f in schema if pa.types.is_list(f.type)]
-    flat = pa.Table.from_pandas(
-        df[[c for c in schema.names if c not in lists]].reset_index(drop=True),
-        schema=pa.schema([f for f in schema if f.name not in lists]),
-        preserve_index=False,
-    )
-    for name in lists:
-        # Few distinct spellings ("personalization|analytics", ""): split each once.
-        codes, spellings = pd.factorize(df[name].fillna(""), use_na_sentinel=False)
-        lists_ = pa.array(
-            [[p for p in str(s).split("|") if p] for s in spellings], pa.list_(pa.string())
-        )
-        flat = flat.append_column(schema.field(name), lists_.take(pa.array(codes)))
-    return flat.select(schema.names)
+    return f"CASE WHEN source_event_id IS NULL THEN {content} ELSE {sender} END"
 
 
 # --- users and items -------------------------------------------------------------------
@@ -562,122 +573,121 @@ _USER_ATTRIBUTES = ["age", "gender", "occupation", "zip_hash", "state", "region"
 _ITEM_ATTRIBUTES = ["title", "release_date", "release_year", "genres", "url"]
 
 
-def _prepare_users(
-    raw: pd.DataFrame,
-    batch: SourceBatch,
-    lake: Lake,
-    key: bytes,
-    run_id: str,
-    stamp: pd.Timestamp,
-    now: datetime,
-) -> tuple[pa.Table, pd.DataFrame, dict[str, Any]]:
-    df = clean.standardise_strings(
-        raw.copy(), ["user_id", "gender", "occupation", "zip"], lower=["occupation"]
-    )
-    for column in ("age", "gender", "occupation", "zip"):
+def _prepare_users(con: duckdb.DuckDBPyConnection, raw: pd.DataFrame, run: _Run) -> _Prepared:
+    df = raw.copy(deep=False)
+    for column, kind in (
+        ("user_id", TEXT),
+        ("age", "Int64"),
+        ("gender", TEXT),
+        ("occupation", TEXT),
+        ("zip", TEXT),
+    ):
         if column not in df:
-            df[column] = pd.NA
-    located = geo.locate_series(df["zip"])
-    df[["state", "region", "country"]] = located.astype(TEXT)
-    df["zip_hash"] = privacy.pseudonymise_series(key, "zip", df["zip"])
-    df = df.drop(columns=["zip"])
-    df["dataset"] = batch.dataset
-    counts: dict[str, Any] = {"read": len(df)}
-    flagged = clean.flag(df, clean.USER_RULES, clean.RuleContext(now=now))
-    quarantine = _quarantine_frame(
-        df.loc[flagged.index], flagged, "users", "user_id", batch.dataset, run_id, stamp
-    )
-    counts["quarantined"] = flagged["reason"].value_counts().to_dict()
-    good, _ = clean.impute(df.drop(index=flagged.index), clean.USER_IMPUTATIONS)
-    return (
-        _changed_only(
-            good,
-            lake,
-            "users",
-            "user_id",
-            _USER_ATTRIBUTES,
-            USER_SCHEMA,
-            batch.dataset,
-            run_id,
-            stamp,
-            counts,
-        ),
-        quarantine,
-        counts,
+            df[column] = _missing(kind, df.index)
+    df[["state", "region", "country"]] = geo.locate_series(df["zip"]).astype(TEXT)
+    df["zip_hash"] = privacy.pseudonymise_series(run.key, "zip", df.pop("zip"))
+    _register(con, "raw_users", df)
+    standard = {
+        "dataset": "$dataset",
+        "user_id": clean.standardise_sql("user_id"),
+        "age": "CAST(age AS BIGINT)",
+        "gender": clean.standardise_sql("gender"),
+        "occupation": clean.standardise_sql("occupation", lower=True),
+        **{c: f'"{c}"' for c in ("zip_hash", "state", "region", "country")},
+        **{c: c for c in (clean.POSITION, ROW, SOURCE)},
+    }
+    query = f"SELECT {_select(standard)} FROM raw_users"
+    return _attribute_table(
+        con,
+        run,
+        "users",
+        _materialise(con, query, run.params(query)),
+        _USER_ATTRIBUTES,
+        USER_SCHEMA,
+        clean.USER_RULES,
+        clean.USER_IMPUTATIONS,
     )
 
 
-def _prepare_items(
-    raw: pd.DataFrame,
-    batch: SourceBatch,
-    lake: Lake,
-    run_id: str,
-    stamp: pd.Timestamp,
-    now: datetime,
-) -> tuple[pa.Table, pd.DataFrame, dict[str, Any]]:
-    df = clean.standardise_strings(raw.copy(), ["item_id", "title", "url"], lower=[])
-    for column in _ITEM_ATTRIBUTES:
+def _prepare_items(con: duckdb.DuckDBPyConnection, raw: pd.DataFrame, run: _Run) -> _Prepared:
+    df = raw.copy(deep=False)
+    for column, kind in (
+        ("item_id", TEXT),
+        ("title", TEXT),
+        ("url", TEXT),
+        ("genres", TEXT),
+        ("release_year", "Int64"),
+    ):
         if column not in df:
-            df[column] = pd.NA
-    df["dataset"] = batch.dataset
-    counts: dict[str, Any] = {"read": len(df)}
-    flagged = clean.flag(df, clean.ITEM_RULES, clean.RuleContext(now=now))
-    quarantine = _quarantine_frame(
-        df.loc[flagged.index], flagged, "items", "item_id", batch.dataset, run_id, stamp
-    )
-    counts["quarantined"] = flagged["reason"].value_counts().to_dict()
-    good, _ = clean.impute(df.drop(index=flagged.index), clean.ITEM_IMPUTATIONS)
-    return (
-        _changed_only(
-            good,
-            lake,
-            "items",
-            "item_id",
-            _ITEM_ATTRIBUTES,
-            ITEM_SCHEMA,
-            batch.dataset,
-            run_id,
-            stamp,
-            counts,
-        ),
-        quarantine,
-        counts,
+            df[column] = _missing(kind, df.index)
+    if "release_date" not in df:
+        df["release_date"] = pd.Series(pd.NaT, index=df.index, dtype="datetime64[s]")
+    _register(con, "raw_items", df)
+    standard = {
+        "dataset": "$dataset",
+        **{c: clean.standardise_sql(c) for c in ("item_id", "title")},
+        "release_date": "CAST(release_date AS DATE)",
+        "release_year": "CAST(release_year AS BIGINT)",
+        "genres": "CASE WHEN coalesce(genres, '') = '' THEN []::VARCHAR[] ELSE string_split(genres, '|') END",
+        "url": clean.standardise_sql("url"),
+        **{c: c for c in (clean.POSITION, ROW, SOURCE)},
+    }
+    query = f"SELECT {_select(standard)} FROM raw_items"
+    return _attribute_table(
+        con,
+        run,
+        "items",
+        _materialise(con, query, run.params(query)),
+        _ITEM_ATTRIBUTES,
+        ITEM_SCHEMA,
+        clean.ITEM_RULES,
+        clean.ITEM_IMPUTATIONS,
     )
 
 
-def _changed_only(
-    good: pd.DataFrame,
-    lake: Lake,
-    table: str,
-    key: str,
+def _attribute_table(
+    con: duckdb.DuckDBPyConnection,
+    run: _Run,
+    entity: str,
+    std: pa.Table,
     attributes: list[str],
     schema: pa.Schema,
-    dataset: str,
-    run_id: str,
-    stamp: pd.Timestamp,
-    counts: dict[str, Any],
-) -> pa.Table:
-    """Rows that are new or differ from their latest stored version (attribute history)."""
-    good = good.assign(run_id=run_id, ingested_at=stamp)
-    candidate = _to_arrow(good, schema)
-    if lake.files(table, dataset):
-        con = lake.connect()
-        con.register("candidate", candidate)
-        same = " AND ".join(f"c.{a} IS NOT DISTINCT FROM l.{a}" for a in attributes)
-        candidate = (
-            con.execute(
-                f"SELECT c.* FROM candidate c ANTI JOIN (SELECT * FROM {table} WHERE dataset = ?) l "
-                f"ON c.{key} = l.{key} AND {same}",
-                [dataset],
-            )
-            .to_arrow_table()
-            .select(schema.names)
-            .cast(schema)
-        )
-    counts["already_present"] = (
-        counts["read"] - sum(counts["quarantined"].values()) - candidate.num_rows
+    rules: clean.RuleSet,
+    imputations: tuple[clean.Imputation, ...],
+) -> _Prepared:
+    """Check and impute the standardised rows ``std``; keep the rows that are new or
+    differ from their latest stored version (the lake keeps the attribute history)."""
+    key, read = rules.key, std.num_rows
+    _, flagged, quarantined = _check(
+        con, run, entity, std, [key, *attributes], rules, clean.RuleContext(now=run.now)
     )
-    counts["stored"] = candidate.num_rows
-    fields = pc.list_flatten(candidate.column("imputed")).value_counts().to_pylist()
-    counts["imputed"] = {f["values"]: f["counts"] for f in fields}
-    return candidate
+    # Gaps the batch cannot fill (no values of its own) are filled from the lake's rows.
+    expressions = _filled(
+        con, entity, ["dataset", key, *attributes], imputations, run.lake_table(entity)
+    )
+    same = " AND ".join(f'c."{a}" IS NOT DISTINCT FROM l."{a}"' for a in attributes)
+    table = run.sql(
+        con,
+        f"SELECT c.* FROM (SELECT {_select(expressions)}, $run_id AS run_id, $stamp AS ingested_at "
+        f"FROM good_{entity}) c ANTI JOIN {run.lake_table(entity)} l ON c.{key} = l.{key} AND {same}",
+    ).to_arrow_table()
+    counts = {
+        "read": read,
+        "quarantined": quarantined,
+        "already_present": read - flagged.num_rows - table.num_rows,
+        "stored": table.num_rows,
+        "imputed": _imputed_counts(table),
+    }
+    return table.select(schema.names).cast(schema), flagged, counts
+
+
+def _new_quarantine(flagged: list[pa.Table], lake: Lake, dataset: str) -> pa.Table:
+    """This run's quarantined rows that the lake's quarantine does not hold yet."""
+    tables = [t.cast(QUARANTINE_SCHEMA) for t in flagged if t.num_rows]
+    if not tables:
+        return QUARANTINE_SCHEMA.empty_table()
+    table = pa.concat_tables(tables)
+    existing = lake.read_column("quarantine", "quarantine_id", dataset)
+    if len(existing):
+        table = table.filter(pc.invert(pc.is_in(table.column("quarantine_id"), value_set=existing)))
+    return table

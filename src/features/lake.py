@@ -195,7 +195,12 @@ class LakeWriter:
     written: list[str] = field(default_factory=list)
 
     def write(self, table: str, data: pa.Table, dataset: str) -> int:
-        """Append ``data`` (rows of one dataset) to ``table``; returns the rows written."""
+        """Append ``data`` (rows of one dataset) to ``table``; returns the rows written.
+
+        Events are split into one file per day, each sorted by user: row-group statistics
+        then skip most of a large file when a person's rows are looked up (deletion
+        requests). Rows that arrive in that order already are not sorted again.
+        """
         if data.num_rows == 0:
             return 0
         schema = TABLES[table][1]
@@ -203,24 +208,21 @@ class LakeWriter:
         if table != "events":
             self._write_file(self.lake.path(table, f"dataset={dataset}"), data)
             return data.num_rows
-        # Whole days since the epoch (UTC); one file per day and run.
+        # Whole days since the epoch (UTC), undated rows last.
         micros = data.column("timestamp").cast(pa.int64()).to_numpy(zero_copy_only=False)
         undated = np.isnan(micros) if micros.dtype.kind == "f" else np.zeros(len(micros), bool)
-        days = np.where(
-            undated, np.iinfo(np.int64).max, np.floor_divide(np.nan_to_num(micros), 86_400_000_000)
-        )
-        # Sorted by user within a day: row-group statistics then skip most of a large file
-        # when a person's rows are looked up (deletion requests).
-        users, _ = pd.factorize(
-            data.column("user_id").to_pandas(types_mapper=pd.ArrowDtype), sort=True
-        )
-        order = np.lexsort((users, days))
-        data, days = data.take(order), days[order]
+        days = np.floor_divide(np.nan_to_num(micros), 86_400_000_000).astype(np.int64)
+        days[undated] = np.iinfo(np.int64).max
+        users = data.column("user_id").to_pandas(types_mapper=pd.ArrowDtype)
+        codes, _ = pd.factorize(users, sort=True)
+        if not _is_sorted(days, codes):
+            order = np.lexsort((codes, days))
+            data, days, undated = data.take(order), days[order], undated[order]
         starts = np.flatnonzero(np.r_[True, days[1:] != days[:-1]])
         ends = np.r_[starts[1:], len(days)]
         parts = []
         for start, end in zip(starts, ends, strict=True):
-            day = UNDATED if undated[order[start]] else str(np.datetime64(int(days[start]), "D"))
+            day = UNDATED if undated[start] else str(np.datetime64(int(days[start]), "D"))
             folder = self.lake.path(table, f"dataset={dataset}", f"event_date={day}")
             parts.append((folder, data.slice(start, end - start)))
         # Parquet encoding releases the GIL: one writer per core.
@@ -252,3 +254,12 @@ class LakeWriter:
             if fs.exists(path):
                 fs.rm(path)
         self.written.clear()
+
+
+def _is_sorted(days: np.ndarray, users: np.ndarray) -> bool:
+    """Whether rows are ordered by day, then user (missing users, code -1, first)."""
+    if len(days) < 2:
+        return True
+    later_day = days[1:] > days[:-1]
+    same_day = days[1:] == days[:-1]
+    return bool(np.all(later_day | (same_day & (users[1:] >= users[:-1]))))

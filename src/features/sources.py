@@ -14,13 +14,11 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from bespoke.features.collect import (
-    EVENT_INPUT_COLUMNS,
-    EVENT_INPUT_TYPES,
+from bespoke.features.collect import EVENT_INPUT_COLUMNS, EVENT_INPUT_TYPES, SourceBatch
+from bespoke.features.parse import (
     ROW,
     SOURCE,
     IngestError,
-    SourceBatch,
     coerce,
     date_format,
     iso_datetime,
