@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bespoke.features import clean, geo, privacy
-from bespoke.features.lake import Lake
+from bespoke.features.lake import Lake, in_file_order
 from bespoke.features.parse import ROW, SOURCE, IngestError, iso_datetime
 from bespoke.features.schema import (
     EVENT_SCHEMA,
@@ -356,6 +356,8 @@ def _prepare_events(con: duckdb.DuckDBPyConnection, raw: pd.DataFrame, run: _Run
     counts["already_present"] = clean_rows - good.num_rows
     counts["stored"] = good.num_rows
     counts["imputed"] = _imputed_counts(good)
+    # Sorted before the constant columns are added, which then need no sorting.
+    good = in_file_order(good.drop_columns([clean.POSITION, ROW, SOURCE]))
     n = good.num_rows
     constants = {
         "dataset": pa.repeat(pa.scalar(batch.dataset), n),

@@ -208,16 +208,9 @@ class LakeWriter:
         if table != "events":
             self._write_file(self.lake.path(table, f"dataset={dataset}"), data)
             return data.num_rows
-        # Whole days since the epoch (UTC), undated rows last.
-        micros = data.column("timestamp").cast(pa.int64()).to_numpy(zero_copy_only=False)
-        undated = np.isnan(micros) if micros.dtype.kind == "f" else np.zeros(len(micros), bool)
-        days = np.floor_divide(np.nan_to_num(micros), 86_400_000_000).astype(np.int64)
-        days[undated] = np.iinfo(np.int64).max
-        users = data.column("user_id").to_pandas(types_mapper=pd.ArrowDtype)
-        codes, _ = pd.factorize(users, sort=True)
-        if not _is_sorted(days, codes):
-            order = np.lexsort((codes, days))
-            data, days, undated = data.take(order), days[order], undated[order]
+        data = in_file_order(data)
+        days = _days(data)
+        undated = days == _UNDATED_DAY
         starts = np.flatnonzero(np.r_[True, days[1:] != days[:-1]])
         ends = np.r_[starts[1:], len(days)]
         parts = []
@@ -254,6 +247,31 @@ class LakeWriter:
             if fs.exists(path):
                 fs.rm(path)
         self.written.clear()
+
+
+_UNDATED_DAY = np.iinfo(np.int64).max
+
+
+def _days(events: pa.Table) -> np.ndarray:
+    """Whole days since the epoch (UTC) of each event; undated events sort last."""
+    micros = events.column("timestamp").cast(pa.int64()).to_numpy(zero_copy_only=False)
+    undated = np.isnan(micros) if micros.dtype.kind == "f" else np.zeros(len(micros), bool)
+    days = np.floor_divide(np.nan_to_num(micros), 86_400_000_000).astype(np.int64)
+    days[undated] = _UNDATED_DAY
+    return days
+
+
+def in_file_order(events: pa.Table) -> pa.Table:
+    """``events`` (with ``timestamp`` and ``user_id``) ordered as the lake stores them: by
+    day, then user. Sorting the few varying columns before adding constant ones is
+    cheaper than sorting a whole table, so callers may do it early."""
+    days = _days(events)
+    users, _ = pd.factorize(
+        events.column("user_id").to_pandas(types_mapper=pd.ArrowDtype), sort=True
+    )
+    if _is_sorted(days, users):
+        return events
+    return events.take(np.lexsort((users, days)))
 
 
 def _is_sorted(days: np.ndarray, users: np.ndarray) -> bool:

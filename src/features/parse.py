@@ -7,6 +7,7 @@ raises :class:`IngestError` naming the file, line and column, before anything is
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pandera.pandas as pandera
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
 from pandera.engines import pandas_engine
 
 from bespoke.features.schema import TEXT
@@ -45,32 +49,96 @@ def read_delimited(
         raise IngestError(f"{path}: no such file")
     skip = header_lines if header_lines is not None else (0 if names else 1)
     try:
-        frame = pd.read_csv(
-            path,
-            sep=sep,
-            names=list(names) if names else None,
-            header=None if names else 0,
-            skiprows=skip if names else None,
-            dtype=TEXT,
-            keep_default_na=False,
-            na_values=[""],
-            encoding=encoding,
-            engine="python" if len(sep) > 1 and sep != r"\s+" else "c",
-            skipinitialspace=True,
+        frame = (
+            _read_with_arrow(path, sep, names, encoding, skip)
+            if len(sep) == 1
+            else _read_with_pandas(path, sep, names, encoding, skip)
         )
-    except UnicodeDecodeError as error:
-        line, offset = _first_undecodable_line(path, encoding)
-        raise IngestError(
-            f"{path}: line {line} is not valid {encoding} text (byte {offset} of the file); "
-            f"convert it to {encoding}"
-        ) from error
+    except (UnicodeDecodeError, pa.ArrowInvalid) as error:
+        if isinstance(error, UnicodeDecodeError) or "UTF8" in str(error):
+            line, offset = _first_undecodable_line(path, encoding)
+            raise IngestError(
+                f"{path}: line {line} is not valid {encoding} text (byte {offset} of the "
+                f"file); convert it to {encoding}"
+            ) from error
+        ragged = _first_ragged_line(path, sep, encoding, skip if names else 0)
+        if ragged is not None:
+            line, expected, got = ragged
+            raise IngestError(
+                f"{path}: line {line} has {got} fields where the table has {expected}"
+            ) from error
+        raise IngestError(f"{path}: unreadable as a {sep!r}-separated table: {error}") from error
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as error:
         raise IngestError(f"{path}: unreadable as a {sep!r}-separated table: {error}") from error
-    if names is None:
-        frame.columns = [str(c).strip() for c in frame.columns]
     frame[ROW] = np.arange(len(frame), dtype=np.int64) + skip + 1
     frame[SOURCE] = path.name
     return frame
+
+
+def _read_with_arrow(
+    path: Path, sep: str, names: Sequence[str] | None, encoding: str, skip: int
+) -> pd.DataFrame:
+    """Arrow's multi-threaded reader; every value text, blanks trimmed, empty missing."""
+    table = pcsv.read_csv(
+        path,
+        read_options=pcsv.ReadOptions(
+            column_names=list(names) if names else None,
+            skip_rows=skip if names else 0,
+            encoding=encoding,
+        ),
+        parse_options=pcsv.ParseOptions(delimiter=sep),
+        convert_options=pcsv.ConvertOptions(
+            column_types=dict.fromkeys(names, pa.string()) if names else None,
+            strings_can_be_null=True,
+            null_values=[""],
+            auto_dict_encode=False,
+        ),
+    )
+    columns = {}
+    for name, values in zip(table.column_names, table.columns, strict=True):
+        text = pc.utf8_trim_whitespace(values.cast(pa.string()))
+        text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
+        columns[name.strip()] = pd.Series(pd.arrays.ArrowStringArray(text), copy=False)
+    return pd.DataFrame(columns)
+
+
+def _read_with_pandas(
+    path: Path, sep: str, names: Sequence[str] | None, encoding: str, skip: int
+) -> pd.DataFrame:
+    """pandas' reader, for separators Arrow's cannot take (a regular expression)."""
+    frame = pd.read_csv(
+        path,
+        sep=sep,
+        names=list(names) if names else None,
+        header=None if names else 0,
+        skiprows=skip if names else None,
+        dtype=TEXT,
+        keep_default_na=False,
+        na_values=[""],
+        encoding=encoding,
+        engine="c" if sep == r"\s+" else "python",
+        skipinitialspace=True,
+    )
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame
+
+
+def _first_ragged_line(
+    path: Path, sep: str, encoding: str, skip: int
+) -> tuple[int, int, int] | None:
+    """(line number, fields expected, fields found) of the first row whose field count
+    differs from the first row's; read again only to explain an error."""
+    with path.open(newline="", encoding=encoding, errors="replace") as handle:
+        rows = csv.reader(handle, delimiter=sep)
+        expected = None
+        for number, row in enumerate(rows, start=1):
+            if number <= skip:
+                continue
+            if expected is None:
+                expected = len(row)
+            elif row and len(row) != expected:
+                return rows.line_num, expected, len(row)
+    return None
 
 
 def _first_undecodable_line(path: Path, encoding: str) -> tuple[int, int]:
