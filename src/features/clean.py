@@ -22,6 +22,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from bespoke.features.schema import MONETARY_EVENT_TYPES, TEXT, Channel, EventType
 
@@ -411,19 +412,12 @@ def impute(
     return out, counts
 
 
-def standardise_sql(column: str, lower: bool = False) -> str:
-    """Stripped of surrounding blanks, an empty string as missing, optionally lower-cased."""
-    expression = f"nullif(trim(\"{column}\"), '')"
-    return f"lower({expression})" if lower else expression
-
-
-def standardise_strings(df: pd.DataFrame, columns: list[str], lower: list[str]) -> pd.DataFrame:
-    """Strip whitespace, turn empty strings into missing values, lower-case code columns."""
-    for column in columns:
-        if column not in df:
-            continue
-        values = df[column].astype(TEXT).str.strip()
-        if column in lower:
-            values = values.str.lower()
-        df[column] = values.mask(values == "")
-    return df
+def standard_text(values: pa.Array | pa.ChunkedArray, lower: bool = False) -> pa.ChunkedArray:
+    """Text stripped of surrounding blanks, an empty string as missing, optionally
+    lower-cased (codes such as event types and channels)."""
+    if isinstance(values, pa.Array):
+        values = pa.chunked_array([values])
+    values = pc.utf8_trim_whitespace(values.cast(pa.string()))
+    if lower:
+        values = pc.utf8_lower(values)
+    return pc.if_else(pc.equal(values, ""), pa.scalar(None, pa.string()), values)

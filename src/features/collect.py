@@ -193,11 +193,16 @@ _BATCH_ROWS = 65_536
 _Prepared = tuple[pa.Table, pa.Table, dict[str, Any]]
 
 
-def _register(con: duckdb.DuckDBPyConnection, name: str, frame: pd.DataFrame) -> None:
-    """``frame`` as relation ``name``, with its row positions and (possibly empty)
-    provenance, in record batches so that DuckDB works on every core (order is kept)."""
+def _register(
+    con: duckdb.DuckDBPyConnection, name: str, frame: pd.DataFrame, text: dict[str, bool]
+) -> None:
+    """``frame`` as relation ``name``, its ``text`` columns standardised (the flag says
+    whether to lower-case), with row positions and (possibly empty) provenance."""
     n = len(frame)
     table = pa.Table.from_pandas(frame, preserve_index=False)
+    for column, lower in text.items():
+        position = table.column_names.index(column)
+        table = table.set_column(position, column, clean.standard_text(table.column(column), lower))
     table = table.append_column(clean.POSITION, pa.array(np.arange(n, dtype=np.int64)))
     for column, kind in ((ROW, pa.int64()), (SOURCE, pa.string())):
         if column not in table.column_names:
@@ -388,7 +393,7 @@ def _standard_events(df: pd.DataFrame) -> pa.Table:
             continue
         values = _arrow(df[name]).cast(kind)
         if name in ("user_id", *_EVENT_TEXT, *_EVENT_CODES):
-            values = _standard_text(values, lower=name in _EVENT_CODES)
+            values = clean.standard_text(values, lower=name in _EVENT_CODES)
         columns[name] = values
     if columns["email_hash"].null_count < n:
         columns["user_id"] = pc.coalesce(columns["user_id"], columns["email_hash"])
@@ -403,13 +408,6 @@ def _arrow(values: pd.Series) -> pa.ChunkedArray:
     """A column as Arrow, without copying Arrow-backed data."""
     array = pa.array(values, from_pandas=True)
     return array if isinstance(array, pa.ChunkedArray) else pa.chunked_array([array])
-
-
-def _standard_text(values: pa.ChunkedArray, lower: bool) -> pa.ChunkedArray:
-    values = pc.utf8_trim_whitespace(values)
-    if lower:
-        values = pc.utf8_lower(values)
-    return pc.if_else(pc.equal(values, ""), pa.scalar(None, pa.string()), values)
 
 
 def _split_purposes(consent: pd.Series) -> pa.Array:
@@ -588,13 +586,13 @@ def _prepare_users(con: duckdb.DuckDBPyConnection, raw: pd.DataFrame, run: _Run)
             df[column] = _missing(kind, df.index)
     df[["state", "region", "country"]] = geo.locate_series(df["zip"]).astype(TEXT)
     df["zip_hash"] = privacy.pseudonymise_series(run.key, "zip", df.pop("zip"))
-    _register(con, "raw_users", df)
+    _register(con, "raw_users", df, {"user_id": False, "gender": False, "occupation": True})
     standard = {
         "dataset": "$dataset",
-        "user_id": clean.standardise_sql("user_id"),
+        "user_id": "user_id",
         "age": "CAST(age AS BIGINT)",
-        "gender": clean.standardise_sql("gender"),
-        "occupation": clean.standardise_sql("occupation", lower=True),
+        "gender": "gender",
+        "occupation": "occupation",
         **{c: f'"{c}"' for c in ("zip_hash", "state", "region", "country")},
         **{c: c for c in (clean.POSITION, ROW, SOURCE)},
     }
@@ -624,14 +622,14 @@ def _prepare_items(con: duckdb.DuckDBPyConnection, raw: pd.DataFrame, run: _Run)
             df[column] = _missing(kind, df.index)
     if "release_date" not in df:
         df["release_date"] = pd.Series(pd.NaT, index=df.index, dtype="datetime64[s]")
-    _register(con, "raw_items", df)
+    _register(con, "raw_items", df, {"item_id": False, "title": False, "url": False})
     standard = {
         "dataset": "$dataset",
-        **{c: clean.standardise_sql(c) for c in ("item_id", "title")},
+        **{c: c for c in ("item_id", "title")},
         "release_date": "CAST(release_date AS DATE)",
         "release_year": "CAST(release_year AS BIGINT)",
         "genres": "CASE WHEN coalesce(genres, '') = '' THEN []::VARCHAR[] ELSE string_split(genres, '|') END",
-        "url": clean.standardise_sql("url"),
+        "url": "url",
         **{c: c for c in (clean.POSITION, ROW, SOURCE)},
     }
     query = f"SELECT {_select(standard)} FROM raw_items"

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from bespoke.features import clean, collect, sources
@@ -223,12 +224,10 @@ def test_a_gap_with_nothing_to_learn_from_stays_a_gap_and_is_not_recorded() -> N
     assert counts == {}
 
 
-def test_standardise_strings_strips_blanks_and_lowercases_codes() -> None:
-    df = pd.DataFrame({"event_type": [" PURCHASE ", "  "], "item_id": [" Sku-1 ", None]})
-    out = clean.standardise_strings(df, ["event_type", "item_id", "absent"], lower=["event_type"])
-    assert out["event_type"].tolist()[0] == "purchase"
-    assert pd.isna(out["event_type"].iloc[1])
-    assert out["item_id"].tolist()[0] == "Sku-1"
+def test_standard_text_is_stripped_blank_is_missing_and_codes_are_lower_case() -> None:
+    codes = clean.standard_text(pa.array([" PURCHASE ", "  ", None]), lower=True)
+    assert codes.to_pylist() == ["purchase", None, None]
+    assert clean.standard_text(pa.array([" Sku-1 "])).to_pylist() == ["Sku-1"]
 
 
 # --- through ingestion: flagged rows go to quarantine, nothing is dropped silently ---------
