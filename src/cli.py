@@ -144,6 +144,12 @@ def ingest_csv(
         str | None,
         typer.Option("--timestamp-format", help="iso, unix_s, unix_ms or a strftime pattern."),
     ] = None,
+    event_type_value: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--event-type-value", help="SOURCE=TYPE, repeatable: the log's own name for a type."
+        ),
+    ] = None,
 ) -> None:
     """Any interaction log, through a column mapping."""
     from bespoke.features.parse import IngestError
@@ -162,6 +168,13 @@ def ingest_csv(
             fields["default_consent"] = [p.strip() for p in consent.split(",") if p.strip()]
         if timestamp_format:
             fields["timestamp_format"] = timestamp_format
+        for pair in event_type_value or []:
+            value, sep, kind = pair.partition("=")
+            if not sep or not value.strip() or not kind.strip():
+                raise IngestError(
+                    f"--event-type-value {pair!r}: expected SOURCE=TYPE, e.g. buy=purchase"
+                )
+            fields.setdefault("event_type_values", {})[value.strip()] = kind.strip()
         column_mapping = (
             ColumnMapping.load(mapping, overrides=fields)
             if mapping
@@ -205,7 +218,11 @@ def data_report(dataset: DatasetOption = None) -> None:
         console.print("The lake is empty: run [bold]bespoke ingest …[/] first.")
         return
     console.print(_table("Events", report.events))
-    console.print(_table("Attributes and catalog", report.tables))
+    console.print(
+        _table("Attributes and catalog", report.tables)
+        if not report.tables.empty
+        else "Attributes and catalog: none"
+    )
     console.print(
         _table("Quarantine (reason = first failed rule)", report.quarantine)
         if not report.quarantine.empty
@@ -227,7 +244,9 @@ def show_settings() -> None:
     settings = get_settings()
     table = Table("setting", "value", header_style="bold")
     for name, value in settings.model_dump().items():
-        shown = "(set)" if name == "hmac_key" and value else str(value)
+        shown = str(value)
+        if name == "hmac_key":
+            shown = "(set)" if value else f"(generated once in {settings.hmac_key_file})"
         table.add_row(f"BESPOKE_{name.upper()}", shown)
     console.print(table)
 

@@ -93,11 +93,16 @@ class Settings(BaseSettings):
         assert self.home is not None
         return self.home / "secrets"
 
+    @property
+    def hmac_key_file(self) -> Path:
+        """Where the generated key is kept when ``hmac_key`` is unset."""
+        return self.secrets_dir / HMAC_KEY_FILE
+
     def pseudonym_key(self) -> bytes:
         """The HMAC key, creating and keeping a random one on first use when none is set."""
         if self.hmac_key is not None:
             return self.hmac_key.get_secret_value().encode()
-        path = self.secrets_dir / HMAC_KEY_FILE
+        path = self.hmac_key_file
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             # O_EXCL: two processes starting together must not each write their own key.

@@ -148,6 +148,22 @@ class Lake:
         data = pq.read_table(files, columns=[column], filesystem=self._fs, partitioning=None)
         return data.column(column).combine_chunks()
 
+    def files_holding(self, dataset: str, user_id: str) -> list[str]:
+        """The events files holding any of a person's rows: what a deletion request must
+        rewrite. Files are sorted by user, so Parquet statistics skip most row groups."""
+        files = self.files("events", dataset)
+        if not files:
+            return []
+        con = self.connect()
+        listing = ", ".join(f"'{self._duckdb_path(f)}'" for f in files)
+        found = con.execute(
+            f"SELECT DISTINCT filename FROM read_parquet([{listing}], filename = true, "
+            "hive_partitioning = false) WHERE user_id = ? ORDER BY filename",
+            [user_id],
+        ).fetchall()
+        prefix = "" if self.is_local else self._duckdb_path("")
+        return [name.removeprefix(prefix) for (name,) in found]
+
     def runs(self) -> list[dict[str, Any]]:
         """The manifests of all ingestion runs, oldest first."""
         manifests = []

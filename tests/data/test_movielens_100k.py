@@ -221,3 +221,15 @@ def test_reingesting_adds_nothing(
     assert result.counts("items")["stored"] == 0
     assert {t: lake.files(t) for t in parquet} == parquet
     assert lake.connect().execute("SELECT count(*) FROM events").fetchone() == (100_000,)
+
+
+def test_a_persons_rows_are_found_file_by_file_for_deletion(ml100k_lake) -> None:
+    lake, _ = ml100k_lake
+    files = lake.files_holding("ml-100k", "196")
+    con = lake.connect()
+    days = con.execute(
+        "SELECT count(DISTINCT event_date) FROM events WHERE dataset = 'ml-100k' AND user_id = '196'"
+    ).fetchone()[0]
+    assert len(files) == days > 0  # one file per day the person was active, nothing else
+    assert all(f in lake.files("events", "ml-100k") for f in files)
+    assert lake.files_holding("ml-100k", "no-such-user") == []
