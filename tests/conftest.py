@@ -90,14 +90,19 @@ def datasets_dir() -> Path:
     return path
 
 
+def _ingested(
+    factory: pytest.TempPathFactory, batch: collect.SourceBatch
+) -> tuple[Lake, collect.IngestResult]:
+    lake = Lake(str(factory.mktemp(batch.dataset) / "lake"))
+    return lake, collect.ingest(batch, lake, KEY)
+
+
 @pytest.fixture(scope="session")
 def ml100k_lake(
     datasets_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Lake, collect.IngestResult]:
     """ML-100K ingested once per test process. Read-only: copy it before writing."""
-    lake = Lake(str(tmp_path_factory.mktemp("ml100k") / "lake"))
-    result = collect.ingest(sources.movielens_100k(datasets_dir / "ml-100k"), lake, KEY)
-    return lake, result
+    return _ingested(tmp_path_factory, sources.movielens_100k(datasets_dir / "ml-100k"))
 
 
 @pytest.fixture(scope="session")
@@ -105,9 +110,7 @@ def cdnow_lake(
     datasets_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Lake, collect.IngestResult]:
     """CDNOW ingested once per test process. Read-only: copy it before writing."""
-    lake = Lake(str(tmp_path_factory.mktemp("cdnow") / "lake"))
-    result = collect.ingest(sources.cdnow(datasets_dir / "cdnow"), lake, KEY)
-    return lake, result
+    return _ingested(tmp_path_factory, sources.cdnow(datasets_dir / "cdnow"))
 
 
 # --- helpers handed out as fixtures ------------------------------------------------------

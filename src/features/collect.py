@@ -569,101 +569,105 @@ def _event_id_sql(profile: _Profile, dataset: str) -> str:
 
 # --- users and items -------------------------------------------------------------------
 
-_USER_ATTRIBUTES = ["age", "gender", "occupation", "zip_hash", "state", "region", "country"]
-_ITEM_ATTRIBUTES = ["title", "release_date", "release_year", "genres", "url"]
+
+@dataclass(frozen=True)
+class _Attributes:
+    """How one attribute table (users, items) is read from an adapter's frame."""
+
+    entity: str
+    inputs: dict[str, str]  # input column -> pandas dtype, added empty when absent
+    text: dict[str, bool]  # text column -> lower-cased too
+    standard: dict[str, str]  # stored column -> SQL over the registered input
+    attributes: list[str]  # what a new version of a row is compared on
+    schema: pa.Schema
+    rules: clean.RuleSet
+    imputations: tuple[clean.Imputation, ...]
+
+
+_USERS = _Attributes(
+    entity="users",
+    inputs={"user_id": TEXT, "age": "Int64", "gender": TEXT, "occupation": TEXT, "zip": TEXT},
+    text={"user_id": False, "gender": False, "occupation": True},
+    standard={
+        "user_id": "user_id",
+        "age": "CAST(age AS BIGINT)",
+        **{c: c for c in ("gender", "occupation", "zip_hash", "state", "region", "country")},
+    },
+    attributes=["age", "gender", "occupation", "zip_hash", "state", "region", "country"],
+    schema=USER_SCHEMA,
+    rules=clean.USER_RULES,
+    imputations=clean.USER_IMPUTATIONS,
+)
+_ITEMS = _Attributes(
+    entity="items",
+    inputs={
+        "item_id": TEXT,
+        "title": TEXT,
+        "url": TEXT,
+        "genres": TEXT,
+        "release_year": "Int64",
+        "release_date": "datetime64[s]",
+    },
+    text={"item_id": False, "title": False, "url": False},
+    standard={
+        **{c: c for c in ("item_id", "title", "url")},
+        "release_date": "CAST(release_date AS DATE)",
+        "release_year": "CAST(release_year AS BIGINT)",
+        "genres": "CASE WHEN coalesce(genres, '') = '' THEN []::VARCHAR[] "
+        "ELSE string_split(genres, '|') END",
+    },
+    attributes=["title", "release_date", "release_year", "genres", "url"],
+    schema=ITEM_SCHEMA,
+    rules=clean.ITEM_RULES,
+    imputations=clean.ITEM_IMPUTATIONS,
+)
 
 
 def _prepare_users(con: duckdb.DuckDBPyConnection, raw: pd.DataFrame, run: _Run) -> _Prepared:
-    df = raw.copy(deep=False)
-    for column, kind in (
-        ("user_id", TEXT),
-        ("age", "Int64"),
-        ("gender", TEXT),
-        ("occupation", TEXT),
-        ("zip", TEXT),
-    ):
-        if column not in df:
-            df[column] = _missing(kind, df.index)
+    df = _with_inputs(raw, _USERS)
+    # The zip code leaves only its state, region and country, and a pseudonym.
     df[["state", "region", "country"]] = geo.locate_series(df["zip"]).astype(TEXT)
     df["zip_hash"] = privacy.pseudonymise_series(run.key, "zip", df.pop("zip"))
-    _register(con, "raw_users", df, {"user_id": False, "gender": False, "occupation": True})
-    standard = {
-        "dataset": "$dataset",
-        "user_id": "user_id",
-        "age": "CAST(age AS BIGINT)",
-        "gender": "gender",
-        "occupation": "occupation",
-        **{c: f'"{c}"' for c in ("zip_hash", "state", "region", "country")},
-        **{c: c for c in (clean.POSITION, ROW, SOURCE)},
-    }
-    query = f"SELECT {_select(standard)} FROM raw_users"
-    return _attribute_table(
-        con,
-        run,
-        "users",
-        _materialise(con, query, run.params(query)),
-        _USER_ATTRIBUTES,
-        USER_SCHEMA,
-        clean.USER_RULES,
-        clean.USER_IMPUTATIONS,
-    )
+    return _attribute_table(con, run, df, _USERS)
 
 
 def _prepare_items(con: duckdb.DuckDBPyConnection, raw: pd.DataFrame, run: _Run) -> _Prepared:
+    return _attribute_table(con, run, _with_inputs(raw, _ITEMS), _ITEMS)
+
+
+def _with_inputs(raw: pd.DataFrame, spec: _Attributes) -> pd.DataFrame:
     df = raw.copy(deep=False)
-    for column, kind in (
-        ("item_id", TEXT),
-        ("title", TEXT),
-        ("url", TEXT),
-        ("genres", TEXT),
-        ("release_year", "Int64"),
-    ):
+    for column, kind in spec.inputs.items():
         if column not in df:
-            df[column] = _missing(kind, df.index)
-    if "release_date" not in df:
-        df["release_date"] = pd.Series(pd.NaT, index=df.index, dtype="datetime64[s]")
-    _register(con, "raw_items", df, {"item_id": False, "title": False, "url": False})
-    standard = {
-        "dataset": "$dataset",
-        **{c: c for c in ("item_id", "title")},
-        "release_date": "CAST(release_date AS DATE)",
-        "release_year": "CAST(release_year AS BIGINT)",
-        "genres": "CASE WHEN coalesce(genres, '') = '' THEN []::VARCHAR[] ELSE string_split(genres, '|') END",
-        "url": "url",
-        **{c: c for c in (clean.POSITION, ROW, SOURCE)},
-    }
-    query = f"SELECT {_select(standard)} FROM raw_items"
-    return _attribute_table(
-        con,
-        run,
-        "items",
-        _materialise(con, query, run.params(query)),
-        _ITEM_ATTRIBUTES,
-        ITEM_SCHEMA,
-        clean.ITEM_RULES,
-        clean.ITEM_IMPUTATIONS,
-    )
+            df[column] = (
+                _missing(kind, df.index)
+                if kind in (TEXT, "Int64")
+                else pd.Series(pd.NaT, index=df.index, dtype=kind)
+            )
+    return df
 
 
 def _attribute_table(
-    con: duckdb.DuckDBPyConnection,
-    run: _Run,
-    entity: str,
-    std: pa.Table,
-    attributes: list[str],
-    schema: pa.Schema,
-    rules: clean.RuleSet,
-    imputations: tuple[clean.Imputation, ...],
+    con: duckdb.DuckDBPyConnection, run: _Run, df: pd.DataFrame, spec: _Attributes
 ) -> _Prepared:
-    """Check and impute the standardised rows ``std``; keep the rows that are new or
-    differ from their latest stored version (the lake keeps the attribute history)."""
-    key, read = rules.key, std.num_rows
+    """Standardise, check and impute ``df``; keep the rows that are new or differ from
+    their latest stored version (the lake keeps the attribute history)."""
+    entity, key = spec.entity, spec.rules.key
+    _register(con, f"raw_{entity}", df, spec.text)
+    standard = {
+        "dataset": "$dataset",
+        **spec.standard,
+        **{c: c for c in (clean.POSITION, ROW, SOURCE)},
+    }
+    query = f"SELECT {_select(standard)} FROM raw_{entity}"
+    std = _materialise(con, query, run.params(query))
+    attributes = spec.attributes
     _, flagged, quarantined = _check(
-        con, run, entity, std, [key, *attributes], rules, clean.RuleContext(now=run.now)
+        con, run, entity, std, [key, *attributes], spec.rules, clean.RuleContext(now=run.now)
     )
     # Gaps the batch cannot fill (no values of its own) are filled from the lake's rows.
     expressions = _filled(
-        con, entity, ["dataset", key, *attributes], imputations, run.lake_table(entity)
+        con, entity, ["dataset", key, *attributes], spec.imputations, run.lake_table(entity)
     )
     same = " AND ".join(f'c."{a}" IS NOT DISTINCT FROM l."{a}"' for a in attributes)
     table = run.sql(
@@ -672,13 +676,13 @@ def _attribute_table(
         f"FROM good_{entity}) c ANTI JOIN {run.lake_table(entity)} l ON c.{key} = l.{key} AND {same}",
     ).to_arrow_table()
     counts = {
-        "read": read,
+        "read": std.num_rows,
         "quarantined": quarantined,
-        "already_present": read - flagged.num_rows - table.num_rows,
+        "already_present": std.num_rows - flagged.num_rows - table.num_rows,
         "stored": table.num_rows,
         "imputed": _imputed_counts(table),
     }
-    return table.select(schema.names).cast(schema), flagged, counts
+    return table.select(spec.schema.names).cast(spec.schema), flagged, counts
 
 
 def _new_quarantine(flagged: list[pa.Table], lake: Lake, dataset: str) -> pa.Table:
