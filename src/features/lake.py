@@ -102,8 +102,8 @@ class Lake:
         """A DuckDB connection with the views ``events``, ``users``, ``items``,
         ``quarantine``, ``users_history``, ``items_history`` and ``ingest_runs``.
 
-        The views are read-only windows on the files; re-create them after an ingestion
-        to see the new files (``connect`` again, or :meth:`refresh`).
+        The table views read the files there are at query time; ``ingest_runs`` is a
+        snapshot, and a table that had no files yet is empty until :meth:`refresh`.
         """
         con = con or duckdb.connect()
         con.execute("SET TimeZone = 'UTC'")
@@ -116,11 +116,11 @@ class Lake:
         """(Re)create the views on ``con`` so that they cover the files there are now."""
         for table in TABLES:
             raw = f"_raw_{table}"
-            files = self.files(table)
-            if files:
-                listing = ", ".join(f"'{self._duckdb_path(f)}'" for f in files)
+            if self.files(table):
+                # A glob, not a list: the view sees files added later, and stays short.
+                pattern = self._duckdb_path(self._glob(table, None))
                 con.execute(
-                    f"CREATE OR REPLACE VIEW {raw} AS SELECT * FROM read_parquet([{listing}], "
+                    f"CREATE OR REPLACE VIEW {raw} AS SELECT * FROM read_parquet('{pattern}', "
                     "union_by_name = true, hive_partitioning = false)"
                 )
             else:
@@ -151,13 +151,12 @@ class Lake:
     def files_holding(self, dataset: str, user_id: str) -> list[str]:
         """The events files holding any of a person's rows: what a deletion request must
         rewrite. Files are sorted by user, so Parquet statistics skip most row groups."""
-        files = self.files("events", dataset)
-        if not files:
+        if not self.files("events", dataset):
             return []
         con = self.connect()
-        listing = ", ".join(f"'{self._duckdb_path(f)}'" for f in files)
+        pattern = self._duckdb_path(self._glob("events", dataset))
         found = con.execute(
-            f"SELECT DISTINCT filename FROM read_parquet([{listing}], filename = true, "
+            f"SELECT DISTINCT filename FROM read_parquet('{pattern}', filename = true, "
             "hive_partitioning = false) WHERE user_id = ? ORDER BY filename",
             [user_id],
         ).fetchall()
