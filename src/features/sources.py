@@ -7,7 +7,7 @@ idempotency) is :func:`bespoke.features.collect.ingest`'s, the same for every so
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,7 +27,7 @@ from bespoke.features.parse import (
     require_columns,
     unix_seconds,
 )
-from bespoke.features.schema import TEXT, Channel, ConsentPurpose, EventType
+from bespoke.features.schema import TEXT, Channel, ConsentPurpose, EventIn, EventType
 
 #: What the public research datasets were collected for; rows carry no consent of their own.
 RESEARCH_CONSENT = (ConsentPurpose.PERSONALIZATION, ConsentPurpose.ANALYTICS)
@@ -303,6 +303,21 @@ def interactions_file(
         default_consent=tuple(mapping.default_consent),
         default_channel=mapping.channel_constant,
     )
+
+
+def event_models(events: Sequence[EventIn], dataset: str, source: str = "api") -> SourceBatch:
+    """Events already validated one by one (``EventIn``: the service, a notebook) as a
+    batch; each carries its own consent purposes."""
+    rows = []
+    for event in events:
+        row = event.model_dump(exclude={"context", "consent"})
+        row.update(event.context.model_dump())
+        row["consent"] = "|".join(sorted(event.consent))
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=EVENT_INPUT_COLUMNS)
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
+    frame = frame.astype({c: t for c, t in EVENT_INPUT_TYPES.items() if isinstance(t, str)})
+    return SourceBatch(dataset=dataset, source=source, events=frame, default_channel=Channel.API)
 
 
 #: Built-in sources by the name the CLI and ``make demo`` use, and their data folder.

@@ -9,8 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bespoke.features import collect, sources
+from bespoke.features import collect, privacy, sources
 from bespoke.features.lake import Lake
+from bespoke.features.schema import EventIn
 
 
 def _stored(lake: Lake, columns: str = "user_id, item_id, event_type, timestamp") -> list[tuple]:
@@ -186,3 +187,38 @@ def test_progress_is_reported_through_the_callback(lake: Lake, key: bytes, write
     )
     assert seen[-1][0] == "done" and seen[-1][1] == seen[-1][2]
     assert [done for _, done, _ in seen] == sorted(done for _, done, _ in seen)
+
+
+def test_validated_event_models_are_ingested_like_any_source(lake: Lake, key: bytes) -> None:
+    events = [
+        EventIn(
+            user_id="u1",
+            event_type="purchase",
+            item_id="sku-1",
+            value=12.5,
+            quantity=1,
+            timestamp=datetime(2024, 5, 1, 12, tzinfo=UTC),
+            context={"device": "mobile", "ip": "203.0.113.9"},
+            email="Ann@Example.com",
+            consent=["personalization", "analytics"],
+        ),
+        EventIn(anonymous_id="cookie-7", event_type="view", item_id="sku-2", consent=["analytics"]),
+    ]
+    result = collect.ingest(sources.event_models(events, "web"), lake, key)
+    counts = result.counts("events")
+    assert (counts["stored"], counts["excluded_no_consent"]) == (1, 1)
+    row = (
+        lake.connect()
+        .execute(
+            "SELECT user_id, channel, device, ip_hash, email_hash, consent, timestamp FROM events"
+        )
+        .fetchone()
+    )
+    assert row[:3] == ("u1", "api", "mobile")
+    assert row[3] == privacy.pseudonym(key, "ip", "203.0.113.9")
+    assert row[4] == privacy.pseudonym(key, "email", "ann@example.com")
+    assert row[5] == ["analytics", "personalization"]
+    assert row[6] == datetime(2024, 5, 1, 12, tzinfo=UTC)
+    # sending the same events again adds nothing
+    again = collect.ingest(sources.event_models(events, "web"), lake, key)
+    assert again.counts("events")["stored"] == 0
