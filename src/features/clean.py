@@ -14,6 +14,7 @@ own queries over Arrow data.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -47,8 +48,8 @@ def sql_literal(value: Any) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def _in_list(values: object) -> str:
-    return "(" + ", ".join(sql_literal(str(v)) for v in sorted(str(v) for v in values)) + ")"  # type: ignore[attr-defined]
+def _in_list(values: Iterable[object]) -> str:
+    return "(" + ", ".join(sql_literal(v) for v in sorted(str(v) for v in values)) + ")"
 
 
 _EVENT_TYPES = _in_list(EventType)
@@ -106,7 +107,7 @@ class RuleSet:
     key: str
     rules: tuple[Rule, ...]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Rule]:
         return iter(self.rules)
 
 
