@@ -1,0 +1,232 @@
+"""The estimator contract every recommender follows (see DESIGN.md).
+
+No work in ``__init__`` (it only keeps the parameters); ``fit`` returns ``self`` and sets
+the fitted attributes, which end in ``_``; ``recommend`` and ``recommend_from_history``
+return ids and scores; ``save``/``load`` write NumPy arrays and JSON, never pickles.
+
+A family implements three things: ``_fit(matrix, callback, show_progress)``,
+``_scores(history) -> (n, n_items) scores`` for rows of a user × item matrix, and the
+arrays that make up its state. Everything else — id maps, filtering seen and excluded
+items, the popularity fallback for unknown users, top-k — is here, once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import scipy.sparse as sp
+
+from bespoke.training.data import Interactions
+
+#: ``callback(iteration, metrics) -> bool``: the single hook for progress, logging and
+#: pruning; returning False stops training early (as with implicit's fit callbacks).
+FitCallback = Callable[[int, dict[str, float]], bool | None]
+
+_STATE_FILE = "state.npz"
+_META_FILE = "model.json"
+
+
+class NotFittedError(RuntimeError):
+    """A model was used before ``fit`` or ``load``."""
+
+
+class Recommender:
+    """Base class of every recommender family."""
+
+    family: ClassVar[str]
+    #: The names of the fitted arrays (``name_``) that make up the model's state.
+    state_arrays: ClassVar[tuple[str, ...]] = ()
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor's parameters (what ``__init__`` kept)."""
+        return {k: v for k, v in vars(self).items() if not k.endswith("_")}
+
+    # --- fitting ---------------------------------------------------------------------
+
+    def fit(
+        self,
+        interactions: Interactions,
+        *,
+        callback: FitCallback | None = None,
+        show_progress: bool = False,
+    ) -> Self:
+        """Learn from ``interactions``; returns ``self``."""
+        matrix = interactions.matrix("binary")
+        self.user_ids_ = interactions.user_ids
+        self.item_ids_ = interactions.item_ids
+        self.seen_ = matrix
+        self.popularity_ = np.asarray(matrix.sum(axis=0)).ravel().astype(np.float32)
+        self._fit(matrix, callback, show_progress)
+        return self
+
+    def _fit(
+        self, matrix: sp.csr_matrix, callback: FitCallback | None, show_progress: bool
+    ) -> None:
+        raise NotImplementedError
+
+    def _scores(self, history: sp.csr_matrix, users: np.ndarray | None) -> np.ndarray:
+        """Scores (n, n_items) for rows of ``history``; ``users`` are their training
+        indices when they are training users (models with per-user state use them)."""
+        raise NotImplementedError
+
+    # --- recommending ----------------------------------------------------------------
+
+    def recommend(
+        self,
+        user_ids: Iterable[Any],
+        k: int = 10,
+        filter_seen: bool = True,
+        exclude: Iterable[Any] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The top ``k`` item ids and scores for each user, best first.
+
+        Users the model has not seen get the most popular items. Rows are padded with
+        ``None`` ids and ``-inf`` scores when fewer than ``k`` items are left.
+        """
+        self._check_fitted()
+        users = _index(self.user_ids_, list(user_ids))
+        known = users >= 0
+        scores = np.empty((len(users), len(self.item_ids_)), np.float32)
+        if known.any():
+            scores[known] = self._scores(self.seen_[users[known]], users[known])
+        if (~known).any():
+            scores[~known] = self.popularity_
+        history = None
+        if filter_seen:  # the seen items of known users; unknown users have none
+            rows = np.flatnonzero(known)
+            pick = sp.csr_matrix(
+                (np.ones(len(rows), np.float32), (rows, users[known])),
+                shape=(len(users), len(self.user_ids_)),
+            )
+            history = (pick @ self.seen_).tocsr()
+        return self._top(scores, k, history, exclude)
+
+    def recommend_from_history(
+        self, items: Iterable[Any], k: int = 10, exclude: Iterable[Any] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The top ``k`` item ids and scores for someone who interacted with ``items``
+        (a new or real-time user); items in the history are not recommended."""
+        self._check_fitted()
+        indices = _index(self.item_ids_, list(items))
+        indices = np.unique(indices[indices >= 0])
+        history = sp.csr_matrix(
+            (np.ones(len(indices), np.float32), (np.zeros(len(indices), int), indices)),
+            shape=(1, len(self.item_ids_)),
+        )
+        scores = self._scores(history, None) if len(indices) else self.popularity_[None, :].copy()
+        ids, values = self._top(scores, k, history, exclude)
+        return ids[0], values[0]
+
+    def recommend_indices(
+        self, users: np.ndarray, k: int = 10, filter_seen: bool = True
+    ) -> np.ndarray:
+        """Top-``k`` item indices (-1 padded) for training-user indices: the evaluation path."""
+        self._check_fitted()
+        scores = self._scores(self.seen_[users], users)
+        if filter_seen:
+            _mask(scores, self.seen_[users])
+        return _top_indices(scores, k)
+
+    def _top(
+        self,
+        scores: np.ndarray,
+        k: int,
+        history: sp.csr_matrix | None,
+        exclude: Iterable[Any] | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        if history is not None:
+            _mask(scores, history)
+        if exclude is not None:
+            excluded = _index(self.item_ids_, list(exclude))
+            scores[:, excluded[excluded >= 0]] = -np.inf
+        top = _top_indices(scores, k)
+        ids = np.where(top >= 0, self.item_ids_[np.maximum(top, 0)], None)
+        values = np.where(top >= 0, np.take_along_axis(scores, np.maximum(top, 0), axis=1), -np.inf)
+        return ids, values.astype(np.float32)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "item_ids_"):
+            raise NotFittedError(
+                f"this {type(self).__name__} is not fitted: call fit() or load() first"
+            )
+
+    # --- persistence -----------------------------------------------------------------
+
+    def save(self, path: str | Path) -> Path:
+        """Write the model to the folder ``path`` (NumPy arrays and JSON, no pickle)."""
+        self._check_fitted()
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        seen = self.seen_.tocsr()
+        arrays = {
+            "user_ids": self.user_ids_.astype(str),
+            "item_ids": self.item_ids_.astype(str),
+            "seen_indptr": seen.indptr,
+            "seen_indices": seen.indices,
+            "popularity": self.popularity_,
+            **{name: getattr(self, f"{name}_") for name in self.state_arrays},
+        }
+        np.savez(folder / _STATE_FILE, **arrays)
+        meta = {"family": self.family, "params": self.get_params()}
+        (folder / _META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        return folder
+
+    @classmethod
+    def load(cls, path: str | Path) -> Self:
+        """A model written by :meth:`save`."""
+        folder = Path(path)
+        meta = json.loads((folder / _META_FILE).read_text())
+        if meta["family"] != cls.family:
+            raise ValueError(f"{folder} holds a {meta['family']!r} model, not {cls.family!r}")
+        model = cls(**meta["params"])
+        with np.load(folder / _STATE_FILE, allow_pickle=False) as arrays:
+            model.user_ids_ = arrays["user_ids"].astype(object)
+            model.item_ids_ = arrays["item_ids"].astype(object)
+            shape = (len(model.user_ids_), len(model.item_ids_))
+            indices = arrays["seen_indices"]
+            model.seen_ = sp.csr_matrix(
+                (np.ones(len(indices), np.float32), indices, arrays["seen_indptr"]), shape=shape
+            )
+            model.popularity_ = arrays["popularity"]
+            for name in cls.state_arrays:
+                setattr(model, f"{name}_", arrays[name])
+        model._after_load()
+        return model
+
+    def _after_load(self) -> None:
+        """Rebuild anything derived from the state arrays (e.g. a library's model)."""
+
+
+def _index(ids: np.ndarray, wanted: list[Any]) -> np.ndarray:
+    from bespoke.training.data import _index_of
+
+    return _index_of(ids, np.asarray([str(w) for w in wanted], dtype=object))
+
+
+def _mask(scores: np.ndarray, history: sp.csr_matrix) -> None:
+    rows, cols = history.nonzero()
+    scores[rows, cols] = -np.inf
+
+
+def _top_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` best scores per row, best first (ties: lower index); -1 where
+    fewer than ``k`` finite scores remain."""
+    k_eff = min(k, scores.shape[1])
+    part = (
+        np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff]
+        if k_eff < scores.shape[1]
+        else np.tile(np.arange(scores.shape[1]), (len(scores), 1))
+    )
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -part_scores), axis=1)
+    top = np.take_along_axis(part, order, axis=1)
+    top = np.where(np.isfinite(np.take_along_axis(scores, top, axis=1)), top, -1)
+    if k_eff < k:
+        top = np.hstack([top, np.full((len(top), k - k_eff), -1)])
+    return top

@@ -1,0 +1,149 @@
+"""Interactions for training: the lake's events as a user × item log with index maps.
+
+Models work on dense indices (rows of a sparse matrix); :class:`Interactions` keeps the
+maps between those indices and the lake's ids, so splits and subsets never renumber
+anything and a model's indices mean the same items everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from bespoke.features.lake import Lake
+from bespoke.features.schema import EventType
+
+#: Event types that count as a positive interaction by default.
+POSITIVE_EVENT_TYPES = (
+    EventType.RATE,
+    EventType.PURCHASE,
+    EventType.CLICK,
+    EventType.ADD_TO_CART,
+    EventType.LIKE,
+    EventType.VIEW,
+)
+
+
+@dataclass(frozen=True)
+class Interactions:
+    """One row per interaction: ``users[i]`` × ``items[i]`` with ``values[i]`` at
+    ``timestamps[i]`` (NaT when the source has no time), over fixed id maps."""
+
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    users: np.ndarray
+    items: np.ndarray
+    values: np.ndarray
+    timestamps: np.ndarray
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def matrix(self, weights: Literal["binary", "value"] = "binary") -> sp.csr_matrix:
+        """The user × item matrix; repeated pairs are summed (binary: capped at 1)."""
+        data = (
+            np.ones(len(self), np.float32)
+            if weights == "binary"
+            else self.values.astype(np.float32)
+        )
+        matrix = sp.csr_matrix(
+            (data, (self.users, self.items)), shape=(self.n_users, self.n_items), dtype=np.float32
+        )
+        matrix.sum_duplicates()
+        if weights == "binary":
+            matrix.data[:] = 1.0
+        return matrix
+
+    def subset(self, mask: np.ndarray) -> Interactions:
+        """The interactions where ``mask`` holds, over the same id maps."""
+        return replace(
+            self,
+            users=self.users[mask],
+            items=self.items[mask],
+            values=self.values[mask],
+            timestamps=self.timestamps[mask],
+        )
+
+    def item_popularity(self) -> np.ndarray:
+        """Share of users who interacted with each item."""
+        seen = self.matrix("binary")
+        return np.asarray(seen.sum(axis=0)).ravel() / max(self.n_users, 1)
+
+    def user_index(self, user_ids: np.ndarray | list) -> np.ndarray:
+        """Index of each id, -1 for ids not in the map."""
+        return _index_of(self.user_ids, np.asarray(user_ids, dtype=object))
+
+    def item_index(self, item_ids: np.ndarray | list) -> np.ndarray:
+        return _index_of(self.item_ids, np.asarray(item_ids, dtype=object))
+
+    def fingerprint(self) -> str:
+        """A short hash of the interactions, logged with every run that trains on them."""
+        frame = pd.DataFrame(
+            {"u": self.user_ids[self.users], "i": self.item_ids[self.items], "v": self.values}
+        )
+        hashed = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+        return f"{np.bitwise_xor.reduce(hashed):016x}-{len(self)}"
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame) -> Interactions:
+        """From columns ``user_id``, ``item_id``, optional ``value`` and ``timestamp``."""
+        users, user_ids = pd.factorize(frame["user_id"].astype(str), sort=True)
+        items, item_ids = pd.factorize(frame["item_id"].astype(str), sort=True)
+        values = (
+            frame["value"].to_numpy(np.float32, na_value=1.0)
+            if "value" in frame
+            else np.ones(len(frame), np.float32)
+        )
+        if "timestamp" in frame:
+            timestamps = (
+                pd.to_datetime(frame["timestamp"], utc=True)
+                .dt.tz_localize(None)
+                .to_numpy("datetime64[us]")
+            )
+        else:
+            timestamps = np.full(len(frame), np.datetime64("NaT"), "datetime64[us]")
+        return cls(
+            user_ids=np.asarray(user_ids, dtype=object),
+            item_ids=np.asarray(item_ids, dtype=object),
+            users=users.astype(np.int32),
+            items=items.astype(np.int32),
+            values=values,
+            timestamps=timestamps,
+        )
+
+
+def _index_of(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    lookup = pd.Index(ids)
+    return lookup.get_indexer(wanted).astype(np.int64)
+
+
+def load_interactions(
+    lake: Lake,
+    dataset: str,
+    event_types: tuple[str, ...] = tuple(e.value for e in POSITIVE_EVENT_TYPES),
+) -> Interactions:
+    """The dataset's positive interactions (events with a user and an item)."""
+    con = lake.connect()
+    frame = con.execute(
+        "SELECT user_id, item_id, value, timestamp FROM events "
+        "WHERE dataset = ? AND user_id IS NOT NULL AND item_id IS NOT NULL "
+        "AND list_contains(?, event_type) ORDER BY timestamp NULLS FIRST, event_id",
+        [dataset, list(event_types)],
+    ).df()
+    if frame.empty:
+        raise ValueError(
+            f"dataset {dataset!r} has no interactions of types {list(event_types)} in {lake.url}"
+        )
+    return Interactions.from_frame(frame)

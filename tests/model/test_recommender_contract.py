@@ -1,0 +1,136 @@
+"""The contract every recommender family keeps (like implicit's RecommenderBaseTestMixin):
+one mixin, one subclass per family, all on real MovieLens 100K interactions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bespoke.training.als import ALS
+from bespoke.training.base import NotFittedError, Recommender
+from bespoke.training.data import Interactions, load_interactions
+from bespoke.training.ease import EASE
+from bespoke.training.popularity import Popularity
+from bespoke.training.split import ms_stratified
+
+
+@pytest.fixture(scope="module")
+def interactions(ml100k_lake) -> Interactions:
+    lake, _ = ml100k_lake
+    return ms_stratified(load_interactions(lake, "ml-100k")).train
+
+
+USERS = ["1", "2", "196", "943"]
+
+
+class RecommenderContract:
+    """Subclasses say how to build a small, fast, seeded model of their family."""
+
+    @classmethod
+    def make(cls) -> Recommender:
+        raise NotImplementedError
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def fitted(cls, interactions: Interactions) -> Recommender:
+        return cls.make().fit(interactions)
+
+    def test_init_does_no_work_and_unfitted_use_fails_clearly(self) -> None:
+        model = self.make()
+        assert not [name for name in vars(model) if name.endswith("_")]
+        with pytest.raises(NotFittedError, match="fit"):
+            model.recommend(USERS)
+
+    def test_fit_returns_self_and_sets_fitted_attributes(self, interactions: Interactions) -> None:
+        model = self.make()
+        assert model.fit(interactions) is model
+        assert {"item_ids_", "user_ids_", "seen_"} <= set(vars(model))
+        assert all(hasattr(model, f"{name}_") for name in model.state_arrays)
+
+    def test_recommendations_have_the_asked_shape_and_descending_scores(
+        self, fitted: Recommender
+    ) -> None:
+        ids, scores = fitted.recommend(USERS, k=10)
+        assert ids.shape == scores.shape == (len(USERS), 10)
+        assert set(ids.ravel()) <= set(fitted.item_ids_)
+        assert (np.diff(scores, axis=1) <= 1e-6).all()
+        assert all(len(set(row)) == len(row) for row in ids)
+
+    def test_seen_items_are_filtered_unless_asked_not_to(
+        self, fitted: Recommender, interactions: Interactions
+    ) -> None:
+        ids, _ = fitted.recommend(USERS, k=50)
+        for user, row in zip(USERS, ids, strict=True):
+            index = interactions.user_index([user])[0]
+            seen = set(interactions.item_ids[interactions.items[interactions.users == index]])
+            assert not seen & set(row)
+        unfiltered, _ = fitted.recommend(USERS, k=50, filter_seen=False)
+        assert unfiltered.shape == (len(USERS), 50)
+
+    def test_excluded_items_are_never_recommended(self, fitted: Recommender) -> None:
+        first, _ = fitted.recommend(USERS, k=5)
+        banned = set(first[:, 0])
+        again, _ = fitted.recommend(USERS, k=5, exclude=banned)
+        assert not banned & set(again.ravel())
+
+    def test_unknown_users_get_the_most_popular_unseen_items(self, fitted: Recommender) -> None:
+        ids, scores = fitted.recommend(["no-such-user"], k=5)
+        expected = fitted.item_ids_[np.argsort(-fitted.popularity_, kind="stable")[:5]]
+        assert list(ids[0]) == list(expected)
+        assert np.isfinite(scores).all()
+
+    def test_an_empty_history_gets_popularity_and_a_history_is_not_repeated(
+        self, fitted: Recommender
+    ) -> None:
+        empty, _ = fitted.recommend_from_history([], k=5)
+        cold, _ = fitted.recommend(["no-such-user"], k=5)
+        assert list(empty) == list(cold[0])
+        history = ["1", "50", "181"]
+        ids, scores = fitted.recommend_from_history(history, k=10)
+        assert len(ids) == 10 and not set(history) & set(ids)
+        assert (np.diff(scores) <= 1e-6).all()
+
+    def test_the_same_seed_gives_the_same_recommendations(
+        self, fitted: Recommender, interactions: Interactions
+    ) -> None:
+        again = self.make().fit(interactions)
+        assert (fitted.recommend(USERS, k=10)[0] == again.recommend(USERS, k=10)[0]).all()
+
+    def test_save_and_load_give_identical_scores_without_pickle(
+        self, fitted: Recommender, tmp_path: Path
+    ) -> None:
+        folder = fitted.save(tmp_path / "model")
+        assert not list(folder.glob("*.pkl")) and not list(folder.glob("*.pickle"))
+        loaded = type(fitted).load(folder)
+        for a, b in zip(fitted.recommend(USERS, k=10), loaded.recommend(USERS, k=10), strict=True):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(
+            fitted.recommend_from_history(["1", "2"], k=10)[1],
+            loaded.recommend_from_history(["1", "2"], k=10)[1],
+        )
+
+    def test_a_k_beyond_the_catalog_is_padded(self, fitted: Recommender) -> None:
+        k = len(fitted.item_ids_) + 3
+        ids, scores = fitted.recommend(["no-such-user"], k=k)
+        assert ids.shape == (1, k)
+        assert ids[0, -3:].tolist() == [None] * 3 and np.isneginf(scores[0, -3:]).all()
+
+
+class TestPopularity(RecommenderContract):
+    @classmethod
+    def make(cls) -> Recommender:
+        return Popularity()
+
+
+class TestEASE(RecommenderContract):
+    @classmethod
+    def make(cls) -> Recommender:
+        return EASE(l2=300.0)
+
+
+class TestALS(RecommenderContract):
+    @classmethod
+    def make(cls) -> Recommender:
+        return ALS(factors=16, iterations=5, random_state=7)
