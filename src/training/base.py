@@ -92,7 +92,7 @@ class Recommender:
         known = users >= 0
         scores = np.empty((len(users), len(self.item_ids_)), np.float32)
         if known.any():
-            scores[known] = self._scores(self.seen_[users[known]], users[known])
+            scores[known] = self._user_scores(users[known])
         if (~known).any():
             scores[~known] = self.popularity_
         history = None
@@ -126,10 +126,20 @@ class Recommender:
     ) -> np.ndarray:
         """Top-``k`` item indices (-1 padded) for training-user indices: the evaluation path."""
         self._check_fitted()
-        scores = self._scores(self.seen_[users], users)
+        scores = self._user_scores(users)
         if filter_seen:
             _mask(scores, self.seen_[users])
         return _top_indices(scores, k)
+
+    def _user_scores(self, users: np.ndarray) -> np.ndarray:
+        """Scores for training-user indices; a user with no training history gets the
+        popularity fallback, as an unknown one does."""
+        history = self.seen_[users]
+        scores = self._scores(history, users)
+        empty = np.diff(history.indptr) == 0
+        if empty.any():
+            scores[empty] = self.popularity_
+        return scores
 
     def _top(
         self,
