@@ -20,8 +20,18 @@ ingest_app = typer.Typer(
     help="Add a source's events (and attributes, catalog) to the lake.", no_args_is_help=True
 )
 data_app = typer.Typer(help="Look at what is in the lake.", no_args_is_help=True)
+train_app = typer.Typer(
+    help="Train a model: evaluate, log to MLflow, register, champion gate.", no_args_is_help=True
+)
+evaluate_app = typer.Typer(
+    help="Evaluate a model on held-out data without registering it.", no_args_is_help=True
+)
+models_app = typer.Typer(help="The MLflow model registry.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(data_app, name="data")
+app.add_typer(train_app, name="train")
+app.add_typer(evaluate_app, name="evaluate")
+app.add_typer(models_app, name="models")
 
 console = Console()
 errors = Console(stderr=True)
@@ -234,6 +244,112 @@ def data_report(dataset: DatasetOption = None) -> None:
         else "Imputed values: none"
     )
     console.print(_table("Kept out for lack of personalization consent", report.consent))
+
+
+ModelOption = Annotated[str, typer.Option("--model", help="Family: popularity, ease, als, …")]
+ParamOption = Annotated[
+    list[str] | None, typer.Option("--param", help="NAME=VALUE, repeatable (numbers are parsed).")
+]
+ProtocolOption = Annotated[
+    str, typer.Option("--protocol", help="ms-stratified (the published benchmark) or temporal.")
+]
+
+
+def _params(pairs: list[str] | None) -> dict[str, Any]:
+    import json
+
+    params: dict[str, Any] = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--param {pair!r}: expected NAME=VALUE, e.g. l2=500")
+        try:
+            params[name.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            params[name.strip()] = value
+    return params
+
+
+def _run_training(
+    dataset: str, model: str, param: list[str] | None, protocol: str, register: bool
+) -> None:
+    from bespoke.settings import get_settings
+    from bespoke.training.train import train_recommender
+
+    with _clear_errors():
+        try:
+            result = train_recommender(
+                get_settings(),
+                dataset,
+                model,
+                _params(param),
+                protocol=protocol,
+                register=register,  # type: ignore[arg-type]
+            )
+        except TypeError as error:  # a parameter the family does not take
+            raise ValueError(f"--param: {error}") from error
+    metrics = pd.DataFrame(
+        [(name, round(value, 4)) for name, value in result.metrics.items()],
+        columns=["metric", "value"],
+    )
+    console.print(_table(f"{model} on {dataset} ({protocol}), held-out test", metrics))
+    console.print(f"train {result.timings.get('train_s')} s · MLflow run {result.run_id}")
+    if register:
+        console.print(
+            f"registered version {result.version}: {'[green]champion[/]' if result.promoted else 'not promoted'} ({result.decision})"
+        )
+
+
+@train_app.command("recommender")
+def train_recommender_command(
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset in the lake, e.g. ml-100k.")],
+    model: ModelOption,
+    param: ParamOption = None,
+    protocol: ProtocolOption = "ms-stratified",
+) -> None:
+    """Fit on the protocol's training part, evaluate on its test part, log and register;
+    ``@champion`` moves only if the new version beats the current one."""
+    _run_training(dataset, model, param, protocol, register=True)
+
+
+@evaluate_app.command("recommender")
+def evaluate_recommender_command(
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset in the lake, e.g. ml-100k.")],
+    model: ModelOption,
+    param: ParamOption = None,
+    protocol: ProtocolOption = "ms-stratified",
+) -> None:
+    """Fit and evaluate (logged to MLflow) without registering."""
+    _run_training(dataset, model, param, protocol, register=False)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Registered model versions, their held-out nDCG@10 and aliases."""
+    from bespoke.settings import get_settings
+    from bespoke.training.train import list_models
+
+    with _clear_errors():
+        frame = list_models(get_settings())
+    console.print(
+        _table("Registered models", frame.drop(columns=["run_id"]).round(4))
+        if not frame.empty
+        else "No registered models yet."
+    )
+
+
+@models_app.command("promote")
+def models_promote(
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset the model was trained on.")],
+    version: Annotated[str, typer.Option("--version", help="Model version to make @champion.")],
+) -> None:
+    """Make a version ``@champion`` by hand, overriding the gate."""
+    from bespoke.settings import get_settings
+    from bespoke.training.train import promote
+
+    with _clear_errors():
+        promote(get_settings(), dataset, version)
+    console.print(f"version {version} is now @champion")
 
 
 @app.command("settings")

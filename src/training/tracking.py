@@ -1,0 +1,110 @@
+"""MLflow set-up and what every training or tuning run logs: the data fingerprint, the
+code version, library versions, seeds and parameters."""
+
+from __future__ import annotations
+
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from bespoke.settings import Settings
+
+#: Libraries whose versions decide a model's numbers.
+TRACKED_LIBRARIES = (
+    "bespoke",
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "implicit",
+    "optuna",
+    "mlflow",
+    "duckdb",
+    "pandas",
+)
+
+
+def configure(settings: Settings, experiment: str) -> str:
+    """Point MLflow at the settings' store and make ``experiment`` current; returns its id.
+
+    New experiments keep their artifacts under ``mlflow_artifacts_dir``.
+    """
+    import mlflow
+
+    assert settings.mlflow_artifacts_dir is not None
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    if settings.mlflow_tracking_uri and settings.mlflow_tracking_uri.startswith("sqlite:///"):
+        Path(settings.mlflow_tracking_uri.removeprefix("sqlite:///")).parent.mkdir(
+            parents=True, exist_ok=True
+        )
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is not None:
+        experiment_id = found.experiment_id
+    else:
+        location = settings.mlflow_artifacts_dir / experiment
+        experiment_id = mlflow.create_experiment(experiment, artifact_location=location.as_uri())
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def code_version(root: Path) -> str:
+    """The git commit of ``root`` ("+dirty" when it has uncommitted changes), or "unknown"."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in TRACKED_LIBRARIES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+def run_tags(settings: Settings, **extra: Any) -> dict[str, str]:
+    """Tags every run carries: code version and library versions, plus ``extra``."""
+    tags = {"bespoke.code_version": code_version(settings.root)}
+    tags.update({f"version.{name}": v for name, v in library_versions().items()})
+    tags.update({k: str(v) for k, v in extra.items()})
+    return tags
+
+
+#: What a logged recommender needs to load and predict.
+SERVING_LIBRARIES = (
+    "mlflow",
+    "numpy",
+    "scipy",
+    "pandas",
+    "implicit",
+    "scikit-learn",
+    "threadpoolctl",
+)
+
+
+def requirements() -> list[str]:
+    """Pinned requirements of a logged model (``bespoke`` itself ships with the service)."""
+    pins = []
+    for name in SERVING_LIBRARIES:
+        try:
+            pins.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            continue
+    return pins

@@ -1,0 +1,195 @@
+"""Train one recommender: split, fit, evaluate on held-out data, log to MLflow, register,
+and move ``@champion`` only when the candidate beats the current champion on the same
+held-out data."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bespoke.features.lake import Lake
+from bespoke.settings import Settings
+from bespoke.training import tracking
+from bespoke.training.data import Interactions, load_interactions
+from bespoke.training.evaluate import evaluate
+from bespoke.training.families import family
+from bespoke.training.pyfunc import ARTIFACT, ENTRY_POINT, SIGNATURE
+from bespoke.training.split import Protocol, Split, make_split
+
+CHAMPION = "champion"
+GATE_METRIC = "ndcg@10"
+#: MLflow names allow no "@": metrics and tags spell it "_at_".
+GATE_KEY = GATE_METRIC.replace("@", "_at_")
+
+
+def registered_name(dataset: str) -> str:
+    return f"bespoke-recommender-{dataset}"
+
+
+@dataclass
+class TrainResult:
+    model_name: str
+    params: dict[str, Any]
+    metrics: dict[str, Any]
+    run_id: str | None = None
+    version: str | None = None
+    promoted: bool = False
+    champion_metric: float | None = None
+    decision: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def train_recommender(
+    settings: Settings,
+    dataset: str,
+    model_name: str,
+    params: dict[str, Any] | None = None,
+    *,
+    protocol: Protocol = "ms-stratified",
+    k: int = 10,
+    register: bool = True,
+    interactions: Interactions | None = None,
+) -> TrainResult:
+    """Fit ``model_name`` with ``params`` on the protocol's training part of ``dataset``,
+    evaluate on its test part, log everything to MLflow and (``register``) register the
+    model and apply the champion gate."""
+    import mlflow
+
+    params = dict(params or {})
+    model = family(model_name)(**params)  # unknown names and parameters fail here, early
+    interactions = interactions or load_interactions(Lake(settings.lake_url), dataset)
+    split = make_split(interactions, protocol)
+    tracking.configure(settings, f"recommenders-{dataset}")
+    result = TrainResult(model_name=model_name, params=model.get_params(), metrics={})
+    with mlflow.start_run(run_name=f"{model_name}") as run:
+        result.run_id = run.info.run_id
+        mlflow.set_tags(
+            tracking.run_tags(
+                settings,
+                dataset=dataset,
+                model=model_name,
+                protocol=protocol,
+                split=split.params,
+                data_fingerprint=interactions.fingerprint(),
+                train_fingerprint=split.train.fingerprint(),
+            )
+        )
+        mlflow.log_params(
+            {
+                **result.params,
+                "protocol": protocol,
+                "k": k,
+                **{f"split.{p}": v for p, v in split.params.items()},
+            }
+        )
+        start = time.perf_counter()
+        model.fit(split.train)
+        result.timings["train_s"] = round(time.perf_counter() - start, 3)
+        result.metrics = evaluate(model, split, k=k)
+        mlflow.log_metrics({**_numeric(result.metrics), **result.timings})
+        if register:
+            _log_and_register(model, dataset, split, result)
+    return result
+
+
+def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
+    return {
+        name.replace("@", "_at_"): float(v)
+        for name, v in metrics.items()
+        if isinstance(v, int | float)
+    }
+
+
+def _log_and_register(model: Any, dataset: str, split: Split, result: TrainResult) -> None:
+    import mlflow
+
+    name = registered_name(dataset)
+    example = pd.DataFrame({"user_id": [str(model.user_ids_[0])], "k": [10]})
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = model.save(Path(scratch) / ARTIFACT)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(ENTRY_POINT),
+            artifacts={ARTIFACT: str(folder)},
+            signature=SIGNATURE,
+            input_example=example,
+            registered_model_name=name,
+            # Stated, not inferred: inference loads the model in a subprocess (slow).
+            pip_requirements=tracking.requirements(),
+        )
+    result.version = str(info.registered_model_version)
+    client = mlflow.MlflowClient()
+    client.set_model_version_tag(name, result.version, "gate_metric", GATE_METRIC)
+    client.set_model_version_tag(name, result.version, GATE_KEY, str(result.metrics[GATE_METRIC]))
+    _champion_gate(client, name, split, result)
+
+
+def _champion_gate(client: Any, name: str, split: Split, result: TrainResult) -> None:
+    """Move ``@champion`` to the candidate only if it beats the current champion, both
+    measured now on the candidate's held-out data."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    candidate = float(result.metrics[GATE_METRIC])
+    try:
+        current = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        current = None
+    if current is None:
+        result.promoted, result.decision = True, "no champion yet"
+    else:
+        champion = (
+            mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}").unwrap_python_model().model
+        )
+        result.champion_metric = float(evaluate(champion, split)[GATE_METRIC])
+        result.promoted = candidate > result.champion_metric
+        result.decision = (
+            f"candidate {candidate:.4f} {'>' if result.promoted else '<='} champion v{current.version} "
+            f"{result.champion_metric:.4f} on the same held-out data"
+        )
+        mlflow.log_metric(
+            f"gate.champion_{GATE_METRIC.replace('@', '_at_')}", result.champion_metric
+        )
+    mlflow.log_metric(f"gate.candidate_{GATE_METRIC.replace('@', '_at_')}", candidate)
+    mlflow.set_tags({"gate.decision": result.decision, "gate.promoted": str(result.promoted)})
+    if result.promoted:
+        client.set_registered_model_alias(name, CHAMPION, result.version)
+
+
+def promote(settings: Settings, dataset: str, version: str) -> None:
+    """Move ``@champion`` by hand (overrides the gate)."""
+    import mlflow
+
+    tracking.configure(settings, f"recommenders-{dataset}")
+    mlflow.MlflowClient().set_registered_model_alias(registered_name(dataset), CHAMPION, version)
+
+
+def list_models(settings: Settings) -> pd.DataFrame:
+    """Every registered model version with its gate metric and aliases."""
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    client = mlflow.MlflowClient()
+    rows = []
+    for model in client.search_registered_models():
+        aliases: dict[str, list[str]] = {}
+        for alias, number in (model.aliases or {}).items():
+            aliases.setdefault(str(number), []).append(alias)
+        for version in client.search_model_versions(f"name = '{model.name}'"):
+            rows.append(
+                {
+                    "model": model.name,
+                    "version": int(version.version),
+                    "aliases": ",".join(sorted(aliases.get(str(version.version), []))),
+                    GATE_METRIC: float(version.tags.get(GATE_KEY, "nan")),
+                    "run_id": version.run_id,
+                }
+            )
+    return pd.DataFrame(
+        rows, columns=["model", "version", "aliases", GATE_METRIC, "run_id"]
+    ).sort_values(["model", "version"])
