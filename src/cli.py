@@ -23,6 +23,9 @@ data_app = typer.Typer(help="Look at what is in the lake.", no_args_is_help=True
 train_app = typer.Typer(
     help="Train a model: evaluate, log to MLflow, register, champion gate.", no_args_is_help=True
 )
+tune_app = typer.Typer(
+    help="Tune a model with Optuna; the best parameters are refit and gated.", no_args_is_help=True
+)
 evaluate_app = typer.Typer(
     help="Evaluate a model on held-out data without registering it.", no_args_is_help=True
 )
@@ -30,6 +33,7 @@ models_app = typer.Typer(help="The MLflow model registry.", no_args_is_help=True
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
+app.add_typer(tune_app, name="tune")
 app.add_typer(evaluate_app, name="evaluate")
 app.add_typer(models_app, name="models")
 
@@ -310,6 +314,50 @@ def train_recommender_command(
     """Fit on the protocol's training part, evaluate on its test part, log and register;
     ``@champion`` moves only if the new version beats the current one."""
     _run_training(dataset, model, param, protocol, register=True)
+
+
+#: Where tuning runs write their best parameters (read by the benchmark and the demo).
+TUNED_PARAMS = Path("bench") / "tuned_params.json"
+
+
+@tune_app.command("recommender")
+def tune_recommender_command(
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset in the lake, e.g. ml-100k.")],
+    model: ModelOption,
+    trials: Annotated[int, typer.Option("--trials", min=1, help="Optuna trials.")] = 20,
+    protocol: ProtocolOption = "ms-stratified",
+    seed: Annotated[int, typer.Option("--seed", help="TPE sampler seed.")] = 42,
+    params_file: Annotated[
+        Path | None, typer.Option("--params-file", help="Where to merge the best parameters.")
+    ] = None,
+) -> None:
+    """Seeded TPE on a validation split of the training part, pruned trials, nested MLflow
+    runs; the best parameters are written down, refit, registered and gated."""
+    from bespoke.settings import get_settings
+    from bespoke.training.tune import tune_recommender
+
+    settings = get_settings()
+    with _clear_errors():
+        result = tune_recommender(
+            settings,
+            dataset,
+            model,
+            trials,
+            protocol=protocol,
+            seed=seed,  # type: ignore[arg-type]
+            params_file=params_file or settings.root / TUNED_PARAMS,
+            show_progress=True,
+        )
+    console.print(
+        f"{trials} trials run ({result.trials} in the study, {result.pruned} pruned); best validation nDCG@10 "
+        f"{result.best_value:.4f} with {result.best_params}"
+    )
+    if result.final is not None:
+        final = result.final
+        console.print(
+            f"refit: held-out nDCG@10 {final.metrics['ndcg@10']:.4f}; version {final.version} "
+            f"{'is now @champion' if final.promoted else 'not promoted'} ({final.decision})"
+        )
 
 
 @evaluate_app.command("recommender")

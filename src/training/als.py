@@ -35,6 +35,9 @@ class ALS(Recommender):
 
         def report(iteration: int, elapsed: float, loss: float) -> None:
             if callback is not None:
+                # The factors so far, so that the callback can score the model (pruning).
+                self.user_factors_ = np.asarray(model.user_factors, dtype=np.float32)
+                self.item_factors_ = np.asarray(model.item_factors, dtype=np.float32)
                 callback(iteration, {"loss": float(loss), "elapsed_s": float(elapsed)})
 
         # implicit parallelises itself; BLAS threads on top of it only contend.

@@ -1,0 +1,81 @@
+"""Tuning: seeded, tracked as nested runs, written to the parameters file, and blind to
+the test part of the split."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from bespoke.settings import get_settings
+from bespoke.training.data import load_interactions
+from bespoke.training.split import Split, ms_stratified
+from bespoke.training.tune import tune_recommender, tuned_params
+
+
+@pytest.fixture(scope="module")
+def split(ml100k_lake) -> Split:
+    lake, _ = ml100k_lake
+    return ms_stratified(load_interactions(lake, "ml-100k"))
+
+
+def test_a_study_logs_trials_writes_the_best_parameters_and_repeats_with_its_seed(
+    split: Split, tmp_path: Path
+) -> None:
+    settings = get_settings()
+    params_file = tmp_path / "tuned.json"
+    first = tune_recommender(
+        settings, "ml-100k", "ease", 4, split=split, params_file=params_file, register=False
+    )
+    assert first.trials == 4 and 10.0 <= first.best_params["l2"] <= 5000.0
+    assert tuned_params(params_file, "ml-100k", "ms-stratified", "ease") == first.best_params
+    stored = json.loads(params_file.read_text())["ml-100k"]["ms-stratified"]["ease"]
+    assert stored["validation_ndcg@10"] == pytest.approx(first.best_value, abs=1e-4)
+
+    runs = mlflow.search_runs(experiment_names=["recommenders-ml-100k"])
+    parent = runs[runs["tags.kind"] == "study"].iloc[0]
+    trials = runs[runs["tags.mlflow.parentRunId"] == parent["run_id"]]
+    assert len(trials) == 4 and (trials["tags.trial.state"] == "complete").all()
+
+    # a new study with the same seed (new name, so nothing is resumed) proposes the same
+    settings_b = settings.model_copy(update={"root": tmp_path})
+    again = tune_recommender(settings_b, "ml-100k", "ease", 4, split=split, register=False)
+    assert again.best_params == first.best_params
+
+
+def test_tuning_never_reads_the_test_part(split: Split, tmp_path: Path) -> None:
+    settings = get_settings()
+    with_test = tune_recommender(
+        settings.model_copy(update={"root": tmp_path / "a"}),
+        "ml-100k",
+        "ease",
+        3,
+        split=split,
+        register=False,
+    )
+    empty_test = replace(split, test=split.test.subset(split.test.users < 0))
+    without_test = tune_recommender(
+        settings.model_copy(update={"root": tmp_path / "b"}),
+        "ml-100k",
+        "ease",
+        3,
+        split=empty_test,
+        register=False,
+    )
+    assert without_test.best_params == with_test.best_params
+    assert without_test.best_value == with_test.best_value
+
+
+def test_untunable_and_unknown_families_are_refused(split: Split) -> None:
+    with pytest.raises(ValueError, match="unknown model"):
+        tune_recommender(get_settings(), "ml-100k", "nope", 1, split=split, register=False)
+
+
+def test_iterative_models_report_to_the_pruner(split: Split) -> None:
+    result = tune_recommender(get_settings(), "ml-100k", "als", 7, split=split, register=False)
+    assert result.trials == 7
+    assert result.best_value > 0.1
+    assert isinstance(result.pruned, int)
