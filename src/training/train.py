@@ -193,3 +193,37 @@ def list_models(settings: Settings) -> pd.DataFrame:
     return pd.DataFrame(
         rows, columns=["model", "version", "aliases", GATE_METRIC, "run_id"]
     ).sort_values(["model", "version"])
+
+
+def compare_recommenders(
+    settings: Settings,
+    dataset: str,
+    candidates: dict[str, dict[str, Any]],
+    *,
+    protocol: Protocol = "ms-stratified",
+    register: bool = True,
+) -> pd.DataFrame:
+    """Train each ``model name -> params`` on the same split; one row of held-out metrics
+    per model, with whether it became ``@champion``."""
+    interactions = load_interactions(Lake(settings.lake_url), dataset)
+    rows = []
+    for name, params in candidates.items():
+        result = train_recommender(
+            settings,
+            dataset,
+            name,
+            params,
+            protocol=protocol,
+            register=register,
+            interactions=interactions,
+        )
+        rows.append(
+            {
+                "model": name,
+                **{m: v for m, v in result.metrics.items() if m != "users"},
+                **result.timings,
+                "version": result.version,
+                "champion": result.promoted,
+            }
+        )
+    return pd.DataFrame(rows)
