@@ -41,6 +41,12 @@ class Recommender:
     #: The names of the fitted arrays (``name_``) that make up the model's state.
     state_arrays: ClassVar[tuple[str, ...]] = ()
 
+    def needs_item_text(self) -> bool:
+        """Whether ``fit`` takes the items' text (content models and blends with one)."""
+        import inspect
+
+        return "item_text" in inspect.signature(self.fit).parameters
+
     def get_params(self) -> dict[str, Any]:
         """The constructor's parameters (what ``__init__`` kept)."""
         return {k: v for k, v in vars(self).items() if not k.endswith("_")}

@@ -147,3 +147,24 @@ def load_interactions(
             f"dataset {dataset!r} has no interactions of types {list(event_types)} in {lake.url}"
         )
     return Interactions.from_frame(frame)
+
+
+def load_item_text(lake: Lake, dataset: str) -> dict[str, str]:
+    """Each catalog item's text for content models: its title, then its genres, from the
+    lake's ``items`` view (the latest catalog). Items with neither are left out; a
+    dataset without a catalog gives ``{}``."""
+    con = lake.connect()
+    frame = con.execute(
+        "SELECT item_id, coalesce(title, '') AS title, genres FROM items "
+        "WHERE dataset = ? ORDER BY item_id",
+        [dataset],
+    ).df()
+    texts = {}
+    for item_id, title, genres in zip(
+        frame["item_id"], frame["title"], frame["genres"], strict=True
+    ):
+        names = [str(g) for g in (genres if genres is not None else []) if g]
+        text = " ".join([title.strip(), *names]).strip()
+        if text:
+            texts[str(item_id)] = text
+    return texts

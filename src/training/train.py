@@ -15,7 +15,7 @@ import pandas as pd
 from bespoke.features.lake import Lake
 from bespoke.settings import Settings
 from bespoke.training import tracking
-from bespoke.training.data import Interactions, load_interactions
+from bespoke.training.data import Interactions, load_interactions, load_item_text
 from bespoke.training.evaluate import evaluate
 from bespoke.training.families import family
 from bespoke.training.pyfunc import ARTIFACT, ENTRY_POINT, SIGNATURE
@@ -88,7 +88,12 @@ def train_recommender(
             }
         )
         start = time.perf_counter()
-        model.fit(split.train)
+        extra = (
+            {"item_text": load_item_text(Lake(settings.lake_url), dataset)}
+            if model.needs_item_text()
+            else {}
+        )
+        model.fit(split.train, **extra)
         result.timings["train_s"] = round(time.perf_counter() - start, 3)
         result.metrics = evaluate(model, split, k=k)
         mlflow.log_metrics({**_numeric(result.metrics), **result.timings})

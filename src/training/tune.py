@@ -36,6 +36,18 @@ SEARCH_SPACES: dict[str, SearchSpace] = {
         "alpha": trial.suggest_float("alpha", 0.1, 50.0, log=True),
         "iterations": trial.suggest_int("iterations", 5, 30),
     },
+    "itemknn": lambda trial: {
+        "similarity": trial.suggest_categorical("similarity", ["cosine", "bm25"]),
+        "neighbours": trial.suggest_int("neighbours", 10, 500, log=True),
+        "bm25_k1": trial.suggest_float("bm25_k1", 0.5, 3.0),
+        "bm25_b": trial.suggest_float("bm25_b", 0.0, 1.0),
+    },
+    "bpr": lambda trial: {
+        "factors": trial.suggest_categorical("factors", [16, 32, 64, 128]),
+        "learning_rate": trial.suggest_float("learning_rate", 1e-3, 5e-2, log=True),
+        "regularization": trial.suggest_float("regularization", 1e-4, 1e-1, log=True),
+        "iterations": trial.suggest_int("iterations", 20, 200),
+    },
 }
 #: How often (in fit iterations) an iterative model reports its validation metric.
 REPORT_EVERY = 5

@@ -4,14 +4,19 @@ one mixin, one subclass per family, all on real MovieLens 100K interactions."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from bespoke.training.als import ALS
 from bespoke.training.base import NotFittedError, Recommender
-from bespoke.training.data import Interactions, load_interactions
+from bespoke.training.bpr import BPR
+from bespoke.training.content import ContentBased
+from bespoke.training.data import Interactions, load_interactions, load_item_text
 from bespoke.training.ease import EASE
+from bespoke.training.hybrid import Hybrid
+from bespoke.training.itemknn import ItemKNN
 from bespoke.training.popularity import Popularity
 from bespoke.training.split import ms_stratified
 
@@ -20,6 +25,12 @@ from bespoke.training.split import ms_stratified
 def interactions(ml100k_lake) -> Interactions:
     lake, _ = ml100k_lake
     return ms_stratified(load_interactions(lake, "ml-100k")).train
+
+
+@pytest.fixture(scope="module")
+def item_text(ml100k_lake) -> dict[str, str]:
+    lake, _ = ml100k_lake
+    return load_item_text(lake, "ml-100k")
 
 
 USERS = ["1", "2", "196", "943"]
@@ -34,8 +45,14 @@ class RecommenderContract:
 
     @pytest.fixture(scope="class")
     @classmethod
-    def fitted(cls, interactions: Interactions) -> Recommender:
-        return cls.make().fit(interactions)
+    def fit_kwargs(cls) -> dict[str, Any]:
+        """Keywords ``fit`` needs besides the interactions (a subclass overrides it)."""
+        return {}
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def fitted(cls, interactions: Interactions, fit_kwargs: dict[str, Any]) -> Recommender:
+        return cls.make().fit(interactions, **fit_kwargs)
 
     def test_init_does_no_work_and_unfitted_use_fails_clearly(self) -> None:
         model = self.make()
@@ -43,9 +60,11 @@ class RecommenderContract:
         with pytest.raises(NotFittedError, match="fit"):
             model.recommend(USERS)
 
-    def test_fit_returns_self_and_sets_fitted_attributes(self, interactions: Interactions) -> None:
+    def test_fit_returns_self_and_sets_fitted_attributes(
+        self, interactions: Interactions, fit_kwargs: dict[str, Any]
+    ) -> None:
         model = self.make()
-        assert model.fit(interactions) is model
+        assert model.fit(interactions, **fit_kwargs) is model
         assert {"item_ids_", "user_ids_", "seen_"} <= set(vars(model))
         assert all(hasattr(model, f"{name}_") for name in model.state_arrays)
 
@@ -93,9 +112,9 @@ class RecommenderContract:
         assert (np.diff(scores) <= 1e-6).all()
 
     def test_the_same_seed_gives_the_same_recommendations(
-        self, fitted: Recommender, interactions: Interactions
+        self, fitted: Recommender, interactions: Interactions, fit_kwargs: dict[str, Any]
     ) -> None:
-        again = self.make().fit(interactions)
+        again = self.make().fit(interactions, **fit_kwargs)
         assert (fitted.recommend(USERS, k=10)[0] == again.recommend(USERS, k=10)[0]).all()
 
     def test_save_and_load_give_identical_scores_without_pickle(
@@ -134,3 +153,92 @@ class TestALS(RecommenderContract):
     @classmethod
     def make(cls) -> Recommender:
         return ALS(factors=16, iterations=5, random_state=7)
+
+
+class TestItemKNN(RecommenderContract):
+    @classmethod
+    def make(cls) -> Recommender:
+        return ItemKNN(similarity="bm25", neighbours=50)
+
+
+class TestBPR(RecommenderContract):
+    @classmethod
+    def make(cls) -> Recommender:
+        return BPR(factors=16, iterations=10, random_state=7)
+
+    def test_the_callback_sees_every_epoch_and_can_stop_training(
+        self, interactions: Interactions
+    ) -> None:
+        seen: list[tuple[int, dict[str, float]]] = []
+        self.make().fit(interactions, callback=lambda i, m: seen.append((i, m)))
+        assert [i for i, _ in seen] == list(range(10))
+        assert all(0.0 <= m["train_auc"] <= 1.0 and "skipped" in m for _, m in seen)
+        stopped: list[int] = []
+        model = self.make().fit(interactions, callback=lambda i, m: stopped.append(i) or i < 2)
+        assert stopped == [0, 1, 2] and np.isfinite(model.item_factors_).all()
+
+    def test_the_callback_can_score_the_model_so_far(self, interactions: Interactions) -> None:
+        model = self.make()
+        tops: list[np.ndarray] = []
+        model.fit(interactions, callback=lambda i, m: tops.append(model.recommend_indices([0], 5)))
+        assert len(tops) == 10 and (tops[-1] == model.recommend_indices([0], 5)).all()
+
+
+class TestContentBased(RecommenderContract):
+    @classmethod
+    def make(cls) -> Recommender:
+        return ContentBased()
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def fit_kwargs(cls, item_text: dict[str, str]) -> dict[str, Any]:
+        return {"item_text": item_text}
+
+    def test_fit_without_item_text_fails_clearly(self, interactions: Interactions) -> None:
+        with pytest.raises(ValueError, match="item_text"):
+            self.make().fit(interactions)
+        with pytest.raises(ValueError, match="no text"):
+            self.make().fit(interactions, item_text={"no-such-item": "Toy Story"})
+
+
+class TestHybrid(RecommenderContract):
+    @classmethod
+    def make(cls) -> Recommender:
+        return Hybrid(
+            components={"ease": {"l2": 300.0}, "content": {}},
+            weights={"ease": 0.8, "content": 0.2},
+        )
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def fit_kwargs(cls, item_text: dict[str, str]) -> dict[str, Any]:
+        return {"item_text": item_text}
+
+    def test_components_are_saved_in_their_own_folders(
+        self, fitted: Recommender, tmp_path: Path
+    ) -> None:
+        folder = fitted.save(tmp_path / "model")
+        assert sorted(p.name for p in (folder / "components").iterdir()) == ["content", "ease"]
+        assert EASE.load(folder / "components" / "ease").l2 == 300.0
+
+    @pytest.mark.parametrize(
+        ("components", "weights", "message"),
+        [
+            ({}, None, "at least one"),
+            ({"ease": {}}, {"als": 1.0}, "exactly the components"),
+            ({"ease": {}}, {"ease": -1.0}, "non-negative"),
+            ({"no-such-family": {}}, None, "unknown model"),
+            ({"ease": {"no_such_param": 1}}, None, "component 'ease'"),
+        ],
+    )
+    def test_bad_components_or_weights_fail_clearly(
+        self,
+        interactions: Interactions,
+        components: dict[str, dict[str, Any]],
+        weights: dict[str, float] | None,
+        message: str,
+    ) -> None:
+        model = Hybrid(components, weights)
+        with pytest.raises(ValueError, match=message):
+            model.fit(interactions)
+        assert not hasattr(model, "item_ids_")
