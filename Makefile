@@ -24,7 +24,7 @@ setup:  ## install uv if missing, then the locked environment into .venv
 		|| python3 -m pip install --quiet --user --break-system-packages uv
 	@$(UV) sync --locked --quiet
 
-demo: setup  ## run the main job end to end on the embedded defaults
+demo: setup  ## ingest, validate, report, tune, train, register: end to end on the defaults
 	@$(UV) run --locked bespoke demo
 
 test: setup  ## run the tests (code, data, notebooks)
@@ -41,3 +41,4 @@ format: setup  ## apply ruff's fixes and formatting
 bench: setup  ## run the benchmarks; JSON results and tables under bench/results/
 	@mkdir -p bench/results
 	@$(UV) run --locked python bench/ingest.py --out bench/results/ingest.json
+	@$(UV) run --locked python bench/recsys.py --datasets ml-100k,ml-1m --protocol ms-stratified --out bench/results/recsys.json

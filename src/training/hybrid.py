@@ -17,7 +17,6 @@ hybrid's folder, so the whole is still NumPy arrays and JSON, no pickle.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -41,6 +40,9 @@ class Hybrid(Recommender):
         self.components = components
         self.weights = weights
 
+    def needs_item_text(self) -> bool:
+        return any(model.needs_item_text() for model in self._build().values())
+
     def fit(
         self,
         interactions: Interactions,
@@ -56,7 +58,7 @@ class Hybrid(Recommender):
         models = self._build()
         for index, (name, model) in enumerate(models.items()):
             kwargs: dict[str, Any] = {"show_progress": show_progress}
-            if "item_text" in inspect.signature(model.fit).parameters:
+            if model.needs_item_text():
                 kwargs["item_text"] = item_text
             model.fit(interactions, **kwargs)
             if callback is not None:
