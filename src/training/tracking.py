@@ -29,8 +29,11 @@ def configure(settings: Settings, experiment: str) -> str:
 
     New experiments keep their artifacts under ``mlflow_artifacts_dir``.
     """
+    import logging
+
     import mlflow
 
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # keep the CLI's output readable
     assert settings.mlflow_artifacts_dir is not None
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     if settings.mlflow_tracking_uri and settings.mlflow_tracking_uri.startswith("sqlite:///"):
