@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import tempfile
-import time
 from pathlib import Path
 
 from rich.console import Console
@@ -23,10 +22,10 @@ from bespoke.features.collect import ingest
 from bespoke.features.lake import Lake
 from bespoke.features.sources import BUILTIN_SOURCES
 from bespoke.training.data import load_interactions, load_item_text
-from bespoke.training.evaluate import evaluate
+from bespoke.training.evaluate import compare
 from bespoke.training.families import FAMILIES
 from bespoke.training.split import make_split
-from bespoke.training.tune import tuned_params
+from bespoke.training.tune import model_for
 
 TUNED = Path(__file__).with_name("tuned_params.json")
 SOURCE_OF = {"ml-100k": "movielens-100k", "ml-1m": "movielens-1m"}
@@ -48,10 +47,6 @@ PUBLISHED = {
     },
 }
 METRICS = ("ndcg@10", "precision@10", "recall@10", "map")
-#: Parameters for families that need some and have no tuned entry.
-DEFAULTS = {
-    "hybrid": {"components": {"ease": {}, "itemknn": {}}, "weights": {"ease": 0.7, "itemknn": 0.3}}
-}
 
 
 def run(datasets: list[str], protocol: str, datasets_dir: Path, models: list[str]) -> dict:
@@ -63,26 +58,18 @@ def run(datasets: list[str], protocol: str, datasets_dir: Path, models: list[str
             ingest(adapter(datasets_dir / folder), lake, b"bench" * 8)
             split = make_split(load_interactions(lake, dataset), protocol)  # type: ignore[arg-type]
             item_text = load_item_text(lake, dataset)
-            results[dataset] = {}
-            for name in models:
-                params = tuned_params(TUNED, dataset, protocol, name) or DEFAULTS.get(name, {})
-                model = FAMILIES[name](**params)
-                if model.needs_item_text() and not item_text:
-                    # ML-1M's re-indexed item ids do not join its movie titles.
-                    results[dataset][name] = {"skipped": "no item text in this dataset"}
-                    continue
-                start = time.perf_counter()
-                model.fit(
-                    split.train, **({"item_text": item_text} if model.needs_item_text() else {})
-                )
-                train_s = time.perf_counter() - start
-                metrics = evaluate(model, split)
-                results[dataset][name] = {
-                    **{m: round(float(metrics[m]), 4) for m in METRICS},
-                    "coverage@10": round(float(metrics["coverage@10"]), 4),
-                    "train_s": round(train_s, 3),
-                    "recommend_s": metrics["recommend_s"],
+            candidates = {name: model_for(TUNED, dataset, protocol, name) for name in models}
+            table = compare(candidates, split, item_text=item_text)
+            results[dataset] = {
+                row["model"]: {"skipped": row["skipped"]}
+                if isinstance(row.get("skipped"), str)
+                else {
+                    **{m: round(float(row[m]), 4) for m in (*METRICS, "coverage@10")},
+                    "train_s": row["train_s"],
+                    "recommend_s": row["recommend_s"],
                 }
+                for row in table.to_dict("records")
+            }
     return results
 
 

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from bespoke.training.base import Recommender
 from bespoke.training.metrics import ranking_metrics
@@ -36,3 +37,25 @@ def evaluate(
         recommended, relevant, k=k, item_popularity=split.train.item_popularity()
     )
     return {**metrics, "users": len(test_users), "recommend_s": round(elapsed, 3)}
+
+
+def compare(
+    models: dict[str, Recommender],
+    split: Split,
+    *,
+    k: int = 10,
+    item_text: dict[str, str] | None = None,
+) -> pd.DataFrame:
+    """Fit each model on ``split.train`` and evaluate it on ``split.test``: one row per
+    model, best nDCG first. Models that need item text are skipped without it."""
+    rows = []
+    for name, model in models.items():
+        if model.needs_item_text() and not item_text:
+            rows.append({"model": name, "skipped": "no item text in this dataset"})
+            continue
+        start = time.perf_counter()
+        model.fit(split.train, **({"item_text": item_text} if model.needs_item_text() else {}))
+        train_s = time.perf_counter() - start
+        rows.append({"model": name, **evaluate(model, split, k=k), "train_s": round(train_s, 3)})
+    frame = pd.DataFrame(rows)
+    return frame.sort_values(f"ndcg@{k}", ascending=False, na_position="last", ignore_index=True)

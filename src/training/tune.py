@@ -217,5 +217,13 @@ def tuned_params(path: Path, dataset: str, protocol: str, model: str) -> dict[st
     return dict(entry["params"]) if entry else {}
 
 
+#: Parameters for families that need some and have no tuned entry yet.
+DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
+    "hybrid": {"components": {"ease": {}, "itemknn": {}}, "weights": {"ease": 0.7, "itemknn": 0.3}},
+}
+
+
 def model_for(path: Path, dataset: str, protocol: str, model: str) -> Recommender:
-    return family(model)(**tuned_params(path, dataset, protocol, model))
+    """A new ``model`` with the parameters tuning wrote to ``path`` (or its defaults)."""
+    params = tuned_params(path, dataset, protocol, model) or DEFAULT_PARAMS.get(model, {})
+    return family(model)(**params)
