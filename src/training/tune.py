@@ -29,7 +29,10 @@ from bespoke.training.train import GATE_METRIC, TrainResult, train_recommender
 SearchSpace = Callable[[Any], dict[str, Any]]
 SEARCH_SPACES: dict[str, SearchSpace] = {
     "popularity": lambda trial: {},
-    "ease": lambda trial: {"l2": trial.suggest_float("l2", 10.0, 5000.0, log=True)},
+    "ease": lambda trial: {
+        "l2": trial.suggest_float("l2", 10.0, 5000.0, log=True),
+        "dropout": trial.suggest_float("dropout", 0.0, 0.9),
+    },
     "als": lambda trial: {
         "factors": trial.suggest_categorical("factors", [16, 32, 64, 128]),
         "regularization": trial.suggest_float("regularization", 1e-3, 10.0, log=True),
