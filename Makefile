@@ -21,7 +21,8 @@ help:  ## list the targets
 setup:  ## install uv if missing, then the locked environment into .venv
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 \
 		|| python3 -m pip install --quiet --user uv \
-		|| python3 -m pip install --quiet --user --break-system-packages uv
+		|| python3 -m pip install --quiet --user --break-system-packages uv \
+		|| python3 -m pip install --quiet uv
 	@$(UV) sync --locked --quiet
 
 demo: setup  ## ingest, validate, report, tune, train, register: end to end on the defaults
