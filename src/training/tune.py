@@ -52,6 +52,31 @@ SEARCH_SPACES: dict[str, SearchSpace] = {
         "iterations": trial.suggest_int("iterations", 20, 200),
     },
 }
+#: Families a tuned blend draws on, each with the parameters tuning found for it.
+BLENDED = ("ease", "als", "itemknn")
+
+
+def blend_space(params_file: Path, dataset: str, protocol: str) -> SearchSpace:
+    """A hybrid's search space: a weight per family already tuned for this dataset and
+    protocol (their parameters fixed as tuned); tune those families first."""
+    components = {
+        name: tuned_params(params_file, dataset, protocol, name)
+        for name in BLENDED
+        if tuned_params(params_file, dataset, protocol, name)
+    }
+    if len(components) < 2:
+        raise ValueError(
+            f"a blend needs at least two tuned families in {params_file} for {dataset} "
+            f"({protocol}); tune {' and '.join(BLENDED)} first"
+        )
+
+    def space(trial: Any) -> dict[str, Any]:
+        weights = {name: trial.suggest_float(f"weight_{name}", 0.0, 1.0) for name in components}
+        return {"components": components, "weights": weights}
+
+    return space
+
+
 #: How often (in fit iterations) an iterative model reports its validation metric.
 REPORT_EVERY = 5
 
@@ -91,6 +116,8 @@ def tune_recommender(
 
     family(model_name)  # an unknown family fails before anything runs
     space = SEARCH_SPACES.get(model_name)
+    if model_name == "hybrid" and params_file is not None:
+        space = blend_space(params_file, dataset, protocol)
     if space is None:
         raise ValueError(
             f"no search space for {model_name!r}; tunable: {', '.join(sorted(SEARCH_SPACES))}"
@@ -135,7 +162,8 @@ def tune_recommender(
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
         best = study.best_trial if complete else None
-        best_params = dict(best.params) if best else {}
+        # The model's parameters, rebuilt from the trial's (they differ for a blend).
+        best_params = space(optuna.trial.FixedTrial(best.params)) if best else {}
         best_value = float(best.value) if best else float("nan")
         mlflow.log_params({f"best.{name}": value for name, value in best_params.items()})
         mlflow.log_metrics(

@@ -79,3 +79,33 @@ def test_iterative_models_report_to_the_pruner(split: Split) -> None:
     assert result.trials == 7
     assert result.best_value > 0.1
     assert isinstance(result.pruned, int)
+
+
+def test_a_blend_tunes_the_weights_of_families_already_tuned(split: Split, tmp_path: Path) -> None:
+    params_file = tmp_path / "tuned.json"
+    settings = get_settings()
+    with pytest.raises(ValueError, match="at least two tuned families"):
+        tune_recommender(
+            settings, "ml-100k", "hybrid", 1, split=split, params_file=params_file, register=False
+        )
+    params_file.write_text(
+        json.dumps(
+            {
+                "ml-100k": {
+                    "ms-stratified": {
+                        "ease": {"params": {"l2": 400.0}},
+                        "itemknn": {"params": {"neighbours": 50}},
+                    }
+                }
+            }
+        )
+    )
+    result = tune_recommender(
+        settings, "ml-100k", "hybrid", 2, split=split, params_file=params_file, register=False
+    )
+    assert result.best_params["components"] == {
+        "ease": {"l2": 400.0},
+        "itemknn": {"neighbours": 50},
+    }
+    assert set(result.best_params["weights"]) == {"ease", "itemknn"}
+    assert tuned_params(params_file, "ml-100k", "ms-stratified", "hybrid") == result.best_params
