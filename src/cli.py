@@ -319,10 +319,6 @@ def train_recommender_command(
     _run_training(dataset, model, param, protocol, register=True)
 
 
-#: Where tuning runs write their best parameters (read by the benchmark and the demo).
-TUNED_PARAMS = Path("bench") / "tuned_params.json"
-
-
 @tune_app.command("recommender")
 def tune_recommender_command(
     dataset: Annotated[str, typer.Option("--dataset", help="Dataset in the lake, e.g. ml-100k.")],
@@ -337,7 +333,7 @@ def tune_recommender_command(
     """Seeded TPE on a validation split of the training part, pruned trials, nested MLflow
     runs; the best parameters are written down, refit, registered and gated."""
     from bespoke.settings import get_settings
-    from bespoke.training.tune import tune_recommender
+    from bespoke.training.tune import params_file_of, tune_recommender
 
     settings = get_settings()
     with _clear_errors():
@@ -348,7 +344,7 @@ def tune_recommender_command(
             trials,
             protocol=protocol,
             seed=seed,  # type: ignore[arg-type]
-            params_file=params_file or settings.root / TUNED_PARAMS,
+            params_file=params_file or params_file_of(settings),
             show_progress=True,
         )
     console.print(
@@ -429,10 +425,10 @@ def demo() -> None:
 
     from bespoke.settings import get_settings
     from bespoke.training.train import compare_recommenders
-    from bespoke.training.tune import tune_recommender, tuned_params
+    from bespoke.training.tune import params_file_of, tune_recommender, tuned_params
 
     settings = get_settings()
-    params_file = settings.root / TUNED_PARAMS
+    params_file = params_file_of(settings)
     console.rule("[bold]3. Tune EASE briefly on a validation split (Optuna, tracked in MLflow)")
     with _clear_errors():
         tuned = tune_recommender(settings, "ml-100k", "ease", 5, register=False)

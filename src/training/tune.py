@@ -240,6 +240,15 @@ def _write_params(
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+#: Where tuning runs write their best parameters, relative to the project root (the
+#: benchmark and ``make demo`` read them from there).
+TUNED_PARAMS = Path("bench") / "tuned_params.json"
+
+
+def params_file_of(settings: Settings) -> Path:
+    return settings.root / TUNED_PARAMS
+
+
 def tuned_params(path: Path, dataset: str, protocol: str, model: str) -> dict[str, Any]:
     """The parameters a tuning run wrote for this dataset, protocol and model ({} if none)."""
     if not path.exists():
