@@ -104,9 +104,40 @@ def movielens_100k(path: str | Path, dataset: str = "ml-100k") -> SourceBatch:
     )
 
 
+#: MovieLens 1M's occupation codes (its README).
+ML1M_OCCUPATIONS = (
+    "other", "academic/educator", "artist", "clerical/admin", "college/grad student",
+    "customer service", "doctor/health care", "executive/managerial", "farmer", "homemaker",
+    "K-12 student", "lawyer", "programmer", "retired", "sales/marketing", "scientist",
+    "self-employed", "technician/engineer", "tradesman/craftsman", "unemployed", "writer",
+)  # fmt: skip
+
+
+def _movielens_1m_users(file: Path) -> pd.DataFrame:
+    """``users.dat``: ML-1M records an age *band*; the stored age is the band's lower
+    bound (17 for "under 18"), so an age band computed from it is the band given."""
+    users = read_delimited(file, sep="::", names=["user_id", "gender", "age", "occupation", "zip"])
+    users = coerce(
+        users,
+        {"user_id": TEXT, "age": "Int64", "gender": TEXT, "occupation": "Int64", "zip": TEXT},
+        file.name,
+    )
+    users["age"] = users["age"].mask(users["age"] == 1, 17)
+    known = users["occupation"].between(0, len(ML1M_OCCUPATIONS) - 1).fillna(False)
+    users["occupation"] = pd.array(
+        [
+            ML1M_OCCUPATIONS[int(code)] if ok else None
+            for code, ok in zip(users["occupation"], known, strict=True)
+        ],
+        dtype=TEXT,
+    )
+    return users
+
+
 def movielens_1m(path: str | Path, dataset: str = "ml-1m") -> SourceBatch:
-    """MovieLens 1M ``ratings_notime.csv``: interactions only, without timestamps (the
-    shared copy has none, and its item ids are re-indexed, so no catalog joins)."""
+    """MovieLens 1M ``ratings_notime.csv``: interactions without timestamps (the shared
+    copy has none, and its item ids are re-indexed, so no catalog joins); ``users.dat``,
+    when present, gives the users' attributes (their ids are the original ones)."""
     folder = _folder(Path(path), ["ratings_notime.csv"])
     ratings = read_delimited(folder / "ratings_notime.csv", sep=",")
     require_columns(ratings, ["user_id", "item_idx", "rating"], "ratings_notime.csv")
@@ -117,11 +148,14 @@ def movielens_1m(path: str | Path, dataset: str = "ml-1m") -> SourceBatch:
         "ratings_notime.csv",
     )
     ratings["event_type"] = EventType.RATE.value
+    users_file = folder / "users.dat"
+    has_users = users_file.is_file()
     return SourceBatch(
         dataset=dataset,
         source="movielens-1m",
-        files=[folder / "ratings_notime.csv"],
+        files=[folder / "ratings_notime.csv", *([users_file] if has_users else [])],
         events=ratings,
+        users=_movielens_1m_users(users_file) if has_users else None,
         has_timestamps=False,
         rating_scale=MOVIELENS_RATING_SCALE,
         default_consent=RESEARCH_CONSENT,

@@ -127,6 +127,18 @@ class Recommender:
         ids, values = self._top(scores, k, history, exclude)
         return ids[0], values[0]
 
+    def score_histories(self, history: sp.csr_matrix) -> np.ndarray:
+        """Scores (n, n_items) from interaction histories alone (rows over the model's
+        item index), whoever the users are: the path shared by offline ranking features
+        and live requests. An empty history gets the popularity scores."""
+        self._check_fitted()
+        history = sp.csr_matrix(history, dtype=np.float32)
+        scores = self._scores(history, None)
+        empty = np.diff(history.indptr) == 0
+        if empty.any():
+            scores[empty] = self.popularity_
+        return scores
+
     def recommend_indices(
         self, users: np.ndarray, k: int = 10, filter_seen: bool = True
     ) -> np.ndarray:

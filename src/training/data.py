@@ -168,3 +168,44 @@ def load_item_text(lake: Lake, dataset: str) -> dict[str, str]:
         if text:
             texts[str(item_id)] = text
     return texts
+
+
+def load_users(lake: Lake, dataset: str) -> pd.DataFrame:
+    """The dataset's user attributes (``user_id``, ``age``, ``gender``, ``occupation``,
+    ``state``, ``region``, ``country``); empty when the source has none."""
+    return (
+        lake.connect()
+        .execute(
+            "SELECT user_id, age, gender, occupation, state, region, country FROM users "
+            "WHERE dataset = ? ORDER BY user_id",
+            [dataset],
+        )
+        .df()
+    )
+
+
+def load_catalog(lake: Lake, dataset: str) -> pd.DataFrame:
+    """The dataset's catalog (``item_id``, ``title``, ``release_year``, ``genres``);
+    empty when the source has none."""
+    return (
+        lake.connect()
+        .execute(
+            "SELECT item_id, title, release_year, genres FROM items WHERE dataset = ? "
+            "ORDER BY item_id",
+            [dataset],
+        )
+        .df()
+    )
+
+
+def interactions_frame(interactions: Interactions) -> pd.DataFrame:
+    """The interactions as ``user_id``, ``item_id``, ``value``, ``timestamp`` columns
+    (what :meth:`Interactions.from_frame` reads back)."""
+    return pd.DataFrame(
+        {
+            "user_id": interactions.user_ids[interactions.users].astype(str),
+            "item_id": interactions.item_ids[interactions.items].astype(str),
+            "value": interactions.values,
+            "timestamp": interactions.timestamps,
+        }
+    )

@@ -278,3 +278,38 @@ def ranking_metrics(
         f"coverage@{k}": float(coverage),
         f"mean_popularity@{k}": mean_popularity,
     }
+
+
+def calibration_metrics(
+    probabilities: np.ndarray, labels: np.ndarray, bins: int = 10
+) -> dict[str, float]:
+    """How good and how honest predicted click probabilities are.
+
+    ``auc`` (ROC), ``logloss``, ``brier`` (mean squared error of the probability) and
+    ``ece``: the expected calibration error over ``bins`` equal-width probability bins,
+    ``sum_b (n_b / n) * |mean(label in b) - mean(probability in b)|``.
+    """
+    from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
+
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    labels = np.asarray(labels).astype(np.int64)
+    if probabilities.shape != labels.shape or probabilities.ndim != 1:
+        raise ValueError(
+            f"probabilities {probabilities.shape} and labels {labels.shape} must be "
+            "one-dimensional and of the same length"
+        )
+    if len(np.unique(labels)) < 2:
+        raise ValueError("calibration metrics need both positive and negative labels")
+    if bins < 1:
+        raise ValueError(f"bins must be at least 1, got {bins}")
+    clipped = np.clip(probabilities, 1e-7, 1 - 1e-7)
+    which = np.minimum((probabilities * bins).astype(np.int64), bins - 1)
+    mean_label = np.bincount(which, weights=labels, minlength=bins)
+    mean_probability = np.bincount(which, weights=probabilities, minlength=bins)
+    ece = float(np.abs(mean_label - mean_probability).sum() / len(labels))
+    return {
+        "auc": float(roc_auc_score(labels, probabilities)),
+        "logloss": float(log_loss(labels, clipped, labels=[0, 1])),
+        "brier": float(brier_score_loss(labels, probabilities)),
+        "ece": ece,
+    }

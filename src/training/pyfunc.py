@@ -57,3 +57,71 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):
             if item is not None
         ]
         return pd.DataFrame(rows, columns=["user_id", "rank", "item_id", "score"])
+
+
+RANKER_ARTIFACT = "ranking_pipeline"
+#: The interactions and attributes as of the cut, so that ``user_id`` alone can be
+#: answered; a live service passes profiles from its own store instead.
+HISTORY_ARTIFACT = "history"
+RANKER_ENTRY_POINT = Path(__file__).with_name("pyfunc_ranker_entry.py")
+RANKER_SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", "user_id"), ColSpec("long", "k", required=False)]),
+    outputs=Schema(
+        [
+            ColSpec("string", "user_id"),
+            ColSpec("long", "rank"),
+            ColSpec("string", "item_id"),
+            ColSpec("double", "probability"),
+        ]
+    ),
+)
+
+
+class RankerModel(mlflow.pyfunc.PythonModel):
+    """Retrieve and rerank for the users in the input, from their stored histories."""
+
+    def load_context(self, context: Any) -> None:
+        from bespoke.training.ranker import RankingPipeline
+
+        self.pipeline = RankingPipeline.load(context.artifacts[RANKER_ARTIFACT])
+        folder = Path(context.artifacts[HISTORY_ARTIFACT])
+        self.history = pd.read_parquet(folder / "interactions.parquet")
+        self.users = pd.read_parquet(folder / "users.parquet")
+
+    def profiles(self, user_ids: list[str]) -> list:
+        from bespoke.features.build import Profile
+
+        attributes = self.users.assign(user_id=self.users["user_id"].astype(str))
+        attributes = attributes.drop_duplicates("user_id").set_index("user_id")
+        rows = self.history[self.history["user_id"].isin(user_ids)].groupby("user_id")
+        profiles = []
+        for user in user_ids:
+            frame = rows.get_group(user) if user in rows.groups else self.history.iloc[:0]
+            found = attributes.loc[user].to_dict() if user in attributes.index else {}
+            profiles.append(
+                Profile(
+                    user_id=user,
+                    attributes={k: (None if pd.isna(v) else v) for k, v in found.items()},
+                    items=frame["item_id"].tolist(),
+                    values=frame["value"].to_numpy(),
+                    timestamps=frame["timestamp"].to_numpy("datetime64[us]"),
+                )
+            )
+        return profiles
+
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict | None = None
+    ) -> pd.DataFrame:
+        frame = pd.DataFrame(model_input)
+        if "user_id" not in frame:
+            raise ValueError("the input needs a user_id column")
+        k = int(frame["k"].iloc[0]) if "k" in frame and len(frame) else 10
+        users = frame["user_id"].astype(str).tolist()
+        ids, probabilities = self.pipeline.recommend(self.profiles(users), k=k)
+        rows = [
+            {"user_id": user, "rank": rank + 1, "item_id": item, "probability": float(p)}
+            for user, items, values in zip(users, ids, probabilities, strict=True)
+            for rank, (item, p) in enumerate(zip(items, values, strict=True))
+            if item is not None
+        ]
+        return pd.DataFrame(rows, columns=["user_id", "rank", "item_id", "probability"])

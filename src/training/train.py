@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,6 @@ from bespoke.training.split import Protocol, Split, make_split
 
 CHAMPION = "champion"
 GATE_METRIC = "ndcg@10"
-#: MLflow names allow no "@": metrics and tags spell it "_at_".
-GATE_KEY = GATE_METRIC.replace("@", "_at_")
 
 
 def registered_name(dataset: str) -> str:
@@ -130,40 +129,58 @@ def _log_and_register(model: Any, dataset: str, split: Split, result: TrainResul
     result.version = str(info.registered_model_version)
     client = mlflow.MlflowClient()
     client.set_model_version_tag(name, result.version, "gate_metric", GATE_METRIC)
-    client.set_model_version_tag(name, result.version, GATE_KEY, str(result.metrics[GATE_METRIC]))
     _champion_gate(client, name, split, result)
 
 
 def _champion_gate(client: Any, name: str, split: Split, result: TrainResult) -> None:
-    """Move ``@champion`` to the candidate only if it beats the current champion, both
-    measured now on the candidate's held-out data."""
+    result.promoted, result.champion_metric, result.decision = champion_gate(
+        client,
+        name,
+        GATE_METRIC,
+        float(result.metrics[GATE_METRIC]),
+        str(result.version),
+        lambda champion: float(evaluate(champion.model, split)[GATE_METRIC]),
+    )
+
+
+def champion_gate(
+    client: Any,
+    name: str,
+    metric: str,
+    candidate: float,
+    version: str,
+    champion_metric_of: Callable[[Any], float],
+) -> tuple[bool, float | None, str]:
+    """Move ``@champion`` of ``name`` to ``version`` only if ``candidate`` beats the
+    current champion, measured now on the candidate's held-out data by
+    ``champion_metric_of(loaded champion python model)``; logs both scores and the
+    decision to the active run. Returns ``(promoted, champion's score, decision)``."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    candidate = float(result.metrics[GATE_METRIC])
+    key = metric.replace("@", "_at_")
     try:
         current = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         current = None
+    champion_metric = None
     if current is None:
-        result.promoted, result.decision = True, "no champion yet"
+        promoted, decision = True, "no champion yet"
     else:
-        champion = (
-            mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}").unwrap_python_model().model
+        champion = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}").unwrap_python_model()
+        champion_metric = float(champion_metric_of(champion))
+        promoted = candidate > champion_metric
+        decision = (
+            f"candidate {candidate:.4f} {'>' if promoted else '<='} champion v{current.version} "
+            f"{champion_metric:.4f} on the same held-out data"
         )
-        result.champion_metric = float(evaluate(champion, split)[GATE_METRIC])
-        result.promoted = candidate > result.champion_metric
-        result.decision = (
-            f"candidate {candidate:.4f} {'>' if result.promoted else '<='} champion v{current.version} "
-            f"{result.champion_metric:.4f} on the same held-out data"
-        )
-        mlflow.log_metric(
-            f"gate.champion_{GATE_METRIC.replace('@', '_at_')}", result.champion_metric
-        )
-    mlflow.log_metric(f"gate.candidate_{GATE_METRIC.replace('@', '_at_')}", candidate)
-    mlflow.set_tags({"gate.decision": result.decision, "gate.promoted": str(result.promoted)})
-    if result.promoted:
-        client.set_registered_model_alias(name, CHAMPION, result.version)
+        mlflow.log_metric(f"gate.champion_{key}", champion_metric)
+    mlflow.log_metric(f"gate.candidate_{key}", candidate)
+    mlflow.set_tags({"gate.decision": decision, "gate.promoted": str(promoted)})
+    client.set_model_version_tag(name, version, key, str(candidate))
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    return promoted, champion_metric, decision
 
 
 def promote(settings: Settings, dataset: str, version: str) -> None:
@@ -191,12 +208,18 @@ def list_models(settings: Settings) -> pd.DataFrame:
                     "model": model.name,
                     "version": int(version.version),
                     "aliases": ",".join(sorted(aliases.get(str(version.version), []))),
-                    GATE_METRIC: float(version.tags.get(GATE_KEY, "nan")),
+                    "gate_metric": version.tags.get("gate_metric", GATE_METRIC),
+                    "score": float(
+                        version.tags.get(
+                            version.tags.get("gate_metric", GATE_METRIC).replace("@", "_at_"),
+                            "nan",
+                        )
+                    ),
                     "run_id": version.run_id,
                 }
             )
     return pd.DataFrame(
-        rows, columns=["model", "version", "aliases", GATE_METRIC, "run_id"]
+        rows, columns=["model", "version", "aliases", "gate_metric", "score", "run_id"]
     ).sort_values(["model", "version"])
 
 

@@ -1,0 +1,389 @@
+"""The click-through ranker: LightGBM over :mod:`bespoke.features.build` rows, with
+calibrated probabilities, and the two-stage pipeline (retrieve, then rerank) it serves in.
+
+``Ranker`` follows the estimator contract: no work in ``__init__``, ``fit`` returns self,
+fitted attributes end in ``_``, ``save``/``load`` write LightGBM's text model and JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import numpy as np
+
+from bespoke.features.build import FeatureBuilder, Histories, Profile, load_builder, save_builder
+from bespoke.training.base import FitCallback, Recommender
+
+Objective = Literal["binary", "lambdarank"]
+OBJECTIVES: tuple[Objective, ...] = ("binary", "lambdarank")
+
+
+@dataclass
+class RankingSet:
+    """Feature rows of (person, candidate) pairs, person-major: person ``r`` owns rows
+    ``r * C`` to ``(r + 1) * C`` for its ``C`` candidates (padding rows are NaN, label 0)."""
+
+    features: np.ndarray  # (n * C, F) float32
+    labels: np.ndarray  # (n * C,) 0/1
+    users: np.ndarray  # (n,) user indices of the stage's interactions
+    candidates: np.ndarray  # (n, C) item indices, best retrieval score first; -1 padding
+    relevant: Any  # (n, n_items) sparse: the person's positives after the cut
+
+    @property
+    def n_candidates(self) -> int:
+        return self.candidates.shape[1]
+
+    def groups(self) -> np.ndarray:
+        return np.full(len(self.users), self.n_candidates)
+
+    def take(self, people: np.ndarray) -> RankingSet:
+        """The rows of the people at positions ``people``."""
+        c = self.n_candidates
+        rows = (np.asarray(people)[:, None] * c + np.arange(c)[None, :]).reshape(-1)
+        return RankingSet(
+            features=self.features[rows],
+            labels=self.labels[rows],
+            users=self.users[people],
+            candidates=self.candidates[people],
+            relevant=self.relevant[people],
+        )
+
+
+class Ranker:
+    """LightGBM with a binary (click-through) or lambdarank objective; probabilities are
+    calibrated (isotonic, or Platt scaling) on the validation rows."""
+
+    def __init__(
+        self,
+        objective: Objective = "binary",
+        learning_rate: float = 0.05,
+        num_leaves: int = 63,
+        min_child_samples: int = 50,
+        feature_fraction: float = 0.8,
+        bagging_fraction: float = 0.8,
+        lambda_l2: float = 1.0,
+        num_boost_round: int = 500,
+        early_stopping_rounds: int = 30,
+        calibration: Literal["isotonic", "platt"] = "isotonic",
+        random_state: int = 42,
+    ) -> None:
+        self.objective = objective
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.min_child_samples = min_child_samples
+        self.feature_fraction = feature_fraction
+        self.bagging_fraction = bagging_fraction
+        self.lambda_l2 = lambda_l2
+        self.num_boost_round = num_boost_round
+        self.early_stopping_rounds = early_stopping_rounds
+        self.calibration = calibration
+        self.random_state = random_state
+
+    def get_params(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if not k.endswith("_")}
+
+    def lightgbm_params(self) -> dict[str, Any]:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        return {
+            "objective": self.objective,
+            "metric": ["ndcg", "auc"],
+            "eval_at": [10],
+            "first_metric_only": True,
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "min_child_samples": self.min_child_samples,
+            "feature_fraction": self.feature_fraction,
+            "bagging_fraction": self.bagging_fraction,
+            "bagging_freq": 1,
+            "lambda_l2": self.lambda_l2,
+            # High-cardinality categories (US states) overfit without these.
+            "cat_smooth": 50.0,
+            "cat_l2": 10.0,
+            "min_data_per_group": 200,
+            "seed": self.random_state,
+            "deterministic": True,
+            "num_threads": 0,
+            "verbosity": -1,
+        }
+
+    def fit(
+        self,
+        train: RankingSet,
+        valid: RankingSet,
+        *,
+        feature_names: Sequence[str],
+        categorical_features: Sequence[str] = (),
+        callback: FitCallback | None = None,
+        show_progress: bool = False,
+        lightgbm_callbacks: Sequence[Callable[..., Any]] = (),
+    ) -> Self:
+        """Boost on ``train`` with early stopping on ``valid``'s nDCG@10, then calibrate on
+        ``valid``. ``callback(iteration, metrics)`` sees the validation metrics each round;
+        ``lightgbm_callbacks`` (e.g. Optuna's pruning callback) go to LightGBM as they are."""
+        import lightgbm as lgb
+
+        names = list(feature_names)
+        categorical = [c for c in categorical_features if c in names]
+        train_set = lgb.Dataset(
+            train.features, train.labels, group=train.groups(), feature_name=names,
+            categorical_feature=categorical, free_raw_data=False,
+        )  # fmt: skip
+        valid_set = lgb.Dataset(
+            valid.features, valid.labels, group=valid.groups(), reference=train_set
+        )
+
+        def report(env: Any) -> None:
+            if callback is not None:
+                metrics = {f"{m}": float(v) for _, m, v, _ in env.evaluation_result_list}
+                callback(env.iteration + 1, metrics)
+
+        hooks = [lgb.early_stopping(self.early_stopping_rounds, verbose=False), report]
+        if show_progress:
+            hooks.append(lgb.log_evaluation(25))
+        booster = lgb.train(
+            self.lightgbm_params(),
+            train_set,
+            num_boost_round=self.num_boost_round,
+            valid_sets=[valid_set],
+            valid_names=["valid"],
+            callbacks=[*hooks, *lightgbm_callbacks],
+        )
+        self.booster_ = booster
+        self.best_iteration_ = int(booster.best_iteration or booster.current_iteration())
+        self.feature_names_ = names
+        self.categorical_features_ = categorical
+        self._calibrate(self.decision_function(valid.features), valid.labels)
+        return self
+
+    def _calibrate(self, raw: np.ndarray, labels: np.ndarray) -> None:
+        if self.calibration == "isotonic":
+            from sklearn.isotonic import IsotonicRegression
+
+            iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
+            iso.fit(raw, labels)
+            self.calibration_x_ = np.asarray(iso.X_thresholds_, np.float64)
+            self.calibration_y_ = np.asarray(iso.y_thresholds_, np.float64)
+        elif self.calibration == "platt":
+            from sklearn.linear_model import LogisticRegression
+
+            platt = LogisticRegression(C=1e6).fit(raw.reshape(-1, 1), labels)
+            self.calibration_x_ = np.array([platt.coef_[0, 0]], np.float64)
+            self.calibration_y_ = np.array([platt.intercept_[0]], np.float64)
+        else:
+            raise ValueError(f"calibration must be 'isotonic' or 'platt', got {self.calibration!r}")
+
+    def decision_function(self, features: np.ndarray) -> np.ndarray:
+        """Raw scores (the ranking order)."""
+        self._check_fitted()
+        return self.booster_.predict(
+            features, raw_score=True, num_iteration=self.best_iteration_, num_threads=1
+        )
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        """Calibrated probability that the person engages with the candidate."""
+        return self.calibrate(self.decision_function(features))
+
+    def calibrate(self, raw: np.ndarray) -> np.ndarray:
+        if self.calibration == "isotonic":
+            return np.interp(raw, self.calibration_x_, self.calibration_y_)
+        slope, intercept = self.calibration_x_[0], self.calibration_y_[0]
+        return 1.0 / (1.0 + np.exp(-(slope * raw + intercept)))
+
+    def feature_importance(self, kind: Literal["gain", "split"] = "gain") -> dict[str, float]:
+        self._check_fitted()
+        values = self.booster_.feature_importance(kind, iteration=self.best_iteration_)
+        return dict(sorted(zip(self.feature_names_, map(float, values), strict=True),
+                           key=lambda kv: -kv[1]))  # fmt: skip
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "booster_"):
+            from bespoke.training.base import NotFittedError
+
+            raise NotFittedError("this Ranker is not fitted: call fit() or load() first")
+
+    def save(self, path: str | Path) -> Path:
+        self._check_fitted()
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.booster_.save_model(str(folder / "lightgbm.txt"), num_iteration=self.best_iteration_)
+        meta = {
+            "params": self.get_params(),
+            "best_iteration": self.best_iteration_,
+            "feature_names": self.feature_names_,
+            "categorical_features": self.categorical_features_,
+            "calibration_x": self.calibration_x_.tolist(),
+            "calibration_y": self.calibration_y_.tolist(),
+        }
+        (folder / "ranker.json").write_text(json.dumps(meta, indent=2))
+        return folder
+
+    @classmethod
+    def load(cls, path: str | Path) -> Ranker:
+        import lightgbm as lgb
+
+        folder = Path(path)
+        meta = json.loads((folder / "ranker.json").read_text())
+        ranker = cls(**meta["params"])
+        ranker.booster_ = lgb.Booster(model_file=str(folder / "lightgbm.txt"))
+        ranker.best_iteration_ = int(meta["best_iteration"])
+        ranker.feature_names_ = list(meta["feature_names"])
+        ranker.categorical_features_ = list(meta["categorical_features"])
+        ranker.calibration_x_ = np.asarray(meta["calibration_x"], np.float64)
+        ranker.calibration_y_ = np.asarray(meta["calibration_y"], np.float64)
+        return ranker
+
+
+class LogisticBaseline:
+    """Logistic regression on the same rows: median-imputed, scaled numbers and one-hot
+    categories. The baseline the ranker must beat on AUC."""
+
+    def __init__(self, C: float = 1.0, max_iter: int = 300) -> None:
+        self.C = C
+        self.max_iter = max_iter
+
+    def fit(
+        self, train: RankingSet, feature_names: Sequence[str], categorical: Sequence[str]
+    ) -> Self:
+        from sklearn.compose import ColumnTransformer
+        from sklearn.impute import SimpleImputer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+        names = list(feature_names)
+        categorical_at = [names.index(c) for c in categorical]
+        numeric_at = [i for i in range(len(names)) if i not in categorical_at]
+        encode = ColumnTransformer(
+            [
+                ("numbers", make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True),
+                                          StandardScaler()), numeric_at),
+                ("categories", make_pipeline(SimpleImputer(strategy="constant", fill_value=-1,
+                                                           keep_empty_features=True),
+                                             OneHotEncoder(handle_unknown="ignore")), categorical_at),
+            ]
+        )  # fmt: skip
+        self.model_ = make_pipeline(encode, LogisticRegression(C=self.C, max_iter=self.max_iter))
+        self.model_.fit(train.features, train.labels)
+        return self
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        return self.model_.predict_proba(features)[:, 1]
+
+
+class RankingPipeline:
+    """Retrieve ``n_candidates`` with the primary retriever, build their features, order
+    them by the ranker. The one scoring path of offline evaluation and live requests."""
+
+    def __init__(
+        self,
+        builder: FeatureBuilder,
+        ranker: Ranker,
+        primary: str = "ease",
+        n_candidates: int = 100,
+    ) -> None:
+        self.builder = builder
+        self.ranker = ranker
+        self.primary = primary
+        self.n_candidates = n_candidates
+
+    @property
+    def item_ids(self) -> np.ndarray:
+        return self.builder.item_ids_
+
+    def candidates(
+        self, batch: Histories, exclude: Sequence[Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Each person's top candidates by the primary retriever (seen items removed), and
+        every retriever's scores, reused for the features."""
+        scores = self.builder.retrieval_scores(batch)
+        primary = scores[self.primary]
+        if exclude is not None:
+            from bespoke.training.base import _index
+
+            excluded = _index(self.item_ids, list(exclude))
+            primary = primary.copy()
+            primary[:, excluded[excluded >= 0]] = -np.inf
+        n = min(self.n_candidates, primary.shape[1])
+        top = np.argpartition(-primary, n - 1, axis=1)[:, :n]
+        order = np.argsort(-np.take_along_axis(primary, top, axis=1), axis=1, kind="stable")
+        top = np.take_along_axis(top, order, axis=1)
+        top[np.isinf(np.take_along_axis(primary, top, axis=1))] = -1
+        return top, scores
+
+    def score(
+        self,
+        batch: Histories,
+        now: datetime | np.datetime64 | str | Sequence[Any] | None = None,
+        exclude: Sequence[Any] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(candidates, raw scores, probabilities)``, each (people × candidates)."""
+        candidates, scores = self.candidates(batch, exclude)
+        features = self.builder.transform(batch, candidates, now, scores=scores)
+        raw = self.ranker.decision_function(features).reshape(candidates.shape)
+        raw[candidates < 0] = -np.inf
+        probability = self.ranker.calibrate(raw.reshape(-1)).reshape(candidates.shape)
+        probability[candidates < 0] = 0.0
+        return candidates, raw, probability
+
+    def rerank(
+        self,
+        batch: Histories,
+        k: int = 10,
+        now: datetime | np.datetime64 | str | Sequence[Any] | None = None,
+        exclude: Sequence[Any] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` item indices (-1 padding) and their click probabilities."""
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        candidates, raw, probability = self.score(batch, now, exclude)
+        order = np.argsort(-raw, axis=1, kind="stable")[:, :k]
+        top = np.take_along_axis(candidates, order, axis=1)
+        return top, np.take_along_axis(probability, order, axis=1)
+
+    def recommend(
+        self,
+        profiles: Sequence[Profile],
+        k: int = 10,
+        now: datetime | np.datetime64 | str | None = None,
+        exclude: Sequence[Any] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` item ids (``None`` padding) and probabilities for live profiles."""
+        batch = Histories.from_profiles(profiles, self.item_ids)
+        top, probability = self.rerank(batch, k, now, exclude)
+        ids = np.where(top >= 0, self.item_ids[np.maximum(top, 0)], None)
+        return ids, probability
+
+    def save(self, path: str | Path) -> Path:
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, model in self.builder.retrievers_.items():
+            model.save(folder / "retrievers" / name)
+        save_builder(self.builder, folder / "features")
+        self.ranker.save(folder / "ranker")
+        meta = {"primary": self.primary, "n_candidates": self.n_candidates}
+        (folder / "pipeline.json").write_text(json.dumps(meta, indent=2))
+        return folder
+
+    @classmethod
+    def load(cls, path: str | Path) -> RankingPipeline:
+        from bespoke.training.families import family
+
+        folder = Path(path)
+        meta = json.loads((folder / "pipeline.json").read_text())
+        retrievers: dict[str, Recommender] = {}
+        for sub in sorted((folder / "retrievers").iterdir()):
+            kind = json.loads((sub / "model.json").read_text())["family"]
+            retrievers[sub.name] = family(kind).load(sub)
+        builder = load_builder(folder / "features", retrievers)
+        return cls(builder, Ranker.load(folder / "ranker"), meta["primary"], meta["n_candidates"])
+
+
+def check_retrievers(retrievers: Mapping[str, Recommender], primary: str) -> None:
+    if primary not in retrievers:
+        raise ValueError(f"the primary retriever {primary!r} is not among {sorted(retrievers)}")

@@ -1,0 +1,426 @@
+"""Train the click-through ranker over retrieval candidates, evaluate the lift, log to
+MLflow and register through the champion gate.
+
+Two point-in-time stages come from the protocol's split:
+
+- the **fit stage** is the validation split carved from the training part: retrievers
+  are fitted on its training part, candidates and features are built as of its cut, and
+  its held-out part gives the labels. The ranker learns here (80% of the people) and is
+  early-stopped, selected and calibrated on the other 20%.
+- the **test stage** is the split itself: retrievers refitted on the whole training
+  part, features as of the split's cut, labels from the test part, which nothing in
+  training, tuning or selection reads.
+
+So no label leaks through the retrieval scores: the models that score a row never saw
+its label.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from bespoke.features.build import FeatureBuilder, Histories, histories
+from bespoke.features.lake import Lake
+from bespoke.settings import Settings
+from bespoke.training import tracking
+from bespoke.training.base import Recommender
+from bespoke.training.data import (
+    Interactions,
+    interactions_frame,
+    load_catalog,
+    load_interactions,
+    load_users,
+)
+from bespoke.training.metrics import calibration_metrics, ranking_metrics
+from bespoke.training.ranker import (
+    OBJECTIVES,
+    LogisticBaseline,
+    Ranker,
+    RankingPipeline,
+    RankingSet,
+)
+from bespoke.training.split import Protocol, Split, make_split, validation
+
+#: The retrieval families whose scores and ranks become features; the first retrieves.
+RETRIEVERS = ("ease", "als", "itemknn")
+N_CANDIDATES = 100
+GATE_METRIC = "reranked_ndcg@10"
+VALID_SHARE = 0.2
+_CHUNK = 1024
+
+
+def registered_name(dataset: str) -> str:
+    return f"bespoke-ranker-{dataset}"
+
+
+@dataclass
+class Stage:
+    """A point-in-time cut: what is known (``history``), what happens next (``labels``)."""
+
+    history: Interactions
+    labels: Interactions
+    as_of: np.datetime64 | None
+
+
+def stage_of(split: Split) -> Stage:
+    cut = split.params.get("cut") if split.protocol == "temporal" else None
+    return Stage(split.train, split.test, np.datetime64(cut, "us") if cut else None)
+
+
+def stages(split: Split) -> tuple[Stage, Stage]:
+    """``(fit stage, test stage)``; see the module doc."""
+    return stage_of(validation(split)), stage_of(split)
+
+
+def fit_retrievers(
+    history: Interactions,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+    names: Sequence[str] = RETRIEVERS,
+) -> dict[str, Recommender]:
+    """The retrieval models, fitted on ``history`` only (``params`` per family)."""
+    from bespoke.training.families import family
+
+    params = params or {}
+    return {name: family(name)(**dict(params.get(name, {}))).fit(history) for name in names}
+
+
+def build_set(
+    stage: Stage,
+    builder: FeatureBuilder,
+    users: pd.DataFrame | None,
+    primary: str = RETRIEVERS[0],
+    n_candidates: int = N_CANDIDATES,
+) -> RankingSet:
+    """Candidates, features and labels for every person with a label in ``stage``."""
+    people = np.unique(stage.labels.users)
+    batch = histories(stage.history, people, users, stage.as_of)
+    placeholder = RankingPipeline(builder, Ranker(), primary, n_candidates)
+    features, candidates = [], []
+    for start in range(0, len(batch), _CHUNK):
+        chunk = batch.rows(start, min(start + _CHUNK, len(batch)))
+        chosen, scores = placeholder.candidates(chunk)
+        features.append(builder.transform(chunk, chosen, None, scores=scores))
+        candidates.append(chosen)
+    chosen = np.vstack(candidates)
+    relevant = stage.labels.matrix("binary")[people]
+    rows = np.repeat(np.arange(len(people)), chosen.shape[1])
+    hit = np.asarray(relevant[rows, np.maximum(chosen, 0).reshape(-1)]).ravel() > 0
+    labels = (hit & (chosen.reshape(-1) >= 0)).astype(np.int8)
+    return RankingSet(np.vstack(features), labels, people, chosen, relevant)
+
+
+def split_people(ranking_set: RankingSet, share: float = VALID_SHARE, seed: int = 42
+                 ) -> tuple[RankingSet, RankingSet]:  # fmt: skip
+    """``(train, valid)`` by person, so a person's candidates stay together."""
+    order = np.random.default_rng(seed).permutation(len(ranking_set.users))
+    cut = round(len(order) * (1 - share))
+    return ranking_set.take(np.sort(order[:cut])), ranking_set.take(np.sort(order[cut:]))
+
+
+def reranked(ranking_set: RankingSet, raw: np.ndarray, k: int = 10) -> np.ndarray:
+    scores = raw.reshape(ranking_set.candidates.shape).copy()
+    scores[ranking_set.candidates < 0] = -np.inf
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(ranking_set.candidates, order, axis=1)
+
+
+def evaluate_ranker(
+    ranker: Ranker | LogisticBaseline, ranking_set: RankingSet, k: int = 10
+) -> dict[str, float]:
+    """Retrieval and reranked ranking metrics, and the calibration of the probabilities."""
+    real = ranking_set.candidates.reshape(-1) >= 0
+    if isinstance(ranker, Ranker):
+        raw = ranker.decision_function(ranking_set.features)
+        probability = ranker.calibrate(raw)
+    else:
+        probability = raw = ranker.predict_proba(ranking_set.features)
+    before = ranking_metrics(ranking_set.candidates[:, :k], ranking_set.relevant, k=k)
+    after = ranking_metrics(reranked(ranking_set, raw, k), ranking_set.relevant, k=k)
+    ndcg = f"ndcg@{k}"
+    return {
+        f"retrieval_{ndcg}": before[ndcg],
+        f"reranked_{ndcg}": after[ndcg],
+        "lift": after[ndcg] / before[ndcg] - 1.0 if before[ndcg] > 0 else float("nan"),
+        f"reranked_precision@{k}": after[f"precision@{k}"],
+        f"reranked_recall@{k}": after[f"recall@{k}"],
+        "reranked_map": after["map"],
+        f"candidate_recall@{ranking_set.n_candidates}": float(
+            ranking_set.labels.sum() / max(ranking_set.relevant.nnz, 1)
+        ),
+        **calibration_metrics(probability[real], ranking_set.labels[real]),
+    }
+
+
+def fit_ranker(
+    train: RankingSet,
+    valid: RankingSet,
+    builder: FeatureBuilder,
+    params: Mapping[str, Any] | None = None,
+    *,
+    callback: Callable[[int, dict[str, float]], None] | None = None,
+    lightgbm_callbacks: Sequence[Callable[..., Any]] = (),
+    show_progress: bool = False,
+) -> Ranker:
+    return Ranker(**dict(params or {})).fit(
+        train,
+        valid,
+        feature_names=builder.feature_names_,
+        categorical_features=builder.categorical_features_,
+        callback=callback,
+        lightgbm_callbacks=lightgbm_callbacks,
+        show_progress=show_progress,
+    )
+
+
+@dataclass
+class RankerResult:
+    objective: str
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    validation: dict[str, dict[str, float]]
+    importance: dict[str, float]
+    pipeline: RankingPipeline
+    test_set: RankingSet
+    run_id: str | None = None
+    version: str | None = None
+    promoted: bool = False
+    champion_metric: float | None = None
+    decision: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RankingData:
+    """Everything a ranker run reads, prepared once (tuning reuses it across trials)."""
+
+    dataset: str
+    protocol: Protocol
+    split: Split
+    users: pd.DataFrame
+    catalog: pd.DataFrame
+    retriever_params: dict[str, dict[str, Any]]
+    fit_builder: FeatureBuilder
+    train: RankingSet
+    valid: RankingSet
+    test_stage: Stage
+    timings: dict[str, float]
+
+
+def prepare(
+    lake: Lake,
+    dataset: str,
+    protocol: Protocol = "ms-stratified",
+    retriever_params: Mapping[str, Mapping[str, Any]] | None = None,
+    n_candidates: int = N_CANDIDATES,
+    interactions: Interactions | None = None,
+) -> RankingData:
+    """Split, fit the fit stage's retrievers and build its ranking set."""
+    start = time.perf_counter()
+    interactions = interactions or load_interactions(lake, dataset)
+    split = make_split(interactions, protocol)
+    users, catalog = load_users(lake, dataset), load_catalog(lake, dataset)
+    fit_stage, test_stage = stages(split)
+    params = {k: dict(v) for k, v in (retriever_params or {}).items()}
+    retrievers = fit_retrievers(fit_stage.history, params)
+    builder = FeatureBuilder().fit(
+        fit_stage.history, retrievers, users=users, items=catalog, as_of=fit_stage.as_of
+    )
+    train, valid = split_people(build_set(fit_stage, builder, users, n_candidates=n_candidates))
+    return RankingData(
+        dataset, protocol, split, users, catalog, params, builder, train, valid, test_stage,
+        {"prepare_s": round(time.perf_counter() - start, 3)},
+    )  # fmt: skip
+
+
+def train_ranker(
+    settings: Settings,
+    dataset: str,
+    *,
+    protocol: Protocol = "ms-stratified",
+    objective: Literal["auto", "binary", "lambdarank"] = "auto",
+    params: Mapping[str, Any] | None = None,
+    retriever_params: Mapping[str, Mapping[str, Any]] | None = None,
+    n_candidates: int = N_CANDIDATES,
+    register: bool = True,
+    data: RankingData | None = None,
+    show_progress: bool = False,
+) -> RankerResult:
+    """Fit the ranker (``objective="auto"``: binary and lambdarank, the better on
+    validation nDCG@10 kept), evaluate it and the logistic baseline on the test stage,
+    log to MLflow with LightGBM autologging, and (``register``) register the pipeline and
+    apply the champion gate."""
+    import mlflow
+
+    if retriever_params is None:
+        from bespoke.training.tune import TUNED_PARAMS, tuned_params
+
+        retriever_params = {
+            name: tuned_params(settings.root / TUNED_PARAMS, dataset, protocol, name)
+            for name in RETRIEVERS
+        }
+    data = data or prepare(
+        Lake(settings.lake_url), dataset, protocol, retriever_params, n_candidates
+    )
+    tracking.configure(settings, f"rankers-{dataset}")
+    mlflow.lightgbm.autolog(log_models=False, log_datasets=False, log_input_examples=False,
+                            silent=True)  # fmt: skip
+    params = dict(params or {})
+    candidates = OBJECTIVES if objective == "auto" else (objective,)
+    with mlflow.start_run(run_name=f"ranker {dataset}") as run:
+        mlflow.set_tags(
+            tracking.run_tags(
+                settings, dataset=dataset, model="ranker", protocol=protocol,
+                train_fingerprint=data.split.train.fingerprint(),
+            )
+        )  # fmt: skip
+        timings = dict(data.timings)
+        validation_scores: dict[str, dict[str, float]] = {}
+        fitted: dict[str, Ranker] = {}
+        for name in candidates:
+            start = time.perf_counter()
+            with mlflow.start_run(run_name=f"{name}", nested=True):
+                fitted[name] = fit_ranker(
+                    data.train, data.valid, data.fit_builder, {**params, "objective": name},
+                    show_progress=show_progress,
+                )  # fmt: skip
+                validation_scores[name] = evaluate_ranker(fitted[name], data.valid)
+                mlflow.log_metrics(_numeric(validation_scores[name], "valid."))
+            timings[f"fit_{name}_s"] = round(time.perf_counter() - start, 3)
+        best = max(candidates, key=lambda n: validation_scores[n]["reranked_ndcg@10"])
+        ranker = fitted[best]
+
+        start = time.perf_counter()
+        retrievers = fit_retrievers(data.test_stage.history, data.retriever_params)
+        builder = FeatureBuilder().fit(
+            data.test_stage.history, retrievers, users=data.users, items=data.catalog,
+            as_of=data.test_stage.as_of,
+        )  # fmt: skip
+        test_set = build_set(data.test_stage, builder, data.users, n_candidates=n_candidates)
+        timings["test_stage_s"] = round(time.perf_counter() - start, 3)
+        metrics = evaluate_ranker(ranker, test_set)
+        start = time.perf_counter()
+        baseline = LogisticBaseline().fit(
+            data.train, builder.feature_names_, builder.categorical_features_
+        )
+        timings["logreg_fit_s"] = round(time.perf_counter() - start, 3)
+        logistic = evaluate_ranker(baseline, test_set)
+        metrics |= {
+            "logreg_auc": logistic["auc"],
+            "logreg_reranked_ndcg@10": logistic["reranked_ndcg@10"],
+        }
+        pipeline = RankingPipeline(builder, ranker, RETRIEVERS[0], n_candidates)
+        result = RankerResult(
+            best, ranker.get_params(), metrics, validation_scores,
+            ranker.feature_importance(), pipeline, test_set, run_id=run.info.run_id,
+            timings=timings,
+        )  # fmt: skip
+        mlflow.log_params({"chosen_objective": best, "n_candidates": n_candidates,
+                           "protocol": protocol})  # fmt: skip
+        mlflow.log_metrics({**_numeric(metrics, ""), **timings})
+        mlflow.log_dict(result.importance, "feature_importance.json")
+        if register:
+            _log_and_register(settings, result, data)
+    return result
+
+
+def _numeric(metrics: Mapping[str, Any], prefix: str) -> dict[str, float]:
+    return {
+        f"{prefix}{k.replace('@', '_at_')}": float(v)
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and np.isfinite(v)
+    }
+
+
+def pipeline_ndcg(pipeline: RankingPipeline, stage: Stage, users: pd.DataFrame | None,
+                  k: int = 10) -> float:  # fmt: skip
+    """nDCG@k of a (loaded) pipeline on a stage, through its own serving path: how the
+    gate scores the champion and the candidate on the same held-out data."""
+    people = np.unique(stage.labels.users)
+    batch = histories(stage.history, people, users, stage.as_of)
+    lookup = pd.Index(pipeline.item_ids.astype(str))
+    # Re-express the histories over the pipeline's item index (it may predate new items).
+    own_items = lookup.get_indexer(stage.history.item_ids[batch.items].astype(str))
+    batch = _remap(batch, own_items)
+    tops = []
+    for start in range(0, len(batch), _CHUNK):
+        top, _ = pipeline.rerank(batch.rows(start, min(start + _CHUNK, len(batch))), k)
+        tops.append(top)
+    top = np.vstack(tops)
+    relevant = stage.labels.matrix("binary")[people]
+    item_in_pipeline = lookup.get_indexer(stage.labels.item_ids.astype(str))
+    recommended = np.where(
+        top >= 0, _inverse(item_in_pipeline, len(lookup))[np.maximum(top, 0)], -1
+    )
+    return ranking_metrics(recommended, relevant, k=k)[f"ndcg@{k}"]
+
+
+def _inverse(mapping: np.ndarray, size: int) -> np.ndarray:
+    inverse = np.full(size, -1, np.int64)
+    known = mapping >= 0
+    inverse[mapping[known]] = np.flatnonzero(known)
+    return inverse
+
+
+def _remap(batch: Histories, items: np.ndarray) -> Histories:
+    keep = items >= 0
+    rows = batch.row_of_each()[keep]
+    counts = np.bincount(rows, minlength=len(batch))
+    return Histories(
+        batch.user_ids,
+        np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        items[keep],
+        batch.values[keep],
+        batch.days[keep],
+        batch.attributes,
+    )
+
+
+def _log_and_register(settings: Settings, result: RankerResult, data: RankingData) -> None:
+    import mlflow
+
+    from bespoke.training.pyfunc import (
+        HISTORY_ARTIFACT,
+        RANKER_ARTIFACT,
+        RANKER_ENTRY_POINT,
+        RANKER_SIGNATURE,
+    )
+    from bespoke.training.train import champion_gate
+
+    name = registered_name(data.dataset)
+    example = pd.DataFrame({"user_id": [str(data.test_stage.history.user_ids[0])], "k": [10]})
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = result.pipeline.save(Path(scratch) / RANKER_ARTIFACT)
+        history = Path(scratch) / HISTORY_ARTIFACT
+        history.mkdir()
+        interactions_frame(data.test_stage.history).to_parquet(history / "interactions.parquet")
+        data.users.to_parquet(history / "users.parquet")
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(RANKER_ENTRY_POINT),
+            artifacts={RANKER_ARTIFACT: str(folder), HISTORY_ARTIFACT: str(history)},
+            signature=RANKER_SIGNATURE,
+            input_example=example,
+            registered_model_name=name,
+            pip_requirements=tracking.requirements(),
+        )
+    result.version = str(info.registered_model_version)
+    client = mlflow.MlflowClient()
+    client.set_model_version_tag(name, result.version, "gate_metric", GATE_METRIC)
+    candidate = pipeline_ndcg(result.pipeline, data.test_stage, data.users)
+    decision = champion_gate(
+        client,
+        name,
+        GATE_METRIC,
+        candidate,
+        result.version,
+        lambda champion: pipeline_ndcg(champion.pipeline, data.test_stage, data.users),
+    )
+    result.promoted, result.champion_metric, result.decision = decision
