@@ -119,13 +119,17 @@ class Histories:
         return matrix
 
     @classmethod
-    def from_profiles(cls, profiles: Sequence[Profile], item_ids: np.ndarray) -> Histories:
-        """Profiles over ``item_ids`` (a model's item index); items it does not know are
-        dropped, since no model can score them."""
-        lookup = pd.Index(item_ids)
+    def from_profiles(
+        cls, profiles: Sequence[Profile], item_ids: np.ndarray | Mapping[str, int]
+    ) -> Histories:
+        """Profiles over ``item_ids`` (a model's item index, or a ready id → position
+        mapping); items it does not know are dropped, since no model can score them."""
+        lookup = item_ids if isinstance(item_ids, Mapping) else item_positions(item_ids)
         parts_items, parts_values, parts_days, lengths = [], [], [], []
         for profile in profiles:
-            index = lookup.get_indexer(pd.Index(list(profile.items), dtype=object))
+            index = np.fromiter(
+                (lookup.get(str(item), -1) for item in profile.items), np.int64, len(profile.items)
+            )
             n = len(index)
             values = (
                 np.asarray(profile.values, dtype=np.float64)
@@ -154,6 +158,11 @@ class Histories:
             days=np.concatenate(parts_days or [np.empty(0)]),
             attributes=attributes,
         )
+
+
+def item_positions(item_ids: np.ndarray) -> dict[str, int]:
+    """Item id → position in a model's item index."""
+    return {str(item): position for position, item in enumerate(item_ids)}
 
 
 def histories(
@@ -270,6 +279,9 @@ class FeatureBuilder:
         self.item_first_day_ = np.where(np.isinf(first), np.nan, first)
 
         self.genres_, self.item_genres_, self.release_year_ = _catalog(items, history.item_ids)
+        self.time_edges_, self.item_time_shares_ = _time_shares(item, days, n_items, now)
+        segment = _segments(_attributes_of(history.user_ids, users))[history.users[keep]]
+        self.item_segment_shares_ = _segment_shares(item, segment, n_items)
         self.categories_ = {
             name: sorted({str(v) for v in users[name].dropna()})
             if users is not None and name in users
@@ -312,6 +324,8 @@ class FeatureBuilder:
             "item_mean_value", "item_days_since_first",
             *[f"{r}_{what}" for r in self.retrievers_ for what in ("score", "rank")],
             "genre_match", "last_items_max_similarity", "last_items_mean_similarity",
+            "item_segment_lift", "item_share_while_user_active", "item_first_minus_user_last",
+            "release_year_gap",
             "context_day_of_week", "context_hour",
         ]  # fmt: skip
         categorical = ["user_age_band", *[f"user_{c}" for c in USER_CATEGORIES]]
@@ -368,9 +382,14 @@ class FeatureBuilder:
         band = np.searchsorted(AGE_BAND_EDGES, ages, side="right").astype(np.float64)
         per_user(np.where(np.isnan(ages), np.nan, band))
         for name in USER_CATEGORIES:
-            levels = pd.Index(self.categories_[name])
-            values = [None if v is None or pd.isna(v) else str(v) for v in attributes[name]]
-            codes = levels.get_indexer(pd.Index(values, dtype=object))
+            levels = {level: code for code, level in enumerate(self.categories_[name])}
+            codes = np.array(
+                [
+                    -1 if v is None or pd.isna(v) else levels.get(str(v), -1)
+                    for v in attributes[name]
+                ],
+                dtype=np.int64,
+            )
             per_user(np.where(codes >= 0, codes, np.nan))
 
         # what they did before the request
@@ -441,6 +460,22 @@ class FeatureBuilder:
         per_row_max, per_row_mean = self._last_items_similarity(batch, cand)
         per_row(per_row_max)
         per_row(per_row_mean)
+        # How the item does among people like them (age band × gender), relative to all.
+        segment_share = self.item_segment_shares_[cand, _segments(attributes)[:, None]]
+        with np.errstate(all="ignore"):
+            per_row(
+                np.where(self.item_share_[cand] > 0, segment_share / self.item_share_[cand], np.nan)
+            )
+        # How popular the item was while they were active, and whether it existed then.
+        per_row(self._share_while_active(batch, rows, cand))
+        per_row(self.item_first_day_[cand] - np.where(np.isinf(last), np.nan, last)[:, None])
+        years = self.release_year_[batch.items]
+        dated = ~np.isnan(years)
+        year_sum = np.bincount(rows[dated], weights=years[dated], minlength=n)
+        year_count = np.bincount(rows[dated], minlength=n)
+        with np.errstate(all="ignore"):
+            mean_year = np.where(year_count > 0, year_sum / year_count, np.nan)
+        per_row(self.release_year_[cand] - mean_year[:, None])
 
         # when the request happens
         stamps = pd.DatetimeIndex(moments)
@@ -450,6 +485,21 @@ class FeatureBuilder:
         features = np.column_stack(columns).astype(np.float32)
         features[padded.reshape(-1)] = np.nan
         return features
+
+    def _share_while_active(
+        self, batch: Histories, rows: np.ndarray, cand: np.ndarray
+    ) -> np.ndarray:
+        n_bins = self.item_time_shares_.shape[1]
+        if n_bins == 0:
+            return np.full(cand.shape, np.nan)
+        timed = ~np.isnan(batch.days)
+        which = np.clip(np.searchsorted(self.time_edges_, batch.days[timed], side="right") - 1,
+                        0, n_bins - 1)  # fmt: skip
+        weights = np.zeros((len(batch), n_bins))
+        np.add.at(weights, (rows[timed], which), 1.0)
+        total = weights.sum(axis=1, keepdims=True)
+        weights = np.where(total > 0, weights / np.where(total > 0, total, 1.0), np.nan)
+        return np.einsum("nb,ncb->nc", weights, self.item_time_shares_[cand])
 
     def _last_items_similarity(
         self, batch: Histories, cand: np.ndarray
@@ -504,7 +554,7 @@ def _catalog(
 
 _BUILDER_ARRAYS = (
     "item_ids", "item_share", "item_window_shares", "mean_user_count", "item_mean_value",
-    "item_first_day",
+    "item_first_day", "time_edges", "item_time_shares", "item_segment_shares",
     "item_genres", "release_year", "embeddings",
 )  # fmt: skip
 
@@ -552,3 +602,43 @@ def load_builder(folder: str | Path, retrievers: Mapping[str, Recommender]) -> F
     builder.retrievers_ = {name: retrievers[name] for name in meta["retrievers"]}
     builder.feature_names_, builder.categorical_features_ = builder._names()
     return builder
+
+
+#: Time bins of "popularity while the person was active".
+TIME_BINS = 32
+_GENDERS = ("F", "M")
+
+
+def _time_shares(items: np.ndarray, days: np.ndarray, n_items: int, now: float
+                 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Bin edges over the history's time span and each item's share (per thousand) of the
+    interactions of each bin; empty when the history has no times."""
+    timed = ~np.isnan(days)
+    if not timed.any() or np.isnan(now):
+        return np.zeros(0), np.zeros((n_items, 0))
+    edges = np.linspace(days[timed].min(), max(now, days[timed].max()), TIME_BINS + 1)
+    which = np.clip(np.searchsorted(edges, days[timed], side="right") - 1, 0, TIME_BINS - 1)
+    counts = np.zeros((n_items, TIME_BINS))
+    np.add.at(counts, (items[timed], which), 1.0)
+    totals = counts.sum(axis=0, keepdims=True)
+    return edges, 1000.0 * counts / np.where(totals > 0, totals, 1.0)
+
+
+def _segments(attributes: pd.DataFrame) -> np.ndarray:
+    """Segment index (age band × gender, unknowns their own level) of each person."""
+    ages = pd.to_numeric(attributes["age"], errors="coerce").to_numpy(np.float64)
+    band = np.where(np.isnan(ages), len(AGE_BAND_EDGES) + 1,
+                    np.searchsorted(AGE_BAND_EDGES, ages, side="right"))  # fmt: skip
+    gender = np.array([_GENDERS.index(g) if g in _GENDERS else len(_GENDERS)
+                       for g in attributes["gender"]], dtype=np.int64)  # fmt: skip
+    return (band * (len(_GENDERS) + 1) + gender).astype(np.int64)
+
+
+N_SEGMENTS = (len(AGE_BAND_EDGES) + 2) * (len(_GENDERS) + 1)
+
+
+def _segment_shares(items: np.ndarray, segment: np.ndarray, n_items: int) -> np.ndarray:
+    counts = np.zeros((n_items, N_SEGMENTS))
+    np.add.at(counts, (items, segment), 1.0)
+    totals = counts.sum(axis=0, keepdims=True)
+    return 1000.0 * counts / np.where(totals > 0, totals, 1.0)

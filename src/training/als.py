@@ -58,10 +58,21 @@ class ALS(Recommender):
         factors = self.user_factors_[users] if users is not None else self._fold_in(history)
         return factors @ self.item_factors_.T
 
+    def _fold_in_terms(self) -> tuple[np.ndarray, np.ndarray]:
+        """The item factors in float64 and their regularised Gram matrix, computed once
+        per fitted state: a live request should not pay for them."""
+        key = id(self.item_factors_)
+        cached = getattr(self, "_fold_in_cache", None)
+        if cached is None or cached[0] != key:
+            items = self.item_factors_.astype(np.float64)
+            gram = items.T @ items + self.regularization * np.eye(items.shape[1])
+            self._fold_in_cache = (key, items, gram)
+            cached = self._fold_in_cache
+        return cached[1], cached[2]
+
     def _fold_in(self, history: sp.csr_matrix) -> np.ndarray:
         """The user factors ALS would solve for, given only these histories."""
-        items = self.item_factors_.astype(np.float64)
-        gram = items.T @ items + self.regularization * np.eye(items.shape[1])
+        items, gram = self._fold_in_terms()
         out = np.zeros((history.shape[0], items.shape[1]), np.float32)
         for row in range(history.shape[0]):
             seen = history.indices[history.indptr[row] : history.indptr[row + 1]]

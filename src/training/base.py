@@ -49,7 +49,9 @@ class Recommender:
 
     def get_params(self) -> dict[str, Any]:
         """The constructor's parameters (what ``__init__`` kept)."""
-        return {k: v for k, v in vars(self).items() if not k.endswith("_")}
+        return {
+            k: v for k, v in vars(self).items() if not k.endswith("_") and not k.startswith("_")
+        }
 
     # --- fitting ---------------------------------------------------------------------
 
