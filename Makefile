@@ -43,3 +43,4 @@ bench: setup  ## run the benchmarks; JSON results and tables under bench/results
 	@mkdir -p bench/results
 	@$(UV) run --locked python bench/ingest.py --out bench/results/ingest.json
 	@$(UV) run --locked python bench/recsys.py --datasets ml-100k,ml-1m --protocol ms-stratified --out bench/results/recsys.json
+	@$(UV) run --locked python bench/ranking.py --datasets ml-100k,ml-1m --out bench/results/ranking.json

@@ -641,4 +641,6 @@ def _segment_shares(items: np.ndarray, segment: np.ndarray, n_items: int) -> np.
     counts = np.zeros((n_items, N_SEGMENTS))
     np.add.at(counts, (items, segment), 1.0)
     totals = counts.sum(axis=0, keepdims=True)
-    return 1000.0 * counts / np.where(totals > 0, totals, 1.0)
+    # A segment nobody was in is unknown (NaN), not "nobody like them took anything".
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals > 0, 1000.0 * counts / totals, np.nan)

@@ -208,6 +208,8 @@ class Ranker:
         return self.calibrate(self.decision_function(features))
 
     def calibrate(self, raw: np.ndarray) -> np.ndarray:
+        """Probabilities from raw scores (the calibration learnt at fit time)."""
+        self._check_fitted()
         if self.calibration == "isotonic":
             return np.interp(raw, self.calibration_x_, self.calibration_y_)
         slope, intercept = self.calibration_x_[0], self.calibration_y_[0]
@@ -362,7 +364,12 @@ class RankingPipeline:
         candidates, raw, probability = self.score(batch, now, exclude)
         order = np.argsort(-raw, axis=1, kind="stable")[:, :k]
         top = np.take_along_axis(candidates, order, axis=1)
-        return top, np.take_along_axis(probability, order, axis=1)
+        probability = np.take_along_axis(probability, order, axis=1)
+        short = k - top.shape[1]  # fewer candidates than k: pad as recommenders do
+        if short > 0:
+            top = np.pad(top, ((0, 0), (0, short)), constant_values=-1)
+            probability = np.pad(probability, ((0, 0), (0, short)))
+        return top, probability
 
     def recommend(
         self,

@@ -272,6 +272,25 @@ def train_ranker(
     tracking.configure(settings, f"rankers-{dataset}")
     mlflow.lightgbm.autolog(log_models=False, log_datasets=False, log_input_examples=False,
                             silent=True)  # fmt: skip
+    try:
+        return _train_ranker(settings, data, objective, params, n_candidates, register,
+                             show_progress)  # fmt: skip
+    finally:  # autologging is process-wide: leave no stray runs behind
+        mlflow.lightgbm.autolog(disable=True)
+
+
+def _train_ranker(
+    settings: Settings,
+    data: RankingData,
+    objective: str,
+    params: Mapping[str, Any] | None,
+    n_candidates: int,
+    register: bool,
+    show_progress: bool,
+) -> RankerResult:
+    import mlflow
+
+    dataset, protocol = data.dataset, data.protocol
     params = dict(params or {})
     candidates = OBJECTIVES if objective == "auto" else (objective,)
     with mlflow.start_run(run_name=f"ranker {dataset}") as run:
