@@ -325,6 +325,12 @@ def _train_ranker(
         test_set = build_set(data.test_stage, builder, data.users, n_candidates=n_candidates)
         timings["test_stage_s"] = round(time.perf_counter() - start, 3)
         metrics = evaluate_ranker(ranker, test_set)
+        # Every fitted objective's test figures, reported only (the choice was made on
+        # validation): lambdarank orders well but its pooled probabilities are weaker.
+        for name, model in fitted.items():
+            other = metrics if model is ranker else evaluate_ranker(model, test_set)
+            metrics |= {f"{name}_auc": other["auc"],
+                        f"{name}_reranked_ndcg@10": other["reranked_ndcg@10"]}  # fmt: skip
         start = time.perf_counter()
         baseline = LogisticBaseline().fit(
             data.train, builder.feature_names_, builder.categorical_features_

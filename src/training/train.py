@@ -183,12 +183,31 @@ def champion_gate(
     return promoted, champion_metric, decision
 
 
-def promote(settings: Settings, dataset: str, version: str) -> None:
-    """Move ``@champion`` by hand (overrides the gate)."""
-    import mlflow
+#: The kinds of registered model: ``bespoke-recommender-<dataset>``, ``bespoke-ranker-<dataset>``.
+KINDS = ("recommender", "ranker")
 
-    tracking.configure(settings, f"recommenders-{dataset}")
-    mlflow.MlflowClient().set_registered_model_alias(registered_name(dataset), CHAMPION, version)
+
+def promote(settings: Settings, dataset: str, version: str, kind: str = "recommender") -> None:
+    """Move ``@champion`` of the dataset's ``kind`` ("recommender" or "ranker") to
+    ``version`` by hand (overrides the gate)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    if kind == "recommender":
+        name, experiment = registered_name(dataset), f"recommenders-{dataset}"
+    elif kind == "ranker":
+        from bespoke.training.ranking import registered_name as ranker_name
+
+        name, experiment = ranker_name(dataset), f"rankers-{dataset}"
+    else:
+        raise ValueError(f"unknown kind {kind!r}; use {' or '.join(KINDS)}")
+    tracking.configure(settings, experiment)
+    client = mlflow.MlflowClient()
+    try:
+        client.get_model_version(name, version)
+    except MlflowException as error:
+        raise ValueError(f"{name} has no version {version!r}") from error
+    client.set_registered_model_alias(name, CHAMPION, version)
 
 
 def list_models(settings: Settings) -> pd.DataFrame:

@@ -5,15 +5,20 @@ through the models' fit callbacks, every trial a nested MLflow run.
 The best parameters are written to a JSON file (``bench/tuned_params.json`` by default)
 that the benchmark and ``make demo`` read, then the model is refit with them and goes
 through the same registration and champion gate as ``bespoke train``.
+
+The click-through ranker is tuned the same way (:func:`tune_ranker`): its candidates and
+features are prepared once, each trial is one LightGBM fit early-stopped and pruned on
+the validation people's nDCG@10, and the best parameters go under the ``"ranker"`` key.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bespoke.features.lake import Lake
 from bespoke.settings import Settings
@@ -24,6 +29,9 @@ from bespoke.training.evaluate import evaluate
 from bespoke.training.families import family
 from bespoke.training.split import Protocol, Split, make_split, validation
 from bespoke.training.train import GATE_METRIC, TrainResult, train_recommender
+
+if TYPE_CHECKING:
+    from bespoke.training.ranking import RankerResult, RankingData
 
 #: Each family's search space: trial -> parameters.
 SearchSpace = Callable[[Any], dict[str, Any]]
@@ -88,7 +96,7 @@ class TuneResult:
     best_value: float
     trials: int
     pruned: int
-    final: TrainResult | None
+    final: TrainResult | RankerResult | None
 
 
 def tune_recommender(
@@ -267,3 +275,241 @@ def model_for(path: Path, dataset: str, protocol: str, model: str) -> Recommende
     """A new ``model`` with the parameters tuning wrote to ``path`` (or its defaults)."""
     params = tuned_params(path, dataset, protocol, model) or DEFAULT_PARAMS.get(model, {})
     return family(model)(**params)
+
+
+# --- the click-through ranker --------------------------------------------------------
+
+#: The key the ranker's tuned parameters go under, beside the families'.
+RANKER = "ranker"
+#: What a ranker trial is scored on: validation nDCG@10 after reranking.
+RANKER_METRIC = "reranked_ndcg@10"
+#: LightGBM rounds before the median pruner may stop a trial.
+RANKER_WARMUP_ROUNDS = 10
+
+
+def ranker_space(trial: Any) -> dict[str, Any]:
+    """The ranker's search space: the objective and LightGBM's main parameters."""
+    from bespoke.training.ranker import OBJECTIVES
+
+    return {
+        "objective": trial.suggest_categorical("objective", list(OBJECTIVES)),
+        "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.2, log=True),
+        "num_leaves": trial.suggest_int("num_leaves", 7, 127, log=True),
+        "min_child_samples": trial.suggest_int("min_child_samples", 20, 500, log=True),
+        "feature_fraction": trial.suggest_float("feature_fraction", 0.5, 1.0),
+        "bagging_fraction": trial.suggest_float("bagging_fraction", 0.5, 1.0),
+        "lambda_l2": trial.suggest_float("lambda_l2", 1e-3, 10.0, log=True),
+    }
+
+
+def tuned_ranker_params(path: Path, dataset: str, protocol: str) -> dict[str, Any]:
+    """The ranker parameters a tuning run wrote for this dataset and protocol, the
+    objective among them ({} if none)."""
+    return tuned_params(path, dataset, protocol, RANKER)
+
+
+def ranker_data(
+    settings: Settings,
+    dataset: str,
+    protocol: Protocol = "ms-stratified",
+    params_file: Path | None = None,
+    n_candidates: int | None = None,
+) -> RankingData:
+    """The ranker's fit-stage data, its retrievers with the parameters tuning wrote to
+    ``params_file`` (default: the project's tuned-parameters file)."""
+    from bespoke.training import ranking
+
+    source = params_file or params_file_of(settings)
+    retrievers = {
+        name: tuned_params(source, dataset, protocol, name) for name in ranking.RETRIEVERS
+    }
+    return ranking.prepare(
+        Lake(settings.lake_url),
+        dataset,
+        protocol,
+        retrievers,
+        n_candidates or ranking.N_CANDIDATES,
+    )
+
+
+def tune_ranker(
+    settings: Settings,
+    dataset: str,
+    trials: int,
+    *,
+    protocol: Protocol = "ms-stratified",
+    seed: int = 42,
+    params_file: Path | None = None,
+    register: bool = True,
+    data: RankingData | None = None,
+    show_progress: bool = False,
+    callback: Callable[[str, int, int], None] | None = None,
+) -> TuneResult:
+    """Run ``trials`` Optuna trials of the click-through ranker on ``dataset``.
+
+    The fit stage (``data``, default: prepared here once, retrievers as tuned in
+    ``params_file``) is shared by every trial; a trial fits LightGBM on its training people,
+    early-stopped and pruned on the validation people's nDCG@10, and scores the validation
+    ``reranked_ndcg@10``. Each trial is a nested MLflow run with LightGBM autologging (no
+    model logged). The study is resumed when it exists, but the best trial is chosen among
+    those on this fit stage (:func:`fit_stage_key`) only. The best parameters are merged
+    into ``params_file`` under ``"ranker"``
+    and, with ``register``, refit by :func:`~bespoke.training.ranking.train_ranker`, which
+    evaluates on the test stage, registers and applies the champion gate.
+    ``callback(stage, done, total)`` follows the progress.
+    """
+    import mlflow
+    import optuna
+
+    from bespoke.training import ranking
+
+    if trials < 1:
+        raise ValueError(f"trials must be at least 1, got {trials}")
+    report = callback or (lambda stage, done, total: None)
+    if data is None:
+        report("preparing candidates and features", 0, 1)
+        data = ranker_data(settings, dataset, protocol, params_file)
+    elif (data.dataset, data.protocol) != (dataset, protocol):
+        raise ValueError(
+            f"the prepared data is {data.dataset} ({data.protocol}), not {dataset} ({protocol})"
+        )
+    tracking.configure(settings, f"rankers-{dataset}")
+    studies = settings.root / "mlruns" / "optuna.db"
+    studies.parent.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name=f"{dataset}-{RANKER}-{protocol}",
+        storage=f"sqlite:///{studies}",
+        load_if_exists=True,
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=RANKER_WARMUP_ROUNDS),
+    )
+    metric_key = RANKER_METRIC.replace("@", "_at_")
+    stage = fit_stage_key(data)
+    done = [0]
+
+    def after_trial(study: Any, trial: Any) -> None:
+        done[0] += 1
+        report("tuning the ranker", done[0], trials)
+
+    with mlflow.start_run(run_name=f"tune {RANKER}") as parent:
+        mlflow.set_tags(
+            tracking.run_tags(
+                settings,
+                dataset=dataset,
+                model=RANKER,
+                protocol=protocol,
+                kind="study",
+                train_fingerprint=data.split.train.fingerprint(),
+                fit_stage=stage,
+            )
+        )
+        mlflow.log_params(
+            {"trials": trials, "seed": seed, "protocol": protocol, "study": study.study_name,
+             "n_candidates": data.train.n_candidates}
+        )  # fmt: skip
+        report("tuning the ranker", 0, trials)
+        mlflow.lightgbm.autolog(
+            log_models=False, log_datasets=False, log_input_examples=False, silent=True
+        )
+        try:
+            study.optimize(
+                lambda trial: _ranker_objective(trial, data, stage, parent.info.run_id),
+                n_trials=trials,
+                show_progress_bar=show_progress,
+                callbacks=[after_trial],
+            )
+        finally:  # autologging is process-wide: leave no stray runs behind
+            mlflow.lightgbm.autolog(disable=True)
+        # A resumed study may hold trials scored on another fit stage (other retriever
+        # parameters): only trials on this one are comparable.
+        complete = [
+            t
+            for t in study.trials
+            if t.state == optuna.trial.TrialState.COMPLETE
+            and t.user_attrs.get("fit_stage") == stage
+        ]
+        pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
+        best = max(complete, key=lambda t: t.value) if complete else None
+        best_params = ranker_space(optuna.trial.FixedTrial(best.params)) if best else {}
+        best_value = float(best.value) if best else float("nan")
+        mlflow.log_params({f"best.{name}": value for name, value in best_params.items()})
+        mlflow.log_metrics({f"best_validation_{metric_key}": best_value, "pruned_trials": pruned})
+    if params_file is not None and best is not None:
+        _write_params(
+            params_file, dataset, protocol, RANKER, best_params, best_value, study.study_name
+        )
+    final = None
+    if register and best is not None:
+        report("refitting the best ranker, test stage, registration", 0, 1)
+        params = {name: value for name, value in best_params.items() if name != "objective"}
+        final = ranking.train_ranker(
+            settings,
+            dataset,
+            protocol=protocol,
+            objective=best_params["objective"],
+            params=params,
+            retriever_params=data.retriever_params,
+            n_candidates=data.train.n_candidates,
+            data=data,
+            register=True,
+        )
+    return TuneResult(RANKER, best_params, best_value, len(study.trials), pruned, final)
+
+
+def fit_stage_key(data: RankingData) -> str:
+    """What makes two ranker trials comparable: the dataset, the protocol's training part,
+    the retrievers' parameters and the number of candidates."""
+    import hashlib
+
+    key = {
+        "dataset": data.dataset,
+        "protocol": data.protocol,
+        "train": data.split.train.fingerprint(),
+        "retrievers": data.retriever_params,
+        "candidates": data.train.n_candidates,
+        "people": [len(data.train.users), len(data.valid.users)],
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _ranker_objective(trial: Any, data: RankingData, stage: str, parent_id: str) -> float:
+    import mlflow
+    import optuna
+    from optuna_integration.lightgbm import LightGBMPruningCallback
+
+    from bespoke.training.ranking import evaluate_ranker, fit_ranker
+
+    params = ranker_space(trial)
+    trial.set_user_attr("fit_stage", stage)
+    pruning = LightGBMPruningCallback(trial, "ndcg@10", valid_name="valid")
+    with mlflow.start_run(run_name=f"trial {trial.number}", nested=True, parent_run_id=parent_id):
+        mlflow.log_params(params)
+        start = time.perf_counter()
+        try:
+            ranker = fit_ranker(
+                data.train, data.valid, data.fit_builder, params, lightgbm_callbacks=[pruning]
+            )
+        except optuna.TrialPruned:
+            mlflow.set_tag("trial.state", "pruned")
+            raise
+        scores = evaluate_ranker(ranker, data.valid)
+        value = float(scores[RANKER_METRIC])
+        mlflow.log_metrics(
+            {**_finite(scores, "valid."), "fit_s": round(time.perf_counter() - start, 3),
+             "best_iteration": ranker.best_iteration_}
+        )  # fmt: skip
+        mlflow.set_tag("trial.state", "complete")
+    return value
+
+
+def _finite(metrics: Mapping[str, Any], prefix: str) -> dict[str, float]:
+    """MLflow metric names (``@`` is not allowed) for the finite numbers in ``metrics``."""
+    import math
+
+    return {
+        f"{prefix}{name.replace('@', '_at_')}": float(value)
+        for name, value in metrics.items()
+        if isinstance(value, int | float) and math.isfinite(value)
+    }
