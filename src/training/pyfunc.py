@@ -20,17 +20,24 @@ from mlflow.types import ColSpec, Schema
 ARTIFACT = "recommender"
 #: The file MLflow runs to build the model (models-from-code).
 ENTRY_POINT = Path(__file__).with_name("pyfunc_entry.py")
-SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("string", "user_id"), ColSpec("long", "k", required=False)]),
-    outputs=Schema(
-        [
-            ColSpec("string", "user_id"),
-            ColSpec("long", "rank"),
-            ColSpec("string", "item_id"),
-            ColSpec("double", "score"),
-        ]
-    ),
-)
+
+
+def _signature(value: str) -> ModelSignature:
+    """Input: ``user_id`` (+ optional ``k``); output: one row per item, with ``value``."""
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "user_id"), ColSpec("long", "k", required=False)]),
+        outputs=Schema(
+            [
+                ColSpec("string", "user_id"),
+                ColSpec("long", "rank"),
+                ColSpec("string", "item_id"),
+                ColSpec("double", value),
+            ]
+        ),
+    )
+
+
+SIGNATURE = _signature("score")
 
 
 class RecommenderModel(mlflow.pyfunc.PythonModel):
@@ -64,17 +71,7 @@ RANKER_ARTIFACT = "ranking_pipeline"
 #: answered; a live service passes profiles from its own store instead.
 HISTORY_ARTIFACT = "history"
 RANKER_ENTRY_POINT = Path(__file__).with_name("pyfunc_ranker_entry.py")
-RANKER_SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("string", "user_id"), ColSpec("long", "k", required=False)]),
-    outputs=Schema(
-        [
-            ColSpec("string", "user_id"),
-            ColSpec("long", "rank"),
-            ColSpec("string", "item_id"),
-            ColSpec("double", "probability"),
-        ]
-    ),
-)
+RANKER_SIGNATURE = _signature("probability")
 
 
 class RankerModel(mlflow.pyfunc.PythonModel):

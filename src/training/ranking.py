@@ -311,7 +311,7 @@ def _train_ranker(
                     show_progress=show_progress,
                 )  # fmt: skip
                 validation_scores[name] = evaluate_ranker(fitted[name], data.valid)
-                mlflow.log_metrics(_numeric(validation_scores[name], "valid."))
+                mlflow.log_metrics(tracking.metric_values(validation_scores[name], "valid."))
             timings[f"fit_{name}_s"] = round(time.perf_counter() - start, 3)
         best = max(candidates, key=lambda n: validation_scores[n]["reranked_ndcg@10"])
         ranker = fitted[best]
@@ -349,19 +349,11 @@ def _train_ranker(
         )  # fmt: skip
         mlflow.log_params({"chosen_objective": best, "n_candidates": n_candidates,
                            "protocol": protocol})  # fmt: skip
-        mlflow.log_metrics({**_numeric(metrics, ""), **timings})
+        mlflow.log_metrics({**tracking.metric_values(metrics), **timings})
         mlflow.log_dict(result.importance, "feature_importance.json")
         if register:
             _log_and_register(settings, result, data)
     return result
-
-
-def _numeric(metrics: Mapping[str, Any], prefix: str) -> dict[str, float]:
-    return {
-        f"{prefix}{k.replace('@', '_at_')}": float(v)
-        for k, v in metrics.items()
-        if isinstance(v, int | float) and np.isfinite(v)
-    }
 
 
 def pipeline_ndcg(pipeline: RankingPipeline, stage: Stage, users: pd.DataFrame | None,
@@ -427,18 +419,15 @@ def _log_and_register(settings: Settings, result: RankerResult, data: RankingDat
         history.mkdir()
         interactions_frame(data.test_stage.history).to_parquet(history / "interactions.parquet")
         data.users.to_parquet(history / "users.parquet")
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(RANKER_ENTRY_POINT),
-            artifacts={RANKER_ARTIFACT: str(folder), HISTORY_ARTIFACT: str(history)},
-            signature=RANKER_SIGNATURE,
-            input_example=example,
-            registered_model_name=name,
-            pip_requirements=tracking.requirements(),
+        result.version = tracking.log_and_register(
+            RANKER_ENTRY_POINT,
+            {RANKER_ARTIFACT: str(folder), HISTORY_ARTIFACT: str(history)},
+            RANKER_SIGNATURE,
+            example,
+            name,
+            GATE_METRIC,
         )
-    result.version = str(info.registered_model_version)
     client = mlflow.MlflowClient()
-    client.set_model_version_tag(name, result.version, "gate_metric", GATE_METRIC)
     candidate = pipeline_ndcg(result.pipeline, data.test_stage, data.users)
     decision = champion_gate(
         client,

@@ -3,7 +3,9 @@ code version, library versions, seeds and parameters."""
 
 from __future__ import annotations
 
+import math
 import subprocess
+from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -111,3 +113,42 @@ def requirements() -> list[str]:
         except PackageNotFoundError:
             continue
     return pins
+
+
+def metric_values(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """MLflow metric names (``@`` is not allowed: ``_at_``) for the finite numbers in
+    ``metrics``; everything else (counts as text, NaN) is left out."""
+    return {
+        f"{prefix}{name.replace('@', '_at_')}": float(value)
+        for name, value in metrics.items()
+        if isinstance(value, int | float) and math.isfinite(value)
+    }
+
+
+def log_and_register(
+    entry_point: Path,
+    artifacts: dict[str, str],
+    signature: Any,
+    example: Any,
+    registered_name: str,
+    gate_metric: str,
+) -> str:
+    """Log a pyfunc model from code with its artifacts, register it under
+    ``registered_name`` and tag the version with its gate metric; returns the version."""
+    import mlflow
+
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(entry_point),
+        artifacts=artifacts,
+        signature=signature,
+        input_example=example,
+        registered_model_name=registered_name,
+        # Stated, not inferred: inference loads the model in a subprocess (slow).
+        pip_requirements=requirements(),
+    )
+    version = str(info.registered_model_version)
+    mlflow.MlflowClient().set_model_version_tag(
+        registered_name, version, "gate_metric", gate_metric
+    )
+    return version

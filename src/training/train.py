@@ -95,18 +95,10 @@ def train_recommender(
         model.fit(split.train, **extra)
         result.timings["train_s"] = round(time.perf_counter() - start, 3)
         result.metrics = evaluate(model, split, k=k)
-        mlflow.log_metrics({**_numeric(result.metrics), **result.timings})
+        mlflow.log_metrics({**tracking.metric_values(result.metrics), **result.timings})
         if register:
             _log_and_register(model, dataset, split, result)
     return result
-
-
-def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
-    return {
-        name.replace("@", "_at_"): float(v)
-        for name, v in metrics.items()
-        if isinstance(v, int | float)
-    }
 
 
 def _log_and_register(model: Any, dataset: str, split: Split, result: TrainResult) -> None:
@@ -116,19 +108,10 @@ def _log_and_register(model: Any, dataset: str, split: Split, result: TrainResul
     example = pd.DataFrame({"user_id": [str(model.user_ids_[0])], "k": [10]})
     with tempfile.TemporaryDirectory() as scratch:
         folder = model.save(Path(scratch) / ARTIFACT)
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(ENTRY_POINT),
-            artifacts={ARTIFACT: str(folder)},
-            signature=SIGNATURE,
-            input_example=example,
-            registered_model_name=name,
-            # Stated, not inferred: inference loads the model in a subprocess (slow).
-            pip_requirements=tracking.requirements(),
+        result.version = tracking.log_and_register(
+            ENTRY_POINT, {ARTIFACT: str(folder)}, SIGNATURE, example, name, GATE_METRIC
         )
-    result.version = str(info.registered_model_version)
     client = mlflow.MlflowClient()
-    client.set_model_version_tag(name, result.version, "gate_metric", GATE_METRIC)
     _champion_gate(client, name, split, result)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -497,19 +497,8 @@ def _ranker_objective(trial: Any, data: RankingData, stage: str, parent_id: str)
         scores = evaluate_ranker(ranker, data.valid)
         value = float(scores[RANKER_METRIC])
         mlflow.log_metrics(
-            {**_finite(scores, "valid."), "fit_s": round(time.perf_counter() - start, 3),
+            {**tracking.metric_values(scores, "valid."), "fit_s": round(time.perf_counter() - start, 3),
              "best_iteration": ranker.best_iteration_}
         )  # fmt: skip
         mlflow.set_tag("trial.state", "complete")
     return value
-
-
-def _finite(metrics: Mapping[str, Any], prefix: str) -> dict[str, float]:
-    """MLflow metric names (``@`` is not allowed) for the finite numbers in ``metrics``."""
-    import math
-
-    return {
-        f"{prefix}{name.replace('@', '_at_')}": float(value)
-        for name, value in metrics.items()
-        if isinstance(value, int | float) and math.isfinite(value)
-    }
