@@ -399,12 +399,12 @@ def _train_ranker(
     """Train (and register) the ranker with the tuned parameters in ``params_file`` when
     there are some; returns the result and the file the ranker's parameters came from."""
     from bespoke.settings import get_settings
-    from bespoke.training.ranker import OBJECTIVES
+    from bespoke.training.ranker import CHOICES
     from bespoke.training.ranking import RETRIEVERS, train_ranker
     from bespoke.training.tune import params_file_of, tuned_params, tuned_ranker_params
 
-    if objective is not None and objective not in ("auto", *OBJECTIVES):
-        raise ValueError(f"--objective {objective!r}: use auto, {' or '.join(OBJECTIVES)}")
+    if objective is not None and objective not in ("auto", *CHOICES):
+        raise ValueError(f"--objective {objective!r}: use auto, {', '.join(CHOICES)}")
     if candidates < 10:
         raise ValueError(
             f"--candidates must be at least 10 (metrics are at k = 10), got {candidates}"

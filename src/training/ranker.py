@@ -27,7 +27,10 @@ from bespoke.features.build import (
 from bespoke.training.base import FitCallback, Recommender
 
 Objective = Literal["binary", "lambdarank"]
+#: LightGBM's objectives (what tuning searches).
 OBJECTIVES: tuple[Objective, ...] = ("binary", "lambdarank")
+#: Every model ``train_ranker`` can choose between on validation.
+CHOICES = (*OBJECTIVES, "logistic")
 
 
 @dataclass
@@ -259,41 +262,144 @@ class Ranker:
         return ranker
 
 
-class LogisticBaseline:
-    """Logistic regression on the same rows: median-imputed, scaled numbers and one-hot
-    categories. The baseline the ranker must beat on AUC."""
+class LogisticRanker:
+    """Logistic regression on the same rows: median-imputed, standardised numbers and
+    one-hot categories (unknown levels: all zeros). The baseline LightGBM is measured
+    against, and a candidate in its own right (``objective="logistic"``).
+
+    Fitted with scikit-learn; its state is plain arrays, so it predicts with NumPy and
+    saves as JSON.
+    """
+
+    objective = "logistic"
 
     def __init__(self, C: float = 1.0, max_iter: int = 300) -> None:
         self.C = C
         self.max_iter = max_iter
 
+    def get_params(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if not k.endswith("_")}
+
     def fit(
-        self, train: RankingSet, feature_names: Sequence[str], categorical: Sequence[str]
+        self,
+        train: RankingSet,
+        valid: RankingSet | None = None,
+        *,
+        feature_names: Sequence[str],
+        categorical_features: Sequence[str] = (),
+        **_: Any,
     ) -> Self:
-        from sklearn.compose import ColumnTransformer
-        from sklearn.impute import SimpleImputer
+        """Fit on ``train`` (``valid`` is not needed: no early stopping, and the model's
+        own probabilities are its calibration)."""
+        import warnings
+
         from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
         names = list(feature_names)
-        categorical_at = [names.index(c) for c in categorical]
-        numeric_at = [i for i in range(len(names)) if i not in categorical_at]
-        encode = ColumnTransformer(
-            [
-                ("numbers", make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True),
-                                          StandardScaler()), numeric_at),
-                ("categories", make_pipeline(SimpleImputer(strategy="constant", fill_value=-1,
-                                                           keep_empty_features=True),
-                                             OneHotEncoder(handle_unknown="ignore")), categorical_at),
-            ]
-        )  # fmt: skip
-        self.model_ = make_pipeline(encode, LogisticRegression(C=self.C, max_iter=self.max_iter))
-        self.model_.fit(train.features, train.labels)
+        self.feature_names_ = names
+        self.categorical_features_ = [c for c in categorical_features if c in names]
+        self.categorical_at_ = [names.index(c) for c in self.categorical_features_]
+        self.numeric_at_ = [i for i in range(len(names)) if i not in self.categorical_at_]
+        numbers = train.features[:, self.numeric_at_].astype(np.float64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+            medians = np.nanmedian(numbers, axis=0)
+        self.medians_ = np.nan_to_num(medians)
+        filled = np.where(np.isnan(numbers), self.medians_, numbers)
+        self.means_ = filled.mean(axis=0)
+        spread = filled.std(axis=0)
+        self.scales_ = np.where(spread > 0, spread, 1.0)
+        codes = train.features[:, self.categorical_at_]
+        self.levels_ = [np.unique(col[~np.isnan(col)]) for col in codes.T]
+        model = LogisticRegression(C=self.C, max_iter=self.max_iter)
+        model.fit(self._design(train.features), train.labels)
+        self.coef_ = model.coef_.ravel().astype(np.float64)
+        self.intercept_ = float(model.intercept_[0])
         return self
 
+    def _design(self, features: np.ndarray) -> np.ndarray:
+        numbers = features[:, self.numeric_at_].astype(np.float64)
+        numbers = (np.where(np.isnan(numbers), self.medians_, numbers) - self.means_) / self.scales_
+        onehots = [
+            (features[:, [at]] == levels[None, :]).astype(np.float64)
+            for at, levels in zip(self.categorical_at_, self.levels_, strict=True)
+        ]
+        return np.hstack([numbers, *onehots])
+
+    def decision_function(self, features: np.ndarray) -> np.ndarray:
+        """The log-odds (the ranking order)."""
+        self._check_fitted()
+        return self._design(features) @ self.coef_ + self.intercept_
+
+    def calibrate(self, raw: np.ndarray) -> np.ndarray:
+        self._check_fitted()
+        return 1.0 / (1.0 + np.exp(-np.asarray(raw, np.float64)))
+
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
-        return self.model_.predict_proba(features)[:, 1]
+        return self.calibrate(self.decision_function(features))
+
+    def feature_importance(self) -> dict[str, float]:
+        """Absolute standardised coefficients (a category: the largest of its levels')."""
+        self._check_fitted()
+        weights = dict.fromkeys(self.feature_names_, 0.0)
+        at = 0
+        for index in self.numeric_at_:
+            weights[self.feature_names_[index]] = abs(self.coef_[at])
+            at += 1
+        for index, levels in zip(self.categorical_at_, self.levels_, strict=True):
+            block = self.coef_[at : at + len(levels)]
+            weights[self.feature_names_[index]] = float(np.abs(block).max(initial=0.0))
+            at += len(levels)
+        return dict(sorted(weights.items(), key=lambda kv: -kv[1]))
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "coef_"):
+            from bespoke.training.base import NotFittedError
+
+            raise NotFittedError("this LogisticRanker is not fitted: call fit() or load() first")
+
+    def save(self, path: str | Path) -> Path:
+        self._check_fitted()
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {
+            "kind": "logistic",
+            "params": self.get_params(),
+            "feature_names": self.feature_names_,
+            "categorical_features": self.categorical_features_,
+            "numeric_at": self.numeric_at_,
+            "categorical_at": self.categorical_at_,
+            "medians": self.medians_.tolist(),
+            "means": self.means_.tolist(),
+            "scales": self.scales_.tolist(),
+            "levels": [levels.tolist() for levels in self.levels_],
+            "coef": self.coef_.tolist(),
+            "intercept": self.intercept_,
+        }
+        (folder / "logistic.json").write_text(json.dumps(state))
+        return folder
+
+    @classmethod
+    def load(cls, path: str | Path) -> LogisticRanker:
+        state = json.loads((Path(path) / "logistic.json").read_text())
+        model = cls(**state["params"])
+        model.feature_names_ = list(state["feature_names"])
+        model.categorical_features_ = list(state["categorical_features"])
+        model.numeric_at_ = list(state["numeric_at"])
+        model.categorical_at_ = list(state["categorical_at"])
+        for name in ("medians", "means", "scales", "coef"):
+            setattr(model, f"{name}_", np.asarray(state[name], np.float64))
+        model.levels_ = [np.asarray(levels, np.float64) for levels in state["levels"]]
+        model.intercept_ = float(state["intercept"])
+        return model
+
+
+def load_ranker(path: str | Path) -> Ranker | LogisticRanker:
+    """A LightGBM or logistic ranker, whichever ``path`` holds."""
+    folder = Path(path)
+    return (
+        LogisticRanker.load(folder) if (folder / "logistic.json").is_file() else Ranker.load(folder)
+    )
 
 
 class RankingPipeline:
@@ -303,7 +409,7 @@ class RankingPipeline:
     def __init__(
         self,
         builder: FeatureBuilder,
-        ranker: Ranker,
+        ranker: Ranker | LogisticRanker,
         primary: str = "ease",
         n_candidates: int = 100,
     ) -> None:
@@ -408,7 +514,7 @@ class RankingPipeline:
             kind = json.loads((sub / "model.json").read_text())["family"]
             retrievers[sub.name] = family(kind).load(sub)
         builder = load_builder(folder / "features", retrievers)
-        return cls(builder, Ranker.load(folder / "ranker"), meta["primary"], meta["n_candidates"])
+        return cls(builder, load_ranker(folder / "ranker"), meta["primary"], meta["n_candidates"])
 
 
 def check_retrievers(retrievers: Mapping[str, Recommender], primary: str) -> None:

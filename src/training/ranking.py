@@ -41,8 +41,8 @@ from bespoke.training.data import (
 )
 from bespoke.training.metrics import calibration_metrics, ranking_metrics
 from bespoke.training.ranker import (
-    OBJECTIVES,
-    LogisticBaseline,
+    CHOICES,
+    LogisticRanker,
     Ranker,
     RankingPipeline,
     RankingSet,
@@ -133,15 +133,12 @@ def reranked(ranking_set: RankingSet, raw: np.ndarray, k: int = 10) -> np.ndarra
 
 
 def evaluate_ranker(
-    ranker: Ranker | LogisticBaseline, ranking_set: RankingSet, k: int = 10
+    ranker: Ranker | LogisticRanker, ranking_set: RankingSet, k: int = 10
 ) -> dict[str, float]:
     """Retrieval and reranked ranking metrics, and the calibration of the probabilities."""
     real = ranking_set.candidates.reshape(-1) >= 0
-    if isinstance(ranker, Ranker):
-        raw = ranker.decision_function(ranking_set.features)
-        probability = ranker.calibrate(raw)
-    else:
-        probability = raw = ranker.predict_proba(ranking_set.features)
+    raw = ranker.decision_function(ranking_set.features)
+    probability = ranker.calibrate(raw)
     before = ranking_metrics(ranking_set.candidates[:, :k], ranking_set.relevant, k=k)
     after = ranking_metrics(reranked(ranking_set, raw, k), ranking_set.relevant, k=k)
     ndcg = f"ndcg@{k}"
@@ -168,8 +165,17 @@ def fit_ranker(
     callback: Callable[[int, dict[str, float]], None] | None = None,
     lightgbm_callbacks: Sequence[Callable[..., Any]] = (),
     show_progress: bool = False,
-) -> Ranker:
-    return Ranker(**dict(params or {})).fit(
+) -> Ranker | LogisticRanker:
+    """A ranker fitted on ``train`` (``params["objective"]`` "logistic": logistic
+    regression; otherwise LightGBM with these parameters)."""
+    params = dict(params or {})
+    if params.get("objective") == "logistic":
+        return LogisticRanker().fit(
+            train,
+            feature_names=builder.feature_names_,
+            categorical_features=builder.categorical_features_,
+        )
+    return Ranker(**params).fit(
         train,
         valid,
         feature_names=builder.feature_names_,
@@ -292,7 +298,7 @@ def _train_ranker(
 
     dataset, protocol = data.dataset, data.protocol
     params = dict(params or {})
-    candidates = OBJECTIVES if objective == "auto" else (objective,)
+    candidates = CHOICES if objective == "auto" else (objective,)
     with mlflow.start_run(run_name=f"ranker {dataset}") as run:
         mlflow.set_tags(
             tracking.run_tags(
@@ -302,12 +308,13 @@ def _train_ranker(
         )  # fmt: skip
         timings = dict(data.timings)
         validation_scores: dict[str, dict[str, float]] = {}
-        fitted: dict[str, Ranker] = {}
+        fitted: dict[str, Ranker | LogisticRanker] = {}
         for name in candidates:
             start = time.perf_counter()
             with mlflow.start_run(run_name=f"{name}", nested=True):
+                own = {} if name == "logistic" else params  # tuned for LightGBM only
                 fitted[name] = fit_ranker(
-                    data.train, data.valid, data.fit_builder, {**params, "objective": name},
+                    data.train, data.valid, data.fit_builder, {**own, "objective": name},
                     show_progress=show_progress,
                 )  # fmt: skip
                 validation_scores[name] = evaluate_ranker(fitted[name], data.valid)
@@ -327,13 +334,14 @@ def _train_ranker(
         metrics = evaluate_ranker(ranker, test_set)
         # Every fitted objective's test figures, reported only (the choice was made on
         # validation): lambdarank orders well but its pooled probabilities are weaker.
+        # LightGBM's binary AUC is the one measured against logistic regression.
         for name, model in fitted.items():
             other = metrics if model is ranker else evaluate_ranker(model, test_set)
             metrics |= {f"{name}_auc": other["auc"],
                         f"{name}_reranked_ndcg@10": other["reranked_ndcg@10"]}  # fmt: skip
         start = time.perf_counter()
-        baseline = LogisticBaseline().fit(
-            data.train, builder.feature_names_, builder.categorical_features_
+        baseline = fitted.get("logistic") or fit_ranker(
+            data.train, data.valid, data.fit_builder, {"objective": "logistic"}
         )
         timings["logreg_fit_s"] = round(time.perf_counter() - start, 3)
         logistic = evaluate_ranker(baseline, test_set)

@@ -19,7 +19,13 @@ from bespoke.training.base import NotFittedError
 from bespoke.training.data import interactions_frame
 from bespoke.training.ease import EASE
 from bespoke.training.evaluate import evaluate
-from bespoke.training.ranker import LogisticBaseline, Ranker, RankingPipeline, RankingSet
+from bespoke.training.ranker import (
+    LogisticRanker,
+    Ranker,
+    RankingPipeline,
+    RankingSet,
+    load_ranker,
+)
 from bespoke.training.ranking import (
     RankingData,
     build_set,
@@ -338,10 +344,35 @@ def test_evaluate_ranker_reports_lift_and_calibration(pipeline, test_set) -> Non
     assert 0.5 < metrics["auc"] <= 1 and 0 <= metrics["ece"] < 0.5
     assert 0 < metrics["brier"] < 0.25
     assert 0 < metrics[f"candidate_recall@{N_CANDIDATES}"] < 1
-    baseline = LogisticBaseline().fit(
-        test_set, pipeline.builder.feature_names_, pipeline.builder.categorical_features_
+    baseline = LogisticRanker().fit(
+        test_set,
+        feature_names=pipeline.builder.feature_names_,
+        categorical_features=pipeline.builder.categorical_features_,
     )
     assert expected <= set(evaluate_ranker(baseline, test_set))
+
+
+def test_the_logistic_ranker_matches_scikit_learn_and_round_trips(data, small, tmp_path) -> None:
+    """Its NumPy prediction is scikit-learn's own on the same design; save/load is exact."""
+    names = data.fit_builder.feature_names_
+    small, _ = small
+    model = LogisticRanker().fit(
+        small, feature_names=names, categorical_features=data.fit_builder.categorical_features_
+    )
+    probability = model.predict_proba(data.valid.features)
+    assert ((probability > 0) & (probability < 1)).all()
+    from sklearn.linear_model import LogisticRegression
+
+    reference = LogisticRegression(C=model.C, max_iter=model.max_iter)
+    reference.fit(model._design(small.features), small.labels)
+    np.testing.assert_allclose(
+        probability, reference.predict_proba(model._design(data.valid.features))[:, 1], rtol=1e-9
+    )
+    loaded = load_ranker(model.save(tmp_path / "logistic"))
+    assert isinstance(loaded, LogisticRanker)
+    np.testing.assert_array_equal(loaded.decision_function(data.valid.features),
+                                  model.decision_function(data.valid.features))  # fmt: skip
+    assert set(model.feature_importance()) == set(names)
 
 
 def test_retrieval_ndcg_is_eases_own_held_out_ndcg(pipeline, data, test_set) -> None:
@@ -397,7 +428,7 @@ def test_training_registers_the_champion_and_gates_the_next_run(
     # the second run chooses between both objectives and meets the champion
     second = train_ranker(settings, "ml-100k", params=FAST, data=quick)
     assert second.version == "2"
-    assert set(second.validation) == {"binary", "lambdarank"}
+    assert set(second.validation) == {"binary", "lambdarank", "logistic"}
     assert second.objective == max(
         second.validation, key=lambda n: second.validation[n]["reranked_ndcg@10"]
     )
