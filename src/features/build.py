@@ -41,7 +41,6 @@ EMBEDDING_DIM = 32
 #: User attributes encoded as LightGBM categories (codes; unknown → missing).
 USER_CATEGORIES = ("gender", "occupation", "state", "region")
 _SECONDS_PER_DAY = 86_400.0
-_CHUNK = 1024  # users scored at once: bounds the dense (users × items) score blocks
 
 
 def _days(times: Any) -> np.ndarray:

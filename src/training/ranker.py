@@ -8,7 +8,7 @@ fitted attributes end in ``_``, ``save``/``load`` write LightGBM's text model an
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -515,8 +515,3 @@ class RankingPipeline:
             retrievers[sub.name] = family(kind).load(sub)
         builder = load_builder(folder / "features", retrievers)
         return cls(builder, load_ranker(folder / "ranker"), meta["primary"], meta["n_candidates"])
-
-
-def check_retrievers(retrievers: Mapping[str, Recommender], primary: str) -> None:
-    if primary not in retrievers:
-        raise ValueError(f"the primary retriever {primary!r} is not among {sorted(retrievers)}")
