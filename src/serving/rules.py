@@ -1,0 +1,1420 @@
+"""JSON business rules: what marketers change without a deploy.
+
+A rules file is JSON validated by pydantic (unknown fields are errors)::
+
+    {"version": 1,
+     "rules": [
+       {"id": "winter-promotion-ny",
+        "description": "...",
+        "priority": 100,                      # higher first; ties keep file order
+        "active": {"from": "2026-12-01T00:00:00Z", "until": "2027-03-01T00:00:00Z"},
+        "slot": "banner",                     # optional: only this personalize slot
+        "when": {"profile.attributes.state": "NY",
+                 "profile.last_event_at.rate": {"$within_days": 30}},
+        "then": [{"type": "show_content", "block_id": "winter-promotion", "payload": {}}],
+        "stop": false}]}
+
+**Conditions** are Mongo-style queries over one document per request::
+
+    {"profile": profile_document(...), "context": {...request context...}, "now": now}
+
+Field keys are dotted paths starting with ``profile.``, ``context.`` or ``now``
+(``profile.attributes.state``, ``context.channel``; a number indexes a list). A plain value
+means equality; an object of operators means all of them hold; several keys in one object
+all hold. Operators:
+
+- logical, at the condition level: ``$and`` and ``$or`` (non-empty lists of conditions),
+  ``$not`` (a condition);
+- on a field: ``$eq $ne $gt $gte $lt $lte $in $nin $exists $regex`` (with optional
+  ``$options``, any of ``imsx``) and ``$not`` (an object of operators);
+- ``$within_days: N`` — the date-time at the path lies in ``[now - N days, now]`` (both
+  ends inclusive; later than ``now`` is not "within the last N days");
+- ``$elemMatch: condition`` — some element of the list at the path matches the condition
+  (paths inside it are relative to the element: ``type``, ``timestamp``…);
+- ``$count: {"where": condition, "gte"|"gt"|"lte"|"lt"|"eq": n}`` — how many elements of
+  the list at the path match ``where`` (all when absent); a missing list counts 0.
+
+"Rated something in the last 30 days" is ``{"profile.last_event_at.rate": {"$within_days":
+30}}`` (a derived field, constant time), or equivalently over the raw events
+``{"profile.events": {"$elemMatch": {"type": "rate", "timestamp": {"$within_days": 30}}}}``;
+"at least 3 purchases in 90 days" is ``{"profile.events": {"$count": {"where": {"type":
+"purchase", "timestamp": {"$within_days": 90}}, "gte": 3}}}``.
+
+Semantics (Mongo's, with None as "unknown"): a missing field, None, or a value of another
+type than the operand never matches ``$eq $gt $gte $lt $lte $in $regex $within_days`` and
+never raises; ``$ne``, ``$nin`` and ``$not`` are their exact negations, so they match a
+missing field. ``$eq: null`` matches missing or None; ``$exists: true`` means present and
+not None. Booleans are not numbers. On a list field a scalar operator matches when any
+element matches. A string operand that is an ISO date or date-time (``"2026-12-01"``,
+``"2026-12-01T08:00:00Z"``) also compares with date-time values; naive date-times are UTC.
+``context.day_of_week`` (``"monday"`` … ``"sunday"``) and ``context.hour`` default to
+``now``'s (UTC) when the caller does not send them.
+
+Conditions are checked when the file loads — an unknown operator, a wrong operand type, a
+bad regular expression or an unknown path root is an error naming the path, e.g.
+``rules[2].when.$and[1]: unknown operator $gtt (rule 'ny-winter')`` — and compiled once
+into Python closures, so evaluation does no parsing.
+
+**Actions**: ``show_content {block_id, payload}``, ``boost_categories {categories,
+weight}`` (weight added to the score of items in those categories), ``filter_categories
+{categories}`` (only items in at least one of them), ``exclude_categories {categories}``,
+``pin_items {items, position=1}`` (1 = first), ``exclude_items {items}``.
+
+**Merging** (:func:`evaluate`): rules are tried in priority order (higher first, ties in
+file order); a rule counts when it has no ``slot`` or the one asked for, ``now`` is in its
+active window (``from`` inclusive, ``until`` exclusive) and its condition matches. A
+matching rule with ``stop: true`` ends the evaluation. Among matched rules the
+higher-priority one wins every conflict: one payload per content block, one weight per
+boosted category (an item in several boosted categories gets the sum of their weights), one
+category filter, and for each item the highest-priority rule that pins or removes it (an
+item exclusion, a category exclusion, or a filter it fails) decides; on a tie within one
+rule, removal wins. Exclusions from different rules add up. :func:`apply` carries the
+decision out on a ranked candidate list.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import numbers
+import operator
+import re
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    PrivateAttr,
+    StrictBool,
+    StrictInt,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+logger = logging.getLogger(__name__)
+
+#: The folder of rule files shipped with the package (the MovieLens examples).
+SHIPPED_RULES_DIR = Path(__file__).with_name("rules")
+
+#: Where the field paths of a rule's ``when`` start.
+ROOTS = frozenset({"profile", "context", "now"})
+DAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+#: A compiled condition: (document, now) → matched.
+Predicate = Callable[[Any, datetime], bool]
+_Test = Callable[[Any, datetime], bool]  # (value at a path, now) → matched
+
+
+class _Missing:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+#: What a path resolves to when a key or index along it is absent.
+MISSING: Any = _Missing()
+
+
+# --- errors ------------------------------------------------------------------------------
+
+
+class ConditionError(ValueError):
+    """An invalid condition: ``path`` is where, relative to the condition's root."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path or '<condition>'}: {message}")
+        self.path = path
+        self.message = message
+
+
+class RulesError(ValueError):
+    """An invalid rules file (or folder): ``problems`` lists each one with its path."""
+
+    def __init__(self, source: str, problems: Sequence[str]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        listed = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"invalid rules in {source}:\n{listed}")
+
+
+def _join(path: str, part: str) -> str:
+    if part.startswith("["):
+        return path + part
+    return f"{path}.{part}" if path else part
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+    }.get(type(value), type(value).__name__)
+
+
+# --- values ------------------------------------------------------------------------------
+
+
+def _aware(moment: datetime) -> datetime:
+    """``moment`` as a plain aware datetime (naive means UTC; pandas Timestamps unwrapped)."""
+    if type(moment) is not datetime and hasattr(moment, "to_pydatetime"):
+        moment = moment.to_pydatetime()
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _parse_datetime(text: str) -> datetime | None:
+    """An ISO date or date-time string as an aware datetime, else None."""
+    if not 8 <= len(text) <= 40 or not text[:4].isdigit():
+        return None
+    try:
+        return _aware(datetime.fromisoformat(text))
+    except ValueError:
+        return None
+
+
+def _moment(value: Any) -> datetime | None:
+    """A value as an aware datetime when it is one (or a date, or an ISO string), else None."""
+    if isinstance(value, datetime):
+        if value != value:  # pandas NaT
+            return None
+        return _aware(value)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    if isinstance(value, str):
+        return _parse_datetime(value)
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    kind = type(value)
+    if kind is int or kind is float:
+        return True
+    return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """``a == b`` for values of any type, never raising (numpy arrays compare elementwise)."""
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):
+        return False
+
+
+def _is_list(value: Any) -> bool:
+    return type(value) is list or type(value) is tuple
+
+
+def _each(test: _Test) -> _Test:
+    """``test`` on a scalar, or on any element of a list."""
+
+    def run(value: Any, now: datetime) -> bool:
+        if type(value) is list or type(value) is tuple:
+            return any(test(v, now) for v in value)
+        return test(value, now)
+
+    return run
+
+
+def _getter(path: str) -> Callable[[Any], Any]:
+    """Resolve a dotted path in nested mappings (a number indexes a list)."""
+    parts = tuple((p, int(p) if p.isdigit() else None) for p in path.split("."))
+    if len(parts) == 1:
+        key = parts[0][0]
+
+        def get_one(doc: Any) -> Any:
+            if type(doc) is dict or isinstance(doc, Mapping):
+                return doc.get(key, MISSING)
+            return MISSING
+
+        return get_one
+
+    def get(doc: Any) -> Any:
+        current = doc
+        for key, index in parts:
+            if type(current) is dict or isinstance(current, Mapping):
+                current = current.get(key, MISSING)
+                if current is MISSING:
+                    return MISSING
+            elif index is not None and _is_list(current):
+                if index >= len(current):
+                    return MISSING
+                current = current[index]
+            else:
+                return MISSING
+        return current
+
+    return get
+
+
+# --- condition compiler ------------------------------------------------------------------
+
+
+def compile_condition(
+    condition: Mapping[str, Any], *, roots: Collection[str] | None = ROOTS
+) -> Predicate:
+    """Compile a condition into ``predicate(document, now) -> bool``.
+
+    ``roots`` are the allowed first segments of field paths (``None``: any, as inside
+    ``$elemMatch``). Raises :class:`ConditionError` naming the path of what is wrong.
+    """
+    return _compile_node(condition, "", roots)
+
+
+def _always(doc: Any, now: datetime) -> bool:
+    return True
+
+
+def _all_of(predicates: list[Predicate]) -> Predicate:
+    if not predicates:
+        return _always
+    if len(predicates) == 1:
+        return predicates[0]
+    if len(predicates) == 2:
+        first, second = predicates
+        return lambda doc, now: first(doc, now) and second(doc, now)
+    items = tuple(predicates)
+    return lambda doc, now: all(p(doc, now) for p in items)
+
+
+def _compile_node(node: Any, path: str, roots: Collection[str] | None) -> Predicate:
+    if not isinstance(node, dict):
+        raise ConditionError(path, f"a condition must be an object, not {_kind(node)}")
+    predicates: list[Predicate] = []
+    for key, spec in node.items():
+        here = _join(path, key)
+        if key in ("$and", "$or"):
+            if not isinstance(spec, list) or not spec:
+                raise ConditionError(here, f"{key} takes a non-empty list of conditions")
+            parts = tuple(
+                _compile_node(part, _join(here, f"[{i}]"), roots) for i, part in enumerate(spec)
+            )
+            if key == "$and":
+                predicates.append(_all_of(list(parts)))
+            else:
+                predicates.append(lambda doc, now, parts=parts: any(p(doc, now) for p in parts))
+        elif key == "$not":
+            inner = _compile_node(spec, here, roots)
+            predicates.append(lambda doc, now, inner=inner: not inner(doc, now))
+        elif key.startswith("$"):
+            if key in _FIELD_OPERATORS or key == "$options":
+                raise ConditionError(
+                    path, f'{key} applies to a field: write {{"<field>": {{"{key}": ...}}}}'
+                )
+            raise ConditionError(path, f"unknown operator {key}")
+        else:
+            _check_field_path(key, path, roots)
+            get = _getter(key)
+            test = _compile_spec(spec, here)
+            predicates.append(lambda doc, now, get=get, test=test: test(get(doc), now))
+    return _all_of(predicates)
+
+
+def _check_field_path(key: str, path: str, roots: Collection[str] | None) -> None:
+    parts = key.split(".")
+    if any(not p.strip() for p in parts):
+        raise ConditionError(path, f"invalid field path {key!r}")
+    if roots is None:
+        return
+    if parts[0] not in roots:
+        allowed = ", ".join(sorted(f"{r}." if r != "now" else r for r in roots))
+        raise ConditionError(path, f"unknown field {key!r}: paths start with {allowed}")
+    if parts[0] == "now" and len(parts) > 1:
+        raise ConditionError(path, f"{key!r}: now is a date-time and has no fields")
+
+
+def _compile_spec(spec: Any, path: str) -> _Test:
+    """The test of one field: an object of operators, or a value meaning equality."""
+    if isinstance(spec, dict) and any(isinstance(k, str) and k.startswith("$") for k in spec):
+        plain = [k for k in spec if not k.startswith("$")]
+        if plain:
+            raise ConditionError(
+                path, f"mixes operators and plain keys ({', '.join(plain)}); use one or the other"
+            )
+        tests: list[_Test] = []
+        for op, operand in spec.items():
+            if op == "$options":
+                if "$regex" not in spec:
+                    raise ConditionError(_join(path, op), "$options needs $regex beside it")
+                continue
+            factory = _FIELD_OPERATORS.get(op)
+            if factory is None:
+                if op in ("$and", "$or"):
+                    raise ConditionError(
+                        path, f"{op} combines whole conditions; use it outside the field"
+                    )
+                raise ConditionError(path, f"unknown operator {op}")
+            tests.append(factory(op, operand, _join(path, op), spec))
+        return _all_of(tests)
+    return _eq(spec, path)
+
+
+def _scalar_eq(operand: Any) -> _Test:
+    if isinstance(operand, bool):
+        return lambda v, now: type(v) is bool and v is operand
+    if isinstance(operand, int | float):
+        return lambda v, now: _is_number(v) and v == operand
+    if isinstance(operand, str):
+        moment = _parse_datetime(operand)
+
+        def equal(v: Any, now: datetime) -> bool:
+            if isinstance(v, str):
+                return v == operand
+            if moment is not None:
+                m = _moment(v)
+                return m is not None and m == moment
+            return False
+
+        return equal
+    # an object: equal as a whole
+    return lambda v, now: type(v) is type(operand) and _same(v, operand)
+
+
+def _eq(operand: Any, path: str) -> _Test:
+    _check_finite(operand, path)
+    if operand is None:
+
+        def is_null(v: Any, now: datetime) -> bool:
+            if v is MISSING or v is None:
+                return True
+            return _is_list(v) and any(e is None for e in v)
+
+        return is_null
+    if isinstance(operand, list):
+        # the whole list equals it, or (a list of lists) an element does
+        return lambda v, now: (
+            _is_list(v) and (_same(list(v), operand) or any(_same(e, operand) for e in v))
+        )
+    return _each(_scalar_eq(operand))
+
+
+def _check_finite(operand: Any, path: str) -> None:
+    if isinstance(operand, float) and not math.isfinite(operand):
+        raise ConditionError(path, "numbers must be finite")
+
+
+def _op_eq(op: str, operand: Any, path: str, spec: dict) -> _Test:
+    return _eq(operand, path)
+
+
+def _op_ne(op: str, operand: Any, path: str, spec: dict) -> _Test:
+    equal = _eq(operand, path)
+    return lambda v, now: not equal(v, now)
+
+
+_COMPARE = {"$gt": operator.gt, "$gte": operator.ge, "$lt": operator.lt, "$lte": operator.le}
+
+
+def _op_compare(op: str, operand: Any, path: str, spec: dict) -> _Test:
+    compare = _COMPARE[op]
+    if isinstance(operand, bool) or not isinstance(operand, int | float | str):
+        raise ConditionError(
+            path,
+            f"{op} expects a number or a string (an ISO date-time compares with date-times), "
+            f"not {_kind(operand)}",
+        )
+    _check_finite(operand, path)
+    if isinstance(operand, int | float):
+
+        def number(v: Any, now: datetime) -> bool:
+            return _is_number(v) and compare(v, operand)
+
+        return _each(number)
+    moment = _parse_datetime(operand)
+
+    def text_or_time(v: Any, now: datetime) -> bool:
+        if isinstance(v, str):
+            return compare(v, operand)
+        if moment is not None:
+            m = _moment(v)
+            return m is not None and compare(m, moment)
+        return False
+
+    return _each(text_or_time)
+
+
+def _in(operand: Any, path: str, op: str) -> _Test:
+    if not isinstance(operand, list):
+        raise ConditionError(path, f"{op} expects a list, not {_kind(operand)}")
+    strings: set[str] = set()
+    moments: set[datetime] = set()
+    values: set[Any] = set()  # numbers
+    flags: set[bool] = set()
+    others: list[Any] = []
+    has_null = False
+    for element in operand:
+        _check_finite(element, path)
+        if element is None:
+            has_null = True
+        elif isinstance(element, bool):
+            flags.add(element)
+        elif isinstance(element, int | float):
+            values.add(element)
+        elif isinstance(element, str):
+            strings.add(element)
+            moment = _parse_datetime(element)
+            if moment is not None:
+                moments.add(moment)
+        else:
+            others.append(element)
+
+    def member(v: Any) -> bool:
+        if isinstance(v, str):
+            return v in strings
+        kind = type(v)
+        if kind is bool:
+            return v in flags
+        if kind is int or kind is float:
+            return v in values
+        if v is None or v is MISSING:
+            return has_null
+        if isinstance(v, datetime | date):
+            m = _moment(v)
+            return m is not None and m in moments
+        if _is_number(v):
+            return v in values
+        return any(_same(v, o) for o in others)
+
+    def run(v: Any, now: datetime) -> bool:
+        if _is_list(v):
+            return any(member(e) for e in v) or any(_same(list(v), o) for o in others)
+        return member(v)
+
+    return run
+
+
+def _op_in(op: str, operand: Any, path: str, spec: dict) -> _Test:
+    return _in(operand, path, op)
+
+
+def _op_nin(op: str, operand: Any, path: str, spec: dict) -> _Test:
+    inside = _in(operand, path, op)
+    return lambda v, now: not inside(v, now)
+
+
+def _op_exists(op: str, operand: Any, path: str, spec: dict) -> _Test:
+    if not isinstance(operand, bool):
+        raise ConditionError(path, f"$exists expects true or false, not {_kind(operand)}")
+    return lambda v, now: (v is not MISSING and v is not None) is operand
+
+
+_REGEX_FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE}
+
+
+def _op_regex(op: str, operand: Any, path: str, spec: dict) -> _Test:
+    if not isinstance(operand, str):
+        raise ConditionError(path, f"$regex expects a string, not {_kind(operand)}")
+    options = spec.get("$options", "")
+    if not isinstance(options, str) or any(c not in _REGEX_FLAGS for c in options):
+        raise ConditionError(
+            path.removesuffix("$regex") + "$options", "$options takes letters among i, m, s, x"
+        )
+    flags = 0
+    for letter in options:
+        flags |= _REGEX_FLAGS[letter]
+    try:
+        pattern = re.compile(operand, flags)
+    except re.error as error:
+        raise ConditionError(path, f"invalid regular expression {operand!r}: {error}") from None
+    search = pattern.search
+    return _each(lambda v, now: isinstance(v, str) and search(v) is not None)
+
+
+def _positive_days(operand: Any, path: str, op: str) -> timedelta:
+    if isinstance(operand, bool) or not isinstance(operand, int | float):
+        raise ConditionError(path, f"{op} expects a number of days, not {_kind(operand)}")
+    if not math.isfinite(operand) or operand <= 0:
+        raise ConditionError(path, f"{op} expects a positive number of days, not {operand}")
+    return timedelta(days=operand)
+
+
+def _op_within_days(op: str, operand: Any, path: str, spec: dict) -> _Test:
+    window = _positive_days(operand, path, op)
+
+    def within(v: Any, now: datetime) -> bool:
+        m = _moment(v)
+        return m is not None and now - window <= m <= now
+
+    return _each(within)
+
+
+def _op_not(op: str, operand: Any, path: str, spec: dict) -> _Test:
+    if not (isinstance(operand, dict) and operand and all(k.startswith("$") for k in operand)):
+        raise ConditionError(
+            path, 'on a field, $not takes an object of operators, e.g. {"$not": {"$gt": 5}}'
+        )
+    inner = _compile_spec(operand, path)
+    return lambda v, now: not inner(v, now)
+
+
+def _op_elem_match(op: str, operand: Any, path: str, spec: dict) -> _Test:
+    inner = _compile_node(operand, path, None)
+    return lambda v, now: _is_list(v) and any(inner(e, now) for e in v)
+
+
+_COUNT_BOUNDS = {
+    "eq": operator.eq,
+    "gt": operator.gt,
+    "gte": operator.ge,
+    "lt": operator.lt,
+    "lte": operator.le,
+}
+
+
+def _op_count(op: str, operand: Any, path: str, spec: dict) -> _Test:
+    if not isinstance(operand, dict):
+        raise ConditionError(path, f"$count expects an object, not {_kind(operand)}")
+    unknown = [k for k in operand if k != "where" and k not in _COUNT_BOUNDS]
+    if unknown:
+        raise ConditionError(
+            path, f"$count: unknown key {unknown[0]!r} (use where, eq, gt, gte, lt, lte)"
+        )
+    bounds = []
+    for key, bound in operand.items():
+        if key == "where":
+            continue
+        if isinstance(bound, bool) or not isinstance(bound, int) or bound < 0:
+            raise ConditionError(
+                _join(path, key), f"a count bound is a whole number >= 0, not {bound!r}"
+            )
+        bounds.append((_COUNT_BOUNDS[key], bound))
+    if not bounds:
+        raise ConditionError(path, "$count needs a bound: eq, gt, gte, lt or lte")
+    where = _compile_node(operand.get("where", {}), _join(path, "where"), None)
+
+    def count(v: Any, now: datetime) -> bool:
+        if v is MISSING or v is None:
+            n = 0
+        elif _is_list(v):
+            n = sum(1 for e in v if where(e, now))
+        else:
+            return False
+        return all(check(n, bound) for check, bound in bounds)
+
+    return count
+
+
+_FIELD_OPERATORS: dict[str, Callable[[str, Any, str, dict], _Test]] = {
+    "$eq": _op_eq,
+    "$ne": _op_ne,
+    "$gt": _op_compare,
+    "$gte": _op_compare,
+    "$lt": _op_compare,
+    "$lte": _op_compare,
+    "$in": _op_in,
+    "$nin": _op_nin,
+    "$exists": _op_exists,
+    "$regex": _op_regex,
+    "$not": _op_not,
+    "$within_days": _op_within_days,
+    "$elemMatch": _op_elem_match,
+    "$count": _op_count,
+}
+
+
+# --- the rules file schema ---------------------------------------------------------------
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return None if value is None else _aware(value)
+
+
+def _id_from_number(value: Any) -> Any:
+    """Item ids may be written as JSON numbers; they are compared as strings."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+RuleId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+ItemId = Annotated[str, BeforeValidator(_id_from_number), StringConstraints(min_length=1)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ActiveWindow(_Model):
+    """When a rule is active: ``from`` (inclusive) to ``until`` (exclusive), either open."""
+
+    from_: datetime | None = Field(default=None, alias="from")
+    until: datetime | None = None
+
+    _to_utc = field_validator("from_", "until")(_utc)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ActiveWindow:
+        if self.from_ is not None and self.until is not None and self.from_ >= self.until:
+            raise PydanticCustomError(
+                "bespoke_path", "{message}", {"path": "until", "message": "must be after from"}
+            )
+        return self
+
+    def contains(self, now: datetime) -> bool:
+        return (self.from_ is None or self.from_ <= now) and (
+            self.until is None or now < self.until
+        )
+
+
+class ShowContent(_Model):
+    """Show a content block (a banner, a message) with any JSON payload."""
+
+    type: Literal["show_content"]
+    block_id: Name
+    payload: JsonValue = None
+
+
+class BoostCategories(_Model):
+    """Add ``weight`` to the score of items in any of ``categories`` (negative demotes)."""
+
+    type: Literal["boost_categories"]
+    categories: list[Name] = Field(min_length=1)
+    weight: Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+
+class FilterCategories(_Model):
+    """Keep only items in at least one of ``categories``."""
+
+    type: Literal["filter_categories"]
+    categories: list[Name] = Field(min_length=1)
+
+
+class ExcludeCategories(_Model):
+    """Remove items in any of ``categories``."""
+
+    type: Literal["exclude_categories"]
+    categories: list[Name] = Field(min_length=1)
+
+
+class PinItems(_Model):
+    """Put ``items`` at ``position`` (1 = first) and after, in order, candidates or not."""
+
+    type: Literal["pin_items"]
+    items: list[ItemId] = Field(min_length=1)
+    position: Annotated[StrictInt, Field(ge=1)] = 1
+
+
+class ExcludeItems(_Model):
+    """Remove ``items``."""
+
+    type: Literal["exclude_items"]
+    items: list[ItemId] = Field(min_length=1)
+
+
+Action = Annotated[
+    ShowContent | BoostCategories | FilterCategories | ExcludeCategories | PinItems | ExcludeItems,
+    Field(discriminator="type"),
+]
+ACTION_TYPES = frozenset(
+    {
+        "show_content",
+        "boost_categories",
+        "filter_categories",
+        "exclude_categories",
+        "pin_items",
+        "exclude_items",
+    }
+)
+
+
+class Rule(_Model):
+    """One rule; ``when`` is compiled once, when the rule is validated."""
+
+    id: RuleId
+    description: str = ""
+    priority: StrictInt = 0
+    active: ActiveWindow | None = None
+    slot: Name | None = None
+    when: dict[str, JsonValue] = Field(default_factory=dict)
+    then: list[Action] = Field(min_length=1)
+    stop: StrictBool = False
+
+    _predicate: Predicate | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _compile(self) -> Rule:
+        try:
+            self._predicate = compile_condition(self.when)
+        except ConditionError as error:
+            raise PydanticCustomError(
+                "bespoke_path",
+                "{message}",
+                {
+                    "path": _join("when", error.path) if error.path else "when",
+                    "message": error.message,
+                },
+            ) from None
+        return self
+
+    def matches(self, document: Mapping[str, Any], now: datetime) -> bool:
+        """Whether ``when`` holds for ``document`` (ignores the active window and slot)."""
+        return self._predicate(document, now)
+
+    def is_active(self, now: datetime) -> bool:
+        return self.active is None or self.active.contains(now)
+
+
+class RulesDocument(_Model):
+    """A whole rules file."""
+
+    version: Literal[1]
+    rules: list[Rule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> RulesDocument:
+        first: dict[str, int] = {}
+        for i, rule in enumerate(self.rules):
+            if rule.id in first:
+                raise PydanticCustomError(
+                    "bespoke_path",
+                    "{message}",
+                    {
+                        "path": f"rules[{i}].id",
+                        "message": f"duplicate rule id {rule.id!r} (first at rules[{first[rule.id]}])",
+                    },
+                )
+            first[rule.id] = i
+        return self
+
+
+def _location(loc: Sequence[Any]) -> str:
+    path = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif (
+            i >= 2 and loc[i - 2] == "then" and isinstance(loc[i - 1], int) and part in ACTION_TYPES
+        ):
+            continue  # the union's tag: the action's own fields follow
+        else:
+            path = _join(path, str(part))
+    return path
+
+
+def _problems(error: ValidationError, data: Any) -> list[str]:
+    problems = []
+    for item in error.errors():
+        loc = list(item["loc"])
+        context = item.get("ctx") or {}
+        path = _location(loc)
+        if item["type"] == "bespoke_path":
+            path = _join(path, context["path"]) if path else context["path"]
+            message = context["message"]
+        elif item["type"] == "extra_forbidden":
+            message = "unknown field"
+        elif item["type"] == "missing":
+            message = "required field is missing"
+        elif item["type"] == "union_tag_invalid":
+            message = (
+                f"unknown action type {context.get('tag')!r} "
+                f"(one of {', '.join(sorted(ACTION_TYPES))})"
+            )
+        elif item["type"] == "union_tag_not_found":
+            message = f"an action needs a type (one of {', '.join(sorted(ACTION_TYPES))})"
+        else:
+            message = item["msg"]
+            value = item.get("input")
+            if isinstance(value, str | int | float | bool) or value is None:
+                message += f", got {json.dumps(value)}"
+        rule_id = None
+        if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int):
+            try:
+                rule_id = data["rules"][loc[1]].get("id")
+            except (KeyError, IndexError, TypeError, AttributeError):
+                rule_id = None
+        suffix = f" (rule {rule_id!r})" if isinstance(rule_id, str) else ""
+        problems.append(f"{path or '<file>'}: {message}{suffix}")
+    return problems
+
+
+# --- rule sets ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """Validated, compiled rules in evaluation order (priority high → low, then file order)."""
+
+    rules: tuple[Rule, ...] = ()
+    sources: tuple[str, ...] = ()
+
+    @classmethod
+    def from_data(cls, data: Any, source: str = "<rules>") -> RuleSet:
+        """Rules from a parsed JSON document; :class:`RulesError` lists every problem."""
+        try:
+            document = RulesDocument.model_validate(data)
+        except ValidationError as error:
+            raise RulesError(source, _problems(error, data)) from None
+        return cls._ordered(document.rules, (source,))
+
+    @classmethod
+    def from_json(cls, text: str | bytes, source: str = "<rules>") -> RuleSet:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise RulesError(
+                source, [f"invalid JSON at line {error.lineno} column {error.colno}: {error.msg}"]
+            ) from None
+        except UnicodeDecodeError as error:
+            raise RulesError(source, [f"not UTF-8 text: {error}"]) from None
+        return cls.from_data(data, source)
+
+    @classmethod
+    def load(cls, path: str | Path) -> RuleSet:
+        """A rules file, or every ``*.json`` file of a folder (by name; rule ids unique
+        across them)."""
+        path = Path(path)
+        if path.is_dir():
+            return cls._load_folder(path)
+        try:
+            text = path.read_bytes()
+        except OSError as error:
+            raise RulesError(str(path), [f"cannot read: {error.strerror or error}"]) from None
+        return cls.from_json(text, str(path))
+
+    @classmethod
+    def _load_folder(cls, folder: Path) -> RuleSet:
+        problems: list[str] = []
+        rules: list[Rule] = []
+        where: dict[str, str] = {}
+        files = _rule_files(folder)
+        for file in files:
+            try:
+                loaded = cls.load(file)
+            except RulesError as error:
+                problems.extend(f"{file.name}: {p}" for p in error.problems)
+                continue
+            for rule in loaded.rules:
+                if rule.id in where:
+                    problems.append(
+                        f"{file.name}: duplicate rule id {rule.id!r} (also in {where[rule.id]})"
+                    )
+                where.setdefault(rule.id, file.name)
+            # each file's rules are already in its order; the stable sort keeps file order
+            rules.extend(loaded.rules)
+        if problems:
+            raise RulesError(str(folder), problems)
+        return cls._ordered(rules, tuple(str(f) for f in files))
+
+    @classmethod
+    def _ordered(cls, rules: Iterable[Rule], sources: tuple[str, ...]) -> RuleSet:
+        return cls(tuple(sorted(rules, key=lambda r: -r.priority)), sources)
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def __iter__(self):
+        return iter(self.rules)
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return tuple(r.id for r in self.rules)
+
+    def evaluate(
+        self,
+        profile: Mapping[str, Any] | None,
+        context: Mapping[str, Any] | None,
+        now: datetime,
+        *,
+        slot: str | None = None,
+    ) -> Decision:
+        return evaluate(self, profile, context, now, slot=slot)
+
+
+def _rule_files(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.glob("*.json") if p.is_file() and not p.name.startswith((".", "~"))
+    )
+
+
+# --- decisions ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ContentBlock:
+    block_id: str
+    payload: Any
+    rule_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Boost:
+    category: str
+    weight: float
+    rule_id: str
+    rank: int  # position of the rule among the matched ones (0 = highest priority)
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Which matched rule said so, and its rank (0 = highest priority)."""
+
+    rule_id: str
+    rank: int
+
+
+@dataclass(frozen=True, slots=True)
+class CategoryFilter:
+    categories: frozenset[str]
+    rule_id: str
+    rank: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    item_id: str
+    position: int  # 1 = first
+    rule_id: str
+    rank: int
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the matched rules say, merged (see the module docstring)."""
+
+    rule_ids: tuple[str, ...] = ()
+    content: tuple[ContentBlock, ...] = ()
+    boosts: Mapping[str, Boost] = field(default_factory=dict)
+    category_filter: CategoryFilter | None = None
+    excluded_categories: Mapping[str, Source] = field(default_factory=dict)
+    pins: tuple[Pin, ...] = ()
+    excluded_items: Mapping[str, Source] = field(default_factory=dict)
+    errors: tuple[str, ...] = ()  # rules whose condition raised (treated as not matching)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready view (for logs, debugging and the service's explanations)."""
+        return {
+            "rule_ids": list(self.rule_ids),
+            "content": [
+                {"block_id": c.block_id, "payload": c.payload, "rule_id": c.rule_id}
+                for c in self.content
+            ],
+            "boosts": {
+                c: {"weight": b.weight, "rule_id": b.rule_id} for c, b in self.boosts.items()
+            },
+            "filter": None
+            if self.category_filter is None
+            else {
+                "categories": sorted(self.category_filter.categories),
+                "rule_id": self.category_filter.rule_id,
+            },
+            "excluded_categories": {c: s.rule_id for c, s in self.excluded_categories.items()},
+            "pins": [
+                {"item_id": p.item_id, "position": p.position, "rule_id": p.rule_id}
+                for p in self.pins
+            ],
+            "excluded_items": {i: s.rule_id for i, s in self.excluded_items.items()},
+            "errors": list(self.errors),
+        }
+
+
+def evaluate(
+    rules: RuleSet | Iterable[Rule],
+    profile: Mapping[str, Any] | None,
+    context: Mapping[str, Any] | None,
+    now: datetime,
+    *,
+    slot: str | None = None,
+) -> Decision:
+    """The merged decision of the rules that apply to this person, request and moment.
+
+    ``profile`` is a :func:`profile_document`; ``context`` the request's context. A rule
+    with a ``slot`` applies only when ``slot`` equals it; rules without one always apply.
+    A rule whose condition raises (it should not: type mismatches are no match) is logged,
+    listed in ``errors`` and treated as not matching.
+    """
+    now = _aware(now)
+    ordered = (
+        rules.rules if isinstance(rules, RuleSet) else sorted(rules, key=lambda r: -r.priority)
+    )
+    ctx = dict(context) if context else {}
+    ctx.setdefault("day_of_week", DAY_NAMES[now.weekday()])
+    ctx.setdefault("hour", now.hour)
+    document = {"profile": profile if profile is not None else {}, "context": ctx, "now": now}
+
+    matched: list[str] = []
+    content: dict[str, ContentBlock] = {}
+    boosts: dict[str, Boost] = {}
+    category_filter: CategoryFilter | None = None
+    excluded_categories: dict[str, Source] = {}
+    pins: dict[str, Pin] = {}
+    excluded_items: dict[str, Source] = {}
+    errors: list[str] = []
+
+    for rule in ordered:
+        if rule.slot is not None and rule.slot != slot:
+            continue
+        if not rule.is_active(now):
+            continue
+        try:
+            hit = rule._predicate(document, now)
+        except Exception as error:  # a rule must never take a request down
+            logger.warning("rule %s failed: %s: %s", rule.id, type(error).__name__, error)
+            errors.append(f"{rule.id}: {type(error).__name__}: {error}")
+            continue
+        if not hit:
+            continue
+        rank = len(matched)
+        matched.append(rule.id)
+        for action in rule.then:
+            if isinstance(action, ShowContent):
+                content.setdefault(
+                    action.block_id, ContentBlock(action.block_id, action.payload, rule.id)
+                )
+            elif isinstance(action, BoostCategories):
+                for category in action.categories:
+                    boosts.setdefault(category, Boost(category, action.weight, rule.id, rank))
+            elif isinstance(action, FilterCategories):
+                if category_filter is None:
+                    category_filter = CategoryFilter(frozenset(action.categories), rule.id, rank)
+            elif isinstance(action, ExcludeCategories):
+                for category in action.categories:
+                    excluded_categories.setdefault(category, Source(rule.id, rank))
+            elif isinstance(action, PinItems):
+                for offset, item in enumerate(action.items):
+                    if item not in pins and item not in excluded_items:
+                        pins[item] = Pin(item, action.position + offset, rule.id, rank)
+            elif isinstance(action, ExcludeItems):
+                for item in action.items:
+                    if item not in pins:
+                        excluded_items.setdefault(item, Source(rule.id, rank))
+        if rule.stop:
+            break
+
+    return Decision(
+        rule_ids=tuple(matched),
+        content=tuple(content.values()),
+        boosts=boosts,
+        category_filter=category_filter,
+        excluded_categories=excluded_categories,
+        pins=tuple(pins.values()),
+        excluded_items=excluded_items,
+        errors=tuple(errors),
+    )
+
+
+def _removed_by(decision: Decision, item: str, categories: Collection[str]) -> int | None:
+    """The rank of the highest-priority rule removing ``item``, or None."""
+    rank = None
+    source = decision.excluded_items.get(item)
+    if source is not None:
+        rank = source.rank
+    if decision.excluded_categories:
+        for category in categories:
+            source = decision.excluded_categories.get(category)
+            if source is not None and (rank is None or source.rank < rank):
+                rank = source.rank
+    chosen = decision.category_filter
+    if chosen is not None and chosen.categories.isdisjoint(categories):
+        rank = chosen.rank if rank is None else min(rank, chosen.rank)
+    return rank
+
+
+def apply(
+    decision: Decision,
+    items: Sequence[str],
+    scores: Sequence[float],
+    item_categories: Mapping[str, Collection[str]],
+    *,
+    exclude: Collection[str] = (),
+) -> tuple[list[str], list[float | None], list[str]]:
+    """Apply a decision to a ranked candidate list (best first).
+
+    Removes excluded and filtered-out items and those in ``exclude`` (seen, or excluded
+    by the request: these beat pins too), adds boosts to scores and re-sorts by the
+    boosted score (stable; without boosts the order is kept), then places pins at their
+    positions (pinned candidates move, other pinned items are inserted). Returns
+    ``(items, scores, reasons)``: a score is the boosted one, the model's for a pinned
+    candidate, None for a pinned non-candidate; a reason is ``"model"``,
+    ``"rule:<id>"`` (boosted; the highest-priority boosting rule) or ``"pinned"``. Pins can
+    make the list longer than the input: the caller cuts it to ``k``.
+    """
+    if len(items) != len(scores):
+        raise ValueError(f"{len(items)} items but {len(scores)} scores")
+    banned = set(exclude)
+    pins = {pin.item_id: pin for pin in decision.pins}
+    model_score: dict[str, float] = {}
+    kept: list[tuple[str, float | None, str]] = []
+    no_categories: tuple[str, ...] = ()
+    for item, score in zip(items, scores, strict=True):
+        if item in model_score or item in banned:
+            continue
+        model_score[item] = float(score)
+        if item in pins:
+            continue
+        categories = item_categories.get(item, no_categories)
+        if _removed_by(decision, item, categories) is not None:
+            continue
+        value, reason = float(score), "model"
+        if decision.boosts:
+            best: Boost | None = None
+            for category in set(categories):
+                boost = decision.boosts.get(category)
+                if boost is not None:
+                    value += boost.weight
+                    if best is None or boost.rank < best.rank:
+                        best = boost
+            if best is not None:
+                reason = f"rule:{best.rule_id}"
+        kept.append((item, value, reason))
+    if decision.boosts:
+        kept.sort(key=lambda row: -row[1])  # stable: ties keep the model's order
+
+    previous = -1
+    for pin in sorted(pins.values(), key=lambda p: (p.position, p.rank)):
+        if pin.item_id in banned:
+            continue
+        removed = _removed_by(decision, pin.item_id, item_categories.get(pin.item_id, ()))
+        if removed is not None and removed <= pin.rank:
+            continue
+        index = min(max(pin.position - 1, previous + 1), len(kept))
+        kept.insert(index, (pin.item_id, model_score.get(pin.item_id), "pinned"))
+        previous = index
+    return [r[0] for r in kept], [r[1] for r in kept], [r[2] for r in kept]
+
+
+# --- the profile document ----------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    """A value as plain JSON-like Python: numpy scalars unwrapped, NaN/NaT/NA → None."""
+    if value is None or isinstance(value, str | bool):
+        return value
+    if isinstance(value, np.generic):
+        return _plain(value.item())
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if isinstance(value, datetime):
+        return None if value != value else _aware(value)
+    if isinstance(value, date):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset | np.ndarray):
+        return [_plain(v) for v in value]
+    try:
+        if value != value:  # NaN-like
+            return None
+    except (TypeError, ValueError):  # pandas NA refuses to be a bool
+        return None
+    return value
+
+
+def _event_time(value: Any, where: str) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, np.datetime64):
+        value = value.astype("datetime64[us]").item()
+        return None if value is None else value.replace(tzinfo=UTC)
+    if isinstance(value, datetime):
+        return None if value != value else _aware(value)
+    if isinstance(value, str):
+        moment = _parse_datetime(value)
+        if moment is not None:
+            return moment
+        raise ValueError(f"{where}: {value!r} is not an ISO date-time")
+    if _plain(value) is None:
+        return None
+    raise ValueError(
+        f"{where}: expected a date-time, not {type(value).__name__} {value!r} "
+        "(convert unix times with datetime.fromtimestamp(t, UTC))"
+    )
+
+
+def profile_document(
+    profile_attributes: Mapping[str, Any] | None,
+    events: Iterable[Mapping[str, Any]],
+    now: datetime,
+    *,
+    item_categories: Mapping[str, Collection[str]] | None = None,
+) -> dict[str, Any]:
+    """The ``profile`` document rules see, as of ``now``.
+
+    ``events`` are mappings with ``type`` (or ``event_type``), ``item_id``, ``timestamp``
+    (datetime, ISO string or numpy datetime64; naive is UTC), ``value`` and ``categories``
+    (else looked up in ``item_categories``). Events after ``now`` are left out (not known
+    yet). The document::
+
+        {"attributes": {...},                      # as given, numpy/NaN normalised
+         "events": [{"type", "item_id", "timestamp", "value", "categories"}, ...],
+                                                   # newest first, unknown times last
+         "last_event_at": {"rate": datetime, ...}, # per event type
+         "last_seen_at": datetime | None,          # any event
+         "event_counts": {"rate": 12, ...},
+         "event_count": 12,
+         "items": ["50", "181", ...],              # distinct items, newest first
+         "category_counts": {"Comedy": 3, ...}}
+    """
+    now = _aware(now)
+    attributes = {str(k): _plain(v) for k, v in (profile_attributes or {}).items()}
+    rows: list[dict[str, Any]] = []
+    for i, event in enumerate(events):
+        kind = event.get("type", event.get("event_type"))
+        if kind is None or _plain(kind) is None:
+            raise ValueError(f"events[{i}]: an event needs a type")
+        timestamp = _event_time(event.get("timestamp"), f"events[{i}].timestamp")
+        if timestamp is not None and timestamp > now:
+            continue
+        item = _plain(event.get("item_id"))
+        item = None if item is None else str(item)
+        categories = _plain(event.get("categories"))
+        if categories is None and item_categories is not None and item is not None:
+            categories = list(item_categories.get(item, ()))
+        rows.append(
+            {
+                "type": str(kind),
+                "item_id": item,
+                "timestamp": timestamp,
+                "value": _plain(event.get("value")),
+                "categories": [str(c) for c in categories or ()],
+            }
+        )
+    oldest = datetime.min.replace(tzinfo=UTC)
+    rows.sort(key=lambda e: (e["timestamp"] is not None, e["timestamp"] or oldest), reverse=True)
+
+    last_event_at: dict[str, datetime] = {}
+    event_counts: dict[str, int] = {}
+    category_counts: dict[str, int] = {}
+    items: dict[str, None] = {}
+    for row in rows:
+        kind, timestamp = row["type"], row["timestamp"]
+        event_counts[kind] = event_counts.get(kind, 0) + 1
+        if timestamp is not None and kind not in last_event_at:
+            last_event_at[kind] = timestamp  # newest first: the first one is the last
+        if row["item_id"] is not None:
+            items.setdefault(row["item_id"], None)
+        for category in row["categories"]:
+            category_counts[category] = category_counts.get(category, 0) + 1
+    return {
+        "attributes": attributes,
+        "events": rows,
+        "last_event_at": last_event_at,
+        "last_seen_at": rows[0]["timestamp"] if rows else None,
+        "event_counts": event_counts,
+        "event_count": len(rows),
+        "items": list(items),
+        "category_counts": category_counts,
+    }
+
+
+# --- hot reload --------------------------------------------------------------------------
+
+
+class RulesFile:
+    """A rules file (or folder of ``*.json`` files) that reloads itself when it changes.
+
+    :meth:`current` checks the files' modification time, size and inode at most every
+    ``interval`` seconds and reloads when they changed. A change that does not validate
+    keeps the previous rules and sets :attr:`last_error` (cleared by the next good load),
+    so a typo never takes the service down. The first load must succeed (it raises
+    :class:`RulesError`). Safe to share between threads.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = Path(path)
+        self.interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        try:
+            signature = self._signature()
+        except OSError as error:
+            raise RulesError(str(path), [f"cannot read: {error.strerror or error}"]) from None
+        self._rules = RuleSet.load(self.path)
+        self._loaded_signature: Any = signature
+        self._failed_signature: Any = None
+        self._checked_at = clock()
+        self.last_error: str | None = None
+        self.generation = 1  # how many rule sets have been loaded
+        self.loaded_at = time.time()
+
+    def current(self) -> RuleSet:
+        """The rules now in force (reloaded first when the files changed)."""
+        if self._clock() - self._checked_at < self.interval:
+            return self._rules
+        with self._lock:
+            if self._clock() - self._checked_at >= self.interval:
+                self._refresh()
+        return self._rules
+
+    def reload(self) -> bool:
+        """Check now, whatever the interval; True when new rules were loaded."""
+        with self._lock:
+            return self._refresh()
+
+    def _signature(self) -> Any:
+        if self.path.is_dir():
+            return tuple(
+                (p.name, s.st_mtime_ns, s.st_size, s.st_ino)
+                for p in _rule_files(self.path)
+                for s in (p.stat(),)
+            )
+        s = self.path.stat()
+        return (s.st_mtime_ns, s.st_size, s.st_ino)
+
+    def _refresh(self) -> bool:
+        self._checked_at = self._clock()
+        try:
+            signature = self._signature()
+        except OSError as error:
+            if self._failed_signature != "unreadable":
+                logger.warning(
+                    "rules %s unreadable, keeping the previous ones: %s", self.path, error
+                )
+            self._failed_signature = "unreadable"
+            self.last_error = f"{self.path}: cannot read: {error.strerror or error}"
+            return False
+        if signature == self._loaded_signature:
+            self._failed_signature = None
+            self.last_error = None
+            return False
+        if signature == self._failed_signature:
+            return False
+        try:
+            rules = RuleSet.load(self.path)
+        except RulesError as error:
+            logger.warning("rules %s invalid, keeping the previous ones: %s", self.path, error)
+            self._failed_signature = signature
+            self.last_error = str(error)
+            return False
+        self._rules = rules
+        self._loaded_signature = signature
+        self._failed_signature = None
+        self.last_error = None
+        self.generation += 1
+        self.loaded_at = time.time()
+        logger.info("rules %s reloaded: %d rules", self.path, len(rules))
+        return True
+
+    def status(self) -> dict[str, Any]:
+        """For health and admin routes: what is loaded and the last problem."""
+        return {
+            "path": str(self.path),
+            "rules": len(self._rules),
+            "generation": self.generation,
+            "loaded_at": datetime.fromtimestamp(self.loaded_at, UTC).isoformat(),
+            "last_error": self.last_error,
+        }
