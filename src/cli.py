@@ -31,12 +31,18 @@ evaluate_app = typer.Typer(
     help="Evaluate a model on held-out data without registering it.", no_args_is_help=True
 )
 models_app = typer.Typer(help="The MLflow model registry.", no_args_is_help=True)
+events_app = typer.Typer(
+    help="The service's event inbox (live events) and its way to the lake.", no_args_is_help=True
+)
+keys_app = typer.Typer(help="API keys of the service (stored hashed).", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
 app.add_typer(tune_app, name="tune")
 app.add_typer(evaluate_app, name="evaluate")
 app.add_typer(models_app, name="models")
+app.add_typer(events_app, name="events")
+app.add_typer(keys_app, name="keys")
 
 console = Console()
 errors = Console(stderr=True)
@@ -576,6 +582,92 @@ def models_promote(
     with _clear_errors():
         promote(get_settings(), dataset, version, kind)
     console.print(f"{kind} version {version} is now @champion")
+
+
+def _flush_line(result: Any) -> str:
+    if not result.datasets:
+        return "nothing to flush"
+    return "; ".join(
+        f"{name}: {c['flushed']} flushed → {c['stored']} stored, "
+        f"{c['already_present']} already present, {c['quarantined']} quarantined"
+        for name, c in result.datasets.items()
+    )
+
+
+@events_app.command("flush")
+def events_flush(
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", help="Only this dataset's events (default: all).")
+    ] = None,
+    every: Annotated[
+        float | None,
+        typer.Option("--every", help="Keep flushing every SECONDS until interrupted.", min=0.001),
+    ] = None,
+) -> None:
+    """Move the events the service accepted from its inbox to the lake (ingestion rules)."""
+    from bespoke.features.lake import Lake
+    from bespoke.serving.store import flush_every, open_store
+    from bespoke.settings import get_settings
+
+    settings = get_settings()
+    with _clear_errors():
+        store = open_store(settings)
+        lake = Lake(settings.lake_url)
+        if every is None:
+            console.print(_flush_line(store.flush(lake, dataset=dataset)), highlight=False)
+            return
+        console.print(f"flushing every {every:g} s (Ctrl-C stops)")
+
+        def report(result: Any) -> None:
+            if result.flushed:
+                console.print(_flush_line(result), highlight=False)
+
+        try:
+            flush_every(store, lake, every, dataset=dataset, on_flush=report)
+        except KeyboardInterrupt:
+            console.print("stopped")
+
+
+def _keys() -> Any:
+    from bespoke.serving.keys import ApiKeys
+    from bespoke.settings import get_settings
+
+    return ApiKeys(get_settings().online_store_url)
+
+
+KeyNameOption = Annotated[str, typer.Option("--name", help="The key's name, e.g. the caller's.")]
+
+
+@keys_app.command("create")
+def keys_create(name: KeyNameOption) -> None:
+    """Create a key; it is printed once (only its hash is kept)."""
+    with _clear_errors():
+        key = _keys().create(name)
+    errors.print(f"API key {name!r} (shown once; only its SHA-256 hash is stored):")
+    print(key)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Every key's name, creation and revocation time (never the keys themselves)."""
+    with _clear_errors():
+        keys = _keys().list()
+    if not keys:
+        console.print("No API keys yet: create one with `bespoke keys create --name NAME`.")
+        return
+    table = Table("name", "created", "revoked", header_style="bold")
+    for info in keys:
+        revoked = f"{info.revoked_at:%Y-%m-%d %H:%M:%S}" if info.revoked_at else ""
+        table.add_row(info.name, f"{info.created_at:%Y-%m-%d %H:%M:%S}", revoked)
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(name: KeyNameOption) -> None:
+    """Revoke a key: requests with it are refused from now on."""
+    with _clear_errors():
+        info = _keys().revoke(name)
+    console.print(f"API key {info.name!r} revoked at {info.revoked_at:%Y-%m-%d %H:%M:%S} UTC")
 
 
 @app.command("settings")

@@ -16,6 +16,9 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 HMAC_KEY_FILE = "hmac.key"
+#: A SQLite URL is this prefix and a path (``sqlite:////abs/path`` is absolute, as in
+#: SQLAlchemy and MLflow).
+SQLITE_PREFIX = "sqlite:///"
 
 
 def find_project_root(start: Path | None = None) -> Path:
@@ -61,6 +64,13 @@ class Settings(BaseSettings):
     mlflow_artifacts_dir: Path | None = Field(
         default=None, description="Where MLflow stores artifacts. Default <root>/mlruns/artifacts."
     )
+    online_store_url: str | None = Field(
+        default=None,
+        description=(
+            "Online profile store and event inbox, shared by the service's workers. "
+            "Default sqlite:///<home>/online.db (SQLite in WAL mode)."
+        ),
+    )
     hmac_key: SecretStr | None = Field(
         default=None,
         description=(
@@ -82,6 +92,11 @@ class Settings(BaseSettings):
             self.lake_url = str(self.home / "lake")
         elif "://" not in self.lake_url:
             self.lake_url = str(Path(self.lake_url).expanduser().resolve())
+        if self.online_store_url is None:
+            self.online_store_url = f"{SQLITE_PREFIX}{self.home / 'online.db'}"
+        elif self.online_store_url.startswith(SQLITE_PREFIX):
+            path = Path(self.online_store_url.removeprefix(SQLITE_PREFIX)).expanduser()
+            self.online_store_url = f"{SQLITE_PREFIX}{path.resolve()}"
         if self.mlflow_artifacts_dir is None:
             self.mlflow_artifacts_dir = self.root / "mlruns" / "artifacts"
         if self.mlflow_tracking_uri is None:

@@ -62,7 +62,9 @@ class SourceBatch:
     """What an adapter hands to :func:`ingest`: typed frames and where they came from.
 
     ``events`` holds :data:`EVENT_INPUT_COLUMNS` (missing ones are empty) plus ``_row``
-    and ``_source``; ``users`` and ``items`` hold the attribute and catalog columns.
+    and ``_source``; ``users`` and ``items`` hold the attribute and catalog columns. A
+    source that holds pseudonyms instead of raw PII (the service's event inbox) gives
+    ``email_hash``, ``phone_hash`` and ``ip_hash`` in place of ``email``, ``phone``, ``ip``.
     """
 
     dataset: str
@@ -320,9 +322,11 @@ def _prepare_events(con: duckdb.DuckDBPyConnection, raw: pd.DataFrame, run: _Run
     counts: dict[str, Any] = {"read": len(df)}
     # PII goes no further than here: keyed pseudonyms replace it.
     for raw_field in ("email", "phone", "ip"):
-        df[PII_FIELDS[raw_field]] = privacy.pseudonymise_series(
-            run.key, raw_field, df.pop(raw_field)
-        )
+        column = PII_FIELDS[raw_field]
+        hashed = privacy.pseudonymise_series(run.key, raw_field, df.pop(raw_field))
+        if column in df:
+            hashed = _with_given_pseudonyms(hashed, df[column], raw_field, batch.source)
+        df[column] = hashed
     df["consent"] = _consent(df, batch)
     allowed = df["consent"].str.contains(PERSONALIZATION.value, regex=False).fillna(False)
     counts["excluded_no_consent"] = int((~allowed).sum())
@@ -375,6 +379,33 @@ def _prepare_events(con: duckdb.DuckDBPyConnection, raw: pd.DataFrame, run: _Run
         for field in EVENT_SCHEMA
     }
     return pa.table(columns).cast(EVENT_SCHEMA), flagged, counts
+
+
+_PSEUDONYM = r"^[0-9a-f]{64}$"
+
+
+def _with_given_pseudonyms(
+    hashed: pd.Series, given: pd.Series, raw_field: str, source: str
+) -> pd.Series:
+    """``hashed`` (pseudonyms of the raw values) completed with pseudonyms the source
+    made itself: a source that must never persist raw PII, such as the service's event
+    inbox, hands in ``email_hash`` … instead of ``email`` …, made with the same key.
+
+    A pseudonym column that holds anything but HMAC-SHA256 hex digests, or a row with
+    both the raw value and a pseudonym, is refused: raw PII must not slip in that way.
+    """
+    column = PII_FIELDS[raw_field]
+    given = given.astype(TEXT)
+    present = given.notna()
+    malformed = present & ~given.str.fullmatch(_PSEUDONYM).fillna(False)
+    both = present & hashed.notna()
+    for rows, problem in (
+        (malformed, "is not a pseudonym (64 lower-case hex digits)"),
+        (both, f"comes with a raw {raw_field!r} too; send one or the other"),
+    ):
+        if rows.any():
+            raise IngestError(f"{source}: {int(rows.sum())} row(s): column {column!r} {problem}")
+    return hashed.where(hashed.notna(), given)
 
 
 def _standard_events(df: pd.DataFrame) -> pa.Table:

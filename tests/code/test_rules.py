@@ -254,7 +254,9 @@ WEIRD_OPERATORS = [
 ]
 
 
-@pytest.mark.parametrize("value", WEIRD_VALUES, ids=repr)
+@pytest.mark.parametrize(
+    "value", WEIRD_VALUES, ids=lambda v: "object" if type(v) is object else repr(v)
+)
 def test_no_operator_raises_on_an_unexpected_value(value: Any) -> None:
     profile = {"attributes": {"x": value}}
     for operator in WEIRD_OPERATORS:

@@ -1,0 +1,136 @@
+"""One SQLite file shared by the service's worker processes: connections and transactions.
+
+Every process (and thread) opens its own connection on first use; a forked child never
+reuses its parent's. Each connection is set up the same way:
+
+- ``journal_mode=WAL``: readers never block the writer nor each other, so profile reads
+  go on while a batch of events is being written;
+- ``synchronous=FULL``: every commit fsyncs the write-ahead log before it returns, so an
+  event acknowledged to a client survives a power cut or an OS crash, not only a crash of
+  the process (``NORMAL`` would only survive the latter in WAL mode). The cost is one
+  fsync per transaction, which a batch of up to 1,000 events shares;
+- a busy timeout, so a writer waits for another process's transaction instead of
+  failing; writes start with ``BEGIN IMMEDIATE``, taking the write lock up front, so two
+  transactions can never deadlock upgrading a read lock.
+
+Opening a :class:`Database` touches nothing; the file (and its folder) is created by the
+first statement.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from bespoke.settings import SQLITE_PREFIX
+
+#: How long a statement waits for another process's write transaction before failing.
+BUSY_TIMEOUT_S = 30.0
+#: Connections a forked process inherited: kept referenced so that they are never closed
+#: (closing would act on the parent's file locks and shared memory).
+_INHERITED: list[sqlite3.Connection] = []
+
+
+def sqlite_path(url: str | Path) -> Path:
+    """The file a ``sqlite:///path`` URL (or a plain path) names, made absolute."""
+    text = str(url)
+    if text.startswith(SQLITE_PREFIX):
+        text = text.removeprefix(SQLITE_PREFIX)
+    elif "://" in text:
+        raise ValueError(f"{text!r} is not a SQLite URL (expected {SQLITE_PREFIX}<path>)")
+    if not text or text == ":memory:":
+        raise ValueError(
+            f"the online store must be a file that every worker process can open, not {str(url)!r}"
+        )
+    return Path(text).expanduser().resolve()
+
+
+class Database:
+    """A SQLite file with per-process, per-thread connections in WAL mode."""
+
+    def __init__(self, path: str | Path, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
+        self.path = sqlite_path(path)
+        self.busy_timeout_s = busy_timeout_s
+        self._local = threading.local()
+        self._schemas: set[str] = set()
+        self._schema_lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str | Path) -> Database:
+        return cls(url)
+
+    def __repr__(self) -> str:
+        return f"Database({str(self.path)!r})"
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection (in autocommit mode: transactions are explicit)."""
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            if self._local.pid == os.getpid():
+                return con
+            # Inherited through fork: SQLite forbids using or closing it in the child.
+            _INHERITED.append(con)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        con = sqlite3.connect(
+            self.path,
+            timeout=self.busy_timeout_s,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        con.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+        mode = con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise RuntimeError(f"{self.path}: SQLite refused WAL mode (got {mode!r})")
+        con.execute("PRAGMA synchronous = FULL")
+        con.execute("PRAGMA foreign_keys = ON")
+        self._local.con, self._local.pid = con, os.getpid()
+        return con
+
+    def ensure(self, name: str, script: str) -> None:
+        """Run the idempotent DDL ``script`` (``CREATE … IF NOT EXISTS``) once per handle."""
+        if name in self._schemas:
+            return
+        with self._schema_lock:
+            if name in self._schemas:
+                return
+            with self.write() as con:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        con.execute(statement)
+            self._schemas.add(name)
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed (and fsynced) when the block ends, rolled back
+        entirely if it raises."""
+        con = self.connection()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            yield con
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:  # SQLite may have rolled back already (disk full, …)
+                con.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction: every query in the block sees the same snapshot."""
+        con = self.connection()
+        con.execute("BEGIN")
+        try:
+            yield con
+        finally:
+            if con.in_transaction:
+                con.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their threads end)."""
+        con = getattr(self._local, "con", None)
+        if con is not None and self._local.pid == os.getpid():
+            con.close()
+        self._local.con = None

@@ -1,0 +1,175 @@
+"""What should this person see now: the library behind the service's routes.
+
+The service only parses, calls :class:`Engine` and formats. The engine reuses the
+training code's own predict paths — ``RankingPipeline.recommend`` (retrieve + rerank) when
+a ranker is there, ``Recommender.recommend_from_history`` otherwise, the popularity
+fallback for people with no history — then applies the JSON rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from bespoke.features.build import Profile
+from bespoke.serving import rules as rules_engine
+from bespoke.training.base import Recommender
+from bespoke.training.ranker import RankingPipeline
+
+#: How many more candidates than asked for go through the rules (they may remove some).
+HEADROOM = 3
+
+
+@dataclass
+class Recommended:
+    item_id: str
+    score: float | None
+    reason: str
+
+
+@dataclass
+class Answer:
+    items: list[Recommended]
+    content: list[dict[str, Any]] = field(default_factory=list)
+    rules: list[str] = field(default_factory=list)
+    model_version: str = ""
+
+
+@dataclass
+class Models:
+    """The @champion models of one dataset, and what identifies them (cache keys)."""
+
+    dataset: str
+    recommender: Recommender
+    recommender_version: str
+    pipeline: RankingPipeline | None = None
+    ranker_version: str | None = None
+
+    @property
+    def version(self) -> str:
+        ranker = f"+ranker-v{self.ranker_version}" if self.pipeline is not None else ""
+        return f"recommender-v{self.recommender_version}{ranker}"
+
+
+def load_champions(tracking_uri: str, dataset: str) -> Models:
+    """The recommender (required) and ranker (when registered) aliased ``@champion``."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from bespoke.training.ranking import registered_name as ranker_name
+    from bespoke.training.train import CHAMPION, registered_name
+
+    mlflow.set_tracking_uri(tracking_uri)
+    client = mlflow.MlflowClient()
+    name = registered_name(dataset)
+    try:
+        version = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException as error:
+        raise RuntimeError(
+            f"no @{CHAMPION} recommender for {dataset!r} in {tracking_uri}: train one with "
+            f"`bespoke train recommender --dataset {dataset} --model ease`"
+        ) from error
+    recommender = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}").unwrap_python_model()
+    models = Models(dataset, recommender.model, str(version.version))
+    try:
+        ranker_version = client.get_model_version_by_alias(ranker_name(dataset), CHAMPION)
+    except MlflowException:
+        return models
+    ranker = mlflow.pyfunc.load_model(f"models:/{ranker_name(dataset)}@{CHAMPION}")
+    models.pipeline = ranker.unwrap_python_model().pipeline
+    models.ranker_version = str(ranker_version.version)
+    return models
+
+
+class Engine:
+    """Recommendations for one person from their live profile, with rules applied."""
+
+    def __init__(
+        self,
+        models: Models,
+        item_categories: Mapping[str, Collection[str]],
+        rules: rules_engine.RulesFile | None = None,
+    ) -> None:
+        self.models = models
+        self.item_categories = item_categories
+        self.rules = rules
+
+    def recommend(
+        self,
+        profile: Profile,
+        events: Sequence[Mapping[str, Any]],
+        *,
+        k: int = 10,
+        context: Mapping[str, Any] | None = None,
+        exclude: Collection[str] = (),
+        categories: Collection[str] | None = None,
+        now: datetime | None = None,
+        slot: str | None = None,
+    ) -> Answer:
+        now = now or datetime.now(UTC)
+        seen = {str(item) for item in profile.items}
+        wanted = k * HEADROOM
+        items, scores, reason = self._candidates(profile, wanted, seen | set(exclude), now)
+        if categories:
+            chosen = set(categories)
+            keep = [i for i, item in enumerate(items)
+                    if chosen & set(self.item_categories.get(item, ()))]  # fmt: skip
+            items, scores = [items[i] for i in keep], [scores[i] for i in keep]
+        reasons = [reason] * len(items)
+        answer = Answer(items=[], model_version=self.models.version)
+        if self.rules is not None:
+            document = rules_engine.profile_document(
+                profile.attributes, events, now, item_categories=self.item_categories
+            )
+            decision = self.rules.current().evaluate(document, dict(context or {}), now, slot=slot)
+            ruled_items, ruled_scores, ruled_reasons = rules_engine.apply(
+                decision, items, scores, self.item_categories, exclude=seen | set(exclude)
+            )
+            by_item = dict(zip(items, reasons, strict=True))
+            reasons = [by_item.get(i, r) if r == "model" else r
+                       for i, r in zip(ruled_items, ruled_reasons, strict=True)]  # fmt: skip
+            items, scores = ruled_items, ruled_scores
+            answer.content = [
+                {"block_id": block.block_id, "payload": block.payload, "rule": block.rule_id}
+                for block in decision.content
+            ]
+            answer.rules = list(decision.rule_ids)
+        answer.items = [
+            Recommended(item, None if score is None else float(score), why)
+            for item, score, why in zip(items[:k], scores[:k], reasons[:k], strict=True)
+        ]
+        return answer
+
+    def _candidates(
+        self, profile: Profile, n: int, excluded: set[str], now: datetime
+    ) -> tuple[list[str], list[float], str]:
+        models = self.models
+        if len(profile.items) and models.pipeline is not None:
+            ids, probability = models.pipeline.recommend(
+                [profile], k=n, now=np.datetime64(now.replace(tzinfo=None), "us"),
+                exclude=list(excluded),
+            )  # fmt: skip
+            return (*_present(ids[0], probability[0]), "model:ranker")
+        if len(profile.items):
+            ids, scores = models.recommender.recommend_from_history(
+                profile.items, k=n, exclude=list(excluded)
+            )
+            return (*_present(ids, scores), f"model:{models.recommender.family}")
+        recommender = models.recommender
+        order = np.argsort(-recommender.popularity_, kind="stable")
+        ids = [
+            str(recommender.item_ids_[i]) for i in order if recommender.item_ids_[i] not in excluded
+        ]
+        popularity = recommender.popularity_ / max(float(recommender.popularity_.max()), 1.0)
+        lookup = {str(item): i for i, item in enumerate(recommender.item_ids_)}
+        chosen = ids[:n]
+        return chosen, [float(popularity[lookup[i]]) for i in chosen], "fallback:popularity"
+
+
+def _present(ids: np.ndarray, scores: np.ndarray) -> tuple[list[str], list[float]]:
+    keep = [i for i, item in enumerate(ids) if item is not None]
+    return [str(ids[i]) for i in keep], [float(scores[i]) for i in keep]

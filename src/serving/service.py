@@ -1,0 +1,203 @@
+"""The BentoML personalization service: ``bentoml serve bespoke.serving.service:Personalization``.
+
+Thin by design (DESIGN.md): each route parses its typed request, calls the library
+(:mod:`bespoke.serving.engine`, :mod:`bespoke.serving.store`) and formats the answer.
+BentoML itself serves ``/healthz``, ``/readyz``, ``/livez`` and Prometheus ``/metrics``.
+Every other route needs an API key (``bespoke keys create``): 401 without one, 403 with
+a wrong or revoked one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+import bentoml
+from _bentoml_sdk import IODescriptor
+from pydantic import ConfigDict, Field
+
+from bespoke.features.schema import EventIn
+
+#: Largest batch ``/v1/events`` takes (the issue's contract): more is a 413.
+MAX_EVENTS = 1000
+#: Routes anyone may call (health, metrics, the API's own description).
+OPEN_PATHS = ("/healthz", "/readyz", "/livez", "/metrics", "/docs.json", "/schema.json")
+DATASET_ENV = "BESPOKE_SERVING_DATASET"
+RULES_ENV = "BESPOKE_RULES_PATH"
+
+
+class RecommendRequest(IODescriptor):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str | None = Field(default=None, max_length=200)
+    anonymous_id: str | None = Field(default=None, max_length=200)
+    k: int = Field(default=10, ge=1, le=100)
+    context: dict[str, Any] = Field(default_factory=dict)
+    exclude: list[str] = Field(default_factory=list, max_length=1000)
+    categories: list[str] | None = Field(default=None, max_length=100)
+
+
+class RecommendedItem(IODescriptor):
+    item_id: str
+    score: float | None
+    reason: str
+
+
+class RecommendResponse(IODescriptor):
+    user_id: str | None
+    items: list[RecommendedItem]
+    content: list[dict[str, Any]]
+    rules: list[str]
+    model_version: str
+
+
+class EventsRequest(IODescriptor):
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[EventIn] = Field(min_length=1)
+
+
+class EventsResponse(IODescriptor):
+    accepted: int
+    rejected: int
+    duplicates: int
+    errors: list[dict[str, Any]]
+
+
+class ApiKeyMiddleware:
+    """ASGI middleware: every route outside :data:`OPEN_PATHS` needs a valid key, given as
+    ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``."""
+
+    def __init__(self, app: Any) -> None:
+        from bespoke.serving.keys import ApiKeys
+        from bespoke.settings import get_settings
+
+        self.app = app
+        self.keys = ApiKeys(get_settings().online_store_url or "")
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(OPEN_PATHS):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        key = headers.get("x-api-key")
+        bearer = headers.get("authorization", "")
+        if key is None and bearer.lower().startswith("bearer "):
+            key = bearer[7:].strip()
+        if not key:
+            await _json(send, 401, {"error": "an API key is required (Authorization: Bearer …)"})
+            return
+        if self.keys.verify(key) is None:
+            await _json(send, 403, {"error": "this API key is not valid"})
+            return
+        await self.app(scope, receive, send)
+
+
+async def _json(send: Any, status: int, body: dict) -> None:
+    payload = json.dumps(body).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+@bentoml.service(name="bespoke", traffic={"timeout": 30})
+class Personalization:
+    def __init__(self) -> None:
+        from cachetools import TTLCache
+
+        from bespoke.features.lake import Lake
+        from bespoke.serving.engine import Engine, load_champions
+        from bespoke.serving.rules import SHIPPED_RULES_DIR, RulesFile
+        from bespoke.serving.store import open_store
+        from bespoke.settings import get_settings
+        from bespoke.training.data import load_catalog
+
+        settings = get_settings()
+        self.dataset = os.environ.get(DATASET_ENV, "ml-100k")
+        self.store = open_store(settings)
+        models = load_champions(settings.mlflow_tracking_uri, self.dataset)
+        catalog = load_catalog(Lake(settings.lake_url), self.dataset)
+        categories = {
+            str(item): [str(g) for g in (genres if genres is not None else [])]
+            for item, genres in zip(catalog["item_id"], catalog["genres"], strict=True)
+        }
+        rules = RulesFile(os.environ.get(RULES_ENV) or SHIPPED_RULES_DIR)
+        self.engine = Engine(models, categories, rules)
+        self.cache: TTLCache = TTLCache(maxsize=50_000, ttl=60)
+
+    @bentoml.api(route="/v1/recommend", input_spec=RecommendRequest, output_spec=RecommendResponse)
+    def recommend(self, **request: Any) -> RecommendResponse:
+        request = RecommendRequest(**request)
+        person = request.user_id or request.anonymous_id
+        anonymous = request.user_id is None and request.anonymous_id is not None
+        view = self.store.profile(person, self.dataset, anonymous=anonymous) if person else None
+        # The profile's latest event is part of the key: a new event changes the answer,
+        # in every worker, without any cross-process invalidation.
+        last = max(view.last_event_at.values(), default=None) if view else None
+        key = hashlib.sha256(
+            json.dumps([person, str(last), request.model_dump(mode="json"),
+                        self.engine.models.version], sort_keys=True).encode()
+        ).hexdigest()  # fmt: skip
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        profile = (
+            self.store.as_profile(person, self.dataset, anonymous=anonymous) if person else None
+        )
+        from bespoke.features.build import Profile
+
+        events = [
+            {"type": e.event_type, "item_id": e.item_id, "timestamp": e.timestamp, "value": e.value}
+            for e in (view.recent if view else [])
+        ]
+        answer = self.engine.recommend(
+            profile or Profile(user_id=""),
+            events,
+            k=request.k,
+            context=request.context,
+            exclude=request.exclude,
+            categories=request.categories,
+            now=datetime.now(UTC),
+        )
+        response = RecommendResponse(
+            user_id=person,
+            items=[
+                RecommendedItem(item_id=i.item_id, score=i.score, reason=i.reason)
+                for i in answer.items
+            ],
+            content=answer.content,
+            rules=answer.rules,
+            model_version=answer.model_version,
+        )
+        self.cache[key] = response
+        return response
+
+    @bentoml.api(route="/v1/events", input_spec=EventsRequest, output_spec=EventsResponse)
+    def events(self, **request: Any) -> EventsResponse:
+        batch = EventsRequest(**request).events
+        if len(batch) > MAX_EVENTS:
+            raise bentoml.exceptions.BentoMLException(
+                f"at most {MAX_EVENTS} events per request, got {len(batch)}",
+                error_code=413,  # type: ignore[arg-type]
+            )
+        result = self.store.accept_events(batch, self.dataset)
+        return EventsResponse(
+            accepted=result.accepted,
+            rejected=result.rejected,
+            duplicates=result.duplicates,
+            errors=[e.model_dump() for e in result.errors],
+        )
+
+    @bentoml.api(route="/v1/profiles")
+    def profiles(self, user_id: str, anonymous: bool = False) -> dict:
+        view = self.store.profile(user_id, self.dataset, anonymous=anonymous)
+        return view.model_dump(mode="json")
+
+
+Personalization.add_asgi_middleware(ApiKeyMiddleware)

@@ -1,0 +1,855 @@
+"""The online profile store and the durable event inbox.
+
+Live events come in through :meth:`SQLiteStore.accept_events`: after the caller has
+validated them (pydantic :class:`~bespoke.features.schema.EventIn`), each is consent-gated
+and pseudonymised exactly as ingestion does it, then, in one transaction, appended to the
+inbox and applied to its person's profile (recent events, last time per event type). When
+the call returns, the events are on disk (``synchronous=FULL``, see
+:mod:`bespoke.serving.db`) and the next profile read shows them.
+
+:meth:`SQLiteStore.flush` moves the inbox to the event lake through the one ingestion path
+(:func:`bespoke.features.collect.ingest`), so live events are checked, quarantined and
+deduplicated like any other source. The inbox never holds raw PII: it keeps the keyed
+pseudonyms (``email_hash`` …), which ``ingest`` accepts in place of raw values. Each
+dataset's inbox has a watermark, the last sequence number known to be in the lake; it
+moves only after the lake write succeeded. A crash in between re-sends those rows on the
+next flush, and the lake's content-hash event ids turn them into "already present".
+
+Profiles are keyed by dataset and person: the user id, or — for an event without one —
+the anonymous id (``anonymous=True`` on reads), as ingestion keys rows only known by
+e-mail by the e-mail's pseudonym. Each profile keeps its latest :data:`RECENT_EVENTS`
+events; the last time of each event type is kept whatever the cap drops.
+
+The store sits behind :class:`OnlineStore` (what the service calls); :func:`open_store`
+picks the backend from ``BESPOKE_ONLINE_STORE_URL``. SQLite (WAL) is the embedded default,
+safe for several worker processes sharing one file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import sqlite3
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, Field
+
+from bespoke.features.build import Profile
+from bespoke.features.collect import EVENT_INPUT_TYPES, SourceBatch, ingest
+from bespoke.features.lake import Lake
+from bespoke.features.parse import ROW, SOURCE
+from bespoke.features.privacy import pseudonym
+from bespoke.features.schema import (
+    PERSONALIZATION,
+    TEXT,
+    Channel,
+    EventIn,
+    check_dataset_name,
+)
+from bespoke.serving.db import Database
+from bespoke.settings import SQLITE_PREFIX, Settings, get_settings
+
+#: The most events one request may send (the service answers 413 above it); a batch of
+#: this size is one transaction.
+MAX_BATCH = 1_000
+#: Events kept per profile: the latest ones.
+RECENT_EVENTS = 500
+#: Flushed inbox rows are kept this long, so that a client re-sending an event with its
+#: own ``source_event_id`` is recognised and not applied to the profile twice.
+KEEP_FLUSHED = timedelta(days=1)
+#: Inbox rows per ingestion run when flushing.
+FLUSH_CHUNK = 500_000
+#: Event types whose items make up the history the ranker sees (as in training).
+INTERACTION_TYPES = ("rate", "purchase", "click", "add_to_cart", "like", "view")
+#: The user attributes copied from the lake.
+ATTRIBUTES = ("age", "gender", "occupation", "state", "region", "country")
+
+USER, ANONYMOUS = "u", "a"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+
+
+# --- what callers get back -----------------------------------------------------------------
+
+
+class ItemError(BaseModel):
+    """Why one event of a request was not accepted."""
+
+    index: int = Field(description="Position of the event in the request.")
+    field: str | None = Field(default=None, description="The field at fault, if one is.")
+    message: str
+
+
+class AcceptResult(BaseModel):
+    """What became of a request's events."""
+
+    accepted: int = Field(description="Events stored (including re-sent ones already held).")
+    rejected: int
+    duplicates: int = Field(
+        default=0, description="Accepted events whose source_event_id was already held."
+    )
+    errors: list[ItemError] = Field(default_factory=list)
+
+
+class RecentEvent(BaseModel):
+    event_type: str
+    item_id: str | None
+    value: float | None
+    timestamp: datetime | None
+
+
+class ProfileView(BaseModel):
+    """One person as the service shows them."""
+
+    user_id: str
+    dataset: str
+    anonymous: bool = False
+    known: bool = Field(description="Whether anything is known about this person.")
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    recent: list[RecentEvent] = Field(default_factory=list, description="Newest first.")
+    last_event_at: dict[str, datetime] = Field(default_factory=dict)
+    segments: list[str] = Field(default_factory=list, description="Filled by the segments step.")
+
+
+@dataclass
+class FlushResult:
+    """Per dataset, the inbox rows sent to the lake and what ingestion made of them."""
+
+    datasets: dict[str, dict[str, int]] = field(default_factory=dict)
+    runs: list[str] = field(default_factory=list)
+
+    @property
+    def flushed(self) -> int:
+        return sum(c["flushed"] for c in self.datasets.values())
+
+    @property
+    def stored(self) -> int:
+        return sum(c["stored"] for c in self.datasets.values())
+
+    def add(self, dataset: str, rows: int, manifest: dict[str, Any], run_id: str) -> None:
+        events = manifest.get("events", {})
+        counts = self.datasets.setdefault(
+            dataset,
+            {"flushed": 0, "stored": 0, "already_present": 0, "quarantined": 0},
+        )
+        counts["flushed"] += rows
+        counts["stored"] += events.get("stored", 0)
+        counts["already_present"] += events.get("already_present", 0)
+        counts["quarantined"] += sum(events.get("quarantined", {}).values())
+        self.runs.append(run_id)
+
+
+class OnlineStore(Protocol):
+    """What the service needs of an online store; SQLite is the embedded backend."""
+
+    def accept_events(self, events: Sequence[EventIn], dataset: str) -> AcceptResult: ...
+
+    def profile(self, user_id: str, dataset: str, *, anonymous: bool = False) -> ProfileView: ...
+
+    def as_profile(self, user_id: str, dataset: str, *, anonymous: bool = False) -> Profile: ...
+
+    def load_attributes(self, lake: Lake, dataset: str) -> int: ...
+
+    def seed_history(
+        self, lake: Lake, dataset: str, as_of: datetime | str | None = None
+    ) -> int: ...
+
+    def flush(self, lake: Lake, *, dataset: str | None = None) -> FlushResult: ...
+
+    def pending(self, dataset: str | None = None) -> int: ...
+
+    def delete_user(
+        self, user_id: str, dataset: str | None = None, *, anonymous: bool = False
+    ) -> dict[str, int]: ...
+
+
+def open_store(settings: Settings | None = None) -> OnlineStore:
+    """The online store the settings name (``BESPOKE_ONLINE_STORE_URL``)."""
+    settings = settings or get_settings()
+    url = settings.online_store_url or ""
+    if url.startswith(SQLITE_PREFIX):
+        return SQLiteStore(url, settings.pseudonym_key())
+    raise ValueError(
+        f"no online store backend for {url!r}; supported: {SQLITE_PREFIX}<path> (SQLite)"
+    )
+
+
+# --- consent, PII ---------------------------------------------------------------------------
+
+
+def rejection(event: EventIn) -> tuple[str, str] | None:
+    """Why ``event`` may not be stored for personalisation, as (field, message), if it may
+    not: the same rules as ingestion's (consent gate; no e-mail address as an id)."""
+    if PERSONALIZATION.value not in event.consent:
+        return (
+            "consent",
+            "no 'personalization' consent purpose: the event is not stored for personalisation",
+        )
+    for name in ("user_id", "anonymous_id"):
+        value = getattr(event, name)
+        if value is not None and _EMAIL.fullmatch(value):
+            return (
+                name,
+                f"{name} looks like an e-mail address; send it as 'email' so that it is "
+                "stored only as a keyed pseudonym",
+            )
+    return None
+
+
+def _micros(moment: datetime) -> int:
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def _moment(micros: int | None) -> datetime | None:
+    return None if micros is None else _EPOCH + micros * _MICROSECOND
+
+
+#: Inbox columns after ``seq``, ``dataset`` and ``received_at``, in row-tuple order.
+_INBOX_FIELDS = (
+    "source_event_id", "timestamp", "user_id", "anonymous_id", "event_type", "item_id",
+    "value", "quantity", "channel", "device", "geo", "page", "referrer", "ip_hash",
+    "email_hash", "phone_hash", "consent", "kind", "subject",
+)  # fmt: skip
+_F = {name: position for position, name in enumerate(_INBOX_FIELDS)}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS inbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    dataset TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    source_event_id TEXT,
+    timestamp INTEGER,
+    user_id TEXT,
+    anonymous_id TEXT,
+    event_type TEXT NOT NULL,
+    item_id TEXT,
+    value REAL,
+    quantity INTEGER,
+    channel TEXT NOT NULL,
+    device TEXT,
+    geo TEXT,
+    page TEXT,
+    referrer TEXT,
+    ip_hash TEXT,
+    email_hash TEXT,
+    phone_hash TEXT,
+    consent TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS inbox_sender_id ON inbox (dataset, source_event_id)
+    WHERE source_event_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS inbox_subject ON inbox (subject);
+CREATE TABLE IF NOT EXISTS flushed (
+    dataset TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS profile_events (
+    id INTEGER PRIMARY KEY,
+    dataset TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    timestamp INTEGER,
+    event_type TEXT NOT NULL,
+    item_id TEXT,
+    value REAL,
+    inbox_seq INTEGER
+);
+CREATE INDEX IF NOT EXISTS profile_events_subject
+    ON profile_events (dataset, kind, subject, timestamp);
+CREATE TABLE IF NOT EXISTS profiles (
+    dataset TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    n_events INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (dataset, kind, subject)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS last_events (
+    dataset TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (dataset, kind, subject, event_type)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS attributes (
+    dataset TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    data TEXT NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (dataset, user_id)
+) WITHOUT ROWID
+"""
+
+_UPSERT_PROFILE = (
+    "INSERT INTO profiles (dataset, kind, subject, n_events, updated_at) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (dataset, kind, subject) DO UPDATE SET "
+    "n_events = n_events + excluded.n_events, updated_at = excluded.updated_at"
+)
+_UPSERT_LAST = (
+    "INSERT INTO last_events (dataset, kind, subject, event_type, at) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (dataset, kind, subject, event_type) DO UPDATE SET at = max(at, excluded.at)"
+)
+_INSERT_EVENT = (
+    "INSERT INTO profile_events (dataset, kind, subject, timestamp, event_type, item_id, "
+    "value, inbox_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+class SQLiteStore:
+    """The online store in one SQLite file (WAL), shared by every worker process.
+
+    ``key`` is the HMAC key of the pseudonyms (the settings' :meth:`pseudonym_key`); the
+    flush hands it to ingestion too. ``recent_events`` caps the events kept per profile.
+    """
+
+    def __init__(self, url: str, key: bytes, *, recent_events: int = RECENT_EVENTS) -> None:
+        if recent_events < 1:
+            raise ValueError(f"recent_events must be at least 1, got {recent_events}")
+        self.db = Database(url)
+        self._key = key
+        self.recent_events = recent_events
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({str(self.db.path)!r})"
+
+    @property
+    def path(self) -> Path:
+        return self.db.path
+
+    def _database(self) -> Database:
+        self.db.ensure("online-store", _SCHEMA)
+        return self.db
+
+    # --- live events ---------------------------------------------------------------------
+
+    def accept_events(
+        self, events: Sequence[EventIn], dataset: str, *, now: datetime | None = None
+    ) -> AcceptResult:
+        """Store ``events`` (already validated) durably and apply them to their profiles.
+
+        Events without the ``personalization`` consent purpose, or whose id is an e-mail
+        address, are rejected one by one (``errors`` gives each one's position and why);
+        the others are stored in one transaction, all or none. An event whose
+        ``source_event_id`` is already held is accepted again but applied only once.
+        """
+        check_dataset_name(dataset)
+        received = _micros(now or datetime.now(UTC))
+        errors: list[ItemError] = []
+        rows: list[tuple[Any, ...]] = []
+        for index, event in enumerate(events):
+            problem = rejection(event)
+            if problem is not None:
+                errors.append(ItemError(index=index, field=problem[0], message=problem[1]))
+            else:
+                rows.append(self._inbox_row(event))
+        accepted = len(rows)
+        duplicates = 0
+        if rows:
+            with self._database().write() as con:
+                rows = self._new_only(con, dataset, rows)
+                duplicates = accepted - len(rows)
+                if rows:
+                    self._append(con, dataset, rows, received)
+        return AcceptResult(
+            accepted=accepted, rejected=len(errors), duplicates=duplicates, errors=errors
+        )
+
+    def _inbox_row(self, event: EventIn) -> tuple[Any, ...]:
+        """The inbox row of an event: PII replaced by the same keyed pseudonyms as at
+        ingestion, and whose profile it belongs to."""
+        key = self._key
+        email = None if event.email is None else pseudonym(key, "email", event.email)
+        phone = None if event.phone is None else pseudonym(key, "phone", event.phone)
+        context = event.context
+        ip = None if context.ip is None else pseudonym(key, "ip", context.ip)
+        user = event.user_id if event.user_id is not None else email  # as ingestion does
+        kind, subject = (USER, user) if user is not None else (ANONYMOUS, event.anonymous_id)
+        return (
+            event.source_event_id,
+            _micros(event.timestamp),
+            event.user_id,
+            event.anonymous_id,
+            str(event.event_type),
+            event.item_id,
+            event.value,
+            event.quantity,
+            str(event.channel),
+            context.device,
+            context.geo,
+            context.page,
+            context.referrer,
+            ip,
+            email,
+            phone,
+            "|".join(sorted(str(p) for p in event.consent)),
+            kind,
+            subject,
+        )
+
+    @staticmethod
+    def _new_only(
+        con: sqlite3.Connection, dataset: str, rows: list[tuple[Any, ...]]
+    ) -> list[tuple[Any, ...]]:
+        """``rows`` without those whose sender id is already held (or earlier in ``rows``)."""
+        position = _F["source_event_id"]
+        ids = [row[position] for row in rows if row[position] is not None]
+        if not ids:
+            return rows
+        held = {
+            sender
+            for (sender,) in con.execute(
+                "SELECT source_event_id FROM inbox WHERE dataset = ? AND source_event_id IN "
+                "(SELECT value FROM json_each(?))",
+                (dataset, json.dumps(ids)),
+            )
+        }
+        kept = []
+        for row in rows:
+            sender = row[position]
+            if sender is not None:
+                if sender in held:
+                    continue
+                held.add(sender)
+            kept.append(row)
+        return kept
+
+    def _append(
+        self, con: sqlite3.Connection, dataset: str, rows: list[tuple[Any, ...]], received: int
+    ) -> None:
+        """Inbox rows plus the profile updates, inside the caller's transaction."""
+        (last_seq,) = con.execute(
+            "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'inbox'), 0)"
+        ).fetchone()
+        seqs = range(last_seq + 1, last_seq + 1 + len(rows))
+        columns = ", ".join(_INBOX_FIELDS)
+        marks = ", ".join("?" * (len(_INBOX_FIELDS) + 3))
+        con.executemany(
+            f"INSERT INTO inbox (seq, dataset, received_at, {columns}) VALUES ({marks})",
+            [(seq, dataset, received, *row) for seq, row in zip(seqs, rows, strict=True)],
+        )
+        kind, subject, ts = _F["kind"], _F["subject"], _F["timestamp"]
+        event_type, item, value = _F["event_type"], _F["item_id"], _F["value"]
+        con.executemany(
+            _INSERT_EVENT,
+            [
+                (dataset, r[kind], r[subject], r[ts], r[event_type], r[item], r[value], seq)
+                for seq, r in zip(seqs, rows, strict=True)
+            ],
+        )
+        counts: dict[tuple[str, str], int] = defaultdict(int)
+        latest: dict[tuple[str, str, str], int] = {}
+        for r in rows:
+            who = (r[kind], r[subject])
+            counts[who] += 1
+            moment = (*who, r[event_type])
+            if moment not in latest or r[ts] > latest[moment]:
+                latest[moment] = r[ts]
+        con.executemany(
+            _UPSERT_PROFILE, [(dataset, k, s, n, received) for (k, s), n in counts.items()]
+        )
+        con.executemany(_UPSERT_LAST, [(dataset, k, s, t, at) for (k, s, t), at in latest.items()])
+        self._trim(con, dataset, counts)
+
+    def _trim(self, con: sqlite3.Connection, dataset: str, who: Iterable[tuple[str, str]]) -> None:
+        """Drop the oldest events of the profiles among ``who`` that hold more than the cap
+        (with 10% slack, so that a busy profile is trimmed once per many events)."""
+        cap = self.recent_events
+        by_kind: dict[str, list[str]] = defaultdict(list)
+        for kind, subject in who:
+            by_kind[kind].append(subject)
+        over = []
+        for kind, subjects in by_kind.items():
+            over += con.execute(
+                "SELECT kind, subject FROM profiles WHERE dataset = ? AND kind = ? AND "
+                "n_events > ? AND subject IN (SELECT value FROM json_each(?))",
+                (dataset, kind, cap + cap // 10, json.dumps(subjects)),
+            ).fetchall()
+        self._trim_to_cap(con, dataset, over)
+
+    def _trim_to_cap(
+        self, con: sqlite3.Connection, dataset: str, over: list[tuple[str, str]]
+    ) -> None:
+        cap = self.recent_events
+        for kind, subject in over:
+            con.execute(
+                "DELETE FROM profile_events WHERE id IN (SELECT id FROM profile_events "
+                "WHERE dataset = ? AND kind = ? AND subject = ? "
+                "ORDER BY timestamp DESC, id DESC LIMIT -1 OFFSET ?)",
+                (dataset, kind, subject, cap),
+            )
+            con.execute(
+                "UPDATE profiles SET n_events = (SELECT count(*) FROM profile_events "
+                "WHERE dataset = ?1 AND kind = ?2 AND subject = ?3) "
+                "WHERE dataset = ?1 AND kind = ?2 AND subject = ?3",
+                (dataset, kind, subject),
+            )
+
+    # --- reading profiles ----------------------------------------------------------------
+
+    def profile(self, user_id: str, dataset: str, *, anonymous: bool = False) -> ProfileView:
+        """Attributes, latest events (newest first), last time per event type."""
+        kind = ANONYMOUS if anonymous else USER
+        with self._database().read() as con:
+            attributes = self._attributes(con, dataset, user_id) if not anonymous else {}
+            events = con.execute(
+                "SELECT event_type, item_id, value, timestamp FROM profile_events "
+                "WHERE dataset = ? AND kind = ? AND subject = ? "
+                "ORDER BY timestamp DESC, id DESC LIMIT ?",
+                (dataset, kind, user_id, self.recent_events),
+            ).fetchall()
+            last = con.execute(
+                "SELECT event_type, at FROM last_events WHERE dataset = ? AND kind = ? "
+                "AND subject = ? ORDER BY event_type",
+                (dataset, kind, user_id),
+            ).fetchall()
+        return ProfileView(
+            user_id=user_id,
+            dataset=dataset,
+            anonymous=anonymous,
+            known=bool(attributes or events or last),
+            attributes=attributes,
+            recent=[
+                RecentEvent(event_type=t, item_id=i, value=v, timestamp=_moment(ts))
+                for t, i, v, ts in events
+            ],
+            last_event_at={t: _EPOCH + at * _MICROSECOND for t, at in last},
+        )
+
+    def as_profile(self, user_id: str, dataset: str, *, anonymous: bool = False) -> Profile:
+        """The person as the ranker's feature builder takes them
+        (:meth:`~bespoke.features.build.Histories.from_profiles`): interactions with an
+        item, oldest first, read as training reads the lake (a missing value counts 1.0,
+        as in :meth:`~bespoke.training.data.Interactions.from_frame`)."""
+        kind = ANONYMOUS if anonymous else USER
+        types = json.dumps(INTERACTION_TYPES)
+        with self._database().read() as con:
+            attributes = self._attributes(con, dataset, user_id) if not anonymous else {}
+            rows = con.execute(
+                "SELECT item_id, value, timestamp FROM profile_events "
+                "WHERE dataset = ? AND kind = ? AND subject = ? AND item_id IS NOT NULL "
+                "AND event_type IN (SELECT value FROM json_each(?)) ORDER BY timestamp, id",
+                (dataset, kind, user_id, types),
+            ).fetchall()
+        values = np.array([1.0 if v is None else v for _, v, _ in rows], dtype=np.float64)
+        micros = np.array(
+            [np.iinfo(np.int64).min if ts is None else ts for _, _, ts in rows], dtype=np.int64
+        )
+        return Profile(
+            user_id=user_id,
+            attributes=attributes,
+            items=[item for item, _, _ in rows],
+            values=values,
+            timestamps=micros.view("datetime64[us]"),  # int64 minimum is NaT
+        )
+
+    @staticmethod
+    def _attributes(con: sqlite3.Connection, dataset: str, user_id: str) -> dict[str, Any]:
+        row = con.execute(
+            "SELECT data FROM attributes WHERE dataset = ? AND user_id = ?", (dataset, user_id)
+        ).fetchone()
+        return {} if row is None else json.loads(row[0])
+
+    # --- loading from the lake -----------------------------------------------------------
+
+    def load_attributes(self, lake: Lake, dataset: str) -> int:
+        """Replace the dataset's user attributes with the lake's latest (``users`` view);
+        returns how many people have attributes."""
+        check_dataset_name(dataset)
+        columns = ", ".join(ATTRIBUTES)
+        rows = (
+            lake.connect()
+            .execute(f"SELECT user_id, {columns} FROM users WHERE dataset = ?", [dataset])
+            .fetchall()
+        )
+        now = _micros(datetime.now(UTC))
+        with self._database().write() as con:
+            con.execute("DELETE FROM attributes WHERE dataset = ?", (dataset,))
+            con.executemany(
+                "INSERT INTO attributes (dataset, user_id, data, updated_at) VALUES (?, ?, ?, ?)",
+                [
+                    (dataset, row[0], json.dumps(dict(zip(ATTRIBUTES, row[1:], strict=True))), now)
+                    for row in rows
+                ],
+            )
+        return len(rows)
+
+    def seed_history(
+        self,
+        lake: Lake,
+        dataset: str,
+        as_of: datetime | str | None = None,
+        per_user: int | None = None,
+    ) -> int:
+        """Rebuild the dataset's profiles from the lake, so that a freshly started service
+        knows existing people: each person's latest ``per_user`` events (default: the
+        cap) before ``as_of`` (all when ``None``), plus the live events not flushed yet.
+
+        Live events already flushed are in the lake, so they come back from there; seeding
+        twice gives the same profiles. Returns how many lake events were loaded.
+        """
+        check_dataset_name(dataset)
+        per_user = per_user or self.recent_events
+        cut = None
+        if as_of is not None:
+            stamp = pd.Timestamp(as_of)
+            cut = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+        recent, latest = _lake_history(lake, dataset, cut, per_user)
+        now = _micros(datetime.now(UTC))
+        with self._database().write() as con:
+            watermark = self._watermark(con, dataset)
+            con.execute(
+                "DELETE FROM profile_events WHERE dataset = ? AND "
+                "(inbox_seq IS NULL OR inbox_seq <= ?)",
+                (dataset, watermark),
+            )
+            con.executemany(_INSERT_EVENT, [(dataset, *row, None) for row in recent])
+            con.execute("DELETE FROM last_events WHERE dataset = ?", (dataset,))
+            con.executemany(_UPSERT_LAST, [(dataset, *row) for row in latest])
+            pending = con.execute(
+                "SELECT kind, subject, event_type, max(timestamp) FROM inbox "
+                "WHERE dataset = ? AND seq > ? AND timestamp IS NOT NULL GROUP BY 1, 2, 3",
+                (dataset, watermark),
+            ).fetchall()
+            con.executemany(_UPSERT_LAST, [(dataset, *row) for row in pending])
+            con.execute("UPDATE profiles SET n_events = 0 WHERE dataset = ?", (dataset,))
+            con.execute(
+                "INSERT INTO profiles (dataset, kind, subject, n_events, updated_at) "
+                "SELECT dataset, kind, subject, count(*), ? FROM profile_events "
+                "WHERE dataset = ? GROUP BY dataset, kind, subject "
+                "ON CONFLICT (dataset, kind, subject) DO UPDATE SET n_events = excluded.n_events",
+                (now, dataset),
+            )
+            over = con.execute(
+                "SELECT kind, subject FROM profiles WHERE dataset = ? AND n_events > ?",
+                (dataset, self.recent_events),
+            ).fetchall()
+            self._trim_to_cap(con, dataset, over)
+        return len(recent)
+
+    # --- to the lake ---------------------------------------------------------------------
+
+    @staticmethod
+    def _watermark(con: sqlite3.Connection, dataset: str) -> int:
+        row = con.execute("SELECT seq FROM flushed WHERE dataset = ?", (dataset,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def pending(self, dataset: str | None = None) -> int:
+        """How many inbox events are not in the lake yet."""
+        with self._database().read() as con:
+            (count,) = con.execute(
+                "SELECT count(*) FROM inbox i LEFT JOIN flushed f ON f.dataset = i.dataset "
+                "WHERE i.seq > coalesce(f.seq, 0) AND (?1 IS NULL OR i.dataset = ?1)",
+                (dataset,),
+            ).fetchone()
+        return int(count)
+
+    def flush(
+        self,
+        lake: Lake,
+        *,
+        dataset: str | None = None,
+        chunk: int = FLUSH_CHUNK,
+        keep_flushed: timedelta = KEEP_FLUSHED,
+    ) -> FlushResult:
+        """Move the inbox's pending events (of one dataset, or all) to the lake.
+
+        Each chunk goes through :func:`~bespoke.features.collect.ingest` as one run; the
+        dataset's watermark moves past it only once the run is written. Rows flushed more
+        than ``keep_flushed`` ago are then dropped from the inbox. One flush at a time per
+        store (a file lock); a second waits for the first.
+        """
+        if dataset is not None:
+            check_dataset_name(dataset)
+        result = FlushResult()
+        with self._flush_lock():
+            database = self._database()
+            with database.read() as con:
+                datasets = [
+                    name
+                    for (name,) in con.execute(
+                        "SELECT DISTINCT i.dataset FROM inbox i LEFT JOIN flushed f "
+                        "ON f.dataset = i.dataset WHERE i.seq > coalesce(f.seq, 0) "
+                        "AND (?1 IS NULL OR i.dataset = ?1) ORDER BY 1",
+                        (dataset,),
+                    )
+                ]
+            for name in datasets:
+                while (part := self._pending_batch(name, chunk)) is not None:
+                    batch, last_seq = part
+                    run = ingest(batch, lake, self._key)
+                    with database.write() as con:
+                        con.execute(
+                            "INSERT INTO flushed (dataset, seq, at) VALUES (?, ?, ?) "
+                            "ON CONFLICT (dataset) DO UPDATE SET seq = max(seq, excluded.seq), "
+                            "at = excluded.at",
+                            (name, last_seq, _micros(datetime.now(UTC))),
+                        )
+                    result.add(name, len(batch.events), run.manifest, run.run_id)
+            cutoff = _micros(datetime.now(UTC) - keep_flushed)
+            with database.write() as con:
+                con.execute(
+                    "DELETE FROM inbox WHERE received_at < ? AND seq <= "
+                    "coalesce((SELECT f.seq FROM flushed f WHERE f.dataset = inbox.dataset), 0)",
+                    (cutoff,),
+                )
+        return result
+
+    def _pending_batch(self, dataset: str, limit: int) -> tuple[SourceBatch, int] | None:
+        """Up to ``limit`` pending rows of ``dataset`` as an ingestion batch (pseudonyms in
+        place of raw PII), and the last sequence number among them."""
+        columns = [c for c in _INBOX_FIELDS if c not in ("kind", "subject")]
+        with self.db.read() as con:
+            watermark = self._watermark(con, dataset)
+            cursor = con.execute(
+                f"SELECT seq, {', '.join(columns)} FROM inbox WHERE seq > ? AND dataset = ? "
+                "ORDER BY seq LIMIT ?",
+                (watermark, dataset, limit),
+            )
+            rows = cursor.fetchall()
+        if not rows:
+            return None
+        frame = pd.DataFrame.from_records(rows, columns=["seq", *columns])
+        last_seq = int(frame["seq"].iloc[-1])
+        micros = frame.pop("timestamp").astype("Int64")
+        frame["timestamp"] = pd.to_datetime(micros, unit="us", utc=True)
+        frame[ROW] = frame.pop("seq").astype(np.int64)
+        frame[SOURCE] = "inbox"
+        types = {c: t for c, t in EVENT_INPUT_TYPES.items() if isinstance(t, str) and c in frame}
+        types |= {c: TEXT for c in ("ip_hash", "email_hash", "phone_hash")}
+        frame = frame.astype(types)
+        batch = SourceBatch(
+            dataset=dataset, source="inbox", events=frame, default_channel=Channel.API
+        )
+        return batch, last_seq
+
+    @contextmanager
+    def _flush_lock(self) -> Iterator[None]:
+        path = self.db.path.with_name(self.db.path.name + ".flush.lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    # --- deletion ------------------------------------------------------------------------
+
+    def delete_user(
+        self, user_id: str, dataset: str | None = None, *, anonymous: bool = False
+    ) -> dict[str, int]:
+        """Remove a person's profile and inbox rows (of one dataset, or every one).
+
+        The hook of the deletion lifecycle: the lake and the audit log are its business.
+        Deleted content is overwritten in the file (``secure_delete``) and the write-ahead
+        log is checkpointed, so no old copy of the rows stays on disk. Returns the rows
+        removed per table.
+        """
+        kind = ANONYMOUS if anonymous else USER
+        scope = "(?2 IS NULL OR dataset = ?2)"
+        statements = {
+            "inbox": f"DELETE FROM inbox WHERE subject = ?1 AND kind = ?3 AND {scope}",
+            "profile_events": (
+                f"DELETE FROM profile_events WHERE subject = ?1 AND kind = ?3 AND {scope}"
+            ),
+            "last_events": f"DELETE FROM last_events WHERE subject = ?1 AND kind = ?3 AND {scope}",
+            "profiles": f"DELETE FROM profiles WHERE subject = ?1 AND kind = ?3 AND {scope}",
+        }
+        if not anonymous:
+            statements["attributes"] = f"DELETE FROM attributes WHERE user_id = ?1 AND {scope}"
+        database = self._database()
+        connection = database.connection()
+        connection.execute("PRAGMA secure_delete = ON")
+        removed = {}
+        try:
+            with database.write() as con:
+                for table, sql in statements.items():
+                    params = (
+                        (user_id, dataset) if table == "attributes" else (user_id, dataset, kind)
+                    )
+                    removed[table] = con.execute(sql, params).rowcount
+        finally:
+            connection.execute("PRAGMA secure_delete = OFF")
+        # Old versions of the pages stay in the write-ahead log until a checkpoint.
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return removed
+
+
+def _lake_history(
+    lake: Lake, dataset: str, cut: pd.Timestamp | None, per_user: int
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """From the lake: each person's latest ``per_user`` events before ``cut`` as
+    (kind, subject, µs, type, item, value), and their last time per event type."""
+    con = lake.connect()
+    where = "dataset = $dataset AND coalesce(user_id, anonymous_id) IS NOT NULL"
+    params: dict[str, Any] = {"dataset": dataset}
+    if cut is not None:
+        where += " AND timestamp < $cut"
+        params["cut"] = cut.to_pydatetime()
+    people = f"""
+        SELECT CASE WHEN user_id IS NULL THEN '{ANONYMOUS}' ELSE '{USER}' END AS kind,
+               coalesce(user_id, anonymous_id) AS subject, timestamp, event_type, item_id,
+               value, event_id
+        FROM events WHERE {where}
+    """
+    recent = con.execute(
+        f"""
+        SELECT kind, subject, epoch_us(timestamp), event_type, item_id, value
+        FROM ({people})
+        QUALIFY row_number() OVER (
+            PARTITION BY kind, subject ORDER BY timestamp DESC NULLS LAST, event_id DESC
+        ) <= $per_user
+        ORDER BY kind, subject, timestamp NULLS FIRST, event_id
+        """,
+        params | {"per_user": per_user},
+    ).fetchall()
+    latest = con.execute(
+        f"""
+        SELECT kind, subject, event_type, epoch_us(max(timestamp)) FROM ({people})
+        GROUP BY ALL HAVING max(timestamp) IS NOT NULL
+        """,
+        params,
+    ).fetchall()
+    return recent, latest
+
+
+def flush_every(
+    store: OnlineStore,
+    lake: Lake,
+    seconds: float,
+    *,
+    dataset: str | None = None,
+    runs: int | None = None,
+    on_flush: Callable[[FlushResult], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Flush every ``seconds`` (``runs`` times, or until interrupted); returns the events
+    flushed in all. ``on_flush`` sees each flush's result."""
+    if seconds <= 0:
+        raise ValueError(f"the flush interval must be positive, got {seconds}")
+    total, done = 0, 0
+    while runs is None or done < runs:
+        if done:
+            sleep(seconds)
+        result = store.flush(lake, dataset=dataset)
+        total += result.flushed
+        done += 1
+        if on_flush is not None:
+            on_flush(result)
+    return total

@@ -1,0 +1,150 @@
+"""The real ``bentoml serve`` on a free loopback port, over a real lake, MLflow store,
+online store and API key: every route, auth failures, and "an event changes the very
+next recommendation"."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bespoke.features.collect import ingest
+from bespoke.features.lake import Lake
+from bespoke.features.sources import movielens_100k
+from bespoke.settings import Settings
+
+BENTOML = Path(sys.executable).with_name("bentoml")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, datasets_dir) -> Iterator[tuple[str, str]]:
+    home = tmp_path_factory.mktemp("service-home")
+    env = {
+        **os.environ,
+        "BESPOKE_HOME": str(home),
+        "BESPOKE_MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db",
+        "BESPOKE_MLFLOW_ARTIFACTS_DIR": str(home / "artifacts"),
+        "OTEL_SDK_DISABLED": "true",
+    }
+    settings = Settings(
+        home=home,
+        mlflow_tracking_uri=env["BESPOKE_MLFLOW_TRACKING_URI"],
+        mlflow_artifacts_dir=home / "artifacts",
+    )
+    ingest(
+        movielens_100k(datasets_dir / "ml-100k"), Lake(settings.lake_url), settings.pseudonym_key()
+    )
+    from bespoke.training.train import train_recommender
+
+    train_recommender(settings, "ml-100k", "ease")
+    from bespoke.serving.keys import ApiKeys
+
+    key = ApiKeys(settings.online_store_url or "").create("tests")
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(BENTOML), "serve", "bespoke.serving.service:Personalization", "--port", str(port),
+         "--host", "127.0.0.1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                raise RuntimeError(server.stderr.read().decode()[-3000:])
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise TimeoutError("bentoml serve did not get ready in 120 s")
+        yield url, key
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _post(url: str, path: str, body: dict, key: str | None) -> httpx.Response:
+    headers = {"X-API-Key": key} if key else {}
+    return httpx.post(f"{url}{path}", json=body, headers=headers, timeout=30)
+
+
+def test_health_and_metrics_need_no_key(service) -> None:
+    url, _ = service
+    assert httpx.get(f"{url}/healthz").status_code == 200
+    assert httpx.get(f"{url}/readyz").status_code == 200
+    assert "bentoml" in httpx.get(f"{url}/metrics").text.lower()
+
+
+def test_every_other_route_needs_a_valid_key(service) -> None:
+    url, key = service
+    body = {"user_id": "1", "k": 3}
+    assert _post(url, "/v1/recommend", body, None).status_code == 401
+    assert _post(url, "/v1/recommend", body, "bsk_not-a-key").status_code == 403
+    assert _post(url, "/v1/profiles", {"user_id": "1"}, None).status_code == 401
+    bearer = httpx.post(f"{url}/v1/recommend", json=body,
+                        headers={"Authorization": f"Bearer {key}"}, timeout=30)  # fmt: skip
+    assert bearer.status_code == 200
+
+
+def test_a_stranger_gets_the_popularity_fallback(service) -> None:
+    url, key = service
+    answer = _post(url, "/v1/recommend", {"user_id": "nobody-yet", "k": 5}, key).json()
+    assert len(answer["items"]) == 5
+    assert {item["reason"] for item in answer["items"]} == {"fallback:popularity"}
+    scores = [item["score"] for item in answer["items"]]
+    assert scores == sorted(scores, reverse=True)
+    assert answer["model_version"] == "recommender-v1"
+
+
+def test_an_event_changes_the_very_next_recommendation(service) -> None:
+    url, key = service
+    before = _post(url, "/v1/recommend", {"user_id": "fresh", "k": 5}, key).json()
+    first = before["items"][0]["item_id"]
+    event = {"user_id": "fresh", "event_type": "rate", "item_id": first, "value": 5,
+             "timestamp": "2026-11-20T12:00:00Z", "consent": ["personalization"]}  # fmt: skip
+    unconsented = {**event, "item_id": "172", "consent": ["analytics"]}
+    stored = _post(url, "/v1/events", {"events": [event, unconsented]}, key).json()
+    assert (stored["accepted"], stored["rejected"]) == (1, 1)
+    assert stored["errors"][0]["index"] == 1
+    after = _post(url, "/v1/recommend", {"user_id": "fresh", "k": 5}, key).json()
+    assert first not in [item["item_id"] for item in after["items"]]
+    assert {item["reason"] for item in after["items"]} == {"model:ease"}
+    profile = _post(url, "/v1/profiles", {"user_id": "fresh"}, key).json()
+    assert [e["item_id"] for e in profile["recent"]] == [first]  # the unconsented one is not kept
+
+
+def test_exclude_and_categories_are_respected(service) -> None:
+    url, key = service
+    answer = _post(url, "/v1/recommend",
+                   {"user_id": "x", "k": 10, "exclude": ["50"], "categories": ["Horror"]},
+                   key).json()  # fmt: skip
+    assert answer["items"] and "50" not in [item["item_id"] for item in answer["items"]]
+
+
+def test_bad_requests_are_refused_with_the_field_named(service) -> None:
+    url, key = service
+    unknown = _post(url, "/v1/recommend", {"user_id": "1", "bogus": 1}, key)
+    assert unknown.status_code in (400, 422)
+    assert "bogus" in unknown.text
+    too_many = _post(url, "/v1/recommend", {"user_id": "1", "k": 1000}, key)
+    assert too_many.status_code in (400, 422) and "k" in too_many.text
+    bad_event = _post(
+        url, "/v1/events", {"events": [{"user_id": "1", "event_type": "teleport"}]}, key
+    )
+    assert bad_event.status_code in (400, 422) and "event_type" in bad_event.text
