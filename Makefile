@@ -13,7 +13,7 @@ endif
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PYTEST_WORKERS ?= 2
 
-.PHONY: help setup demo test lint format bench
+.PHONY: help setup demo test lint format bench serve
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ setup:  ## install uv if missing, then the locked environment into .venv
 
 demo: setup  ## ingest, validate, report, tune, train, register: end to end on the defaults
 	@$(UV) run --locked bespoke demo
+
+serve: setup  ## the personalization service on :3000 (needs a @champion: run make demo first)
+	@OTEL_SDK_DISABLED=$${OTEL_SDK_DISABLED:-true} $(UV) run --locked bentoml serve bespoke.serving.service:Personalization --port $${PORT:-3000}
 
 test: setup  ## run the tests (code, data, notebooks)
 	@$(UV) run --locked pytest -n $(PYTEST_WORKERS) --nbmake tests notebooks

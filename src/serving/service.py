@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Any
 
 import bentoml
@@ -67,6 +68,12 @@ class EventsResponse(IODescriptor):
     errors: list[dict[str, Any]]
 
 
+class TooManyEvents(bentoml.exceptions.BentoMLException):
+    """A batch over :data:`MAX_EVENTS`: 413, and nothing of it is applied."""
+
+    error_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
 class ApiKeyMiddleware:
     """ASGI middleware: every route outside :data:`OPEN_PATHS` needs a valid key, given as
     ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``."""
@@ -93,7 +100,27 @@ class ApiKeyMiddleware:
         if self.keys.verify(key) is None:
             await _json(send, 403, {"error": "this API key is not valid"})
             return
-        await self.app(scope, receive, send)
+        await self.app(scope, receive, _validation_is_422(send))
+
+
+def _validation_is_422(send: Any) -> Any:
+    """BentoML answers a request that fails validation with 400; the contract is 422
+    (the body, naming the field path, is kept). Other 400s stay as they are."""
+    held: dict[str, Any] = {}
+
+    async def wrapped(message: dict) -> None:
+        if message["type"] == "http.response.start" and message["status"] == 400:
+            held["start"] = message
+            return
+        if "start" in held and message["type"] == "http.response.body":
+            start = held.pop("start")
+            body = message.get("body", b"")
+            if b"validation error" in body and b'"loc"' in body:
+                start = {**start, "status": 422}
+            await send(start)
+        await send(message)
+
+    return wrapped
 
 
 async def _json(send: Any, status: int, body: dict) -> None:
@@ -182,10 +209,7 @@ class Personalization:
     def events(self, **request: Any) -> EventsResponse:
         batch = EventsRequest(**request).events
         if len(batch) > MAX_EVENTS:
-            raise bentoml.exceptions.BentoMLException(
-                f"at most {MAX_EVENTS} events per request, got {len(batch)}",
-                error_code=413,  # type: ignore[arg-type]
-            )
+            raise TooManyEvents(f"at most {MAX_EVENTS} events per request, got {len(batch)}")
         result = self.store.accept_events(batch, self.dataset)
         return EventsResponse(
             accepted=result.accepted,
