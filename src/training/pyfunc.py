@@ -40,6 +40,26 @@ def _signature(value: str) -> ModelSignature:
 SIGNATURE = _signature("score")
 
 
+def _request(model_input: pd.DataFrame) -> tuple[list[str], int]:
+    """The users asked about and ``k`` (default 10)."""
+    frame = pd.DataFrame(model_input)
+    if "user_id" not in frame:
+        raise ValueError("the input needs a user_id column")
+    k = int(frame["k"].iloc[0]) if "k" in frame and len(frame) else 10
+    return frame["user_id"].astype(str).tolist(), k
+
+
+def _answer(users: list[str], ids: Any, values: Any, value: str) -> pd.DataFrame:
+    """One row per recommended item: ``user_id``, ``rank``, ``item_id`` and ``value``."""
+    rows = [
+        {"user_id": user, "rank": rank + 1, "item_id": item, value: float(v)}
+        for user, items, row in zip(users, ids, values, strict=True)
+        for rank, (item, v) in enumerate(zip(items, row, strict=True))
+        if item is not None
+    ]
+    return pd.DataFrame(rows, columns=["user_id", "rank", "item_id", value])
+
+
 class RecommenderModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         from bespoke.training.families import family
@@ -51,19 +71,9 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict | None = None
     ) -> pd.DataFrame:
-        frame = pd.DataFrame(model_input)
-        if "user_id" not in frame:
-            raise ValueError("the input needs a user_id column")
-        k = int(frame["k"].iloc[0]) if "k" in frame and len(frame) else 10
-        users = frame["user_id"].astype(str).tolist()
+        users, k = _request(model_input)
         ids, scores = self.model.recommend(users, k=k)
-        rows = [
-            {"user_id": user, "rank": rank + 1, "item_id": item, "score": float(score)}
-            for user, items, values in zip(users, ids, scores, strict=True)
-            for rank, (item, score) in enumerate(zip(items, values, strict=True))
-            if item is not None
-        ]
-        return pd.DataFrame(rows, columns=["user_id", "rank", "item_id", "score"])
+        return _answer(users, ids, scores, "score")
 
 
 RANKER_ARTIFACT = "ranking_pipeline"
@@ -109,16 +119,6 @@ class RankerModel(mlflow.pyfunc.PythonModel):
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict | None = None
     ) -> pd.DataFrame:
-        frame = pd.DataFrame(model_input)
-        if "user_id" not in frame:
-            raise ValueError("the input needs a user_id column")
-        k = int(frame["k"].iloc[0]) if "k" in frame and len(frame) else 10
-        users = frame["user_id"].astype(str).tolist()
+        users, k = _request(model_input)
         ids, probabilities = self.pipeline.recommend(self.profiles(users), k=k)
-        rows = [
-            {"user_id": user, "rank": rank + 1, "item_id": item, "probability": float(p)}
-            for user, items, values in zip(users, ids, probabilities, strict=True)
-            for rank, (item, p) in enumerate(zip(items, values, strict=True))
-            if item is not None
-        ]
-        return pd.DataFrame(rows, columns=["user_id", "rank", "item_id", "probability"])
+        return _answer(users, ids, probabilities, "probability")
