@@ -50,6 +50,11 @@ def service(tmp_path_factory, datasets_dir) -> Iterator[tuple[str, str]]:
     from bespoke.training.train import train_recommender
 
     train_recommender(settings, "ml-100k", "ease")
+    from bespoke.training.ranking import train_ranker
+
+    # A quick ranker champion, so requests go through retrieval + rerank.
+    train_ranker(settings, "ml-100k", objective="binary",
+                 params={"num_boost_round": 30, "early_stopping_rounds": 10})  # fmt: skip
     from bespoke.serving.keys import ApiKeys
 
     key = ApiKeys(settings.online_store_url or "").create("tests")
@@ -109,7 +114,7 @@ def test_a_stranger_gets_the_popularity_fallback(service) -> None:
     assert {item["reason"] for item in answer["items"]} == {"fallback:popularity"}
     scores = [item["score"] for item in answer["items"]]
     assert scores == sorted(scores, reverse=True)
-    assert answer["model_version"] == "recommender-v1"
+    assert answer["model_version"] == "recommender-v1+ranker-v1"
 
 
 def test_an_event_changes_the_very_next_recommendation(service) -> None:
@@ -124,7 +129,8 @@ def test_an_event_changes_the_very_next_recommendation(service) -> None:
     assert stored["errors"][0]["index"] == 1
     after = _post(url, "/v1/recommend", {"user_id": "fresh", "k": 5}, key).json()
     assert first not in [item["item_id"] for item in after["items"]]
-    assert {item["reason"] for item in after["items"]} == {"model:ease"}
+    assert {item["reason"] for item in after["items"]} == {"model:ranker"}
+    assert all(0 <= item["score"] <= 1 for item in after["items"])  # click probabilities
     profile = _post(url, "/v1/profiles", {"user_id": "fresh"}, key).json()
     assert [e["item_id"] for e in profile["recent"]] == [first]  # the unconsented one is not kept
 
