@@ -85,6 +85,33 @@ def load_champions(tracking_uri: str, dataset: str) -> Models:
     return models
 
 
+@dataclass
+class Slot:
+    """One place on a page: ``recommendations`` (retrieval + ranker + rules) or
+    ``content`` (what the rules show there)."""
+
+    id: str
+    kind: str = "recommendations"
+    k: int = 10
+
+
+@dataclass
+class SlotAnswer:
+    id: str
+    kind: str
+    items: list[Recommended] = field(default_factory=list)
+    content: list[dict[str, Any]] = field(default_factory=list)
+    rules: list[str] = field(default_factory=list)
+
+
+class Experiments:
+    """The hook experiments plug into: which variant a person sees. No experiment runs
+    until the experiments issue lands, so everyone gets ``None`` (the control)."""
+
+    def variant(self, person: str | None, context: Mapping[str, Any]) -> str | None:
+        return None
+
+
 class Engine:
     """Recommendations for one person from their live profile, with rules applied."""
 
@@ -122,10 +149,7 @@ class Engine:
         reasons = [reason] * len(items)
         answer = Answer(items=[], model_version=self.models.version)
         if self.rules is not None:
-            document = rules_engine.profile_document(
-                profile.attributes, events, now, item_categories=self.item_categories
-            )
-            decision = self.rules.current().evaluate(document, dict(context or {}), now, slot=slot)
+            decision = self._decision(profile, events, context, now, slot)
             ruled_items, ruled_scores, ruled_reasons = rules_engine.apply(
                 decision, items, scores, self.item_categories, exclude=seen | set(exclude)
             )
@@ -133,16 +157,56 @@ class Engine:
             reasons = [by_item.get(i, r) if r == "model" else r
                        for i, r in zip(ruled_items, ruled_reasons, strict=True)]  # fmt: skip
             items, scores = ruled_items, ruled_scores
-            answer.content = [
-                {"block_id": block.block_id, "payload": block.payload, "rule": block.rule_id}
-                for block in decision.content
-            ]
+            answer.content = _blocks(decision)
             answer.rules = list(decision.rule_ids)
         answer.items = [
             Recommended(item, None if score is None else float(score), why)
             for item, score, why in zip(items[:k], scores[:k], reasons[:k], strict=True)
         ]
         return answer
+
+    def personalize(
+        self,
+        profile: Profile,
+        events: Sequence[Mapping[str, Any]],
+        slots: Sequence[Slot],
+        *,
+        context: Mapping[str, Any] | None = None,
+        exclude: Collection[str] = (),
+        now: datetime | None = None,
+    ) -> list[SlotAnswer]:
+        """Every slot of a page, in order. An item shown in one recommendation slot is
+        not repeated in a later one."""
+        now = now or datetime.now(UTC)
+        shown = set(exclude)
+        answers = []
+        for slot in slots:
+            if slot.kind == "content":
+                decision = self._decision(profile, events, context, now, slot.id)
+                answers.append(SlotAnswer(slot.id, slot.kind, content=_blocks(decision),
+                                          rules=list(decision.rule_ids)))  # fmt: skip
+                continue
+            answer = self.recommend(profile, events, k=slot.k, context=context,
+                                    exclude=shown, now=now, slot=slot.id)  # fmt: skip
+            shown |= {item.item_id for item in answer.items}
+            answers.append(SlotAnswer(slot.id, slot.kind, answer.items, answer.content,
+                                      answer.rules))  # fmt: skip
+        return answers
+
+    def _decision(
+        self,
+        profile: Profile,
+        events: Sequence[Mapping[str, Any]],
+        context: Mapping[str, Any] | None,
+        now: datetime,
+        slot: str | None,
+    ) -> rules_engine.Decision:
+        if self.rules is None:
+            return rules_engine.evaluate((), {}, dict(context or {}), now)
+        document = rules_engine.profile_document(
+            profile.attributes, events, now, item_categories=self.item_categories
+        )
+        return self.rules.current().evaluate(document, dict(context or {}), now, slot=slot)
 
     def _candidates(
         self, profile: Profile, n: int, excluded: set[str], now: datetime
@@ -168,6 +232,13 @@ class Engine:
         lookup = {str(item): i for i, item in enumerate(recommender.item_ids_)}
         chosen = ids[:n]
         return chosen, [float(popularity[lookup[i]]) for i in chosen], "fallback:popularity"
+
+
+def _blocks(decision: rules_engine.Decision) -> list[dict[str, Any]]:
+    return [
+        {"block_id": block.block_id, "payload": block.payload, "rule": block.rule_id}
+        for block in decision.content
+    ]
 
 
 def _present(ids: np.ndarray, scores: np.ndarray) -> tuple[list[str], list[float]]:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Literal
 
 import bentoml
 from _bentoml_sdk import IODescriptor
@@ -55,6 +56,39 @@ class RecommendResponse(IODescriptor):
     model_version: str
 
 
+class SlotRequest(IODescriptor):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=100)
+    kind: Literal["recommendations", "content"] = "recommendations"
+    k: int = Field(default=10, ge=1, le=100)
+
+
+class PersonalizeRequest(IODescriptor):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str | None = Field(default=None, max_length=200)
+    anonymous_id: str | None = Field(default=None, max_length=200)
+    slots: list[SlotRequest] = Field(min_length=1, max_length=20)
+    context: dict[str, Any] = Field(default_factory=dict)
+    exclude: list[str] = Field(default_factory=list, max_length=1000)
+
+
+class SlotOut(IODescriptor):
+    id: str
+    kind: str
+    items: list[RecommendedItem]
+    content: list[dict[str, Any]]
+    rules: list[str]
+
+
+class PersonalizeResponse(IODescriptor):
+    user_id: str | None
+    variant: str | None = Field(description="The experiment variant (none run yet).")
+    slots: list[SlotOut]
+    model_version: str
+
+
 class EventsRequest(IODescriptor):
     model_config = ConfigDict(extra="forbid")
 
@@ -66,6 +100,18 @@ class EventsResponse(IODescriptor):
     rejected: int
     duplicates: int
     errors: list[dict[str, Any]]
+
+
+@dataclass
+class Person:
+    id: str | None
+    version: str | None  # the latest event's time: part of the cache key
+    profile: Any  # bespoke.features.build.Profile
+    events: list[dict[str, Any]]
+
+
+def _item(item: Any) -> RecommendedItem:
+    return RecommendedItem(item_id=item.item_id, score=item.score, reason=item.reason)
 
 
 class TooManyEvents(bentoml.exceptions.BentoMLException):
@@ -139,7 +185,7 @@ class Personalization:
         from cachetools import TTLCache
 
         from bespoke.features.lake import Lake
-        from bespoke.serving.engine import Engine, load_champions
+        from bespoke.serving.engine import Engine, Experiments, load_champions
         from bespoke.serving.rules import SHIPPED_RULES_DIR, RulesFile
         from bespoke.serving.store import open_store
         from bespoke.settings import get_settings
@@ -156,36 +202,45 @@ class Personalization:
         }
         rules = RulesFile(os.environ.get(RULES_ENV) or SHIPPED_RULES_DIR)
         self.engine = Engine(models, categories, rules)
+        self.experiments = Experiments()
         self.cache: TTLCache = TTLCache(maxsize=50_000, ttl=60)
+
+    def _person(self, user_id: str | None, anonymous_id: str | None) -> Person:
+        """What the store knows of the person a request is about (nothing: a stranger)."""
+        from bespoke.features.build import Profile
+
+        person = user_id or anonymous_id
+        if person is None:
+            return Person(None, None, Profile(user_id=""), [])
+        anonymous = user_id is None
+        view = self.store.profile(person, self.dataset, anonymous=anonymous)
+        events = [
+            {"type": e.event_type, "item_id": e.item_id, "timestamp": e.timestamp, "value": e.value}
+            for e in view.recent
+        ]
+        # The latest event is part of every cache key: a new event changes the answer in
+        # every worker, without cross-process invalidation.
+        last = max(view.last_event_at.values(), default=None)
+        profile = self.store.as_profile(person, self.dataset, anonymous=anonymous)
+        return Person(person, str(last), profile, events)
+
+    def _cached(self, kind: str, person: Person, request: IODescriptor) -> tuple[str, Any]:
+        key = hashlib.sha256(
+            json.dumps([kind, person.id, person.version, request.model_dump(mode="json"),
+                        self.engine.models.version], sort_keys=True).encode()
+        ).hexdigest()  # fmt: skip
+        return key, self.cache.get(key)
 
     @bentoml.api(route="/v1/recommend", input_spec=RecommendRequest, output_spec=RecommendResponse)
     def recommend(self, **request: Any) -> RecommendResponse:
         request = RecommendRequest(**request)
-        person = request.user_id or request.anonymous_id
-        anonymous = request.user_id is None and request.anonymous_id is not None
-        view = self.store.profile(person, self.dataset, anonymous=anonymous) if person else None
-        # The profile's latest event is part of the key: a new event changes the answer,
-        # in every worker, without any cross-process invalidation.
-        last = max(view.last_event_at.values(), default=None) if view else None
-        key = hashlib.sha256(
-            json.dumps([person, str(last), request.model_dump(mode="json"),
-                        self.engine.models.version], sort_keys=True).encode()
-        ).hexdigest()  # fmt: skip
-        cached = self.cache.get(key)
+        person = self._person(request.user_id, request.anonymous_id)
+        key, cached = self._cached("recommend", person, request)
         if cached is not None:
             return cached
-        profile = (
-            self.store.as_profile(person, self.dataset, anonymous=anonymous) if person else None
-        )
-        from bespoke.features.build import Profile
-
-        events = [
-            {"type": e.event_type, "item_id": e.item_id, "timestamp": e.timestamp, "value": e.value}
-            for e in (view.recent if view else [])
-        ]
         answer = self.engine.recommend(
-            profile or Profile(user_id=""),
-            events,
+            person.profile,
+            person.events,
             k=request.k,
             context=request.context,
             exclude=request.exclude,
@@ -193,14 +248,48 @@ class Personalization:
             now=datetime.now(UTC),
         )
         response = RecommendResponse(
-            user_id=person,
-            items=[
-                RecommendedItem(item_id=i.item_id, score=i.score, reason=i.reason)
-                for i in answer.items
-            ],
+            user_id=person.id,
+            items=[_item(i) for i in answer.items],
             content=answer.content,
             rules=answer.rules,
             model_version=answer.model_version,
+        )
+        self.cache[key] = response
+        return response
+
+    @bentoml.api(
+        route="/v1/personalize", input_spec=PersonalizeRequest, output_spec=PersonalizeResponse
+    )
+    def personalize(self, **request: Any) -> PersonalizeResponse:
+        from bespoke.serving.engine import Slot
+
+        request = PersonalizeRequest(**request)
+        person = self._person(request.user_id, request.anonymous_id)
+        key, cached = self._cached("personalize", person, request)
+        if cached is not None:
+            return cached
+        slots = self.engine.personalize(
+            person.profile,
+            person.events,
+            [Slot(s.id, s.kind, s.k) for s in request.slots],
+            context=request.context,
+            exclude=request.exclude,
+            now=datetime.now(UTC),
+        )
+        response = PersonalizeResponse(
+            user_id=person.id,
+            variant=self.experiments.variant(person.id, request.context),
+            slots=[
+                SlotOut(
+                    id=s.id,
+                    kind=s.kind,
+                    items=[_item(i) for i in s.items],
+                    content=s.content,
+                    rules=s.rules,
+                )
+                for s in slots
+            ],
+            model_version=self.engine.models.version,
         )
         self.cache[key] = response
         return response

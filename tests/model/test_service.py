@@ -163,3 +163,27 @@ def test_an_oversized_batch_is_413_and_applies_nothing(service) -> None:
     answer = _post(url, "/v1/events", {"events": [event] * 1001}, key)
     assert answer.status_code == 413
     assert _post(url, "/v1/profiles", {"user_id": "bulk"}, key).json()["recent"] == []
+
+
+def test_personalize_fills_every_slot_without_repeating_items(service) -> None:
+    url, key = service
+    body = {
+        "user_id": "fresh-page",
+        "slots": [
+            {"id": "hero", "kind": "content"},
+            {"id": "top", "k": 4},
+            {"id": "more", "k": 4},
+        ],
+        "context": {"channel": "web"},
+    }
+    answer = _post(url, "/v1/personalize", body, key)
+    assert answer.status_code == 200, answer.text
+    page = answer.json()
+    assert [slot["id"] for slot in page["slots"]] == ["hero", "top", "more"]
+    assert page["variant"] is None  # no experiment runs yet: the hook answers the control
+    top, more = ([item["item_id"] for item in page["slots"][i]["items"]] for i in (1, 2))
+    assert len(top) == len(more) == 4
+    assert not set(top) & set(more)
+    assert page["slots"][0]["items"] == []
+    bad = _post(url, "/v1/personalize", {**body, "slots": [{"id": "x", "kind": "banner"}]}, key)
+    assert bad.status_code == 422 and "kind" in bad.text
