@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -28,6 +31,8 @@ MAX_EVENTS = 1000
 #: Routes anyone may call (health, metrics, the API's own description).
 OPEN_PATHS = ("/healthz", "/readyz", "/livez", "/metrics", "/docs.json", "/schema.json")
 DATASET_ENV = "BESPOKE_SERVING_DATASET"
+ACCESS_LOG_ENV = "BESPOKE_ACCESS_LOG"
+_access = logging.getLogger("bespoke.serving.access")
 RULES_ENV = "BESPOKE_RULES_PATH"
 
 
@@ -122,31 +127,76 @@ class TooManyEvents(bentoml.exceptions.BentoMLException):
 
 class ApiKeyMiddleware:
     """ASGI middleware: every route outside :data:`OPEN_PATHS` needs a valid key, given as
-    ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``."""
+    ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; every answer carries an
+    ``X-Request-ID`` (the caller's, or a new one), and each request is one JSON log line
+    (request id, route, status, duration, key name: no user ids, no PII). Set
+    ``BESPOKE_ACCESS_LOG=false`` to drop the log lines."""
+
+    #: How long a verified key is trusted without asking the store again (a revoked key
+    #: stops working within this many seconds).
+    KEY_TTL_S = 5.0
 
     def __init__(self, app: Any) -> None:
+        from cachetools import TTLCache
+
         from bespoke.serving.keys import ApiKeys
         from bespoke.settings import get_settings
 
         self.app = app
         self.keys = ApiKeys(get_settings().online_store_url or "")
+        self.verified: TTLCache = TTLCache(maxsize=1024, ttl=self.KEY_TTL_S)
+        self.log = os.environ.get(ACCESS_LOG_ENV, "true").lower() not in ("0", "false", "no")
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"].startswith(OPEN_PATHS):
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        request_id = headers.get("x-request-id") or uuid.uuid4().hex
+        answer: dict[str, Any] = {"status": 500}
+
+        async def tagged(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                answer["status"] = message["status"]
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  (b"x-request-id", request_id.encode())]}  # fmt: skip
+            await send(message)
+
+        name = self._key_name(headers)
+        try:
+            if name is None:
+                await _json(
+                    tagged, 401, {"error": "an API key is required (Authorization: Bearer …)"}
+                )
+            elif name == "":
+                await _json(tagged, 403, {"error": "this API key is not valid"})
+            else:
+                await self.app(scope, receive, _validation_is_422(tagged))
+        finally:
+            if self.log:
+                _access.info(json.dumps({
+                    "request_id": request_id, "method": scope.get("method"),
+                    "path": scope["path"], "status": answer["status"], "key": name or None,
+                    "duration_ms": round(1000 * (time.perf_counter() - started), 3),
+                }))  # fmt: skip
+
+    def _key_name(self, headers: dict[str, str]) -> str | None:
+        """The key's name; ``None`` when no key was given, ``""`` when it is not valid."""
         key = headers.get("x-api-key")
         bearer = headers.get("authorization", "")
         if key is None and bearer.lower().startswith("bearer "):
             key = bearer[7:].strip()
         if not key:
-            await _json(send, 401, {"error": "an API key is required (Authorization: Bearer …)"})
-            return
-        if self.keys.verify(key) is None:
-            await _json(send, 403, {"error": "this API key is not valid"})
-            return
-        await self.app(scope, receive, _validation_is_422(send))
+            return None
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        name = self.verified.get(digest)
+        if name is None:
+            info = self.keys.verify(key)
+            name = info.name if info is not None else ""
+            if name:
+                self.verified[digest] = name
+        return name
 
 
 def _validation_is_422(send: Any) -> Any:

@@ -187,3 +187,12 @@ def test_personalize_fills_every_slot_without_repeating_items(service) -> None:
     assert page["slots"][0]["items"] == []
     bad = _post(url, "/v1/personalize", {**body, "slots": [{"id": "x", "kind": "banner"}]}, key)
     assert bad.status_code == 422 and "kind" in bad.text
+
+
+def test_every_answer_carries_a_request_id(service) -> None:
+    url, key = service
+    mine = httpx.post(f"{url}/v1/recommend", json={"user_id": "1", "k": 2},
+                      headers={"X-API-Key": key, "X-Request-ID": "req-42"}, timeout=30)  # fmt: skip
+    assert mine.headers["x-request-id"] == "req-42"
+    fresh = _post(url, "/v1/recommend", {"user_id": "1", "k": 2}, None)
+    assert fresh.status_code == 401 and len(fresh.headers["x-request-id"]) == 32
