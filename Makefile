@@ -13,7 +13,7 @@ endif
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PYTEST_WORKERS ?= 2
 
-.PHONY: help setup demo test lint format bench serve
+.PHONY: help setup demo test lint format bench serve bento
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -30,6 +30,17 @@ demo: setup  ## ingest, validate, report, tune, train, register: end to end on t
 
 serve: setup  ## the personalization service on :3000 (needs a @champion: run make demo first)
 	@OTEL_SDK_DISABLED=$${OTEL_SDK_DISABLED:-true} $(UV) run --locked bentoml serve bespoke.serving.service:Personalization --port $${PORT:-3000}
+
+# The Bento is built from a staged context (see bentofile.yaml): src/ as bespoke/ and the
+# requirements exported from uv.lock. BentoML pip-installs uv when none is on PATH, so the
+# uv running this (uv run exports it as $UV) is put there: nothing is downloaded.
+bento: setup  ## build the service's Bento offline (bentofile.yaml), into the BentoML store
+	@ctx=$$(mktemp -d) && trap 'rm -rf "$$ctx"' EXIT \
+		&& cp bentofile.yaml "$$ctx/" && cp -R src "$$ctx/bespoke" \
+		&& $(UV) export --frozen --no-dev --no-hashes --no-emit-project --no-header --no-annotate --quiet \
+			--output-file "$$ctx/requirements.lock.txt" \
+		&& cd "$$ctx" && $(UV) run --project "$(CURDIR)" --locked \
+			sh -c 'PATH="$$(dirname "$$UV"):$$PATH" exec bentoml build .'
 
 test: setup  ## run the tests (code, data, notebooks)
 	@$(UV) run --locked pytest -n $(PYTEST_WORKERS) --nbmake tests notebooks

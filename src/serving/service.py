@@ -171,6 +171,10 @@ class ApiKeyMiddleware:
                 )
             elif name == "":
                 await _json(tagged, 403, {"error": "this API key is not valid"})
+            elif scope.get("method") == "POST" and not headers.get("content-type", "").startswith(
+                "application/json"
+            ):  # the API speaks JSON only; BentoML would try other body parsers (and 500)
+                await _json(tagged, 415, {"error": "send the body as application/json"})
             else:
                 await self.app(scope, receive, _validation_is_422(tagged))
         finally:

@@ -1,0 +1,170 @@
+"""The service on this machine, for tests, notebooks and a quick look: a home prepared
+with MovieLens 100K and ``@champion`` models, and the real ``bentoml serve`` on a free
+loopback port.
+
+Everything lives under one folder (``home``): the event lake, the online store and API
+keys, the MLflow store and artifacts, and the server's log (``<home>/service.log``)::
+
+    from bespoke.serving.local import prepare_local_home, start_local_service, stop_local_service
+
+    key = prepare_local_home(home, datasets_dir / "ml-100k")
+    url, process = start_local_service(home)
+    try:
+        httpx.post(f"{url}/v1/recommend", json={"user_id": "1"}, headers={"X-API-Key": key})
+    finally:
+        stop_local_service(process)
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from bespoke.settings import SQLITE_PREFIX, Settings
+
+#: What ``bentoml serve`` is given by default: the service class, imported from the package.
+SERVICE = "bespoke.serving.service:Personalization"
+#: The server's stdout and stderr, under the home.
+LOG_FILE = "service.log"
+
+
+def local_settings(home: str | Path) -> Settings:
+    """Settings that keep every piece of state under ``home`` (MLflow included)."""
+    home = Path(home).expanduser().resolve()
+    return Settings(
+        home=home,
+        lake_url=str(home / "lake"),
+        online_store_url=f"{SQLITE_PREFIX}{home / 'online.db'}",
+        mlflow_tracking_uri=f"{SQLITE_PREFIX}{home / 'mlflow.db'}",
+        mlflow_artifacts_dir=home / "artifacts",
+    )
+
+
+def service_environment(home: str | Path) -> dict[str, str]:
+    """This process's environment, pointed at ``home`` as :func:`local_settings` is, with
+    OpenTelemetry off unless the caller's environment says otherwise."""
+    settings = local_settings(home)
+    return {
+        **os.environ,
+        "BESPOKE_HOME": str(settings.home),
+        "BESPOKE_LAKE_URL": str(settings.lake_url),
+        "BESPOKE_ONLINE_STORE_URL": str(settings.online_store_url),
+        "BESPOKE_MLFLOW_TRACKING_URI": str(settings.mlflow_tracking_uri),
+        "BESPOKE_MLFLOW_ARTIFACTS_DIR": str(settings.mlflow_artifacts_dir),
+        "OTEL_SDK_DISABLED": os.environ.get("OTEL_SDK_DISABLED", "true"),
+    }
+
+
+def prepare_local_home(
+    home: str | Path,
+    movielens_100k_dir: str | Path,
+    *,
+    ranker: bool = True,
+    key_name: str = "local",
+) -> str:
+    """Ingest MovieLens 100K into ``home``, train and register an EASE ``@champion``
+    recommender (and, with ``ranker``, a quick LightGBM ``@champion`` ranker), create an
+    API key named ``key_name`` and return its plaintext."""
+    from bespoke.features.collect import ingest
+    from bespoke.features.lake import Lake
+    from bespoke.features.sources import movielens_100k
+    from bespoke.serving.keys import ApiKeys
+    from bespoke.training.train import train_recommender
+
+    settings = local_settings(home)
+    ingest(movielens_100k(Path(movielens_100k_dir)), Lake(str(settings.lake_url)),
+           settings.pseudonym_key())  # fmt: skip
+    train_recommender(settings, "ml-100k", "ease")
+    if ranker:
+        from bespoke.training.ranking import train_ranker
+
+        train_ranker(settings, "ml-100k", objective="binary",
+                     params={"num_boost_round": 30, "early_stopping_rounds": 10})  # fmt: skip
+    return ApiKeys(settings.online_store_url or "").create(key_name)
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_local_service(
+    home: str | Path,
+    port: int | None = None,
+    *,
+    target: str = SERVICE,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 120.0,
+) -> tuple[str, subprocess.Popen]:
+    """Start ``bentoml serve target`` over ``home`` on ``127.0.0.1:port`` (a free port when
+    ``None``) and return ``(url, process)`` once ``/readyz`` answers 200.
+
+    ``target`` is the service (default :data:`SERVICE`) or a built Bento's tag; ``env``
+    adds to or overrides the server's environment (:func:`service_environment`). The
+    server runs in its own process group, in ``home``, with its output in
+    ``<home>/service.log``; stop it with :func:`stop_local_service` (this process stops it
+    on exit otherwise). Raises ``RuntimeError`` with the log's tail when the server exits
+    before it is ready and ``TimeoutError`` when it is not ready within ``timeout`` seconds.
+    """
+    import httpx
+
+    home = Path(home).expanduser().resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    bentoml = Path(sys.executable).with_name("bentoml")
+    command = [str(bentoml) if bentoml.exists() else "bentoml", "serve", target,
+               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    log_path = home / LOG_FILE
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            command,
+            env={**service_environment(home), **(env or {})},
+            cwd=home,  # no .env of a checkout is read, nothing is written beside it
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its workers are stopped with it
+        )
+    # A notebook cell or a test that fails before stop_local_service still stops it.
+    atexit.register(stop_local_service, process)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                tail = log_path.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"bentoml serve exited with {process.returncode}:\n{tail}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    return url, process
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise TimeoutError(f"bentoml serve was not ready in {timeout:g} s (log: {log_path})")
+    except BaseException:
+        stop_local_service(process)
+        raise
+
+
+def stop_local_service(process: subprocess.Popen, timeout: float = 30.0) -> int:
+    """Stop a server from :func:`start_local_service` and its workers (SIGTERM to its
+    process group, SIGKILL after ``timeout`` seconds); returns its exit status."""
+    if process.returncode is None:  # not reaped yet, so its group id is still its own
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    return process.returncode

@@ -1,0 +1,57 @@
+"""``make bento`` builds the service's Bento without reaching for a package index, and
+``bentoml serve`` of the built Bento (its own copy of ``bespoke``) answers."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import httpx
+
+from bespoke.serving.local import start_local_service, stop_local_service
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_make_bento_builds_offline_and_the_bento_serves(
+    service_home: tuple[Path, str], tmp_path: Path
+) -> None:
+    home, key = service_home
+    bentoml_home = tmp_path / "bentoml"  # the developer's Bento store is left alone
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(bentoml_home),
+        "BENTOML_DO_NOT_TRACK": "true",
+        # Whatever would reach for an index fails instead of downloading.
+        "UV_OFFLINE": "1",
+        "PIP_NO_INDEX": "1",
+    }
+    build = subprocess.run(
+        ["make", "--no-print-directory", "-o", "setup", "bento"],  # -o: the venv is there
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    output = build.stdout + build.stderr
+    assert build.returncode == 0, output[-3000:]
+    assert "Locking PyPI package versions" not in output  # no `uv pip compile`
+    assert "uv is not installed, installing it" not in output  # no `pip install uv`
+    tag = re.search(r'Successfully built Bento\(tag="([^"]+)"\)', output)
+    assert tag, output[-3000:]
+    bento = bentoml_home / "bentos" / Path(*tag.group(1).split(":"))
+    assert (bento / "src" / "bespoke" / "serving" / "service.py").is_file()
+    assert list((bento / "src" / "bespoke" / "serving" / "rules").glob("*.json"))
+    requirements = (bento / "env" / "python" / "requirements.txt").read_text()
+    assert re.search(r"^bentoml==", requirements, re.M)
+    assert not re.search(r"^(pytest|schemathesis|ruff)==", requirements, re.M)  # no dev tools
+
+    url, process = start_local_service(home, target=tag.group(1),
+                                       env={"BENTOML_HOME": str(bentoml_home)})  # fmt: skip
+    try:
+        answer = httpx.post(f"{url}/v1/recommend", json={"user_id": "1", "k": 3},
+                            headers={"X-API-Key": key}, timeout=30)  # fmt: skip
+        assert answer.status_code == 200, answer.text
+        assert len(answer.json()["items"]) == 3
+        assert httpx.post(f"{url}/v1/recommend", json={"user_id": "1"}).status_code == 401
+    finally:
+        stop_local_service(process)
