@@ -10,7 +10,8 @@ ifneq ($(wildcard $(SHARED_DATA)),)
 export BESPOKE_DATASETS_DIR ?= $(SHARED_DATA)
 endif
 
-UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+# Inside `uv run` (the tests call make), $UV is the running uv binary.
+UV ?= $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PYTEST_WORKERS ?= 2
 
 .PHONY: help setup demo test lint format bench serve bento
@@ -58,3 +59,4 @@ bench: setup  ## run the benchmarks; JSON results and tables under bench/results
 	@$(UV) run --locked python bench/ingest.py --out bench/results/ingest.json
 	@$(UV) run --locked python bench/recsys.py --datasets ml-100k,ml-1m --protocol ms-stratified --out bench/results/recsys.json
 	@$(UV) run --locked python bench/ranking.py --datasets ml-100k,ml-1m --out bench/results/ranking.json
+	@$(UV) run --locked python bench/serving.py --out bench/results/serving.json
