@@ -7,17 +7,21 @@ ML-100K, train and register the EASE recommender (parameters from
 and seed the online store with the lake's user attributes and histories, so that every
 ML-100K user has a live profile.
 
-Targets, each started fresh: ``bentoml serve`` with 1 and 2 workers (``BENTOML_CONFIG``:
+Targets: ``bentoml serve`` with 1 and 2 workers (``BENTOML_CONFIG``:
 ``services.bespoke.workers``, BentoML's access log off, ``OTEL_SDK_DISABLED=true``; its
 Prometheus metrics stay on, since ``/metrics`` is part of the contract) and the bare app
 with 1 and 2 uvicorn workers. The service's own JSON request log is off in both
 (``BESPOKE_ACCESS_LOG=false``); the API-key check runs in both.
 
-The load generator runs in its own process (asyncio, uvloop, raw HTTP/1.1 keep-alive
-connections, one per unit of concurrency), so that the client is cheap; its CPU use is
-recorded beside each figure, with the servers' CPU per request. For each target and
-concurrency 1, 8, 32: a warm-up, then requests until both the time and the request floor
-are reached (or the time cap), over a rotating set of ML-100K users:
+The four targets run side by side; each cell (route, concurrency) is measured in rounds,
+the targets taking turns, so that a drift of this shared machine's speed falls on all
+alike. The load generator runs in its own process per round (asyncio, uvloop, raw
+HTTP/1.1 keep-alive connections, one per unit of concurrency, opened one by one so that
+both workers of a 2-worker server get some), so that the client is cheap; its CPU use is
+recorded beside each figure, with the servers' CPU per request and per process, and the
+CPU other processes used meanwhile (a round disturbed by them is run again). Each round:
+a warm-up, then requests until both its time and its request floor are reached (or a
+time cap), over a rotating set of ML-100K users:
 
 - ``recommend``: ``POST /v1/recommend`` {user_id, k: 10}, each request with its own
   ``context`` nonce, so that the service's answer cache never hits: one model call
@@ -29,8 +33,8 @@ are reached (or the time cap), over a rotating set of ML-100K users:
 
 ``ratio_to_bare`` is a BentoML target's req/s over the bare app's with the same worker
 count and concurrency. Then durable batch ingestion through ``POST /v1/events`` (batches
-of 1,000 events, concurrency 1 and 4; each accepted event is fsynced before the reply),
-and start to first answer: seconds from launching ``bentoml serve`` to the first 200 of
+of 1,000 events, concurrency 1 and 4, against both BentoML targets; each accepted event is
+fsynced before the reply), and start to first answer: seconds from launching ``bentoml serve`` to the first 200 of
 ``/v1/recommend``.
 
     python bench/serving.py --out FILE [--seconds 12] [--home DIR]
@@ -62,15 +66,20 @@ KEY_NAME = "bench"
 
 CONCURRENCY = (1, 8, 32)
 TARGETS = ("bentoml-1w", "bentoml-2w", "bare-1w", "bare-2w")
-#: Run order: each bare app before the BentoML target it is compared with; events (which
-#: write to the store) only go to BentoML targets, after their model-route cells.
+#: Start order, and the turn order of each cell's first round. All four run side by side
+#: (an idle server uses next to no CPU); events, which write to the store, go to the
+#: BentoML targets after every model-route cell.
 ORDER = ("bare-1w", "bentoml-1w", "bare-2w", "bentoml-2w")
 CELL_SECONDS = 12.0
 #: A cell goes on past its time until it has this many requests (a stable p99), up to
 #: MAX_CELL_FACTOR times its time.
 MIN_REQUESTS = 2000
 MAX_CELL_FACTOR = 2.5
-WARMUP_SECONDS = 2.0
+WARMUP_SECONDS = 1.0
+#: Pause between opening two connections of a cell.
+STAGGER_S = 0.02
+#: Each cell is measured in this many rounds per target, the targets taking turns.
+ROUNDS = 3
 CACHED_USERS = 64
 PAGE_SLOTS = [
     {"id": "hero", "kind": "content"},
@@ -81,6 +90,8 @@ EVENT_BATCH = 1000
 EVENT_CONCURRENCY = (1, 4)
 EVENT_SECONDS = 10.0
 EVENT_USERS = 10_000
+#: The target whose ingestion figures are the headline ones (both are measured).
+EVENTS_TARGET = "bentoml-2w"
 START_TIMEOUT_S = 180.0
 #: A client process using more than this share of a core may be what limits req/s.
 CLIENT_BUSY = 0.9
@@ -243,22 +254,22 @@ class Server:
                 time.sleep(0.02)
         raise TimeoutError(f"{self.target} gave no answer in {START_TIMEOUT_S:g} s:\n{self.tail()}")
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU of the server's processes so far."""
+    def cpu_seconds(self) -> dict[int, float]:
+        """User + system CPU so far of each of the server's processes."""
         import psutil
 
-        total = 0.0
+        seconds = {}
         try:
             root = psutil.Process(self.process.pid)
             for process in (root, *root.children(recursive=True)):
                 try:
                     times = process.cpu_times()
-                    total += times.user + times.system
+                    seconds[process.pid] = times.user + times.system
                 except psutil.NoSuchProcess:
                     pass
         except psutil.NoSuchProcess:
             pass
-        return total
+        return seconds
 
     def tail(self, chars: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
@@ -369,7 +380,7 @@ async def drive(job: dict[str, Any], report: Any) -> dict[str, Any]:
     port, key, path = job["port"], job["key"], job["path"]
     concurrency = job["concurrency"]
     bodies = Bodies(job)
-    connections = [await Connection.open(port) for _ in range(concurrency)]
+    connections: list[Connection] = []
     errors: list[str] = []
     accepted = [0]
 
@@ -392,7 +403,15 @@ async def drive(job: dict[str, Any], report: Any) -> dict[str, Any]:
         while time.perf_counter() < until:
             await one(connection, bodies.next(index))
 
-    await asyncio.gather(*(warm(i, c) for i, c in enumerate(connections)))
+    # Connections open one by one while the earlier ones already load the server, as a
+    # client's pool grows: opened all at once, they would all be accepted by the one
+    # worker that wakes first, and a second worker would sit idle.
+    warming = []
+    for index in range(concurrency):
+        connections.append(await Connection.open(port))
+        warming.append(asyncio.create_task(warm(index, connections[index])))
+        await asyncio.sleep(STAGGER_S)
+    await asyncio.gather(*warming)
     errors.clear()
     accepted[0] = 0
     latencies: list[float] = []
@@ -456,22 +475,19 @@ def wait_quiet(seconds: float = QUIET_WAIT_S) -> float:
             return cores
 
 
-def run_cell(server: Server, job: dict[str, Any]) -> dict[str, Any]:
-    """One cell; run again once (keeping the quieter run) when other processes used more
-    than :data:`FOREIGN_CORES` cores meanwhile."""
-    cell = measure_cell(server, job)
-    if cell["foreign_cpu"] > FOREIGN_CORES:
-        again = measure_cell(server, job)
-        cell = min(cell, again, key=lambda c: c["foreign_cpu"])
-        cell["retried"] = True
-    return cell
+def measure(server: Server, job: dict[str, Any]) -> dict[str, Any]:
+    """One round of a cell; run again once (keeping the quieter run) when other processes
+    used more than :data:`FOREIGN_CORES` cores meanwhile."""
+    first = measure_round(server, job)
+    if first["foreign_s"] <= FOREIGN_CORES * first["wall_s"]:
+        return first
+    again = measure_round(server, job)
+    return min(first, again, key=lambda r: r["foreign_s"] / r["wall_s"])
 
 
-def measure_cell(server: Server, job: dict[str, Any]) -> dict[str, Any]:
-    """One cell in a fresh client process; figures, with the client's CPU (share of a
-    core), the servers' CPU per request and other processes' CPU (cores)."""
-    import numpy as np
-
+def measure_round(server: Server, job: dict[str, Any]) -> dict[str, Any]:
+    """One round in a fresh client process: latencies, the client's CPU, the server's CPU
+    per process and other processes' CPU meanwhile."""
     wait_quiet()
     parent, child = mp.get_context("spawn").Pipe()
     process = mp.get_context("spawn").Process(target=client_process, args=(job, child))
@@ -489,30 +505,54 @@ def measure_cell(server: Server, job: dict[str, Any]) -> dict[str, Any]:
         raise RuntimeError(f"{server.target} {job['kind']}: {first}")
     cpu_before, busy_before = server.cpu_seconds(), busy_seconds()
     out = receive()
-    server_cpu = server.cpu_seconds() - cpu_before
-    # CPU that neither the server nor the client used: other work on the machine.
-    foreign = busy_seconds() - busy_before - server_cpu - out["client_cpu"] * out["wall_s"]
+    cpu_after = server.cpu_seconds()
+    busy = busy_seconds() - busy_before
     process.join()
     if "failed" in out:
         raise RuntimeError(f"{server.target} {job['kind']}: {out['failed']}")
-    latencies = np.asarray(out["latencies"]) * 1000.0
-    n = len(latencies)
-    if n == 0:
+    if not out["latencies"]:
         raise RuntimeError(f"{server.target} {job['kind']}: no request succeeded: {out['errors']}")
+    by_process = sorted(
+        (cpu_after[pid] - cpu_before.get(pid, 0.0) for pid in cpu_after), reverse=True
+    )
+    client_s = out["client_cpu"] * out["wall_s"]
+    return {
+        **out,
+        "client_s": client_s,
+        "by_process": by_process,
+        # CPU that neither the server nor the client used: other work on the machine.
+        "foreign_s": max(busy - sum(by_process) - client_s, 0.0),
+    }
+
+
+def summarize(rounds: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    """A cell's figures over its rounds."""
+    import numpy as np
+
+    latencies = 1000.0 * np.concatenate([r["latencies"] for r in rounds])
+    n, wall = len(latencies), sum(r["wall_s"] for r in rounds)
+    width = max(len(r["by_process"]) for r in rounds)
+    by_process = [sum(r["by_process"][i] for r in rounds if i < len(r["by_process"]))
+                  for i in range(width)]  # fmt: skip
     cell = {
-        "rps": round(n / out["wall_s"], 1),
+        "rps": round(n / wall, 1),
         "p50_ms": round(float(np.percentile(latencies, 50)), 3),
         "p99_ms": round(float(np.percentile(latencies, 99)), 3),
         "requests": n,
-        "seconds": round(out["wall_s"], 2),
-        "client_cpu": round(out["client_cpu"], 2),
-        "server_cpu_ms_per_request": round(1000.0 * server_cpu / n, 3),
-        "foreign_cpu": round(max(foreign, 0.0) / out["wall_s"], 2),
+        "seconds": round(wall, 2),
+        "rounds": len(rounds),
+        "rps_by_round": [round(len(r["latencies"]) / r["wall_s"], 1) for r in rounds],
+        "client_cpu": round(sum(r["client_s"] for r in rounds) / wall, 2),
+        "server_cpu_ms_per_request": round(1000.0 * sum(by_process) / n, 3),
+        # Cores used by each server process, busiest first: how the load was spread.
+        "server_cores": [round(c / wall, 2) for c in by_process if c > 0.01 * wall],
+        "foreign_cpu": round(sum(r["foreign_s"] for r in rounds) / wall, 2),
     }
-    if out["errors"]:
-        cell["errors"] = out["errors"]
-    if job["kind"] == "events":
-        cell["events_per_s"] = round(out["accepted"] / out["wall_s"], 1)
+    errors = [e for r in rounds for e in r["errors"]]
+    if errors:
+        cell["errors"] = errors[:5]
+    if kind == "events":
+        cell["events_per_s"] = round(sum(r["accepted"] for r in rounds) / wall, 1)
     return cell
 
 
@@ -531,69 +571,87 @@ def run(datasets_dir: Path, seconds: float, home: Path | None) -> dict[str, Any]
         # The service module is imported here only to see which routes it has.
         from bespoke.serving.service import Personalization
 
-        service_name = Personalization.name
         has_personalize = "personalize" in Personalization.apis
         kinds = ["recommend", "recommend_cached"] + (["personalize"] if has_personalize else [])
-        results: dict[str, Any] = {kind: {} for kind in kinds}
-        events: dict[str, Any] = {}
+        servers: dict[str, Server] = {}
         starts: dict[str, float] = {}
-        for target in ORDER:
-            wait_quiet()
-            server = Server(target, home, env, service_name)
-            try:
-                starts[target] = round(server.wait_first_answer(key, users[0]), 2)
+        try:
+            for target in ORDER:  # one at a time, on a quiet machine: start times
+                wait_quiet()
+                servers[target] = Server(target, home, env, Personalization.name)
+                starts[target] = round(servers[target].wait_first_answer(key, users[0]), 2)
                 console.print(f"[bold]{target}[/]: first answer after {starts[target]:.2f} s")
-                for kind in kinds:
-                    path = "/v1/personalize" if kind == "personalize" else "/v1/recommend"
-                    cell_users = users[:CACHED_USERS] if kind == "recommend_cached" else users
-                    for concurrency in CONCURRENCY:
-                        job = {"port": server.port, "key": key, "path": path, "kind": kind,
-                               "users": cell_users, "concurrency": concurrency,
-                               "warmup_s": WARMUP_SECONDS, "seconds": seconds,
-                               "min_requests": MIN_REQUESTS}  # fmt: skip
-                        cell = run_cell(server, job)
-                        results[kind].setdefault(target, {})[str(concurrency)] = cell
-                        console.print(
-                            f"  {kind:<17} c={concurrency:<3} {cell['rps']:>8.1f} req/s  "
-                            f"p50 {cell['p50_ms']:7.2f} ms  p99 {cell['p99_ms']:7.2f} ms  "
-                            f"(client CPU {cell['client_cpu']:.0%}, server "
-                            f"{cell['server_cpu_ms_per_request']:.2f} ms CPU/req, others "
-                            f"{cell['foreign_cpu']:.2f} cores)"
-                        )
-                if target.startswith("bentoml"):
-                    for concurrency in EVENT_CONCURRENCY:
-                        job = {"port": server.port, "key": key, "path": "/v1/events",
-                               "kind": "events", "users": users, "concurrency": concurrency,
-                               "warmup_s": 1.0, "seconds": EVENT_SECONDS,
-                               "min_requests": 1}  # fmt: skip
-                        cell = run_cell(server, job)
-                        events.setdefault(target, {})[str(concurrency)] = cell
-                        console.print(
-                            f"  events c={concurrency}: {cell['events_per_s']:>9.0f} events/s "
-                            f"(batch p50 {cell['p50_ms']:.1f} ms, p99 {cell['p99_ms']:.1f} ms)"
-                        )
-            finally:
+            results: dict[str, Any] = {}
+            for kind in kinds:
+                path = "/v1/personalize" if kind == "personalize" else "/v1/recommend"
+                cell_users = users[:CACHED_USERS] if kind == "recommend_cached" else users
+                results[kind] = {}
+                for concurrency in CONCURRENCY:
+                    job = {"key": key, "path": path, "kind": kind, "users": cell_users,
+                           "concurrency": concurrency, "warmup_s": WARMUP_SECONDS,
+                           "seconds": seconds / ROUNDS,
+                           "min_requests": MIN_REQUESTS // ROUNDS}  # fmt: skip
+                    cells = interleaved(servers, ORDER, job)
+                    for target in TARGETS:
+                        results[kind].setdefault(target, {})[str(concurrency)] = cells[target]
+                        show_cell(console, f"{kind} {target}", concurrency, cells[target])
+            events: dict[str, Any] = {}
+            bentoml_targets = tuple(t for t in ORDER if t.startswith("bentoml"))
+            for concurrency in EVENT_CONCURRENCY:
+                job = {"key": key, "path": "/v1/events", "kind": "events", "users": users,
+                       "concurrency": concurrency, "warmup_s": 1.0,
+                       "seconds": EVENT_SECONDS / ROUNDS, "min_requests": 1}  # fmt: skip
+                cells = interleaved(servers, bentoml_targets, job)
+                for target in bentoml_targets:
+                    events.setdefault(target, {})[str(concurrency)] = cells[target]
+                    show_cell(console, f"events {target}", concurrency, cells[target])
+        finally:
+            for server in servers.values():
                 server.stop()
         for kind in kinds:
             add_ratios(results[kind])
         if not has_personalize:
             results["personalize"] = {"measured": False,
                                       "reason": "the service has no /v1/personalize route"}  # fmt: skip
-        best = "bentoml-2w"
         return {
             **results,
             "events": {
-                "events_per_s_c1": events[best]["1"]["events_per_s"],
-                "events_per_s_c4": events[best]["4"]["events_per_s"],
-                "target": best,
+                "events_per_s_c1": events[EVENTS_TARGET]["1"]["events_per_s"],
+                "events_per_s_c4": events[EVENTS_TARGET]["4"]["events_per_s"],
+                "target": EVENTS_TARGET,
                 "batch": EVENT_BATCH,
                 "by_target": events,
             },
             "start_to_first_answer_s": starts["bentoml-1w"],
             "start_to_first_answer_by_target_s": starts,
             "setup": prepared["setup"],
-            "machine": machine(home),
+            "machine": machine(home, seconds),
         }
+
+
+def interleaved(
+    servers: dict[str, Server], targets: tuple[str, ...], job: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """A cell for each target, measured in :data:`ROUNDS` rounds taken in turn (the
+    order rotating each round), so that a slow drift of the machine's speed falls on
+    every target alike."""
+    rounds: dict[str, list[dict[str, Any]]] = {target: [] for target in targets}
+    for index in range(ROUNDS):
+        for target in targets[index % len(targets) :] + targets[: index % len(targets)]:
+            server = servers[target]
+            rounds[target].append(measure(server, {**job, "port": server.port}))
+    return {target: summarize(rounds[target], job["kind"]) for target in targets}
+
+
+def show_cell(console: Any, label: str, concurrency: int, cell: dict[str, Any]) -> None:
+    events = f"{cell['events_per_s']:>9.0f} events/s  " if "events_per_s" in cell else ""
+    console.print(
+        f"  {label:<28} c={concurrency:<3} {events}{cell['rps']:>8.1f} req/s  "
+        f"p50 {cell['p50_ms']:7.2f} ms  p99 {cell['p99_ms']:7.2f} ms  (rounds "
+        f"{cell['rps_by_round']} req/s; client CPU {cell['client_cpu']:.0%}; server "
+        f"{cell['server_cpu_ms_per_request']:.2f} ms CPU/req on {cell['server_cores']} cores; "
+        f"others {cell['foreign_cpu']:.2f} cores)"
+    )
 
 
 def add_ratios(by_target: dict[str, dict[str, dict[str, Any]]]) -> None:
@@ -604,7 +662,7 @@ def add_ratios(by_target: dict[str, dict[str, dict[str, Any]]]) -> None:
             cell["ratio_to_bare"] = round(cell["rps"] / bare, 3) if bare else None
 
 
-def machine(home: Path) -> dict[str, Any]:
+def machine(home: Path, seconds: float) -> dict[str, Any]:
     import platform
 
     import bentoml
@@ -620,7 +678,8 @@ def machine(home: Path) -> dict[str, Any]:
         "starlette": starlette.__version__,
         "uvicorn": uvicorn.__version__,
         "store_filesystem": filesystem[0] if filesystem else None,
-        "cell_seconds": CELL_SECONDS,
+        "cell_seconds": seconds,
+        "rounds": ROUNDS,
         "min_requests": MIN_REQUESTS,
     }
 
