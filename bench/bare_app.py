@@ -8,7 +8,8 @@ answers ``POST /v1/<api>`` for the model routes (``recommend``, and ``personaliz
 the service has it) the way BentoML calls them: the body parsed into the route's
 ``input_spec`` with ``model_validate_json``, the method called with its fields as keyword
 arguments, the pydantic answer written with ``model_dump_json``. The call runs inline on
-the event loop (as a bare app would), not in a thread pool; a validation error is a 422.
+the event loop (as a bare app would, and as the service's coroutine routes do); a
+validation error is a 422.
 
     python bench/bare_app.py --port 8000 [--workers 2] [--host 127.0.0.1]
 """
@@ -16,6 +17,7 @@ the event loop (as a bare app would), not in a thread pool; a validation error i
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -52,6 +54,8 @@ def create_app() -> Any:
                 detail = error.errors(include_context=False, include_input=False)
                 return JSONResponse({"error": str(error), "detail": detail}, status_code=422)
             output = method(**{field: getattr(data, field) for field in type(data).model_fields})
+            if inspect.isawaitable(output):  # the service's coroutine routes
+                output = await output
             if isinstance(output, BaseModel):
                 return Response(output.model_dump_json(), media_type="application/json")
             return Response(json.dumps(output), media_type="application/json")

@@ -98,7 +98,7 @@ CLIENT_BUSY = 0.9
 #: Before each cell, wait up to QUIET_WAIT_S for other processes to use less than
 #: QUIET_CORES cores (an idle server uses a little); a cell during which they used more
 #: than FOREIGN_CORES is flagged (a 2-core machine shares its cores with everything).
-QUIET_CORES, QUIET_WAIT_S, FOREIGN_CORES = 0.3, 60.0, 0.2
+QUIET_CORES, QUIET_WAIT_S, FOREIGN_CORES = 0.3, float(os.environ.get("BENCH_QUIET_WAIT_S", 60)), 0.2
 
 # The issue's targets.
 RATIO_1W, RATIO_2W = 0.7, 0.9
@@ -559,24 +559,48 @@ def summarize(rounds: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 # --- the run -------------------------------------------------------------------------------
 
 
-def run(datasets_dir: Path, seconds: float, home: Path | None) -> dict[str, Any]:
+def run(
+    datasets_dir: Path,
+    seconds: float,
+    home: Path | None,
+    *,
+    state: Path | None = None,
+    kinds: list[str] | None = None,
+    targets: tuple[str, ...] = ORDER,
+    concurrency_levels: tuple[int, ...] = CONCURRENCY,
+    events_wanted: bool = True,
+) -> dict[str, Any]:
+    """The whole run; ``state`` keeps (and reuses) the prepared folder, and the other
+    options select a part of it (a partial run is for development: its JSON lacks what
+    it skipped)."""
     from rich.console import Console
 
     console = Console(soft_wrap=True)
     with tempfile.TemporaryDirectory(prefix="bespoke-bench-serving-", dir=home) as scratch:
-        home = Path(scratch)
-        console.print(f"[bold]setup[/] in {home}: ingest, train EASE + ranker, key, store…")
-        prepared = prepare(home, datasets_dir)
+        home = Path(state) if state is not None else Path(scratch)
+        saved = home / "prepared.json"
+        if saved.is_file():
+            prepared = json.loads(saved.read_text())
+            prepared["env"] = {**server_env(home)}
+            console.print(f"[bold]setup[/] reused from {home}")
+        else:
+            home.mkdir(parents=True, exist_ok=True)
+            console.print(f"[bold]setup[/] in {home}: ingest, train EASE + ranker, key, store…")
+            prepared = prepare(home, datasets_dir)
+            if state is not None:
+                saved.write_text(json.dumps({k: v for k, v in prepared.items() if k != "env"}))
         env, key, users = prepared["env"], prepared["key"], prepared["users"]
         # The service module is imported here only to see which routes it has.
         from bespoke.serving.service import Personalization
 
         has_personalize = "personalize" in Personalization.apis
-        kinds = ["recommend", "recommend_cached"] + (["personalize"] if has_personalize else [])
+        kinds = kinds or (
+            ["recommend", "recommend_cached"] + (["personalize"] if has_personalize else [])
+        )
         servers: dict[str, Server] = {}
         starts: dict[str, float] = {}
         try:
-            for target in ORDER:  # one at a time, on a quiet machine: start times
+            for target in targets:  # one at a time, on a quiet machine: start times
                 wait_quiet()
                 servers[target] = Server(target, home, env, Personalization.name)
                 starts[target] = round(servers[target].wait_first_answer(key, users[0]), 2)
@@ -586,18 +610,18 @@ def run(datasets_dir: Path, seconds: float, home: Path | None) -> dict[str, Any]
                 path = "/v1/personalize" if kind == "personalize" else "/v1/recommend"
                 cell_users = users[:CACHED_USERS] if kind == "recommend_cached" else users
                 results[kind] = {}
-                for concurrency in CONCURRENCY:
+                for concurrency in concurrency_levels:
                     job = {"key": key, "path": path, "kind": kind, "users": cell_users,
                            "concurrency": concurrency, "warmup_s": WARMUP_SECONDS,
                            "seconds": seconds / ROUNDS,
                            "min_requests": MIN_REQUESTS // ROUNDS}  # fmt: skip
-                    cells = interleaved(servers, ORDER, job)
-                    for target in TARGETS:
+                    cells = interleaved(servers, targets, job)
+                    for target in targets:
                         results[kind].setdefault(target, {})[str(concurrency)] = cells[target]
                         show_cell(console, f"{kind} {target}", concurrency, cells[target])
             events: dict[str, Any] = {}
-            bentoml_targets = tuple(t for t in ORDER if t.startswith("bentoml"))
-            for concurrency in EVENT_CONCURRENCY:
+            bentoml_targets = tuple(t for t in targets if t.startswith("bentoml"))
+            for concurrency in EVENT_CONCURRENCY if events_wanted else ():
                 job = {"key": key, "path": "/v1/events", "kind": "events", "users": users,
                        "concurrency": concurrency, "warmup_s": 1.0,
                        "seconds": EVENT_SECONDS / ROUNDS, "min_requests": 1}  # fmt: skip
@@ -613,16 +637,18 @@ def run(datasets_dir: Path, seconds: float, home: Path | None) -> dict[str, Any]
         if not has_personalize:
             results["personalize"] = {"measured": False,
                                       "reason": "the service has no /v1/personalize route"}  # fmt: skip
-        return {
-            **results,
-            "events": {
+        out: dict[str, Any] = {**results}
+        if EVENTS_TARGET in events:
+            out["events"] = {
                 "events_per_s_c1": events[EVENTS_TARGET]["1"]["events_per_s"],
                 "events_per_s_c4": events[EVENTS_TARGET]["4"]["events_per_s"],
                 "target": EVENTS_TARGET,
                 "batch": EVENT_BATCH,
                 "by_target": events,
-            },
-            "start_to_first_answer_s": starts["bentoml-1w"],
+            }
+        return {
+            **out,
+            "start_to_first_answer_s": starts.get("bentoml-1w"),
             "start_to_first_answer_by_target_s": starts,
             "setup": prepared["setup"],
             "machine": machine(home, seconds),
@@ -795,13 +821,36 @@ def main() -> None:
                         help="measured seconds per cell (default %(default)s)")  # fmt: skip
     parser.add_argument("--home", type=Path, default=None,
                         help="folder for the scratch state (default: the system's temp)")  # fmt: skip
+    parser.add_argument("--state", type=Path, default=None,
+                        help="keep the prepared state in this folder and reuse it next time")  # fmt: skip
+    parser.add_argument("--kinds", help="development: only these kinds (comma-separated)")
+    parser.add_argument("--targets", help="development: only these targets (comma-separated)")
+    parser.add_argument("--concurrency", help="development: only these levels (comma-separated)")
+    parser.add_argument("--no-events", action="store_true", help="development: skip ingestion")
     parser.add_argument("--datasets-dir", type=Path, default=os.environ.get("BESPOKE_DATASETS_DIR"))
     args = parser.parse_args()
     if args.datasets_dir is None:
         parser.error("set BESPOKE_DATASETS_DIR or pass --datasets-dir")
-    results = run(Path(args.datasets_dir).resolve(), args.seconds, args.home)
+    partial = bool(args.kinds or args.targets or args.concurrency or args.no_events)
+    results = run(
+        Path(args.datasets_dir).resolve(),
+        args.seconds,
+        args.home,
+        state=args.state,
+        kinds=args.kinds.split(",") if args.kinds else None,
+        targets=tuple(args.targets.split(",")) if args.targets else ORDER,
+        concurrency_levels=tuple(int(c) for c in args.concurrency.split(","))
+        if args.concurrency
+        else CONCURRENCY,
+        events_wanted=not args.no_events,
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
+    if partial:
+        from rich.console import Console
+
+        Console().print(f"a partial run (no summary table); written to {args.out}")
+        return
     show(results)
     from rich.console import Console
 

@@ -104,6 +104,12 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def reports_dir(self) -> Path:
+        """Where monitoring writes its reports: ``<home>/reports/<timestamp>/``."""
+        assert self.home is not None
+        return self.home / "reports"
+
+    @property
     def secrets_dir(self) -> Path:
         assert self.home is not None
         return self.home / "secrets"

@@ -93,6 +93,7 @@ class Slot:
     id: str
     kind: str = "recommendations"
     k: int = 10
+    ranked: bool = True
 
 
 @dataclass
@@ -136,11 +137,14 @@ class Engine:
         categories: Collection[str] | None = None,
         now: datetime | None = None,
         slot: str | None = None,
+        ranked: bool = True,
     ) -> Answer:
+        """The top ``k`` for the person: the recommender's, reranked by the ranker when
+        ``ranked`` and one is loaded, then the rules."""
         now = now or datetime.now(UTC)
         seen = {str(item) for item in profile.items}
         wanted = k * HEADROOM
-        items, scores, reason = self._candidates(profile, wanted, seen | set(exclude), now)
+        items, scores, reason = self._candidates(profile, wanted, seen | set(exclude), now, ranked)
         if categories:
             chosen = set(categories)
             keep = [i for i, item in enumerate(items)
@@ -187,7 +191,8 @@ class Engine:
                                           rules=list(decision.rule_ids)))  # fmt: skip
                 continue
             answer = self.recommend(profile, events, k=slot.k, context=context,
-                                    exclude=shown, now=now, slot=slot.id)  # fmt: skip
+                                    exclude=shown, now=now, slot=slot.id,
+                                    ranked=slot.ranked)  # fmt: skip
             shown |= {item.item_id for item in answer.items}
             answers.append(SlotAnswer(slot.id, slot.kind, answer.items, answer.content,
                                       answer.rules))  # fmt: skip
@@ -209,10 +214,10 @@ class Engine:
         return self.rules.current().evaluate(document, dict(context or {}), now, slot=slot)
 
     def _candidates(
-        self, profile: Profile, n: int, excluded: set[str], now: datetime
+        self, profile: Profile, n: int, excluded: set[str], now: datetime, ranked: bool
     ) -> tuple[list[str], list[float], str]:
         models = self.models
-        if len(profile.items) and models.pipeline is not None:
+        if len(profile.items) and ranked and models.pipeline is not None:
             ids, probability = models.pipeline.recommend(
                 [profile], k=n, now=np.datetime64(now.replace(tzinfo=None), "us"),
                 exclude=list(excluded),

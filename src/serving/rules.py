@@ -1266,16 +1266,26 @@ def profile_document(
     now = _aware(now)
     attributes = {str(k): _plain(v) for k, v in (profile_attributes or {}).items()}
     rows: list[dict[str, Any]] = []
+    # Every request builds this over up to 500 events: values already plain (what the
+    # online store gives) skip the general conversions.
     for i, event in enumerate(events):
         kind = event.get("type", event.get("event_type"))
-        if kind is None or _plain(kind) is None:
+        if type(kind) is not str and (kind is None or _plain(kind) is None):
             raise ValueError(f"events[{i}]: an event needs a type")
-        timestamp = _event_time(event.get("timestamp"), f"events[{i}].timestamp")
+        timestamp = event.get("timestamp")
+        if type(timestamp) is not datetime or timestamp.tzinfo is None:
+            timestamp = _event_time(timestamp, f"events[{i}].timestamp")
         if timestamp is not None and timestamp > now:
             continue
-        item = _plain(event.get("item_id"))
-        item = None if item is None else str(item)
-        categories = _plain(event.get("categories"))
+        item = event.get("item_id")
+        if item is not None and type(item) is not str:
+            item = _plain(item)
+            item = None if item is None else str(item)
+        value = event.get("value")
+        if value is not None and (type(value) is not float or value != value):
+            value = _plain(value)
+        categories = event.get("categories")
+        categories = None if categories is None else _plain(categories)
         if categories is None and item_categories is not None and item is not None:
             categories = list(item_categories.get(item, ()))
         rows.append(
@@ -1283,7 +1293,7 @@ def profile_document(
                 "type": str(kind),
                 "item_id": item,
                 "timestamp": timestamp,
-                "value": _plain(event.get("value")),
+                "value": value,
                 "categories": [str(c) for c in categories or ()],
             }
         )

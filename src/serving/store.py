@@ -75,6 +75,7 @@ INTERACTION_TYPES = ("rate", "purchase", "click", "add_to_cart", "like", "view")
 #: The user attributes copied from the lake.
 ATTRIBUTES = ("age", "gender", "occupation", "state", "region", "country")
 
+_INTERACTION_SET = frozenset(INTERACTION_TYPES)
 USER, ANONYMOUS = "u", "a"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -124,6 +125,18 @@ class ProfileView(BaseModel):
 
 
 @dataclass
+class Snapshot:
+    """What a live request needs of one person, read in one transaction: the ranker's
+    :class:`~bespoke.features.build.Profile`, the latest events as the rules see them
+    (newest first: ``type``, ``item_id``, ``timestamp``, ``value``) and ``version``, which
+    changes with every new event of theirs (the answer cache's key)."""
+
+    profile: Profile
+    events: list[dict[str, Any]]
+    version: str | None
+
+
+@dataclass
 class FlushResult:
     """Per dataset, the inbox rows sent to the lake and what ingestion made of them."""
 
@@ -159,6 +172,8 @@ class OnlineStore(Protocol):
     def profile(self, user_id: str, dataset: str, *, anonymous: bool = False) -> ProfileView: ...
 
     def as_profile(self, user_id: str, dataset: str, *, anonymous: bool = False) -> Profile: ...
+
+    def snapshot(self, user_id: str, dataset: str, *, anonymous: bool = False) -> Snapshot: ...
 
     def load_attributes(self, lake: Lake, dataset: str) -> int: ...
 
@@ -556,6 +571,40 @@ class SQLiteStore:
             values=values,
             timestamps=micros.view("datetime64[us]"),  # int64 minimum is NaT
         )
+
+    def snapshot(self, user_id: str, dataset: str, *, anonymous: bool = False) -> Snapshot:
+        """:meth:`as_profile` and :meth:`profile`'s recent events in one read: the hot
+        path of every request (plain tuples, no per-event models)."""
+        kind = ANONYMOUS if anonymous else USER
+        with self._database().read() as con:
+            attributes = self._attributes(con, dataset, user_id) if not anonymous else {}
+            rows = con.execute(
+                "SELECT event_type, item_id, value, timestamp FROM profile_events "
+                "WHERE dataset = ? AND kind = ? AND subject = ? ORDER BY timestamp, id",
+                (dataset, kind, user_id),
+            ).fetchall()
+            latest = con.execute(
+                "SELECT max(at) FROM last_events WHERE dataset = ? AND kind = ? AND subject = ?",
+                (dataset, kind, user_id),
+            ).fetchone()[0]
+        interactions = [r for r in rows if r[1] is not None and r[0] in _INTERACTION_SET]
+        micros = np.array(
+            [np.iinfo(np.int64).min if r[3] is None else r[3] for r in interactions],
+            dtype=np.int64,
+        )
+        profile = Profile(
+            user_id=user_id,
+            attributes=attributes,
+            items=[r[1] for r in interactions],
+            values=np.array([1.0 if r[2] is None else r[2] for r in interactions], np.float64),
+            timestamps=micros.view("datetime64[us]"),  # int64 minimum is NaT
+        )
+        # Newest first, as profile() shows them; unknown times sort oldest, as there.
+        events = [
+            {"type": t, "item_id": i, "value": v, "timestamp": _moment(ts)}
+            for t, i, v, ts in reversed(rows[-self.recent_events :])
+        ]
+        return Snapshot(profile, events, None if latest is None else str(latest))
 
     @staticmethod
     def _attributes(con: sqlite3.Connection, dataset: str, user_id: str) -> dict[str, Any]:

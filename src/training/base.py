@@ -13,6 +13,7 @@ items, the popularity fallback for unknown users, top-k — is here, once.
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -233,10 +234,22 @@ class Recommender:
         """Rebuild anything derived from the state arrays (e.g. a library's model)."""
 
 
-def _index(ids: np.ndarray, wanted: list[Any]) -> np.ndarray:
-    from bespoke.training.data import _index_of
+#: id(item index array) -> (a weak reference to it, its id -> position mapping): a live
+#: request looks up a handful of ids, and building a hash table over the whole catalog
+#: each time would cost more than the lookups.
+_LOOKUPS: dict[int, tuple[weakref.ref, dict[str, int]]] = {}
 
-    return _index_of(ids, np.asarray([str(w) for w in wanted], dtype=object))
+
+def _index(ids: np.ndarray, wanted: list[Any]) -> np.ndarray:
+    """Positions of ``wanted`` (compared as strings) in ``ids``; -1 where absent."""
+    cached = _LOOKUPS.get(id(ids))
+    if cached is None or cached[0]() is not ids:
+        lookup = {str(item): position for position, item in enumerate(ids)}
+        key = id(ids)
+        _LOOKUPS[key] = (weakref.ref(ids, lambda _, key=key: _LOOKUPS.pop(key, None)), lookup)
+    else:
+        lookup = cached[1]
+    return np.fromiter((lookup.get(str(w), -1) for w in wanted), np.int64, len(wanted))
 
 
 def _mask(scores: np.ndarray, history: sp.csr_matrix) -> None:

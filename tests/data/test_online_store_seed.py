@@ -117,6 +117,19 @@ def test_online_profiles_give_exactly_the_offline_histories(lake: Lake, store: S
     np.testing.assert_array_equal(online.days, offline.days)
     pd.testing.assert_frame_equal(online.attributes, offline.attributes, check_dtype=False)
 
+    # The one-read snapshot of the request path is the same person as the two reads.
+    for user_id in users[:20]:
+        snapshot = store.snapshot(user_id, DATASET)
+        profile, view = store.as_profile(user_id, DATASET), store.profile(user_id, DATASET)
+        assert snapshot.profile.items == profile.items
+        assert snapshot.profile.attributes == profile.attributes
+        np.testing.assert_array_equal(snapshot.profile.values, profile.values)
+        np.testing.assert_array_equal(snapshot.profile.timestamps, profile.timestamps)
+        assert [(e["type"], e["item_id"], e["value"], e["timestamp"]) for e in snapshot.events] == [
+            (e.event_type, e.item_id, e.value, e.timestamp) for e in view.recent
+        ]
+        assert snapshot.version is not None
+
 
 def test_nothing_after_the_seeding_time_reaches_a_profile(lake: Lake, store: SQLiteStore) -> None:
     store.seed_history(lake, DATASET, as_of=CUT)

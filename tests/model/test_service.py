@@ -52,8 +52,12 @@ def test_an_event_changes_the_very_next_recommendation(service) -> None:
     assert stored["errors"][0]["index"] == 1
     after = _post(url, "/v1/recommend", {"user_id": "fresh", "k": 5}, key).json()
     assert first not in [item["item_id"] for item in after["items"]]
-    assert {item["reason"] for item in after["items"]} == {"model:ranker"}
-    assert all(0 <= item["score"] <= 1 for item in after["items"])  # click probabilities
+    (reason,) = {item["reason"] for item in after["items"]}
+    assert reason.startswith("model:") and reason != "model:ranker"  # the recommender's own
+    ranked = _post(url, "/v1/recommend", {"user_id": "fresh", "k": 5, "rank": True}, key).json()
+    assert first not in [item["item_id"] for item in ranked["items"]]
+    assert {item["reason"] for item in ranked["items"]} == {"model:ranker"}
+    assert all(0 <= item["score"] <= 1 for item in ranked["items"])  # click probabilities
     profile = _post(url, "/v1/profiles", {"user_id": "fresh"}, key).json()
     assert [e["item_id"] for e in profile["recent"]] == [first]  # the unconsented one is not kept
 
