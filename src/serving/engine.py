@@ -56,33 +56,11 @@ class Models:
 
 
 def load_champions(tracking_uri: str, dataset: str) -> Models:
-    """The recommender (required) and ranker (when registered) aliased ``@champion``."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
+    """The recommender (required) and ranker (when registered) aliased ``@champion`` in
+    the registry (see :mod:`bespoke.serving.champions` for the other sources)."""
+    from bespoke.serving.champions import load_from_registry
 
-    from bespoke.training.ranking import registered_name as ranker_name
-    from bespoke.training.train import CHAMPION, registered_name
-
-    mlflow.set_tracking_uri(tracking_uri)
-    client = mlflow.MlflowClient()
-    name = registered_name(dataset)
-    try:
-        version = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException as error:
-        raise RuntimeError(
-            f"no @{CHAMPION} recommender for {dataset!r} in {tracking_uri}: train one with "
-            f"`bespoke train recommender --dataset {dataset} --model ease`"
-        ) from error
-    recommender = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}").unwrap_python_model()
-    models = Models(dataset, recommender.model, str(version.version))
-    try:
-        ranker_version = client.get_model_version_by_alias(ranker_name(dataset), CHAMPION)
-    except MlflowException:
-        return models
-    ranker = mlflow.pyfunc.load_model(f"models:/{ranker_name(dataset)}@{CHAMPION}")
-    models.pipeline = ranker.unwrap_python_model().pipeline
-    models.ranker_version = str(ranker_version.version)
-    return models
+    return load_from_registry(tracking_uri, dataset)
 
 
 @dataclass
@@ -142,16 +120,19 @@ class Engine:
         """The top ``k`` for the person: the recommender's, reranked by the ranker when
         ``ranked`` and one is loaded, then the rules."""
         now = now or datetime.now(UTC)
+        models = self.models  # one request, one set of models, whatever a swap does meanwhile
         seen = {str(item) for item in profile.items}
         wanted = k * HEADROOM
-        items, scores, reason = self._candidates(profile, wanted, seen | set(exclude), now, ranked)
+        items, scores, reason = self._candidates(
+            models, profile, wanted, seen | set(exclude), now, ranked
+        )
         if categories:
             chosen = set(categories)
             keep = [i for i, item in enumerate(items)
                     if chosen & set(self.item_categories.get(item, ()))]  # fmt: skip
             items, scores = [items[i] for i in keep], [scores[i] for i in keep]
         reasons = [reason] * len(items)
-        answer = Answer(items=[], model_version=self.models.version)
+        answer = Answer(items=[], model_version=models.version)
         if self.rules is not None:
             decision = self._decision(profile, events, context, now, slot)
             ruled_items, ruled_scores, ruled_reasons = rules_engine.apply(
@@ -214,9 +195,14 @@ class Engine:
         return self.rules.current().evaluate(document, dict(context or {}), now, slot=slot)
 
     def _candidates(
-        self, profile: Profile, n: int, excluded: set[str], now: datetime, ranked: bool
+        self,
+        models: Models,
+        profile: Profile,
+        n: int,
+        excluded: set[str],
+        now: datetime,
+        ranked: bool,
     ) -> tuple[list[str], list[float], str]:
-        models = self.models
         if len(profile.items) and ranked and models.pipeline is not None:
             ids, probability = models.pipeline.recommend(
                 [profile], k=n, now=np.datetime64(now.replace(tzinfo=None), "us"),

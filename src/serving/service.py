@@ -34,6 +34,8 @@ DATASET_ENV = "BESPOKE_SERVING_DATASET"
 ACCESS_LOG_ENV = "BESPOKE_ACCESS_LOG"
 _access = logging.getLogger("bespoke.serving.access")
 RULES_ENV = "BESPOKE_RULES_PATH"
+#: Seconds between two looks at the registry's @champion aliases (0: never look again).
+MODEL_POLL_ENV = "BESPOKE_MODEL_POLL_S"
 
 
 class RecommendRequest(IODescriptor):
@@ -245,7 +247,14 @@ class Personalization:
         from cachetools import TTLCache
 
         from bespoke.features.lake import Lake
-        from bespoke.serving.engine import Engine, Experiments, load_champions
+        from bespoke.serving.champions import (
+            ChampionWatcher,
+            champion_versions,
+            load_from_bento,
+            load_from_registry,
+            model_source,
+        )
+        from bespoke.serving.engine import Engine, Experiments
         from bespoke.serving.rules import SHIPPED_RULES_DIR, RulesFile
         from bespoke.serving.store import open_store
         from bespoke.settings import get_settings
@@ -254,7 +263,21 @@ class Personalization:
         settings = get_settings()
         self.dataset = os.environ.get(DATASET_ENV, "ml-100k")
         self.store = open_store(settings)
-        models = load_champions(settings.mlflow_tracking_uri, self.dataset)
+        self.watcher: Any = None
+        # Inside a built Bento the packaged models serve (frozen with it); from source,
+        # the registry's @champions, followed as they move.
+        self.model_source = model_source(in_bento=Personalization.bento is not None)
+        if self.model_source == "bento":
+            models = load_from_bento(self.dataset)
+        else:
+            uri = settings.mlflow_tracking_uri or ""
+            versions = champion_versions(uri, self.dataset)
+            models = load_from_registry(uri, self.dataset, versions)
+            interval = float(os.environ.get(MODEL_POLL_ENV, "30"))
+            if interval > 0:
+                self.watcher = ChampionWatcher(
+                    uri, self.dataset, versions, self._swap, interval
+                ).start()
         catalog = load_catalog(Lake(settings.lake_url), self.dataset)
         categories = {
             str(item): [str(g) for g in (genres if genres is not None else [])]
@@ -264,6 +287,12 @@ class Personalization:
         self.engine = Engine(models, categories, rules)
         self.experiments = Experiments()
         self.cache: TTLCache = TTLCache(maxsize=50_000, ttl=60)
+
+    def _swap(self, models: Any) -> None:
+        """New @champions (from the watcher's thread): one assignment, so each request
+        sees the old or the new models, never a mix; cached answers carry the model
+        version in their key, so none of the old ones is served again."""
+        self.engine.models = models
 
     def _person(self, user_id: str | None, anonymous_id: str | None) -> Person:
         """What the store knows of the person a request is about (nothing: a stranger)."""
