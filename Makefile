@@ -35,14 +35,18 @@ demo: setup  ## ingest, validate, report, tune, train, register: end to end on t
 serve: setup  ## the personalization service on :3000 (needs a @champion: run make demo first)
 	@OTEL_SDK_DISABLED=$${OTEL_SDK_DISABLED:-true} $(UV) run --locked bentoml serve bespoke.serving.service:Personalization --port $${PORT:-3000}
 
-# The Bento is built from a staged context (see bentofile.yaml): src/ as bespoke/ and the
-# requirements exported from uv.lock. BentoML pip-installs uv when none is on PATH, so the
-# uv running this (uv run exports it as $UV) is put there: nothing is downloaded.
+# The Bento is built from a staged context (see bentofile.yaml): src/ as bespoke/, the
+# requirements exported from uv.lock, and the @champion models exported from the registry
+# into BentoML's model store and listed under the bentofile's models. BentoML
+# pip-installs uv when none is on PATH, so the uv running this (uv run exports it as
+# $UV) is put there: nothing is downloaded.
 bento: setup  ## build the service's Bento offline (bentofile.yaml), into the BentoML store
 	@ctx=$$(mktemp -d) && trap 'rm -rf "$$ctx"' EXIT \
 		&& cp bentofile.yaml "$$ctx/" && cp -R src "$$ctx/bespoke" \
 		&& $(UV) export --frozen --no-dev --no-hashes --no-emit-project --no-header --no-annotate --quiet \
 			--output-file "$$ctx/requirements.lock.txt" \
+		&& $(UV) run --locked bespoke models export-bento --dataset $${BESPOKE_SERVING_DATASET:-ml-100k} \
+			--bentofile "$$ctx/bentofile.yaml" \
 		&& cd "$$ctx" && $(UV) run --project "$(CURDIR)" --locked \
 			sh -c 'PATH="$$(dirname "$$UV"):$$PATH" exec bentoml build .'
 

@@ -71,8 +71,9 @@ def prepare_local_home(
     key_name: str = "local",
 ) -> str:
     """Ingest MovieLens 100K into ``home``, train and register an EASE ``@champion``
-    recommender (and, with ``ranker``, a quick LightGBM ``@champion`` ranker), create an
-    API key named ``key_name`` and return its plaintext."""
+    recommender (and, with ``ranker``, a quick LightGBM ``@champion`` ranker), seed the
+    online store with the lake's people, create an API key named ``key_name`` and return
+    its plaintext."""
     from bespoke.features.collect import ingest
     from bespoke.features.lake import Lake
     from bespoke.features.sources import movielens_100k
@@ -88,7 +89,30 @@ def prepare_local_home(
 
         train_ranker(settings, "ml-100k", objective="binary",
                      params={"num_boost_round": 30, "early_stopping_rounds": 10})  # fmt: skip
+    seed_online_store(settings, "ml-100k")
     return ApiKeys(settings.online_store_url or "").create(key_name)
+
+
+def seed_online_store(settings: Settings, dataset: str, as_of: str | None = None) -> dict[str, int]:
+    """Give the online store what the lake knows of the dataset's people: their latest
+    attributes and their events (up to ``as_of``), so that a service started on it knows
+    them from the first request. Safe to run again: it replaces attributes and re-seeds
+    histories without doubling live events."""
+    from bespoke.features.lake import Lake
+    from bespoke.serving.store import open_store
+
+    lake = Lake(str(settings.lake_url))
+    (events,) = (
+        lake.connect()
+        .execute("SELECT count(*) FROM events WHERE dataset = ?", [dataset])
+        .fetchone()
+    )
+    if not events:  # before anything is replaced: a typo must not empty the store
+        raise ValueError(f"the lake at {settings.lake_url} holds no events of {dataset!r}")
+    store = open_store(settings)
+    people = store.load_attributes(lake, dataset)
+    events = store.seed_history(lake, dataset, as_of=as_of)
+    return {"people": people, "events": events}
 
 
 def free_port() -> int:

@@ -28,6 +28,8 @@ from bespoke.features.schema import EventIn
 
 #: Largest batch ``/v1/events`` takes (the issue's contract): more is a 413.
 MAX_EVENTS = 1000
+#: Longest user or anonymous id.
+MAX_ID_LENGTH = 200
 #: Routes anyone may call (health, metrics, the API's own description).
 OPEN_PATHS = ("/healthz", "/readyz", "/livez", "/metrics", "/docs.json", "/schema.json")
 DATASET_ENV = "BESPOKE_SERVING_DATASET"
@@ -241,6 +243,40 @@ async def _json(send: Any, status: int, body: dict) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
+async def _get_profile(request: Any) -> Any:
+    """``GET /v1/profiles/{id}[?anonymous=true]``: the person as the store knows them;
+    404 when it knows nothing of them."""
+    from starlette.responses import JSONResponse
+
+    person = request.path_params["person"]
+    if not 1 <= len(person) <= MAX_ID_LENGTH:
+        return JSONResponse(
+            {"error": f"a person id is 1 to {MAX_ID_LENGTH} characters", "loc": ["path", "id"]},
+            status_code=422,
+        )
+    flag = request.query_params.get("anonymous", "false").lower()
+    if flag not in ("true", "false", "1", "0"):
+        return JSONResponse(
+            {"error": "anonymous is true or false", "loc": ["query", "anonymous"]},
+            status_code=422,
+        )
+    service = bentoml.get_current_service()
+    view = service.store.profile(person, service.dataset, anonymous=flag in ("true", "1"))
+    if not view.known:
+        return JSONResponse({"error": f"no profile for {person!r}"}, status_code=404)
+    return JSONResponse(view.model_dump(mode="json"))
+
+
+def _profiles_app() -> Any:
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    return Starlette(routes=[Route("/{person:str}", _get_profile, methods=["GET"])])
+
+
+# GET with the id in the path is a plain Starlette route mounted beside the BentoML
+# routes (which are POST bodies); the API-key middleware guards it as the rest.
+@bentoml.asgi_app(_profiles_app(), path="/v1/profiles")
 @bentoml.service(name="bespoke", traffic={"timeout": 30})
 class Personalization:
     def __init__(self) -> None:

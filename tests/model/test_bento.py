@@ -3,14 +3,14 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from pathlib import Path
 
 import httpx
+import yaml
 
-from bespoke.serving.local import start_local_service, stop_local_service
+from bespoke.serving.local import service_environment, start_local_service, stop_local_service
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,7 +21,7 @@ def test_make_bento_builds_offline_and_the_bento_serves(
     home, key = service_home
     bentoml_home = tmp_path / "bentoml"  # the developer's Bento store is left alone
     env = {
-        **os.environ,
+        **service_environment(home),  # the registry whose @champions the Bento packages
         "BENTOML_HOME": str(bentoml_home),
         "BENTOML_DO_NOT_TRACK": "true",
         # Whatever would reach for an index fails instead of downloading.
@@ -41,10 +41,19 @@ def test_make_bento_builds_offline_and_the_bento_serves(
     bento = bentoml_home / "bentos" / Path(*tag.group(1).split(":"))
     assert (bento / "src" / "bespoke" / "serving" / "service.py").is_file()
     assert list((bento / "src" / "bespoke" / "serving" / "rules").glob("*.json"))
+    # The @champions are the Bento's models (packed with it by `bentoml export` and
+    # `containerize`), tagged with their registry version.
+    manifest = yaml.safe_load((bento / "bento.yaml").read_text())
+    assert sorted(m["tag"] for m in manifest["models"]) == [
+        "bespoke-ranker-ml-100k:v1",
+        "bespoke-recommender-ml-100k:v1",
+    ]
     requirements = (bento / "env" / "python" / "requirements.txt").read_text()
     assert re.search(r"^bentoml==", requirements, re.M)
     assert not re.search(r"^(pytest|schemathesis|ruff)==", requirements, re.M)  # no dev tools
 
+    # Served with the registry gone: the answers come from the models in the Bento.
+    (home / "mlflow.db").unlink()
     url, process = start_local_service(home, target=tag.group(1),
                                        env={"BENTOML_HOME": str(bentoml_home)})  # fmt: skip
     try:
@@ -52,6 +61,7 @@ def test_make_bento_builds_offline_and_the_bento_serves(
                             headers={"X-API-Key": key}, timeout=30)  # fmt: skip
         assert answer.status_code == 200, answer.text
         assert len(answer.json()["items"]) == 3
+        assert answer.json()["model_version"] == "recommender-v1+ranker-v1"
         assert httpx.post(f"{url}/v1/recommend", json={"user_id": "1"}).status_code == 401
     finally:
         stop_local_service(process)

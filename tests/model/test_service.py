@@ -60,6 +60,26 @@ def test_an_event_changes_the_very_next_recommendation(service) -> None:
     assert all(0 <= item["score"] <= 1 for item in ranked["items"])  # click probabilities
     profile = _post(url, "/v1/profiles", {"user_id": "fresh"}, key).json()
     assert [e["item_id"] for e in profile["recent"]] == [first]  # the unconsented one is not kept
+    fetched = httpx.get(f"{url}/v1/profiles/fresh", headers={"X-API-Key": key}, timeout=30)
+    assert fetched.status_code == 200 and fetched.json() == profile
+
+
+def test_get_profile_shows_a_seeded_person_and_refuses_the_rest(service) -> None:
+    url, key = service
+    headers = {"X-API-Key": key}
+    one = httpx.get(f"{url}/v1/profiles/1", headers=headers, timeout=30)
+    assert one.status_code == 200, one.text
+    assert one.json()["attributes"]["age"] == 24 and one.json()["known"]
+    rated = {event["item_id"] for event in one.json()["recent"]}
+    assert len(rated) == len(one.json()["recent"]) > 100  # the lake's ratings, seeded
+    answer = _post(url, "/v1/recommend", {"user_id": "1", "k": 20}, key).json()
+    assert not rated & {item["item_id"] for item in answer["items"]}  # seen ones filtered
+    assert httpx.get(f"{url}/v1/profiles/nobody-at-all", headers=headers).status_code == 404
+    assert httpx.get(f"{url}/v1/profiles/1").status_code == 401
+    assert httpx.get(f"{url}/v1/profiles/1", headers={"X-API-Key": "bsk_no"}).status_code == 403
+    bad = httpx.get(f"{url}/v1/profiles/1?anonymous=maybe", headers=headers)
+    assert bad.status_code == 422 and "anonymous" in bad.text
+    assert httpx.get(f"{url}/v1/profiles/{'x' * 201}", headers=headers).status_code == 422
 
 
 def test_exclude_and_categories_are_respected(service) -> None:
