@@ -25,17 +25,19 @@ time cap), over a rotating set of ML-100K users:
 
 - ``recommend``: ``POST /v1/recommend`` {user_id, k: 10}, each request with its own
   ``context`` nonce, so that the service's answer cache never hits: one model call
-  (profile read, retrieval, LightGBM rerank, rules) per request;
+  (profile read, retrieval by the @champion recommender, rules) per request;
 - ``recommend_cached``: the same over 64 users without a nonce, after every connection has
   asked for each once: the answer-cache path, where the framework's share is largest;
 - ``personalize``: ``POST /v1/personalize`` {user_id, slots: a content slot and two
-  recommendation slots of 10}, with a nonce (two ranked retrievals per request).
+  recommendation slots of 10}, with a nonce (two retrievals reranked by the LightGBM
+  ranker per request).
 
 ``ratio_to_bare`` is a BentoML target's req/s over the bare app's with the same worker
 count and concurrency. Then durable batch ingestion through ``POST /v1/events`` (batches
 of 1,000 events, concurrency 1 and 4, against both BentoML targets; each accepted event is
-fsynced before the reply), and start to first answer: seconds from launching ``bentoml serve`` to the first 200 of
-``/v1/recommend``.
+fsynced before the reply), and start to first answer: seconds from launching ``bentoml
+serve`` (1 worker) to its first 200 of ``/v1/recommend``, three times each for the Bento
+``make bento`` builds (the packaged models) and for the source (models from the registry).
 
     python bench/serving.py --out FILE [--seconds 12] [--home DIR]
 """
@@ -106,6 +108,7 @@ P50_C1_MS, P99_C1_MS, P99_C8_MS = 2.0, 10.0, 30.0
 PERSONALIZE_P99_C1_MS = 30.0
 EVENTS_PER_S = 20_000
 START_S = 5.0
+START_TRIALS = 3
 
 
 # --- setup ---------------------------------------------------------------------------------
@@ -213,7 +216,14 @@ def free_port() -> int:
 class Server:
     """One target, started in its own process group; ``start_s`` is launch to first 200."""
 
-    def __init__(self, target: str, home: Path, env: dict[str, str], service_name: str) -> None:
+    def __init__(
+        self,
+        target: str,
+        home: Path,
+        env: dict[str, str],
+        service_name: str,
+        serve: str = SERVICE,
+    ) -> None:
         kind, workers = target.split("-")
         self.target, self.workers = target, int(workers.removesuffix("w"))
         self.port = free_port()
@@ -221,7 +231,7 @@ class Server:
         env = dict(env)
         if kind == "bentoml":
             env["BENTOML_CONFIG"] = str(bentoml_config(home, service_name, self.workers))
-            command = [str(BENTOML), "serve", SERVICE, "--host", "127.0.0.1",
+            command = [str(BENTOML), "serve", serve, "--host", "127.0.0.1",
                        "--port", str(self.port)]  # fmt: skip
         else:
             command = [sys.executable, str(BARE_APP), "--host", "127.0.0.1",
@@ -569,6 +579,7 @@ def run(
     targets: tuple[str, ...] = ORDER,
     concurrency_levels: tuple[int, ...] = CONCURRENCY,
     events_wanted: bool = True,
+    startup_wanted: bool = True,
 ) -> dict[str, Any]:
     """The whole run; ``state`` keeps (and reuses) the prepared folder, and the other
     options select a part of it (a partial run is for development: its JSON lacks what
@@ -605,6 +616,11 @@ def run(
                 servers[target] = Server(target, home, env, Personalization.name)
                 starts[target] = round(servers[target].wait_first_answer(key, users[0]), 2)
                 console.print(f"[bold]{target}[/]: first answer after {starts[target]:.2f} s")
+            startup = (
+                start_trials(home, env, key, users[0], Personalization.name, console)
+                if startup_wanted
+                else {"median_s": None, "measured": False}
+            )
             results: dict[str, Any] = {}
             for kind in kinds:
                 path = "/v1/personalize" if kind == "personalize" else "/v1/recommend"
@@ -648,11 +664,48 @@ def run(
             }
         return {
             **out,
-            "start_to_first_answer_s": starts.get("bentoml-1w"),
-            "start_to_first_answer_by_target_s": starts,
+            "start_to_first_answer_s": startup["median_s"],
+            "start_to_first_answer": startup,
+            "first_start_by_target_s": starts,
             "setup": prepared["setup"],
             "machine": machine(home, seconds),
         }
+
+
+def build_bento(home: Path, env: dict[str, str]) -> str:
+    """``make bento`` into the state's BentoML home (the @champions exported with it);
+    the Bento's tag."""
+    import re
+
+    build = subprocess.run(["make", "--no-print-directory", "-o", "setup", "bento"], cwd=ROOT,
+                           env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    tag = re.search(r'Successfully built Bento\(tag="([^"]+)"\)', build.stdout + build.stderr)
+    if build.returncode != 0 or tag is None:
+        raise RuntimeError(f"make bento failed:\n{(build.stdout + build.stderr)[-3000:]}")
+    return tag.group(1)
+
+
+def start_trials(
+    home: Path, env: dict[str, str], key: str, user: str, service_name: str, console: Any
+) -> dict[str, Any]:
+    """Seconds from launching ``bentoml serve`` (1 worker) to its first 200 of
+    ``/v1/recommend``, :data:`START_TRIALS` times each for the built Bento (the models it
+    packages; the deployment artifact) and for the source (models from the registry);
+    the headline is the Bento's median."""
+    tag = build_bento(home, env)
+    trials: dict[str, list[float]] = {"bento": [], "source": []}
+    for _ in range(START_TRIALS):
+        for name, serve in (("bento", tag), ("source", SERVICE)):
+            wait_quiet()
+            server = Server("bentoml-1w", home, env, service_name, serve=serve)
+            try:
+                trials[name].append(round(server.wait_first_answer(key, user), 2))
+            finally:
+                server.stop()
+    medians = {name: sorted(times)[len(times) // 2] for name, times in trials.items()}
+    console.print(f"[bold]start to first answer[/]: {trials} (median {medians})")
+    return {"median_s": medians["bento"], "median_by_source_s": medians, "trials_s": trials,
+            "bento": tag}  # fmt: skip
 
 
 def interleaved(
@@ -808,9 +861,11 @@ def checks(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     rows.append((f"durable events ({events['target']}, batches of {events['batch']})",
                  f"{events['events_per_s_c1']:,.0f} (c=1) / {events['events_per_s_c4']:,.0f} "
                  "(c=4) events/s", f"≥ {EVENTS_PER_S:,}/s", mark(rate >= EVENTS_PER_S)))  # fmt: skip
-    start = results["start_to_first_answer_s"]
-    rows.append(("start to first answer (bentoml-1w)", f"{start:.2f} s", f"≤ {START_S:g} s",
-                 mark(start <= START_S)))  # fmt: skip
+    start = results["start_to_first_answer"]["median_by_source_s"]
+    rows.append(("start to first answer, built Bento (median)", f"{start['bento']:.2f} s",
+                 f"≤ {START_S:g} s", mark(start["bento"] <= START_S)))  # fmt: skip
+    rows.append(("[dim]start to first answer, from source + registry[/]",
+                 f"[dim]{start['source']:.2f} s[/]", "[dim](for reference)[/]", ""))  # fmt: skip
     return rows
 
 
@@ -843,6 +898,7 @@ def main() -> None:
         if args.concurrency
         else CONCURRENCY,
         events_wanted=not args.no_events,
+        startup_wanted=not partial,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
