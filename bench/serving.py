@@ -200,6 +200,7 @@ def bentoml_config(home: Path, service_name: str, workers: int) -> Path:
         "    logging:\n"
         "      access:\n"
         "        enabled: false\n"
+        + os.environ.get("BENCH_EXTRA_CONFIG", "")
     )
     return path
 

@@ -274,10 +274,27 @@ def _profiles_app() -> Any:
     return Starlette(routes=[Route("/{person:str}", _get_profile, methods=["GET"])])
 
 
+def _flag(name: str, default: bool) -> bool:
+    return os.environ.get(name, str(default)).strip().lower() in ("1", "true", "yes", "on")
+
+
+# Per-request overheads off by default, each one setting away: BentoML's access log (ours,
+# BESPOKE_ACCESS_LOG, is structured and carries request ids), and OpenTelemetry's
+# per-request instrumentation (BESPOKE_TRACING=true turns it back on; set
+# OTEL_SDK_DISABLED=false and an exporter in BENTOML_CONFIG to ship the spans).
+# Prometheus /metrics stays on. BESPOKE_SERVING_WORKERS sets the worker processes.
+_SERVICE_CONFIG: dict[str, Any] = {
+    "traffic": {"timeout": 30},
+    "workers": int(os.environ.get("BESPOKE_SERVING_WORKERS", "1")),
+    "logging": {"access": {"enabled": _flag("BESPOKE_BENTOML_ACCESS_LOG", False)}},
+    **({} if _flag("BESPOKE_TRACING", False) else {"tracing": {"excluded_urls": [".*"]}}),
+}
+
+
 # GET with the id in the path is a plain Starlette route mounted beside the BentoML
 # routes (which are POST bodies); the API-key middleware guards it as the rest.
 @bentoml.asgi_app(_profiles_app(), path="/v1/profiles")
-@bentoml.service(name="bespoke", traffic={"timeout": 30})
+@bentoml.service(name="bespoke", **_SERVICE_CONFIG)
 class Personalization:
     def __init__(self) -> None:
         from cachetools import TTLCache
