@@ -199,8 +199,7 @@ def bentoml_config(home: Path, service_name: str, workers: int) -> Path:
         f"    workers: {workers}\n"
         "    logging:\n"
         "      access:\n"
-        "        enabled: false\n"
-        + os.environ.get("BENCH_EXTRA_CONFIG", "")
+        "        enabled: false\n" + os.environ.get("BENCH_EXTRA_CONFIG", "")
     )
     return path
 

@@ -35,6 +35,9 @@ events_app = typer.Typer(
     help="The service's event inbox (live events) and its way to the lake.", no_args_is_help=True
 )
 keys_app = typer.Typer(help="API keys of the service (stored hashed).", no_args_is_help=True)
+profiles_app = typer.Typer(
+    help="The online profiles the service answers from.", no_args_is_help=True
+)
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
@@ -43,6 +46,17 @@ app.add_typer(evaluate_app, name="evaluate")
 app.add_typer(models_app, name="models")
 app.add_typer(events_app, name="events")
 app.add_typer(keys_app, name="keys")
+app.add_typer(profiles_app, name="profiles")
+
+# The monitoring commands are defined beside their code; importing the modules adds them
+# to these groups (``bespoke monitor drift|quality``, ``bespoke report kpi``,
+# ``bespoke retrain``).
+from bespoke.monitoring import drift_cli, kpi_cli, quality_cli  # noqa: E402, F401
+from bespoke.monitoring.apps import monitor_app, report_app  # noqa: E402
+
+app.add_typer(monitor_app, name="monitor")
+app.add_typer(report_app, name="report")
+app.command("retrain")(quality_cli.retrain_command)
 
 console = Console()
 errors = Console(stderr=True)
@@ -584,6 +598,70 @@ def models_promote(
     console.print(f"{kind} version {version} is now @champion")
 
 
+@models_app.command("export-bento")
+def models_export_bento(
+    dataset: Annotated[
+        str, typer.Option("--dataset", help="Dataset of the champions.")
+    ] = "ml-100k",
+    bentofile: Annotated[
+        Path | None,
+        typer.Option("--bentofile", help="Add the exported models to this bentofile's models."),
+    ] = None,
+) -> None:
+    """Copy the @champion recommender and ranker into BentoML's model store (BENTOML_HOME),
+    so that ``bentoml build`` packages them (``make bento`` runs this first)."""
+    from bespoke.serving.champions import export_champions
+    from bespoke.settings import get_settings
+
+    with _clear_errors():
+        tags = export_champions(get_settings().mlflow_tracking_uri or "", dataset)
+    if bentofile is not None:
+        text = bentofile.read_text()
+        if "\nmodels:" in f"\n{text}":
+            raise _fail(f"{bentofile} already lists models; add {', '.join(tags)} by hand")
+        listed = "".join(f'  - "{tag}"\n' for tag in tags)
+        bentofile.write_text(f"{text.rstrip()}\nmodels:\n{listed}")
+    for tag in tags:
+        console.print(f"exported {tag}")
+
+
+@profiles_app.command("seed")
+def profiles_seed(
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset in the lake.")] = "ml-100k",
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="Only events before this time (ISO).")
+    ] = None,
+) -> None:
+    """Load the lake's people (latest attributes, events) into the online store, so that
+    the service knows them from its first request. Safe to run again."""
+    from bespoke.serving.local import seed_online_store
+    from bespoke.settings import get_settings
+
+    with _clear_errors():
+        counts = seed_online_store(get_settings(), dataset, as_of)
+    console.print(
+        f"online store: {counts['people']:,} people's attributes, {counts['events']:,} events "
+        f"of {dataset}"
+    )
+
+
+@profiles_app.command("show")
+def profiles_show(
+    person: Annotated[str, typer.Argument(help="User id (or anonymous id with --anonymous).")],
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset in the lake.")] = "ml-100k",
+    anonymous: Annotated[bool, typer.Option("--anonymous", help="An anonymous id.")] = False,
+) -> None:
+    """One person as the service sees them (what GET /v1/profiles/{id} answers)."""
+    from bespoke.serving.store import open_store
+    from bespoke.settings import get_settings
+
+    with _clear_errors():
+        view = open_store(get_settings()).profile(person, dataset, anonymous=anonymous)
+    if not view.known:
+        raise _fail(f"no profile for {person!r} in {dataset}")
+    console.print_json(view.model_dump_json())
+
+
 def _flush_line(result: Any) -> str:
     if not result.datasets:
         return "nothing to flush"
@@ -743,10 +821,23 @@ def demo() -> None:
         console.print(_objective_line(ranker))
         console.print(_gate_line(ranker))
     models_list()
+    profiles_seed("ml-100k", None)  # `make serve` knows every ML-100K person from the start
     uri = settings.mlflow_tracking_uri
     console.print(
         f"MLflow runs: {uri} (experiments recommenders-ml-100k, rankers-ml-100k); "
         f"browse them with [bold]mlflow ui --backend-store-uri {uri}[/]",
+        soft_wrap=True,
+    )
+    console.rule("[bold]6. Drift report: ML-100K's first two months against its last two")
+    from bespoke.monitoring.drift import run_drift
+    from bespoke.monitoring.drift_cli import print_result
+
+    with _clear_errors():
+        drift = run_drift(settings, "ml-100k", "1997-09-20..1997-11-19", "last 60 days")
+    print_result(drift, console)
+    console.print(
+        "The same from the shell (exit 0 no drift, 1 drift, 2 error): [bold]bespoke monitor "
+        "drift --dataset ml-100k --reference 1997-09-20..1997-11-19 --current 'last 60 days'[/]",
         soft_wrap=True,
     )
     console.print(f"demo done in {time.perf_counter() - started:.0f} s")

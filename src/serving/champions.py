@@ -79,10 +79,14 @@ def _download(tracking_uri: str, kind: str, dataset: str, version: str, into: Pa
 
     # A service's log is no place for download progress bars.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
     uri = f"models:/{_registered_name(kind, dataset)}/{version}"
-    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(into)))
+    # The URIs are passed, not set: mlflow.set_*_uri would change them for the whole
+    # process (a notebook's or a test's next run would log into this registry).
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            uri, dst_path=str(into), tracking_uri=tracking_uri, registry_uri=tracking_uri
+        )
+    )
     folder = local / "artifacts" / ARTIFACTS[kind]
     if not folder.is_dir():
         raise RuntimeError(f"{uri} has no {ARTIFACTS[kind]!r} artifact: not a Bespoke model")

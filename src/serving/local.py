@@ -128,7 +128,7 @@ def start_local_service(
     *,
     target: str = SERVICE,
     env: Mapping[str, str] | None = None,
-    timeout: float = 120.0,
+    timeout: float = 180.0,
 ) -> tuple[str, subprocess.Popen]:
     """Start ``bentoml serve target`` over ``home`` on ``127.0.0.1:port`` (a free port when
     ``None``) and return ``(url, process)`` once ``/readyz`` answers 200.
@@ -174,7 +174,8 @@ def start_local_service(
             except httpx.HTTPError:
                 pass
             time.sleep(0.25)
-        raise TimeoutError(f"bentoml serve was not ready in {timeout:g} s (log: {log_path})")
+        tail = log_path.read_text(errors="replace")[-3000:]
+        raise TimeoutError(f"bentoml serve was not ready in {timeout:g} s ({log_path}):\n{tail}")
     except BaseException:
         stop_local_service(process)
         raise

@@ -170,3 +170,30 @@ def test_live_events_join_seeded_profiles_and_survive_reseeding_and_flushing(
     store.seed_history(copy, DATASET)  # now it comes from the lake, still once
     assert latest()[0] == expected and latest().count(expected) == 1
     assert len(latest()) == n_before + 1
+
+
+def test_the_cli_seeds_the_store_and_shows_a_person(
+    lake: Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from bespoke.cli import app
+    from bespoke.settings import get_settings
+
+    monkeypatch.setenv("BESPOKE_HOME", str(tmp_path))
+    monkeypatch.setenv("BESPOKE_LAKE_URL", str(lake.url))
+    monkeypatch.setenv("BESPOKE_ONLINE_STORE_URL", f"sqlite:///{tmp_path / 'online.db'}")
+    get_settings.cache_clear()
+    try:
+        runner = CliRunner()
+        missing = runner.invoke(app, ["profiles", "show", "1"])
+        assert missing.exit_code == 1 and "no profile for '1'" in missing.output
+        seeded = runner.invoke(app, ["profiles", "seed", "--dataset", DATASET, "--as-of", CUT])
+        assert seeded.exit_code == 0, seeded.output
+        assert "943 people's attributes" in seeded.output
+        shown = runner.invoke(app, ["profiles", "show", "1"])
+        assert shown.exit_code == 0 and '"occupation": "technician"' in shown.output
+        unknown = runner.invoke(app, ["profiles", "seed", "--dataset", "no-such-set"])
+        assert unknown.exit_code == 1
+    finally:
+        get_settings.cache_clear()
