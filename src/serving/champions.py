@@ -79,12 +79,16 @@ def _download(tracking_uri: str, kind: str, dataset: str, version: str, into: Pa
 
     # A service's log is no place for download progress bars.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    uri = f"models:/{_registered_name(kind, dataset)}/{version}"
-    # The URIs are passed, not set: mlflow.set_*_uri would change them for the whole
-    # process (a notebook's or a test's next run would log into this registry).
+    name = _registered_name(kind, dataset)
+    # An explicit client, not mlflow.set_*_uri: those change the URIs for the whole
+    # process (a notebook's or a test's next run would log into this registry), and a
+    # models:/ URI is resolved through the process-wide registry whatever one passes.
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    location = client.get_model_version_download_uri(name, version)
+    uri = f"models:/{name}/{version}"
     local = Path(
         mlflow.artifacts.download_artifacts(
-            uri, dst_path=str(into), tracking_uri=tracking_uri, registry_uri=tracking_uri
+            artifact_uri=location, dst_path=str(into), tracking_uri=tracking_uri
         )
     )
     folder = local / "artifacts" / ARTIFACTS[kind]

@@ -34,6 +34,8 @@ from bespoke.settings import SQLITE_PREFIX, Settings
 SERVICE = "bespoke.serving.service:Personalization"
 #: The server's stdout and stderr, under the home.
 LOG_FILE = "service.log"
+#: What BentoML logs when a worker could not build the service.
+STARTUP_FAILED = "Application startup failed"
 
 
 def local_settings(home: str | Path) -> Settings:
@@ -149,6 +151,7 @@ def start_local_service(
     command = [str(bentoml) if bentoml.exists() else "bentoml", "serve", target,
                "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     log_path = home / LOG_FILE
+    logged_before = log_path.stat().st_size if log_path.exists() else 0  # an earlier run's
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             command,
@@ -168,6 +171,13 @@ def start_local_service(
             if process.poll() is not None:
                 tail = log_path.read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"bentoml serve exited with {process.returncode}:\n{tail}")
+            # BentoML's arbiter outlives a worker whose startup failed: say so at once
+            # rather than waiting for the timeout.
+            with log_path.open("rb") as handle:
+                handle.seek(logged_before)
+                log = handle.read().decode(errors="replace")
+            if STARTUP_FAILED in log:
+                raise RuntimeError(f"the service failed to start ({log_path}):\n{log[-3000:]}")
             try:
                 if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
                     return url, process
