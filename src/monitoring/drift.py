@@ -55,8 +55,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from bespoke.monitoring.config import load_json_config
 from bespoke.monitoring.windows import Window, parse_window
 
 if TYPE_CHECKING:
@@ -172,27 +173,7 @@ def load_drift_config(path: Path | str | None = None) -> DriftConfig:
     """The thresholds in ``path`` (the shipped ``drift.json`` when ``None``); a missing,
     unreadable or invalid file raises :class:`DriftError` naming the file and the field."""
     source = Path(path) if path is not None else default_config_path()
-    try:
-        text = source.read_text(encoding="utf-8")
-    except FileNotFoundError as error:
-        raise DriftError(f"drift config {source}: no such file") from error
-    except (OSError, UnicodeDecodeError) as error:
-        raise DriftError(f"drift config {source}: cannot be read ({error})") from error
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise DriftError(
-            f"drift config {source}: not valid JSON (line {error.lineno}, column "
-            f"{error.colno}: {error.msg})"
-        ) from error
-    try:
-        return DriftConfig.model_validate(data)
-    except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
-            for e in error.errors()
-        )
-        raise DriftError(f"drift config {source}: {problems}") from error
+    return load_json_config(source, DriftConfig, "drift config", DriftError)
 
 
 # --- results ------------------------------------------------------------------------------

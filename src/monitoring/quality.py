@@ -45,8 +45,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from bespoke.monitoring.config import load_json_config
 from bespoke.monitoring.windows import Window, parse_window
 from bespoke.settings import Settings
 
@@ -145,30 +146,7 @@ def load_config(path: Path | None = None) -> QualityConfig:
     """The configuration in ``path`` (default: the shipped ``quality.json``); every
     problem is a :class:`QualityError` naming the file and the field."""
     source = Path(path) if path is not None else DEFAULT_CONFIG
-    try:
-        text = source.read_text()
-    except FileNotFoundError as error:
-        raise QualityError(f"quality config {source} does not exist") from error
-    except OSError as error:
-        raise QualityError(f"quality config {source} cannot be read: {error.strerror}") from error
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise QualityError(
-            f"quality config {source} is not valid JSON: {error.msg} "
-            f"(line {error.lineno}, column {error.colno})"
-        ) from error
-    try:
-        return QualityConfig.model_validate(data)
-    except ValidationError as error:
-        problems = "; ".join(_problem(problem) for problem in error.errors())
-        raise QualityError(f"quality config {source}: {problems}") from error
-
-
-def _problem(problem: Any) -> str:
-    """``field.path: message`` of one pydantic error (dict keys appear as themselves)."""
-    where = ".".join(str(part) for part in problem["loc"] if part not in ("", "[key]"))
-    return f"{where or '(top level)'}: {problem['msg'].removeprefix('Value error, ')}"
+    return load_json_config(source, QualityConfig, "quality config", QualityError)
 
 
 # --- results ------------------------------------------------------------------------------

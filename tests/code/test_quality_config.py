@@ -71,7 +71,7 @@ def test_the_shipped_config_is_valid_and_travels_with_the_package() -> None:
         ({"window": "yesterday"}, "window 'yesterday' is neither a date range"),
         ({"confidence": 1.5}, "confidence: Input should be less than 1"),
         ({"min_people": 0}, "min_people: Input should be greater than or equal to 1"),
-        ("{not json", "is not valid JSON: Expecting property name"),
+        ("{not json", "not valid JSON (line 1, column 2: Expecting property name"),
         ("[]", "(top level): Input should be a valid dictionary"),
     ],
 )
@@ -86,7 +86,7 @@ def test_bad_configs_are_refused_naming_the_field(
 
 
 def test_a_missing_config_is_named(tmp_path: Path) -> None:
-    with pytest.raises(QualityError, match=r"absent\.json does not exist"):
+    with pytest.raises(QualityError, match=r"absent\.json: no such file"):
         load_config(tmp_path / "absent.json")
     with pytest.raises(QualityError, match="cannot be read"):
         load_config(tmp_path)  # a folder
@@ -216,7 +216,7 @@ def _retrain_app() -> typer.Typer:
         (["--reference", "last -3 days"], "--reference: window 'last -3 days'"),
         (["--protocol", "random"], "--protocol 'random'"),
         (["--model", "xgboost"], "unknown model 'xgboost'"),
-        (["--quality-config", "absent.json"], "quality config absent.json does not exist"),
+        (["--quality-config", "absent.json"], "quality config absent.json: no such file"),
         (["--drift-config", "absent.json"], "drift config absent.json"),
         (["--every", "soon"], "--every 'soon'"),
         (["--every", "1h", "--trials", "0"], "--trials must be at least 1"),  # before looping
