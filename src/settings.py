@@ -103,6 +103,18 @@ class Settings(BaseSettings):
             self.mlflow_tracking_uri = f"sqlite:///{self.root / 'mlruns' / 'mlflow.db'}"
         return self
 
+    def as_environment(self) -> dict[str, str]:
+        """The ``BESPOKE_*`` variables under which another process (a service, a job, a
+        CLI call) reads these same locations; the HMAC key is left out (a secret: the
+        other process finds the generated one under the same home)."""
+        names = ("root", "home", "lake_url", "datasets_dir", "mlflow_tracking_uri",
+                 "mlflow_artifacts_dir", "online_store_url")  # fmt: skip
+        return {
+            f"BESPOKE_{name.upper()}": str(value)
+            for name in names
+            if (value := getattr(self, name)) is not None
+        }
+
     @property
     def reports_dir(self) -> Path:
         """Where monitoring writes its reports: ``<home>/reports/<timestamp>/``."""

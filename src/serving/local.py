@@ -53,14 +53,9 @@ def local_settings(home: str | Path) -> Settings:
 def service_environment(home: str | Path) -> dict[str, str]:
     """This process's environment, pointed at ``home`` as :func:`local_settings` is, with
     OpenTelemetry off unless the caller's environment says otherwise."""
-    settings = local_settings(home)
     return {
         **os.environ,
-        "BESPOKE_HOME": str(settings.home),
-        "BESPOKE_LAKE_URL": str(settings.lake_url),
-        "BESPOKE_ONLINE_STORE_URL": str(settings.online_store_url),
-        "BESPOKE_MLFLOW_TRACKING_URI": str(settings.mlflow_tracking_uri),
-        "BESPOKE_MLFLOW_ARTIFACTS_DIR": str(settings.mlflow_artifacts_dir),
+        **local_settings(home).as_environment(),
         "OTEL_SDK_DISABLED": os.environ.get("OTEL_SDK_DISABLED", "true"),
     }
 

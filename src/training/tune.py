@@ -139,8 +139,11 @@ def tune_recommender(
     studies.parent.mkdir(parents=True, exist_ok=True)
     storage = f"sqlite:///{studies}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # The validation data's fingerprint is in the name: a study is resumed only over the
+    # same data, since trials scored on older data (a retrain after new events) are not
+    # comparable and their "best" would win on stale numbers.
     study = optuna.create_study(
-        study_name=f"{dataset}-{model_name}-{protocol}",
+        study_name=f"{dataset}-{model_name}-{protocol}-{inner.train.fingerprint()[:12]}",
         storage=storage,
         load_if_exists=True,
         direction="maximize",

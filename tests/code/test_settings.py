@@ -206,3 +206,20 @@ def test_get_settings_is_cached_until_cleared(
     assert get_settings().home == first.home
     get_settings.cache_clear()
     assert get_settings().home == tmp_path / "other"
+
+
+def test_as_environment_gives_another_process_the_same_locations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chosen = Settings(
+        root=tmp_path,
+        home=tmp_path / "state",
+        lake_url="memory://lake",
+        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+        hmac_key="not-exported",
+    )
+    environment = chosen.as_environment()
+    assert "BESPOKE_HMAC_KEY" not in environment  # a secret stays where it is
+    for variable, value in environment.items():
+        monkeypatch.setenv(variable, value)
+    assert Settings().model_dump(exclude={"hmac_key"}) == chosen.model_dump(exclude={"hmac_key"})

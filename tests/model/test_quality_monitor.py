@@ -24,6 +24,7 @@ from bespoke.cli import app
 from bespoke.features.lake import Lake
 from bespoke.monitoring.quality import QualityResult, run_quality
 from bespoke.monitoring.windows import Window, parse_window
+from bespoke.serving.local import local_settings
 from bespoke.settings import Settings, get_settings
 from bespoke.training import ranking
 from bespoke.training.data import Interactions, load_interactions
@@ -38,22 +39,13 @@ FAST = {"num_boost_round": 25, "early_stopping_rounds": 10, "num_leaves": 15}
 
 def home(folder: Path, lake: Lake) -> Settings:
     """Settings of a home of its own (MLflow store, reports) over the shared lake."""
-    return Settings(
-        root=folder,
-        home=folder / "home",
-        lake_url=lake.url,
-        mlflow_tracking_uri=f"sqlite:///{folder / 'mlflow.db'}",
-        mlflow_artifacts_dir=folder / "artifacts",
-    )
+    return local_settings(folder).model_copy(update={"lake_url": lake.url, "root": folder})
 
 
 def use(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """Point the CLI (``get_settings``) at ``settings``."""
-    monkeypatch.setenv("BESPOKE_ROOT", str(settings.root))
-    monkeypatch.setenv("BESPOKE_HOME", str(settings.home))
-    monkeypatch.setenv("BESPOKE_LAKE_URL", str(settings.lake_url))
-    monkeypatch.setenv("BESPOKE_MLFLOW_TRACKING_URI", str(settings.mlflow_tracking_uri))
-    monkeypatch.setenv("BESPOKE_MLFLOW_ARTIFACTS_DIR", str(settings.mlflow_artifacts_dir))
+    for variable, value in settings.as_environment().items():
+        monkeypatch.setenv(variable, value)
     get_settings.cache_clear()
 
 

@@ -23,6 +23,7 @@ from bespoke.features.lake import Lake
 from bespoke.monitoring.quality_cli import retrain_command
 from bespoke.monitoring.retrain import ARTIFACT_PATH
 from bespoke.monitoring.windows import parse_window
+from bespoke.serving.local import local_settings
 from bespoke.settings import Settings, get_settings
 from bespoke.training.data import Interactions, load_interactions
 from bespoke.training.train import CHAMPION, registered_name, train_recommender
@@ -32,19 +33,14 @@ SAME_WINDOW = ["--reference", "last 30 days", "--current", "last 30 days"]
 
 
 def home(folder: Path, lake: Lake) -> Settings:
-    return Settings(
-        root=folder,
-        home=folder / "home",
-        lake_url=lake.url,
-        mlflow_tracking_uri=f"sqlite:///{folder / 'mlflow.db'}",
-        mlflow_artifacts_dir=folder / "artifacts",
-    )
+    """Settings of a home of its own (MLflow store, reports) over the shared lake."""
+    return local_settings(folder).model_copy(update={"lake_url": lake.url, "root": folder})
 
 
 def use(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """Point the command (``get_settings``) at ``settings``."""
-    for name in ("root", "home", "lake_url", "mlflow_tracking_uri", "mlflow_artifacts_dir"):
-        monkeypatch.setenv(f"BESPOKE_{name.upper()}", str(getattr(settings, name)))
+    for variable, value in settings.as_environment().items():
+        monkeypatch.setenv(variable, value)
     get_settings.cache_clear()
 
 

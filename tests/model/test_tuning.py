@@ -109,3 +109,15 @@ def test_a_blend_tunes_the_weights_of_families_already_tuned(split: Split, tmp_p
     }
     assert set(result.best_params["weights"]) == {"ease", "itemknn"}
     assert tuned_params(params_file, "ml-100k", "ms-stratified", "hybrid") == result.best_params
+
+
+def test_a_study_resumes_over_the_same_data_only(split: Split, tmp_path: Path) -> None:
+    """Trials scored on other data (a retrain after new events) are not comparable, so
+    they are not resumed; the same data resumes its study."""
+    settings = get_settings().model_copy(update={"root": tmp_path})
+    tune_recommender(settings, "ml-100k", "ease", 2, split=split, register=False)
+    resumed = tune_recommender(settings, "ml-100k", "ease", 2, split=split, register=False)
+    assert resumed.trials == 4
+    fewer = replace(split, train=split.train.subset(split.train.users % 2 == 0))
+    fresh = tune_recommender(settings, "ml-100k", "ease", 2, split=fewer, register=False)
+    assert fresh.trials == 2
