@@ -56,6 +56,8 @@ def create_app() -> Any:
             output = method(**{field: getattr(data, field) for field in type(data).model_fields})
             if inspect.isawaitable(output):  # the service's coroutine routes
                 output = await output
+            if isinstance(output, Response):  # the route's own answer, as BentoML passes it
+                return output
             if isinstance(output, BaseModel):
                 return Response(output.model_dump_json(), media_type="application/json")
             return Response(json.dumps(output), media_type="application/json")

@@ -125,6 +125,16 @@ class Person:
     events: list[dict[str, Any]]
 
 
+def _answer(body: bytes) -> Any:
+    """The answer as one plain response (the bytes the cache keeps). A returned model
+    would be serialized again by BentoML and sent as a streamed body: more ASGI messages
+    through every middleware, on every request. The routes' output_spec still documents
+    the shape."""
+    from starlette.responses import Response
+
+    return Response(body, media_type="application/json")
+
+
 def _item(item: Any) -> RecommendedItem:
     return RecommendedItem(item_id=item.item_id, score=item.score, reason=item.reason)
 
@@ -371,12 +381,12 @@ class Personalization:
     # pool, and the hand-over of the GIL between that thread and the loop (Python's 5 ms
     # switch interval) tripled the median latency of a 1 ms call.
     @bentoml.api(route="/v1/recommend", input_spec=RecommendRequest, output_spec=RecommendResponse)
-    async def recommend(self, **request: Any) -> RecommendResponse:
+    async def recommend(self, **request: Any) -> Any:
         request = RecommendRequest(**request)
         person = self._person(request.user_id, request.anonymous_id)
         key, cached = self._cached("recommend", person, request)
         if cached is not None:
-            return cached
+            return _answer(cached)
         answer = self.engine.recommend(
             person.profile,
             person.events,
@@ -394,20 +404,20 @@ class Personalization:
             rules=answer.rules,
             model_version=answer.model_version,
         )
-        self.cache[key] = response
-        return response
+        self.cache[key] = body = response.model_dump_json().encode()
+        return _answer(body)
 
     @bentoml.api(
         route="/v1/personalize", input_spec=PersonalizeRequest, output_spec=PersonalizeResponse
     )
-    async def personalize(self, **request: Any) -> PersonalizeResponse:
+    async def personalize(self, **request: Any) -> Any:
         from bespoke.serving.engine import Slot
 
         request = PersonalizeRequest(**request)
         person = self._person(request.user_id, request.anonymous_id)
         key, cached = self._cached("personalize", person, request)
         if cached is not None:
-            return cached
+            return _answer(cached)
         slots = self.engine.personalize(
             person.profile,
             person.events,
@@ -431,8 +441,8 @@ class Personalization:
             ],
             model_version=self.engine.models.version,
         )
-        self.cache[key] = response
-        return response
+        self.cache[key] = body = response.model_dump_json().encode()
+        return _answer(body)
 
     @bentoml.api(route="/v1/events", input_spec=EventsRequest, output_spec=EventsResponse)
     def events(self, **request: Any) -> EventsResponse:
