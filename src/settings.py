@@ -71,6 +71,11 @@ class Settings(BaseSettings):
             "Default sqlite:///<home>/online.db (SQLite in WAL mode)."
         ),
     )
+    reports_dir: Path | None = Field(
+        default=None,
+        description="Monitoring reports, one folder per run (<reports_dir>/<timestamp>/). "
+        "Default <root>/reports.",
+    )
     hmac_key: SecretStr | None = Field(
         default=None,
         description=(
@@ -79,7 +84,7 @@ class Settings(BaseSettings):
         ),
     )
 
-    @field_validator("root", "home", "datasets_dir", "mlflow_artifacts_dir")
+    @field_validator("root", "home", "datasets_dir", "mlflow_artifacts_dir", "reports_dir")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().resolve()
@@ -101,6 +106,8 @@ class Settings(BaseSettings):
             self.mlflow_artifacts_dir = self.root / "mlruns" / "artifacts"
         if self.mlflow_tracking_uri is None:
             self.mlflow_tracking_uri = f"sqlite:///{self.root / 'mlruns' / 'mlflow.db'}"
+        if self.reports_dir is None:
+            self.reports_dir = self.root / "reports"
         return self
 
     def as_environment(self) -> dict[str, str]:
@@ -108,18 +115,12 @@ class Settings(BaseSettings):
         CLI call) reads these same locations; the HMAC key is left out (a secret: the
         other process finds the generated one under the same home)."""
         names = ("root", "home", "lake_url", "datasets_dir", "mlflow_tracking_uri",
-                 "mlflow_artifacts_dir", "online_store_url")  # fmt: skip
+                 "mlflow_artifacts_dir", "online_store_url", "reports_dir")  # fmt: skip
         return {
             f"BESPOKE_{name.upper()}": str(value)
             for name in names
             if (value := getattr(self, name)) is not None
         }
-
-    @property
-    def reports_dir(self) -> Path:
-        """Where monitoring writes its reports: ``<home>/reports/<timestamp>/``."""
-        assert self.home is not None
-        return self.home / "reports"
 
     @property
     def secrets_dir(self) -> Path:

@@ -127,7 +127,10 @@ def monitor_drift(
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", help="Report folder (default: <home>/reports/<timestamp>/)."),
+        typer.Option(
+            "--out",
+            help="Report folder (default: <reports_dir>/<timestamp>/, BESPOKE_REPORTS_DIR or <repo>/reports).",
+        ),
     ] = None,
 ) -> None:
     """Did the features that feed the models drift? Exit 0 no, 1 yes, 2 error."""

@@ -51,7 +51,10 @@ def report_kpi(
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", help="Folder for kpi.html (default: <home>/reports/<timestamp>/)."),
+        typer.Option(
+            "--out",
+            help="Folder for kpi.html (default: <reports_dir>/<timestamp>/, BESPOKE_REPORTS_DIR or <repo>/reports).",
+        ),
     ] = None,
 ) -> None:
     """Engagement and conversion over time, overall and by segment and channel (and by

@@ -47,6 +47,7 @@ def local_settings(home: str | Path) -> Settings:
         online_store_url=f"{SQLITE_PREFIX}{home / 'online.db'}",
         mlflow_tracking_uri=f"{SQLITE_PREFIX}{home / 'mlflow.db'}",
         mlflow_artifacts_dir=home / "artifacts",
+        reports_dir=home / "reports",
     )
 
 
