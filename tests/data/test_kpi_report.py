@@ -88,7 +88,7 @@ def test_ml100k_report_matches_pandas(ml100k_lake, kpi, isolated_settings: Path)
     lake, _ = ml100k_lake
     result = kpi(lake, "--dataset", "ml-100k")
     assert result.exit_code == 0, result.output
-    (path,) = (isolated_settings / "reports").glob("*/kpi.html")
+    (path,) = get_settings().reports_dir.glob("*/kpi.html")
     assert str(path) in result.output.replace("\n", "")
     assert re.fullmatch(r"\d{8}T\d{6}Z", path.parent.name)
     page = path.read_text(encoding="utf-8")
@@ -134,7 +134,7 @@ def test_cdnow_monthly_revenue_and_cohorts(cdnow_lake, kpi, tmp_path: Path,
     out = tmp_path / "kpi-out"
     result = kpi(lake, "--dataset", "cdnow", "--grain", "month", "--by", "cohort", "--out", out)
     assert result.exit_code == 0, result.output
-    assert not (isolated_settings / "reports").exists()  # --out replaces the default place
+    assert not get_settings().reports_dir.exists()  # --out replaces the default place
     page = (out / "kpi.html").read_text(encoding="utf-8")
     _self_contained(page)
     assert '<section id="by-cohort">' in page and "made a purchase" in page
@@ -228,7 +228,7 @@ def test_bad_input_exits_2_and_writes_nothing(
         assert result.exit_code == 2, result.output
         assert message in result.stderr.replace("\n", " ")
     assert not out.exists()
-    assert not (isolated_settings / "reports").exists()
+    assert not get_settings().reports_dir.exists()
 
 
 def test_undated_dataset_and_out_file_are_errors(
@@ -243,4 +243,4 @@ def test_undated_dataset_and_out_file_are_errors(
     result = kpi(lake, "--dataset", "undated", "--out", a_file)
     assert result.exit_code == 2 and "is a file" in result.stderr
     assert a_file.read_text() == "not a folder"
-    assert not (isolated_settings / "reports").exists()
+    assert not get_settings().reports_dir.exists()
