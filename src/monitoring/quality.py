@@ -402,7 +402,8 @@ class _Champion:
     model: Any  # the unwrapped pyfunc python model
 
 
-def _load_champion(settings: Settings, name: str) -> _Champion | None:
+def champion_run(settings: Settings, name: str) -> tuple[Any, Any] | None:
+    """``(model version, training run)`` of ``name``'s ``@champion``; None without one."""
     import logging
 
     import mlflow
@@ -417,7 +418,16 @@ def _load_champion(settings: Settings, name: str) -> _Champion | None:
         version = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         return None
-    run = client.get_run(version.run_id)
+    return version, client.get_run(version.run_id)
+
+
+def _load_champion(settings: Settings, name: str) -> _Champion | None:
+    import mlflow
+
+    found = champion_run(settings, name)
+    if found is None:
+        return None
+    version, run = found
     # By version, not alias: the alias may move while this check runs.
     model = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}").unwrap_python_model()
     protocol = run.data.tags.get("protocol") or run.data.params.get("protocol") or "unknown"

@@ -331,18 +331,10 @@ def _degraded_metrics(quality: QualityResult) -> str:
 def _champion_tags(settings: Settings, name: str) -> dict[str, str] | None:
     """The tags of the ``@champion`` version's training run (``model``, ``protocol``),
     or None when ``name`` has no champion."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
+    from bespoke.monitoring.quality import champion_run
 
-    from bespoke.training.train import CHAMPION
-
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    client = mlflow.MlflowClient()
-    try:
-        version = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
-    return dict(client.get_run(version.run_id).data.tags)
+    found = champion_run(settings, name)
+    return None if found is None else dict(found[1].data.tags)
 
 
 def _train(
