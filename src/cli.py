@@ -273,6 +273,56 @@ def data_report(dataset: DatasetOption = None) -> None:
     console.print(_table("Kept out for lack of personalization consent", report.consent))
 
 
+@data_app.command("doctor")
+def data_doctor(
+    fix: Annotated[
+        bool,
+        typer.Option(
+            "--fix",
+            help="Settle what an interrupted write left (publish committed runs' files, "
+            "remove uncommitted ones) and move unreadable files under <lake>/_damaged/.",
+        ),
+    ] = False,
+) -> None:
+    """Check the lake for what a crashed or interrupted write left, and for files no reader
+    can open. Exit 0 when healthy (or repaired), 1 when problems remain."""
+    from bespoke.features.lake import Lake
+    from bespoke.settings import get_settings
+
+    lake = Lake(get_settings().lake_url)
+    with _clear_errors():
+        health = lake.repair() if fix else lake.check()
+    console.print(f"[dim]lake: {lake.url}[/]")
+    findings = [
+        *((path, "temporary file of a committed run", "published") for path in health.to_publish),
+        *((path, "temporary file of a run that never committed", "removed")
+          for path in health.to_remove),  # fmt: skip
+        *((path, f"unreadable: {why}", "moved under _damaged/")
+          for path, why in health.unreadable.items()),  # fmt: skip
+        *((path, "listed by its run's manifest but missing", "cannot be repaired")
+          for path in health.missing),  # fmt: skip
+    ]
+    if health.writer_active and (health.to_publish or health.to_remove):
+        console.print("A write is in progress now: its temporary files are listed too.")
+    if health.damaged:
+        console.print(
+            f"{len(health.damaged)} file(s) of committed runs were moved under _damaged/ by an "
+            "earlier repair: their rows are out of the views until their source is ingested "
+            "again (the ingestion stores exactly the missing events)."
+        )
+    if not findings:
+        console.print("[bold green]healthy[/]: no leftovers, every file readable")
+        return
+    table = Table("file", "finding", "with --fix" if not fix else "done", header_style="bold")
+    for path, finding, action in findings:
+        table.add_row(path, finding, action)
+    console.print(table)
+    if health.missing or not fix:
+        hint = "" if fix else " (run [bold]bespoke data doctor --fix[/])"
+        errors.print(f"{len(findings)} problem(s) found{hint}", highlight=False)
+        raise typer.Exit(code=1)
+
+
 ModelOption = Annotated[str, typer.Option("--model", help="Family: popularity, ease, als, …")]
 ParamOption = Annotated[
     list[str] | None, typer.Option("--param", help="NAME=VALUE, repeatable (numbers are parsed).")

@@ -141,6 +141,9 @@ def ingest(
         if frame is not None
     ]
     total = len(steps) + 1
+    # A crashed earlier run is settled first, so that what follows sees every committed
+    # event (and stores none of them twice).
+    lake.recover()
     outputs: list[tuple[str, pa.Table]] = []
     flagged: list[pa.Table] = []
     with lake.connect() as con:
@@ -158,7 +161,7 @@ def ingest(
         writer.write("quarantine", quarantine, batch.dataset)
         manifest["quarantine_written"] = quarantine.num_rows
         manifest["finished_at"] = datetime.now(UTC).isoformat()
-        writer.record_run(manifest)
+        writer.commit(manifest)
     progress("done", total, total)
     return IngestResult(run_id=run.run_id, dataset=batch.dataset, manifest=manifest)
 

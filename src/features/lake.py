@@ -11,13 +11,26 @@ Layout (every file is self-describing: it holds all its table's columns)::
 An ingestion run only ever adds files named after its run id, so a failed run is undone
 by removing them, and a person's rows are found with ``SELECT filename ... WHERE user_id``
 (every events file is sorted by user id, so Parquet statistics skip most row groups).
+
+Writes are crash-safe (kill -9 included). A run writes each file under a temporary name
+(``<run_id>.parquet.tmp``, which no reader's glob matches) and fsyncs it; then it commits
+by writing its manifest (temporary name, fsync, atomic rename): the one step that makes
+the run exist. Only then are its files renamed to their final names. Whatever a crash
+leaves is settled by the next writer, under the writers' lock, before it reads anything:
+files of a committed run are renamed into place (rolled forward), files of a run with no
+manifest are removed (rolled back). Readers never see a partial file, a crashed run that
+had not committed leaves nothing visible, and a rerun stores each event exactly once.
+:meth:`Lake.check` and :meth:`Lake.repair` (``bespoke data doctor``) list and settle
+leftovers, and move aside files no reader can open.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
+import posixpath
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -36,6 +49,12 @@ from fsspec.implementations.local import LocalFileSystem
 from bespoke.features.schema import TABLES
 
 UNDATED = "undated"
+#: The suffix of a file still being written, or left by a writer that crashed.
+TMP_SUFFIX = ".tmp"
+#: Where :meth:`Lake.repair` moves files that no reader can open (outside every view).
+DAMAGED_DIR = "_damaged"
+
+log = logging.getLogger(__name__)
 
 #: Views over the lake: name -> SQL over the raw table ``{raw}``.
 _LATEST = "SELECT * EXCLUDE (_rank) FROM (SELECT *, row_number() OVER (PARTITION BY dataset, {key} ORDER BY ingested_at DESC, run_id DESC) AS _rank FROM {raw}) WHERE _rank = 1"
@@ -110,7 +129,22 @@ class Lake:
         if not self.is_local:
             con.register_filesystem(self._fs)
         self.refresh(con)
+        self._report_leftovers()
         return con
+
+    def _report_leftovers(self) -> None:
+        """Warn about files an interrupted write left; readers never see them, and the next
+        writer settles them. Files of a write in progress (the lock is held) are not
+        leftovers."""
+        leftovers = self.temporary_files()
+        if not leftovers or self._writer_active():
+            return
+        log.warning(
+            "lake %s: %d file(s) left by an interrupted write, invisible to readers; the "
+            "next write settles them, or run `bespoke data doctor --fix`",
+            self.url,
+            len(leftovers),
+        )
 
     def refresh(self, con: duckdb.DuckDBPyConnection) -> None:
         """(Re)create the views on ``con`` so that they cover the files there are now."""
@@ -171,18 +205,144 @@ class Lake:
                 manifests.append(json.load(handle))
         return sorted(manifests, key=lambda m: m["started_at"])
 
+    # --- health --------------------------------------------------------------------------
+
+    def temporary_files(self) -> list[str]:
+        """Files under a temporary name: being written now, or left by a crashed writer."""
+        patterns = [self._glob(table, None) + TMP_SUFFIX for table in TABLES]
+        patterns.append(self.path("_runs", f"*{TMP_SUFFIX}"))
+        return sorted({path for pattern in patterns for path in self._fs.glob(pattern)})
+
+    def check(self) -> LakeHealth:
+        """What an interrupted or damaged write left (changes nothing): temporary files
+        with what :meth:`repair` would do to each, visible files that no reader can open,
+        and files a committed run's manifest lists but the lake lacks."""
+        committed = self._committed_runs()
+        health = LakeHealth(writer_active=self._writer_active())
+        for path in self.temporary_files():
+            if _run_of(path) in committed and not path.startswith(self.path("_runs")):
+                health.to_publish.append(path)
+            else:
+                health.to_remove.append(path)
+        for table in TABLES:
+            for path in self.files(table):
+                try:
+                    pq.read_metadata(path, filesystem=self._fs)
+                except Exception as error:  # noqa: BLE001 - any reason a reader would fail
+                    health.unreadable[path] = f"{type(error).__name__}: {error}"
+        pending = set(health.to_publish)
+        for run in self.runs():
+            for relative in run.get("lake_files", []):
+                path = self.path(relative)
+                if path + TMP_SUFFIX in pending or self._fs.exists(path):
+                    continue
+                if self._fs.exists(self.path(DAMAGED_DIR, relative)):
+                    health.damaged.append(path)
+                else:
+                    health.missing.append(path)
+        return health
+
+    def repair(self) -> LakeHealth:
+        """Settle what :meth:`check` finds, under the writers' lock: publish the files of
+        committed runs, remove those of runs that never committed, and move unreadable
+        files under ``<lake>/_damaged/`` (same relative path), where no view reads them.
+        Returns what was found (and is now settled); ``missing`` files cannot be repaired."""
+        with self._lock():
+            health = self.check()
+            health.writer_active = False  # we hold the lock: no other writer runs
+            self._settle(health)
+            for path in health.unreadable:
+                target = self.path(DAMAGED_DIR, posixpath.relpath(path, self._root))
+                self._fs.makedirs(posixpath.dirname(target), exist_ok=True)
+                self._fs.mv(path, target)
+        return health
+
+    def recover(self) -> LakeHealth:
+        """Settle what crashed writers left (publish committed runs' files, remove the
+        rest), under the writers' lock; a no-op on a healthy lake. Ingestion calls it
+        before it reads the lake, so that a rerun sees every committed event."""
+        if not self._fs.exists(self._root):
+            return LakeHealth()
+        with self._lock():
+            return self._recover_locked()
+
+    def _recover_locked(self) -> LakeHealth:
+        leftovers = self.temporary_files()
+        if not leftovers:
+            return LakeHealth()
+        committed = self._committed_runs()
+        health = LakeHealth()
+        for path in leftovers:
+            if _run_of(path) in committed and not path.startswith(self.path("_runs")):
+                health.to_publish.append(path)
+            else:
+                health.to_remove.append(path)
+        self._settle(health)
+        log.warning(
+            "lake %s: settled an interrupted write: %d file(s) of committed runs published, "
+            "%d of uncommitted runs removed",
+            self.url,
+            len(health.to_publish),
+            len(health.to_remove),
+        )
+        return health
+
+    def _settle(self, health: LakeHealth) -> None:
+        for path in health.to_publish:
+            self._publish(path)
+        for path in health.to_remove:
+            self._fs.rm(path)
+        self._sync_folders({posixpath.dirname(p) for p in health.to_publish + health.to_remove})
+
+    def _committed_runs(self) -> set[str]:
+        return {_run_of(path) for path in self._fs.glob(self.path("_runs", "*.json"))}
+
+    def _publish(self, temporary: str) -> None:
+        """Rename a temporary file to its final name (atomic on a local disk)."""
+        final = temporary.removesuffix(TMP_SUFFIX)
+        if self.is_local:
+            os.replace(temporary, final)
+        else:
+            self._fs.mv(temporary, final)
+
+    def _sync_file(self, path: str) -> None:
+        """Make a written file durable before it is renamed (local disks only: an object
+        store's write is durable when it returns)."""
+        if self.is_local:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _sync_folders(self, folders: set[str]) -> None:
+        """Make renames and removals in ``folders`` durable (local disks only)."""
+        if not self.is_local:
+            return
+        for folder in folders:
+            fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
     # --- writing -------------------------------------------------------------------------
 
     @contextmanager
     def transaction(self, run_id: str) -> Iterator[LakeWriter]:
-        """Write a run's files; if anything fails, every file of the run is removed."""
+        """Write a run's files (see the module docstring); the run exists once
+        :meth:`LakeWriter.commit` returns. If the block fails before that, or ends without
+        committing, every file of the run is removed."""
         writer = LakeWriter(self, run_id)
         with self._lock():
+            self._recover_locked()
             try:
                 yield writer
             except BaseException:
                 writer.rollback()
                 raise
+            if not writer.committed:
+                writer.rollback()
 
     @contextmanager
     def _lock(self) -> Iterator[None]:
@@ -200,14 +360,60 @@ class Lake:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
+    def _writer_active(self) -> bool:
+        """Whether a writer holds the lock now (always ``False`` for a remote lake)."""
+        lock = os.path.join(self._root, ".lock")
+        if not self.is_local or not os.path.exists(lock):
+            return False
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        finally:
+            os.close(fd)
+
+
+@dataclass
+class LakeHealth:
+    """What :meth:`Lake.check` found. ``to_publish``: temporary files of committed runs
+    (a crash between commit and rename); ``to_remove``: temporary files of runs that never
+    committed; ``unreadable``: visible file -> why no reader can open it; ``missing``:
+    files a committed run lists that are gone; ``damaged``: such files that an earlier
+    repair moved under ``_damaged/`` (their rows are out of the views: ingesting their
+    source again restores exactly them); ``writer_active``: a write is in progress, so
+    temporary files may be its own."""
+
+    to_publish: list[str] = field(default_factory=list)
+    to_remove: list[str] = field(default_factory=list)
+    unreadable: dict[str, str] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)
+    writer_active: bool = False
+
+    @property
+    def healthy(self) -> bool:
+        return not (self.to_publish or self.to_remove or self.unreadable or self.missing)
+
+
+def _run_of(path: str) -> str:
+    """The run id a lake file is named after (``<run_id>.parquet[.tmp]``, ``<run_id>.json``)."""
+    name = posixpath.basename(path).removesuffix(TMP_SUFFIX)
+    return name.rsplit(".", 1)[0]
+
 
 @dataclass
 class LakeWriter:
-    """Adds one run's files to the lake and remembers them for rollback."""
+    """Adds one run's files to the lake under temporary names, then commits them."""
 
     lake: Lake
     run_id: str
-    written: list[str] = field(default_factory=list)
+    #: Temporary files written so far (removed by :meth:`rollback`).
+    staged: list[str] = field(default_factory=list)
+    committed: bool = False
 
     def write(self, table: str, data: pa.Table, dataset: str) -> int:
         """Append ``data`` (rows of one dataset) to ``table``; returns the rows written.
@@ -241,27 +447,48 @@ class LakeWriter:
     def _write_file(self, folder: str, data: pa.Table) -> None:
         fs = self.lake._fs
         fs.makedirs(folder, exist_ok=True)
-        path = f"{folder}/{self.run_id}.parquet"
-        if fs.exists(path):
-            raise FileExistsError(f"{path} exists: run ids must be unique")
-        self.written.append(path)
-        pq.write_table(data, path, filesystem=None if self.lake.is_local else fs)
+        final = f"{folder}/{self.run_id}.parquet"
+        if fs.exists(final):
+            raise FileExistsError(f"{final} exists: run ids must be unique")
+        temporary = final + TMP_SUFFIX
+        self.staged.append(temporary)
+        pq.write_table(data, temporary, filesystem=None if self.lake.is_local else fs)
+        self.lake._sync_file(temporary)
 
-    def record_run(self, manifest: dict[str, Any]) -> None:
-        """Write the run's manifest; the last step of a successful run."""
-        fs = self.lake._fs
-        fs.makedirs(self.lake.path("_runs"), exist_ok=True)
-        path = self.lake.path("_runs", f"{self.run_id}.json")
-        self.written.append(path)
-        with fs.open(path, "w") as handle:
+    def commit(self, manifest: dict[str, Any]) -> None:
+        """Make the run exist: write its manifest (``manifest`` gains ``lake_files``, the
+        files it adds, relative to the lake) atomically, then rename its files into place.
+        The last step of a successful run."""
+        if self.committed:
+            raise RuntimeError(f"run {self.run_id} is already committed")
+        lake, fs = self.lake, self.lake._fs
+        finals = sorted(path.removesuffix(TMP_SUFFIX) for path in self.staged)
+        manifest["lake_files"] = [posixpath.relpath(path, lake._root) for path in finals]
+        fs.makedirs(lake.path("_runs"), exist_ok=True)
+        path = lake.path("_runs", f"{self.run_id}.json")
+        with fs.open(path + TMP_SUFFIX, "w") as handle:
             json.dump(manifest, handle, indent=2, default=str)
+        lake._sync_file(path + TMP_SUFFIX)
+        lake._publish(path + TMP_SUFFIX)  # the commit point
+        lake._sync_folders({lake.path("_runs")})
+        self.committed = True
+        # From here on a crash is rolled forward by the next writer (Lake.recover).
+        for temporary in self.staged:
+            lake._publish(temporary)
+        lake._sync_folders({posixpath.dirname(p) for p in self.staged})
 
     def rollback(self) -> None:
+        """Remove the run's temporary files; a committed run is left to be rolled forward."""
+        if self.committed:
+            return
         fs = self.lake._fs
-        for path in reversed(self.written):
+        for path in reversed(self.staged):
             if fs.exists(path):
                 fs.rm(path)
-        self.written.clear()
+        manifest = self.lake.path("_runs", f"{self.run_id}.json{TMP_SUFFIX}")
+        if fs.exists(manifest):
+            fs.rm(manifest)
+        self.staged.clear()
 
 
 _UNDATED_DAY = np.iinfo(np.int64).max

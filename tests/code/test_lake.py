@@ -8,14 +8,18 @@ import uuid
 from datetime import date
 from pathlib import Path
 
+import duckdb
 import fsspec
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from typer.testing import CliRunner
 
+from bespoke.cli import app as cli
 from bespoke.features import collect, report, sources
-from bespoke.features.lake import UNDATED, Lake
+from bespoke.features.lake import DAMAGED_DIR, TMP_SUFFIX, UNDATED, Lake
 from bespoke.features.schema import TABLES
+from bespoke.settings import get_settings
 
 VIEWS = ["events", "users", "items", "quarantine", "users_history", "items_history", "ingest_runs"]
 
@@ -127,9 +131,10 @@ def test_a_write_failing_mid_run_removes_every_file_of_the_run(
     for written in attempted:
         assert not Path(written).exists(), written
     assert snapshot(lake.url) == before
-    run_ids = {Path(p).stem for p in attempted}
+    run_ids = {Path(p).name.split(".")[0] for p in attempted}
     assert len(run_ids) == 1
-    leftovers = [p for p in Path(lake.url).rglob("*") if p.is_file() and p.stem in run_ids]
+    (run_id,) = run_ids
+    leftovers = [p for p in Path(lake.url).rglob("*") if p.is_file() and run_id in p.name]
     assert leftovers == []
     assert len(lake.runs()) == 1
 
@@ -152,6 +157,140 @@ def test_a_partition_that_cannot_be_created_rolls_the_whole_run_back(
     assert snapshot(lake.url) == before
     assert len(lake.runs()) == 1
     assert _count(lake, "SELECT count(*) FROM events") == 2
+
+
+# --- crash safety ---------------------------------------------------------------------------
+# A real SIGKILL of `bespoke ingest` and `bespoke events flush` is in
+# tests/data/test_crash_safety.py; here each state a crash can leave is made exactly.
+
+
+def _tmp_files(lake: Lake) -> list[Path]:
+    return sorted(Path(lake.url).rglob(f"*{TMP_SUFFIX}"))
+
+
+def test_a_run_writes_under_temporary_names_and_its_manifest_lists_what_it_added(
+    lake: Lake, key: bytes, write_csv, shop_rows, shop_mapping
+) -> None:
+    result = _ingest(write_csv("log.csv", shop_rows(days=3, per_day=2)), shop_mapping(), lake, key)
+    listed = result.manifest["lake_files"]
+    assert listed == lake.runs()[0]["lake_files"]
+    assert sorted(lake.path(f) for f in listed) == sorted(
+        lake.files("events") + lake.files("users") + lake.files("items") + lake.files("quarantine")
+    )
+    assert len(listed) == 3 and all(f.endswith(f"{result.run_id}.parquet") for f in listed)
+    assert _tmp_files(lake) == []
+    assert lake.check().healthy
+
+
+def test_a_crash_after_the_commit_is_rolled_forward_by_the_next_run(
+    lake: Lake, key: bytes, write_csv, shop_rows, shop_mapping, monkeypatch
+) -> None:
+    rows = shop_rows(days=4, per_day=2)
+    real_publish = Lake._publish
+
+    def crash_on_data_files(self: Lake, temporary: str) -> None:
+        if temporary.endswith(".parquet" + TMP_SUFFIX):
+            raise OSError("power cut (injected) after the commit")
+        real_publish(self, temporary)
+
+    monkeypatch.setattr(Lake, "_publish", crash_on_data_files)
+    path = write_csv("log.csv", rows)
+    with pytest.raises(OSError, match="injected"):
+        _ingest(path, shop_mapping(), lake, key)
+    monkeypatch.setattr(Lake, "_publish", real_publish)
+    (run,) = lake.runs()  # committed: the manifest is there ...
+    assert _count(lake, "SELECT count(*) FROM events") == 0  # ... its files not visible yet
+    health = lake.check()
+    assert len(health.to_publish) == 4 and not health.to_remove and not health.healthy
+
+    again = _ingest(path, shop_mapping(), lake, key)  # settles first, then dedupes
+    counts = again.counts("events")
+    assert (counts["stored"], counts["already_present"]) == (0, 8)
+    assert lake.connect().execute(
+        "SELECT count(*), count(DISTINCT event_id) FROM events"
+    ).fetchone() == (8, 8)
+    assert {r["run_id"] for r in lake.runs()} == {run["run_id"], again.run_id}
+    assert _tmp_files(lake) == [] and lake.check().healthy
+
+
+def _leave_uncommitted_files(lake: Lake) -> list[Path]:
+    """What a writer killed before its commit leaves: one complete and one truncated
+    temporary file, under a run id with no manifest."""
+    (existing,) = [Path(f) for f in lake.files("events")][:1]
+    complete = existing.with_name(f"20240101T000000Z-deadbeef.parquet{TMP_SUFFIX}")
+    complete.write_bytes(existing.read_bytes())
+    folder = existing.parent.with_name("event_date=2030-01-01")
+    folder.mkdir()
+    truncated = folder / f"20240101T000000Z-deadbeef.parquet{TMP_SUFFIX}"
+    truncated.write_bytes(existing.read_bytes()[:100])
+    return [complete, truncated]
+
+
+def test_leftovers_of_a_killed_writer_are_invisible_reported_and_removed(
+    lake: Lake, key: bytes, write_csv, shop_rows, shop_mapping, caplog, monkeypatch
+) -> None:
+    monkeypatch.setenv("BESPOKE_LAKE_URL", lake.url)  # what `bespoke data doctor` checks
+    get_settings.cache_clear()
+    _ingest(write_csv("log.csv", shop_rows(days=1, per_day=3)), shop_mapping(), lake, key)
+    leftovers = _leave_uncommitted_files(lake)
+    with caplog.at_level("WARNING", logger="bespoke.features.lake"):
+        assert _count(lake, "SELECT count(*) FROM events") == 3  # readable, nothing extra
+    assert "2 file(s) left by an interrupted write" in caplog.text
+    health = lake.check()
+    assert sorted(health.to_remove) == sorted(str(p) for p in leftovers)
+    assert not health.to_publish and not health.unreadable
+
+    result = CliRunner().invoke(cli, ["data", "doctor"])
+    assert result.exit_code == 1, result.output
+    assert "never committed" in result.output and all(p.exists() for p in leftovers)
+    fixed = CliRunner().invoke(cli, ["data", "doctor", "--fix"])
+    assert fixed.exit_code == 0, fixed.output
+    assert not any(p.exists() for p in leftovers)
+    healthy = CliRunner().invoke(cli, ["data", "doctor"])
+    assert healthy.exit_code == 0 and "healthy" in healthy.output
+
+
+def test_the_next_run_removes_uncommitted_leftovers_before_it_writes(
+    lake: Lake, key: bytes, write_csv, shop_rows, shop_mapping
+) -> None:
+    rows = shop_rows(days=2, per_day=3)
+    _ingest(write_csv("a.csv", rows[:3]), shop_mapping(), lake, key)
+    leftovers = _leave_uncommitted_files(lake)
+    result = _ingest(write_csv("b.csv", rows), shop_mapping(), lake, key)
+    assert result.counts("events")["stored"] == 3
+    assert not any(p.exists() for p in leftovers)
+    assert _count(lake, "SELECT count(DISTINCT event_id) FROM events") == 6
+
+
+def test_the_files_of_a_write_in_progress_are_not_reported_as_leftovers(
+    lake: Lake, key: bytes, write_csv, shop_rows, shop_mapping, caplog
+) -> None:
+    _ingest(write_csv("log.csv", shop_rows(days=1, per_day=3)), shop_mapping(), lake, key)
+    _leave_uncommitted_files(lake)
+    with lake._lock(), caplog.at_level("WARNING", logger="bespoke.features.lake"):
+        lake.connect()
+        assert lake.check().writer_active
+    assert "interrupted" not in caplog.text
+
+
+def test_an_unreadable_file_is_found_and_moved_out_of_every_view(
+    lake: Lake, key: bytes, write_csv, shop_rows, shop_mapping
+) -> None:
+    _ingest(write_csv("log.csv", shop_rows(days=2, per_day=3)), shop_mapping(), lake, key)
+    # what an in-place writer (before crash-safe writes) left under the final name
+    first, second = (Path(f) for f in lake.files("events"))
+    second.write_bytes(second.read_bytes()[:64])
+    with pytest.raises(duckdb.Error):
+        _count(lake, "SELECT count(*) FROM events")
+    health = lake.check()
+    assert list(health.unreadable) == [str(second)]
+    lake.repair()
+    assert not second.exists()
+    moved = Path(lake.url) / DAMAGED_DIR / second.relative_to(lake.url)
+    assert moved.stat().st_size == 64
+    assert _count(lake, "SELECT count(*) FROM events") == 3
+    after = lake.check()
+    assert after.healthy and after.damaged == [str(second)]
 
 
 # --- views ----------------------------------------------------------------------------------
