@@ -294,13 +294,19 @@ def data_doctor(
         health = lake.repair() if fix else lake.check()
     console.print(f"[dim]lake: {lake.url}[/]")
     findings = [
-        *((path, "temporary file of a committed run", "published") for path in health.to_publish),
-        *((path, "temporary file of a run that never committed", "removed")
-          for path in health.to_remove),  # fmt: skip
-        *((path, f"unreadable: {why}", "moved under _damaged/")
-          for path, why in health.unreadable.items()),  # fmt: skip
-        *((path, "listed by its run's manifest but missing", "cannot be repaired")
-          for path in health.missing),  # fmt: skip
+        (path, "temporary file of a committed run", "published") for path in health.to_publish
+    ]
+    findings += [
+        (path, "temporary file of a run that never committed", "removed")
+        for path in health.to_remove
+    ]
+    findings += [
+        (path, f"unreadable: {why}", "moved under _damaged/")
+        for path, why in health.unreadable.items()
+    ]
+    findings += [
+        (path, "listed by its run's manifest but missing", "cannot be repaired")
+        for path in health.missing
     ]
     if health.writer_active and (health.to_publish or health.to_remove):
         console.print("A write is in progress now: its temporary files are listed too.")

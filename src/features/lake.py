@@ -228,7 +228,7 @@ class Lake:
             for path in self.files(table):
                 try:
                     pq.read_metadata(path, filesystem=self._fs)
-                except Exception as error:  # noqa: BLE001 - any reason a reader would fail
+                except Exception as error:  # any reason a reader would fail
                     health.unreadable[path] = f"{type(error).__name__}: {error}"
         pending = set(health.to_publish)
         for run in self.runs():

@@ -278,7 +278,7 @@ def test_an_unreadable_file_is_found_and_moved_out_of_every_view(
 ) -> None:
     _ingest(write_csv("log.csv", shop_rows(days=2, per_day=3)), shop_mapping(), lake, key)
     # what an in-place writer (before crash-safe writes) left under the final name
-    first, second = (Path(f) for f in lake.files("events"))
+    _, second = (Path(f) for f in lake.files("events"))
     second.write_bytes(second.read_bytes()[:64])
     with pytest.raises(duckdb.Error):
         _count(lake, "SELECT count(*) FROM events")

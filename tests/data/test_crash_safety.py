@@ -31,16 +31,18 @@ def _bespoke(*args: str) -> list[str]:
 
 
 def _files(root: Path) -> set[Path]:
-    return {p for p in root.rglob("*") if p.is_file() and p.name != ".lock"} if root.exists() else set()
+    return (
+        {p for p in root.rglob("*") if p.is_file() and p.name != ".lock"}
+        if root.exists()
+        else set()
+    )
 
 
 def _kill_at_first_file(command: list[str], lake: Path, env: dict[str, str]) -> list[Path]:
     """Run ``command`` and SIGKILL it as soon as a file it writes appears under ``lake``;
     returns the files it left."""
     before = _files(lake)
-    process = subprocess.Popen(
-        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline:
@@ -66,7 +68,9 @@ def _environment(settings: Settings) -> dict[str, str]:
 def _visible(lake: Lake) -> tuple[int, int, int]:
     """Events, distinct event ids and runs the readers see (the lake must open)."""
     con = lake.connect()
-    events, distinct = con.execute("SELECT count(*), count(DISTINCT event_id) FROM events").fetchone()
+    events, distinct = con.execute(
+        "SELECT count(*), count(DISTINCT event_id) FROM events"
+    ).fetchone()
     return events, distinct, con.execute("SELECT count(*) FROM ingest_runs").fetchone()[0]
 
 
@@ -107,10 +111,13 @@ def _fill_inbox(settings: Settings, datasets_dir: Path) -> int:
     ).head(INBOX_EVENTS)
     events = [
         EventIn(
-            user_id=str(user), event_type="rate", item_id=str(item), value=float(rating),
+            user_id=str(user),
+            event_type="rate",
+            item_id=str(item),
+            value=float(rating),
             timestamp=pd.Timestamp(ts, unit="s", tz="UTC").to_pydatetime(),
             consent=["personalization"],
-        )  # fmt: skip
+        )
         for user, item, rating, ts in ratings.itertuples(index=False)
     ]
     store = open_store(settings)
