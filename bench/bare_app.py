@@ -36,7 +36,8 @@ def create_app() -> Any:
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
-    from bespoke.serving.service import ApiKeyMiddleware, Personalization
+    from bespoke.serving.middleware import Gateway
+    from bespoke.serving.service import Personalization
 
     service = Personalization.inner()
     routes = []
@@ -68,7 +69,7 @@ def create_app() -> Any:
         return Response(b"", status_code=200)
 
     routes.append(Route("/healthz", healthz))
-    return ApiKeyMiddleware(Starlette(routes=routes))
+    return Gateway(Starlette(routes=routes))
 
 
 def main() -> None:

@@ -76,6 +76,35 @@ class Settings(BaseSettings):
         description="Monitoring reports, one folder per run (<reports_dir>/<timestamp>/). "
         "Default <root>/reports.",
     )
+    # --- the service (bentoml serve bespoke.serving.service:Personalization) ---------
+    serving_dataset: str = Field(default="ml-100k", description="Dataset the service serves.")
+    serving_workers: int = Field(default=1, ge=1, description="Worker processes of the service.")
+    serving_max_body_bytes: int = Field(
+        default=2 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body the service reads; a larger one is answered 413.",
+    )
+    rules_path: Path | None = Field(
+        default=None,
+        description="The JSON rules: a file or a folder. Default the shipped src/serving/rules/.",
+    )
+    model_poll_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="Seconds between two looks at the registry's @champion aliases (0: never).",
+    )
+    access_log: bool = Field(
+        default=True,
+        description="One JSON line per request on the service's stderr (request id, route, "
+        "status, duration, key name; never user ids or PII).",
+    )
+    bentoml_access_log: bool = Field(
+        default=False, description="BentoML's own access log (a per-request overhead)."
+    )
+    tracing: bool = Field(
+        default=False,
+        description="OpenTelemetry's per-request instrumentation (a per-request overhead).",
+    )
     hmac_key: SecretStr | None = Field(
         default=None,
         description=(
@@ -84,7 +113,9 @@ class Settings(BaseSettings):
         ),
     )
 
-    @field_validator("root", "home", "datasets_dir", "mlflow_artifacts_dir", "reports_dir")
+    @field_validator(
+        "root", "home", "datasets_dir", "mlflow_artifacts_dir", "reports_dir", "rules_path"
+    )
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().resolve()

@@ -11,10 +11,21 @@ from __future__ import annotations
 import re
 from datetime import UTC, date, datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 import pyarrow as pa
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from annotated_types import Interval
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
 
 #: pandas dtype of text columns: Arrow-backed, for vectorised string work and cheap
 #: conversion to Parquet.
@@ -22,7 +33,72 @@ TEXT = "string[pyarrow]"
 
 DATASET_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 DatasetName = Annotated[str, StringConstraints(pattern=DATASET_NAME_PATTERN)]
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=256, strip_whitespace=True)]
+
+#: The longest id (person, cookie, item, a sender's event id) a record may carry.
+MAX_ID_LENGTH = 200
+#: An id has no control characters and no space at either end. Written with explicit
+#: character classes (no ``\s``, no ``.``) so that JSON Schema's regex engines, pydantic's
+#: and Python's ``re`` all read it alike: the published API schema is exactly what is
+#: enforced.
+ID_PATTERN = r"^[^\x00-\x20\x7f](?:[^\x00-\x1f\x7f]*[^\x00-\x20\x7f])?$"
+_ID = re.compile(ID_PATTERN)
+
+
+def _check_id(value: str) -> str:
+    if not _ID.fullmatch(value):
+        raise ValueError("an id has no control characters and no space at either end")
+    return value
+
+
+Identifier = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_ID_LENGTH),
+    AfterValidator(_check_id),
+    WithJsonSchema(
+        {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH, "pattern": ID_PATTERN}
+    ),
+]
+#: The stored integer type's range (SQLite INTEGER and the lake's int64).
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _json_integer(value: object) -> object:
+    """JSON Schema's integer: a number without a fractional part (``5`` or ``5.0``), never
+    text or a boolean."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("must be an integer")
+    return value
+
+
+def integer(ge: int = INT64_MIN, le: int = INT64_MAX) -> Any:
+    """An integer as JSON has it, from ``ge`` to ``le`` (the bounds go inside: constraints
+    given beside a field of this type would not reach its schema)."""
+    return Annotated[int, Interval(ge=ge, le=le), BeforeValidator(_json_integer)]
+
+
+#: An integer as JSON has it, within the stored type's range.
+Integer = integer()
+
+
+def _not_text(value: object) -> object:
+    if isinstance(value, str | bool):
+        raise ValueError("must be a number")
+    return value
+
+
+def _not_a_number(value: object) -> object:
+    if isinstance(value, int | float):
+        raise ValueError("must be an ISO 8601 date-time text with a time zone, not a number")
+    return value
+
+
+#: A finite number (never text or a boolean).
+Number = Annotated[float, Field(allow_inf_nan=False), BeforeValidator(_not_text)]
+#: A moment with its time zone: ISO 8601 text or a datetime (never a Unix number, whose
+#: unit would be a guess).
+Moment = Annotated[AwareDatetime, BeforeValidator(_not_a_number)]
 
 
 class EventType(StrEnum):
@@ -76,33 +152,54 @@ class EventContext(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    device: str | None = None
-    geo: str | None = None
-    page: str | None = None
-    referrer: str | None = None
-    ip: str | None = None
+    device: str | None = Field(default=None, max_length=200)
+    geo: str | None = Field(default=None, max_length=200)
+    page: str | None = Field(default=None, max_length=2048)
+    referrer: str | None = Field(default=None, max_length=2048)
+    ip: str | None = Field(default=None, max_length=45, description="Raw; stored only as ip_hash.")
 
 
 class EventIn(BaseModel):
-    """An event as a source or a client sends it."""
+    """An event as a source or a client sends it.
 
-    model_config = ConfigDict(extra="forbid", use_enum_values=True)
+    Numbers and times are taken as JSON has them (no ``"5"`` for 5, no Unix number for a
+    time), so that what the API's published schema allows is exactly what is accepted;
+    bounds are those of the stored types.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        use_enum_values=True,
+        # Either id suffices (the model validator below); said so in the schema too.
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["user_id"], "properties": {"user_id": {"type": "string"}}},
+                {"required": ["anonymous_id"], "properties": {"anonymous_id": {"type": "string"}}},
+            ]
+        },
+    )
 
     source_event_id: Identifier | None = Field(
         default=None, description="The sender's own id; makes re-sending idempotent."
     )
-    timestamp: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
+    timestamp: Moment = Field(
+        default_factory=lambda: datetime.now(UTC), description="With a time zone."
+    )
     user_id: Identifier | None = None
     anonymous_id: Identifier | None = None
     event_type: EventType
     item_id: Identifier | None = None
-    value: float | None = Field(default=None, allow_inf_nan=False)
-    quantity: int | None = None
+    value: Number | None = None
+    quantity: Integer | None = None
     channel: Channel = Channel.API
     context: EventContext = Field(default_factory=EventContext)
-    email: str | None = Field(default=None, description="Raw; stored only as email_hash.")
-    phone: str | None = Field(default=None, description="Raw; stored only as phone_hash.")
-    consent: list[ConsentPurpose] = Field(default_factory=list)
+    email: str | None = Field(
+        default=None, max_length=254, description="Raw; stored only as email_hash."
+    )
+    phone: str | None = Field(
+        default=None, max_length=64, description="Raw; stored only as phone_hash."
+    )
+    consent: list[ConsentPurpose] = Field(default_factory=list, max_length=16)
 
     @model_validator(mode="after")
     def _needs_identity(self) -> EventIn:

@@ -109,7 +109,8 @@ def test_an_oversized_batch_is_413_and_applies_nothing(service) -> None:
              "timestamp": "2026-11-20T12:00:00Z", "consent": ["personalization"]}  # fmt: skip
     answer = _post(url, "/v1/events", {"events": [event] * 1001}, key)
     assert answer.status_code == 413
-    assert _post(url, "/v1/profiles", {"user_id": "bulk"}, key).json()["recent"] == []
+    assert answer.json() == {"error": "at most 1000 events per request, got 1001", "limit": 1000}
+    assert _post(url, "/v1/profiles", {"user_id": "bulk"}, key).status_code == 404  # unknown
 
 
 def test_personalize_fills_every_slot_without_repeating_items(service) -> None:
