@@ -13,6 +13,14 @@ reuses its parent's. Each connection is set up the same way:
   failing; writes start with ``BEGIN IMMEDIATE``, taking the write lock up front, so two
   transactions can never deadlock upgrading a read lock.
 
+- a bounded write-ahead log. SQLite's own checkpoints (every 1,000 pages) copy the log
+  into the database but can only start the log over when no reader is using it; under a
+  steady stream of profile reads that never happens, and the log grew past the database
+  (384 MB seen). So after a commit that leaves the log above ``wal_limit_bytes``, the
+  writer runs ``wal_checkpoint(TRUNCATE)``, waiting at most ``CHECKPOINT_WAIT_S`` for the
+  readers of the moment to finish (new ones read the database file and do not block it);
+  ``journal_size_limit`` truncates the log whenever SQLite itself starts it over.
+
 Opening a :class:`Database` touches nothing; the file (and its folder) is created by the
 first statement.
 """
@@ -30,6 +38,10 @@ from bespoke.settings import SQLITE_PREFIX
 
 #: How long a statement waits for another process's write transaction before failing.
 BUSY_TIMEOUT_S = 30.0
+#: The write-ahead log size above which a commit is followed by a checkpoint.
+WAL_LIMIT_BYTES = 32 * 1024 * 1024
+#: How long that checkpoint waits for the readers of the moment (writers wait meanwhile).
+CHECKPOINT_WAIT_S = 0.25
 #: Connections a forked process inherited: kept referenced so that they are never closed
 #: (closing would act on the parent's file locks and shared memory).
 _INHERITED: list[sqlite3.Connection] = []
@@ -52,9 +64,17 @@ def sqlite_path(url: str | Path) -> Path:
 class Database:
     """A SQLite file with per-process, per-thread connections in WAL mode."""
 
-    def __init__(self, path: str | Path, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        busy_timeout_s: float = BUSY_TIMEOUT_S,
+        wal_limit_bytes: int | None = WAL_LIMIT_BYTES,
+    ) -> None:
         self.path = sqlite_path(path)
         self.busy_timeout_s = busy_timeout_s
+        #: ``None``: leave checkpoints to SQLite alone (the unbounded behaviour).
+        self.wal_limit_bytes = wal_limit_bytes
+        self._wal = self.path.with_name(self.path.name + "-wal")
         self._local = threading.local()
         self._schemas: set[str] = set()
         self._schema_lock = threading.Lock()
@@ -87,6 +107,8 @@ class Database:
             raise RuntimeError(f"{self.path}: SQLite refused WAL mode (got {mode!r})")
         con.execute("PRAGMA synchronous = FULL")
         con.execute("PRAGMA foreign_keys = ON")
+        if self.wal_limit_bytes is not None:
+            con.execute(f"PRAGMA journal_size_limit = {int(self.wal_limit_bytes)}")
         self._local.con, self._local.pid = con, os.getpid()
         return con
 
@@ -116,6 +138,32 @@ class Database:
             if con.in_transaction:  # SQLite may have rolled back already (disk full, …)
                 con.execute("ROLLBACK")
             raise
+        self._bound_wal()
+
+    def wal_bytes(self) -> int:
+        """The write-ahead log's size now (0 when there is none)."""
+        try:
+            return self._wal.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def checkpoint(self, wait_s: float = CHECKPOINT_WAIT_S) -> bool:
+        """Copy the log into the database and truncate it, waiting at most ``wait_s`` for
+        the readers of the moment; returns whether it completed (it is retried after a
+        later commit otherwise)."""
+        con = self.connection()
+        con.execute(f"PRAGMA busy_timeout = {int(wait_s * 1000)}")
+        try:
+            busy, _, _ = con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.OperationalError:  # locked by another checkpoint or writer
+            return False
+        finally:
+            con.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+        return busy == 0
+
+    def _bound_wal(self) -> None:
+        if self.wal_limit_bytes is not None and self.wal_bytes() > self.wal_limit_bytes:
+            self.checkpoint()
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
