@@ -68,3 +68,4 @@ bench: setup  ## run the benchmarks; JSON results and tables under bench/results
 	@$(UV) run --locked python bench/ranking.py --datasets ml-100k,ml-1m --out bench/results/ranking.json
 	@$(UV) run --locked python bench/serving.py --out bench/results/serving.json
 	@$(UV) run --locked python bench/drift.py --out bench/results/drift.json
+	@$(UV) run --locked python bench/online_store.py --out bench/results/online_store.json
