@@ -320,8 +320,9 @@ def data_doctor(
         console.print("[bold green]healthy[/]: no leftovers, every file readable")
         return
     table = Table("file", "finding", "with --fix" if not fix else "done", header_style="bold")
+    table.columns[0].overflow = "fold"  # a path is read whole
     for path, finding, action in findings:
-        table.add_row(path, finding, action)
+        table.add_row(path.removeprefix(lake.path("")), finding, action)
     console.print(table)
     if health.missing or not fix:
         hint = "" if fix else " (run [bold]bespoke data doctor --fix[/])"

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -74,21 +75,32 @@ def _visible(lake: Lake) -> tuple[int, int, int]:
     return events, distinct, con.execute("SELECT count(*) FROM ingest_runs").fetchone()[0]
 
 
+def _killed_at_first_file(
+    command: list[str], settings: Settings, check: Callable[[], None] = lambda: None
+) -> tuple[Lake, dict[str, str]]:
+    """Run ``command`` KILLS times, each killed at its first file; after each kill, only
+    temporary files were left, the lake opens and shows none of it, the leftovers are
+    found, and ``check`` holds. Returns the lake and the command's environment."""
+    lake = Lake(str(settings.lake_url))
+    env = _environment(settings)
+    for attempt in range(KILLS):
+        left = _kill_at_first_file(command, Path(lake.url), env)
+        assert any(p.name.endswith(TMP_SUFFIX) for p in left), (attempt, left)
+        assert all(p.name.endswith(TMP_SUFFIX) or p.name == ".lock" for p in left), left
+        assert _visible(lake) == (0, 0, 0), f"kill {attempt + 1} left rows visible"
+        assert not lake.check().healthy
+        check()
+    return lake, env
+
+
 def test_a_killed_ingest_leaves_nothing_visible_and_the_rerun_stores_each_event_once(
     ml100k_lake: tuple[Lake, IngestResult],
 ) -> None:
     reference = ml100k_lake[1].manifest
     settings = get_settings()
-    lake_dir = Path(str(settings.lake_url))
-    lake = Lake(str(lake_dir))
-    env = _environment(settings)
     command = _bespoke("ingest", "movielens-100k")
-    for attempt in range(KILLS):
-        left = _kill_at_first_file(command, lake_dir, env)
-        assert any(p.name.endswith(TMP_SUFFIX) for p in left), (attempt, left)
-        assert all(p.name.endswith(TMP_SUFFIX) or p.name == ".lock" for p in left), left
-        assert _visible(lake) == (0, 0, 0), f"kill {attempt + 1} left rows visible"
-        assert not lake.check().healthy  # the leftovers are found ...
+    lake, env = _killed_at_first_file(command, settings)  # the leftovers are found ...
+    lake_dir = Path(lake.url)
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     stored = reference["events"]["stored"]
@@ -133,15 +145,13 @@ def test_a_killed_flush_loses_nothing_and_the_rerun_stores_each_event_once(
     settings = get_settings()
     accepted = _fill_inbox(settings, datasets_dir)
     assert accepted == INBOX_EVENTS
-    lake_dir = Path(str(settings.lake_url))
-    lake = Lake(str(lake_dir))
-    env = _environment(settings)
+
+    def inbox_intact() -> None:
+        assert open_store(settings).pending() == INBOX_EVENTS
+
     command = _bespoke("events", "flush")
-    for attempt in range(KILLS):
-        left = _kill_at_first_file(command, lake_dir, env)
-        assert any(p.name.endswith(TMP_SUFFIX) for p in left), (attempt, left)
-        assert _visible(lake) == (0, 0, 0), f"kill {attempt + 1} left rows visible"
-        assert open_store(settings).pending() == INBOX_EVENTS  # the inbox still holds them
+    lake, env = _killed_at_first_file(command, settings, inbox_intact)
+    lake_dir = Path(lake.url)
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert f"{INBOX_EVENTS} flushed → {INBOX_EVENTS} stored" in done.stdout, done.stdout
