@@ -185,6 +185,13 @@ def ingest_csv(
             "--event-type-value", help="SOURCE=TYPE, repeatable: the log's own name for a type."
         ),
     ] = None,
+    delimiter: Annotated[
+        str | None,
+        typer.Option(
+            "--delimiter",
+            help="Column separator ('tab' for a tab); default: sniffed from the file.",
+        ),
+    ] = None,
 ) -> None:
     """Any interaction log, through a column mapping."""
     from bespoke.features.parse import IngestError
@@ -203,6 +210,8 @@ def ingest_csv(
             fields["default_consent"] = [p.strip() for p in consent.split(",") if p.strip()]
         if timestamp_format:
             fields["timestamp_format"] = timestamp_format
+        if delimiter:
+            fields["delimiter"] = delimiter
         for pair in event_type_value or []:
             value, sep, kind = pair.partition("=")
             if not sep or not value.strip() or not kind.strip():

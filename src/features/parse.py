@@ -154,8 +154,29 @@ def _first_undecodable_line(path: Path, encoding: str) -> tuple[int, int]:
     return 0, offset
 
 
-def read_table_file(path: str | Path) -> pd.DataFrame:
-    """A CSV/TSV (header line) or Parquet file as strings, with ``_row`` and ``_source``."""
+#: The separators a delimited file is sniffed for.
+SNIFFED_DELIMITERS = ",\t;|"
+#: How much of a file the sniffer reads.
+_SNIFF_BYTES = 64 * 1024
+
+
+def sniff_delimiter(path: Path) -> str:
+    """The separator of a delimited text file with a header line, whatever its name ends
+    with: sniffed (Python's ``csv.Sniffer``) among ``,`` tab ``;`` ``|`` from its first
+    lines; by the extension when the sample is ambiguous (tab for .tsv/.tab, else comma)."""
+    with path.open("rb") as handle:
+        sample = handle.read(_SNIFF_BYTES).decode("utf-8", errors="replace")
+    if len(sample) == _SNIFF_BYTES:  # a cut last line would not have all its fields
+        sample = sample[: sample.rfind("\n") + 1] or sample
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=SNIFFED_DELIMITERS).delimiter
+    except csv.Error:
+        return "\t" if path.suffix.lower() in {".tsv", ".tab"} else ","
+
+
+def read_table_file(path: str | Path, delimiter: str | None = None) -> pd.DataFrame:
+    """A delimited text file (header line) or a Parquet file as strings, with ``_row`` and
+    ``_source``. The separator is ``delimiter``, or sniffed (:func:`sniff_delimiter`)."""
     path = Path(path)
     if not path.is_file():
         raise IngestError(f"{path}: no such file")
@@ -168,8 +189,7 @@ def read_table_file(path: str | Path) -> pd.DataFrame:
         frame[ROW] = np.arange(len(frame), dtype=np.int64) + 1
         frame[SOURCE] = path.name
         return frame
-    sep = "\t" if path.suffix.lower() in {".tsv", ".tab"} else ","
-    return read_delimited(path, sep=sep)
+    return read_delimited(path, sep=delimiter or sniff_delimiter(path))
 
 
 def require_columns(frame: pd.DataFrame, required: Sequence[str], source: str) -> None:

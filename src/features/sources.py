@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from bespoke.features.collect import EVENT_INPUT_COLUMNS, EVENT_INPUT_TYPES, SourceBatch
 from bespoke.features.parse import (
@@ -245,6 +252,21 @@ class ColumnMapping(BaseModel):
         default_factory=list, description="Purposes for rows without a consent value of their own."
     )
     rating_scale: tuple[float, float] | None = None
+    delimiter: str | None = Field(
+        default=None,
+        description="The column separator of a text file ('tab' or '\\t' for a tab); "
+        "default: sniffed from the file among ',', tab, ';' and '|'.",
+    )
+
+    @field_validator("delimiter")
+    @classmethod
+    def _one_character(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = {"tab": "\t", "\\t": "\t"}.get(value.lower(), value)
+        if len(value) != 1 or value in '\r\n"':
+            raise ValueError(f"a delimiter is one character (or 'tab'), got {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _complete(self) -> ColumnMapping:
@@ -311,7 +333,7 @@ def interactions_file(
 ) -> SourceBatch:
     """Any CSV/TSV/Parquet interaction log, read through a :class:`ColumnMapping`."""
     path = Path(path)
-    frame = read_table_file(path)
+    frame = read_table_file(path, mapping.delimiter)
     columns = mapping.columns()
     require_columns(frame, list(dict.fromkeys(columns.values())), path.name)
     field_types = {**EVENT_INPUT_TYPES, "timestamp": _timestamp_type(mapping.timestamp_format)}
