@@ -3,16 +3,19 @@ with confidence 1 + alpha."""
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from bespoke.training.base import FitCallback, Recommender
+from bespoke.training.base import FitCallback, Recommender, StopTraining, notify
 
 
 class ALS(Recommender):
     family = "als"
     state_arrays = ("user_factors", "item_factors")
+    iterative = True
 
     def __init__(
         self,
@@ -38,7 +41,7 @@ class ALS(Recommender):
                 # The factors so far, so that the callback can score the model (pruning).
                 self.user_factors_ = np.asarray(model.user_factors, dtype=np.float32)
                 self.item_factors_ = np.asarray(model.item_factors, dtype=np.float32)
-                callback(iteration, {"loss": float(loss), "elapsed_s": float(elapsed)})
+                notify(callback, iteration, {"loss": float(loss), "elapsed_s": float(elapsed)})
 
         # implicit parallelises itself; BLAS threads on top of it only contend.
         with threadpool_limits(1, "blas"):
@@ -50,7 +53,9 @@ class ALS(Recommender):
                 random_state=self.random_state,
                 calculate_training_loss=callback is not None,
             )
-            model.fit(matrix, show_progress=show_progress, callback=report)
+            # implicit's ALS ignores its callback's answer: a stop is raised through it.
+            with contextlib.suppress(StopTraining):  # stopped early: the factors so far
+                model.fit(matrix, show_progress=show_progress, callback=report)
         self.user_factors_ = np.asarray(model.user_factors, dtype=np.float32)
         self.item_factors_ = np.asarray(model.item_factors, dtype=np.float32)
 

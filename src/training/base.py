@@ -35,12 +35,26 @@ class NotFittedError(RuntimeError):
     """A model was used before ``fit`` or ``load``."""
 
 
+class StopTraining(Exception):
+    """Raised by an iterative family's per-iteration hook when the callback returned
+    False; the family catches it and keeps the model as trained so far."""
+
+
+def notify(callback: FitCallback | None, iteration: int, metrics: dict[str, float]) -> None:
+    """Call ``callback``; raise :class:`StopTraining` when it asks to stop."""
+    if callback is not None and callback(iteration, metrics) is False:
+        raise StopTraining
+
+
 class Recommender:
     """Base class of every recommender family."""
 
     family: ClassVar[str]
     #: The names of the fitted arrays (``name_``) that make up the model's state.
     state_arrays: ClassVar[tuple[str, ...]] = ()
+    #: Whether ``fit`` runs ``iterations`` rounds, calling the callback after each and
+    #: stopping when it returns False (one-shot families call it once, at the end).
+    iterative: ClassVar[bool] = False
 
     def needs_item_text(self) -> bool:
         """Whether ``fit`` takes the items' text (content models and blends with one)."""

@@ -21,11 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from bespoke.training.base import FitCallback, Recommender
-
-
-class _StopTraining(Exception):
-    """Raised from implicit's epoch callback when ours returns False."""
+from bespoke.training.base import FitCallback, Recommender, StopTraining, notify
 
 
 class BPR(Recommender):
@@ -38,6 +34,7 @@ class BPR(Recommender):
 
     family = "bpr"
     state_arrays = ("user_factors", "item_factors")
+    iterative = True
 
     def __init__(
         self,
@@ -75,8 +72,7 @@ class BPR(Recommender):
                 "skipped": skipped / total if total else 0.0,
                 "elapsed_s": float(elapsed),
             }
-            if callback(epoch, metrics) is False:
-                raise _StopTraining
+            notify(callback, epoch, metrics)
 
         # implicit parallelises itself; BLAS threads on top of it only contend.
         with threadpool_limits(1, "blas"):
@@ -88,7 +84,7 @@ class BPR(Recommender):
                 random_state=self.random_state,
                 num_threads=self.num_threads,
             )
-            with contextlib.suppress(_StopTraining):  # stopped early: the factors so far
+            with contextlib.suppress(StopTraining):  # stopped early: the factors so far
                 model.fit(matrix, show_progress=show_progress, callback=report)
         self.user_factors_ = np.asarray(model.user_factors, dtype=np.float32)
         self.item_factors_ = np.asarray(model.item_factors, dtype=np.float32)

@@ -97,6 +97,16 @@ class TuneResult:
     trials: int
     pruned: int
     final: TrainResult | RankerResult | None
+    #: The Optuna study (``optuna.load_study(study_name=…, storage=storage)``).
+    study_name: str = ""
+    storage: str = ""
+
+
+def study_storage(settings: Settings) -> str:
+    """Where the Optuna studies are kept: ``<root>/mlruns/optuna.db`` (created here)."""
+    studies = settings.root / "mlruns" / "optuna.db"
+    studies.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{studies}"
 
 
 def tune_recommender(
@@ -135,9 +145,7 @@ def tune_recommender(
         split = make_split(interactions, protocol)
     inner = validation(split)  # tuning sees only the outer training part
     tracking.configure(settings, f"recommenders-{dataset}")
-    studies = settings.root / "mlruns" / "optuna.db"
-    studies.parent.mkdir(parents=True, exist_ok=True)
-    storage = f"sqlite:///{studies}"
+    storage = study_storage(settings)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # The validation data's fingerprint is in the name: a study is resumed only over the
     # same data, since trials scored on older data (a retrain after new events) are not
@@ -198,7 +206,10 @@ def tune_recommender(
             k=k,
             interactions=interactions,
         )
-    return TuneResult(model_name, best_params, best_value, len(study.trials), pruned, final)
+    return TuneResult(
+        model_name, best_params, best_value, len(study.trials), pruned, final,
+        study.study_name, storage,
+    )  # fmt: skip
 
 
 def _objective(
@@ -377,12 +388,11 @@ def tune_ranker(
             f"the prepared data is {data.dataset} ({data.protocol}), not {dataset} ({protocol})"
         )
     tracking.configure(settings, f"rankers-{dataset}")
-    studies = settings.root / "mlruns" / "optuna.db"
-    studies.parent.mkdir(parents=True, exist_ok=True)
+    storage = study_storage(settings)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=f"{dataset}-{RANKER}-{protocol}",
-        storage=f"sqlite:///{studies}",
+        storage=storage,
         load_if_exists=True,
         direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=seed),
@@ -458,7 +468,10 @@ def tune_ranker(
             data=data,
             register=True,
         )
-    return TuneResult(RANKER, best_params, best_value, len(study.trials), pruned, final)
+    return TuneResult(
+        RANKER, best_params, best_value, len(study.trials), pruned, final,
+        study.study_name, storage,
+    )  # fmt: skip
 
 
 def fit_stage_key(data: RankingData) -> str:

@@ -15,6 +15,7 @@ from bespoke.training.bpr import BPR
 from bespoke.training.content import ContentBased
 from bespoke.training.data import Interactions, load_interactions, load_item_text
 from bespoke.training.ease import EASE
+from bespoke.training.families import FAMILIES
 from bespoke.training.hybrid import Hybrid
 from bespoke.training.itemknn import ItemKNN
 from bespoke.training.popularity import Popularity
@@ -130,6 +131,25 @@ class RecommenderContract:
             loaded.recommend_from_history(["1", "2"], k=10)[1],
         )
 
+    def test_the_callback_hears_each_round_and_an_iterative_fit_stops_when_asked(
+        self, interactions: Interactions, fit_kwargs: dict[str, Any]
+    ) -> None:
+        calls: list[tuple[int, dict[str, float]]] = []
+        model = self.make().fit(interactions, callback=lambda i, m: calls.append((i, m)),
+                                **fit_kwargs)  # fmt: skip
+        assert calls, "fit reports through its callback"
+        assert [i for i, _ in calls] == list(range(len(calls)))
+        assert all(np.isfinite(list(metrics.values())).all() for _, metrics in calls)
+        if not model.iterative:
+            return
+        assert len(calls) == model.iterations
+        asked: list[int] = []
+        early = self.make().fit(interactions, callback=lambda i, m: asked.append(i) or False,
+                                **fit_kwargs)  # fmt: skip
+        assert asked == [0], "returning False stops training after that round"
+        _, scores = early.recommend(USERS, k=5)
+        assert np.isfinite(scores).all()
+
     def test_a_k_beyond_the_catalog_is_padded(self, fitted: Recommender) -> None:
         k = len(fitted.item_ids_) + 3
         ids, scores = fitted.recommend(["no-such-user"], k=k)
@@ -242,3 +262,13 @@ class TestHybrid(RecommenderContract):
         with pytest.raises(ValueError, match=message):
             model.fit(interactions)
         assert not hasattr(model, "item_ids_")
+
+
+def _contracts(base: type) -> list[type]:
+    return [c for sub in base.__subclasses__() for c in (sub, *_contracts(sub))]
+
+
+def test_every_registered_family_keeps_the_contract() -> None:
+    """A family added to the registry without a subclass of the contract fails here."""
+    covered = {contract.make().family for contract in _contracts(RecommenderContract)}
+    assert covered == set(FAMILIES), f"no contract test for {set(FAMILIES) - covered}"

@@ -8,12 +8,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import mlflow
+import optuna
 import pytest
 
 from bespoke.settings import get_settings
 from bespoke.training.data import load_interactions
 from bespoke.training.split import Split, ms_stratified
-from bespoke.training.tune import tune_recommender, tuned_params
+from bespoke.training.tune import REPORT_EVERY, tune_recommender, tuned_params
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,20 @@ def test_iterative_models_report_to_the_pruner(split: Split) -> None:
     result = tune_recommender(get_settings(), "ml-100k", "als", 7, split=split, register=False)
     assert result.trials == 7
     assert result.best_value > 0.1
-    assert isinstance(result.pruned, int)
+    study = optuna.load_study(study_name=result.study_name, storage=result.storage)
+    for trial in study.trials:
+        iterations = trial.params["iterations"]
+        steps = sorted(trial.intermediate_values)
+        # every REPORT_EVERY iterations (none before the first block ends) …
+        assert steps and all(step % REPORT_EVERY == 0 for step in steps), trial.number
+        assert all(0.0 < v < 1.0 for v in trial.intermediate_values.values())
+        if trial.state == optuna.trial.TrialState.PRUNED:
+            assert steps[-1] < iterations  # … and a pruned trial stopped where it was pruned
+        else:
+            assert steps[-1] == iterations // REPORT_EVERY * REPORT_EVERY
+            if iterations % REPORT_EVERY == 0:  # the last report scored the final model
+                assert trial.value == pytest.approx(trial.intermediate_values[steps[-1]])
+    assert result.pruned == sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
 
 
 def test_a_blend_tunes_the_weights_of_families_already_tuned(split: Split, tmp_path: Path) -> None:
