@@ -83,6 +83,11 @@ class SlotAnswer:
     rules: list[str] = field(default_factory=list)
 
 
+#: Added to the reason when ranking was asked for and no ranker is @champion: the champion
+#: gate promotes a ranker only when it beats retrieval alone, so retrieval order is served.
+UNRANKED = " (retrieval order: no ranker is @champion)"
+
+
 class Experiments:
     """The hook experiments plug into: which variant a person sees. No experiment runs
     until the experiments issue lands, so everyone gets ``None`` (the control)."""
@@ -213,7 +218,10 @@ class Engine:
             ids, scores = models.recommender.recommend_from_history(
                 profile.items, k=n, exclude=list(excluded)
             )
-            return (*_present(ids, scores), f"model:{models.recommender.family}")
+            reason = f"model:{models.recommender.family}"
+            if ranked and models.pipeline is None:  # asked for, but no ranker beat retrieval
+                reason += UNRANKED
+            return (*_present(ids, scores), reason)
         recommender = models.recommender
         order = np.argsort(-recommender.popularity_, kind="stable")
         ids = [

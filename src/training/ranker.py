@@ -457,6 +457,16 @@ class RankingPipeline:
         probability[candidates < 0] = 0.0
         return candidates, raw, probability
 
+    def retrieve(
+        self, batch: Histories, k: int = 10, exclude: Sequence[Any] | None = None
+    ) -> np.ndarray:
+        """Top-``k`` item indices (-1 padding) in the primary retriever's order: the
+        simpler path a reranking must beat to be served."""
+        top, _ = self.candidates(batch, exclude)
+        top = top[:, :k]
+        short = k - top.shape[1]
+        return np.pad(top, ((0, 0), (0, short)), constant_values=-1) if short > 0 else top
+
     def rerank(
         self,
         batch: Histories,

@@ -199,6 +199,8 @@ class RankerResult:
     version: str | None = None
     promoted: bool = False
     champion_metric: float | None = None
+    #: The gate's simpler path: the pipeline's retrieval order on the same held-out data.
+    retrieval_metric: float | None = None
     decision: str = ""
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -365,9 +367,11 @@ def _train_ranker(
 
 
 def pipeline_ndcg(pipeline: RankingPipeline, stage: Stage, users: pd.DataFrame | None,
-                  k: int = 10) -> float:  # fmt: skip
+                  k: int = 10, *, reranked: bool = True) -> float:  # fmt: skip
     """nDCG@k of a (loaded) pipeline on a stage, through its own serving path: how the
-    gate scores the champion and the candidate on the same held-out data."""
+    gate scores the champion and the candidate on the same held-out data. With
+    ``reranked=False``, the pipeline's retrieval order alone: the simpler path a ranker
+    replaces, which it must beat."""
     people = np.unique(stage.labels.users)
     batch = histories(stage.history, people, users, stage.as_of)
     lookup = pd.Index(pipeline.item_ids.astype(str))
@@ -376,8 +380,8 @@ def pipeline_ndcg(pipeline: RankingPipeline, stage: Stage, users: pd.DataFrame |
     batch = _remap(batch, own_items)
     tops = []
     for start in range(0, len(batch), _CHUNK):
-        top, _ = pipeline.rerank(batch.rows(start, min(start + _CHUNK, len(batch))), k)
-        tops.append(top)
+        rows = batch.rows(start, min(start + _CHUNK, len(batch)))
+        tops.append(pipeline.rerank(rows, k)[0] if reranked else pipeline.retrieve(rows, k))
     top = np.vstack(tops)
     relevant = stage.labels.matrix("binary")[people]
     item_in_pipeline = lookup.get_indexer(stage.labels.item_ids.astype(str))
@@ -437,6 +441,7 @@ def _log_and_register(settings: Settings, result: RankerResult, data: RankingDat
         )
     client = mlflow.MlflowClient()
     candidate = pipeline_ndcg(result.pipeline, data.test_stage, data.users)
+    retrieval = pipeline_ndcg(result.pipeline, data.test_stage, data.users, reranked=False)
     decision = champion_gate(
         client,
         name,
@@ -444,5 +449,7 @@ def _log_and_register(settings: Settings, result: RankerResult, data: RankingDat
         candidate,
         result.version,
         lambda champion: pipeline_ndcg(champion.pipeline, data.test_stage, data.users),
+        baseline=("retrieval alone", retrieval),
     )
     result.promoted, result.champion_metric, result.decision = decision
+    result.retrieval_metric = retrieval

@@ -133,11 +133,16 @@ def champion_gate(
     candidate: float,
     version: str,
     champion_metric_of: Callable[[Any], float],
+    *,
+    baseline: tuple[str, float] | None = None,
 ) -> tuple[bool, float | None, str]:
     """Move ``@champion`` of ``name`` to ``version`` only if ``candidate`` beats the
     current champion, measured now on the candidate's held-out data by
-    ``champion_metric_of(loaded champion python model)``; logs both scores and the
-    decision to the active run. Returns ``(promoted, champion's score, decision)``."""
+    ``champion_metric_of(loaded champion python model)``, and beats ``baseline`` (the
+    simpler path the model would replace, ``(what, score)`` on the same data) when one is
+    given. A current champion that no longer beats the baseline loses the alias, so that
+    the simpler path is served. Logs the scores and the decision to the active run.
+    Returns ``(promoted, champion's score, decision)``."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -147,17 +152,33 @@ def champion_gate(
     except MlflowException:
         current = None
     champion_metric = None
+    reasons = []
+    promoted = True
+    if baseline is not None:
+        what, floor = baseline
+        beats = candidate > floor
+        promoted &= beats
+        reasons.append(f"candidate {candidate:.4f} {'>' if beats else '<='} {what} {floor:.4f}")
+        mlflow.log_metric(f"gate.baseline_{key}", floor)
     if current is None:
-        promoted, decision = True, "no champion yet"
+        reasons.append("no champion yet")
     else:
         champion = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}").unwrap_python_model()
         champion_metric = float(champion_metric_of(champion))
-        promoted = candidate > champion_metric
-        decision = (
-            f"candidate {candidate:.4f} {'>' if promoted else '<='} champion v{current.version} "
+        beats = candidate > champion_metric
+        promoted &= beats
+        reasons.append(
+            f"candidate {candidate:.4f} {'>' if beats else '<='} champion v{current.version} "
             f"{champion_metric:.4f} on the same held-out data"
         )
         mlflow.log_metric(f"gate.champion_{key}", champion_metric)
+        if not promoted and baseline is not None and champion_metric <= baseline[1]:
+            client.delete_registered_model_alias(name, CHAMPION)
+            reasons.append(
+                f"champion v{current.version} no longer beats {baseline[0]}: alias removed, "
+                f"{baseline[0]} is served"
+            )
+    decision = "; ".join(reasons) + (": promoted" if promoted else ": not promoted")
     mlflow.log_metric(f"gate.candidate_{key}", candidate)
     mlflow.set_tags({"gate.decision": decision, "gate.promoted": str(promoted)})
     client.set_model_version_tag(name, version, key, str(candidate))

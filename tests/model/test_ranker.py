@@ -14,9 +14,11 @@ import pandas as pd
 import pytest
 
 from bespoke.features.build import FeatureBuilder, Profile, histories
+from bespoke.serving.champions import champion_versions, load_from_registry
+from bespoke.serving.engine import UNRANKED, Engine
 from bespoke.settings import get_settings
 from bespoke.training.base import NotFittedError
-from bespoke.training.data import interactions_frame
+from bespoke.training.data import interactions_frame, load_interactions
 from bespoke.training.ease import EASE
 from bespoke.training.evaluate import evaluate
 from bespoke.training.ranker import (
@@ -37,7 +39,7 @@ from bespoke.training.ranking import (
     stages,
     train_ranker,
 )
-from bespoke.training.train import CHAMPION
+from bespoke.training.train import CHAMPION, train_recommender
 
 N_CANDIDATES = 50
 #: Small, quick boosting for the contract tests (the data is real, the model small).
@@ -410,8 +412,12 @@ def test_training_registers_the_champion_and_gates_the_next_run(
     name = registered_name("ml-100k")
     assert name == "bespoke-ranker-ml-100k"
 
-    first = train_ranker(settings, "ml-100k", objective="binary", params=FAST, data=quick)
-    assert (first.version, first.promoted, first.decision) == ("1", True, "no champion yet")
+    # logistic regression beats retrieval on these people (LightGBM, at FAST, does not)
+    first = train_ranker(settings, "ml-100k", objective="logistic", data=quick)
+    assert (first.version, first.promoted) == ("1", True), first.decision
+    assert first.metrics["reranked_ndcg@10"] > first.retrieval_metric
+    assert first.decision.endswith("> retrieval alone "
+                                   f"{first.retrieval_metric:.4f}; no champion yet: promoted")  # fmt: skip
     assert first.champion_metric is None
     client = mlflow.MlflowClient()
     assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "1"
@@ -423,7 +429,10 @@ def test_training_registers_the_champion_and_gates_the_next_run(
     assert candidate == pytest.approx(pipeline_ndcg(first.pipeline, quick.test_stage, quick.users))
     for key in ("reranked_ndcg_at_10", "retrieval_ndcg_at_10", "lift", "auc", "logreg_auc"):
         assert key in run.data.metrics, key
-    assert run.data.params["chosen_objective"] == "binary"
+    assert run.data.params["chosen_objective"] == "logistic"
+    assert run.data.metrics["gate.baseline_reranked_ndcg_at_10"] == pytest.approx(
+        first.metrics["retrieval_ndcg@10"], rel=1e-12
+    )  # the simpler path, scored through the pipeline's own retrieval
 
     # the second run chooses between both objectives and meets the champion
     second = train_ranker(settings, "ml-100k", params=FAST, data=quick)
@@ -438,7 +447,8 @@ def test_training_registers_the_champion_and_gates_the_next_run(
     # the registered v1, loaded back, scores what v1 scored in memory
     assert champion_score == pytest.approx(candidate, rel=1e-12)
     assert second.champion_metric == pytest.approx(champion_score)
-    assert second.promoted == (candidate_score > champion_score)
+    retrieval = gate["gate.baseline_reranked_ndcg_at_10"]
+    assert second.promoted == (candidate_score > max(champion_score, retrieval))
     assert ("<=" in second.decision) != second.promoted
     expected = "2" if second.promoted else "1"
     assert str(client.get_model_version_by_alias(name, CHAMPION).version) == expected
@@ -457,6 +467,61 @@ def test_training_registers_the_champion_and_gates_the_next_run(
         seen = set(history.loc[history["user_id"] == user, "item_id"])
         assert not set(out.loc[out["user_id"] == user, "item_id"]) & seen
         assert out.loc[out["user_id"] == user, "probability"].is_monotonic_decreasing
+
+
+@pytest.fixture
+def interactions_100k(ml100k_lake):
+    lake, _ = ml100k_lake
+    yield load_interactions(lake, "ml-100k")
+    mlflow.set_tracking_uri(get_settings().mlflow_tracking_uri)  # the test's own is process-wide
+
+
+def _shuffled(ranking_set: RankingSet, seed: int = 3) -> RankingSet:
+    """The same rows with their labels shuffled: whatever is learned from it is noise."""
+    labels = np.random.default_rng(seed).permutation(ranking_set.labels)
+    return replace(ranking_set, labels=labels)
+
+
+def test_a_ranker_worse_than_retrieval_is_refused_and_retrieval_order_is_served(
+    quick, interactions_100k, no_autolog_afterwards, tmp_path: Path
+) -> None:
+    # a registry of its own: what this test promotes or refuses touches no other test
+    settings = get_settings().model_copy(update={
+        "mlflow_tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "mlflow_artifacts_dir": tmp_path / "artifacts",
+    })  # fmt: skip
+    train_recommender(settings, "ml-100k", "ease", {"l2": 500.0}, interactions=interactions_100k)
+    good = train_ranker(settings, "ml-100k", objective="logistic", data=quick)
+    assert good.promoted, good.decision
+    noise = replace(quick, train=_shuffled(quick.train), valid=_shuffled(quick.valid))
+    weak = train_ranker(settings, "ml-100k", objective="binary", params=FAST, data=noise)
+    assert (
+        weak.metrics["reranked_ndcg@10"] < weak.retrieval_metric < good.metrics["reranked_ndcg@10"]
+    )
+    assert not weak.promoted and "<= retrieval alone" in weak.decision
+    versions = champion_versions(settings.mlflow_tracking_uri, "ml-100k")
+    assert versions["ranker"] == good.version  # the champion stays
+
+    # a champion that no longer beats retrieval on the newest held-out data loses its alias
+    client = mlflow.MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
+    client.set_registered_model_alias(registered_name("ml-100k"), CHAMPION, weak.version)
+    again = train_ranker(settings, "ml-100k", objective="binary", params=FAST, data=noise)
+    assert not again.promoted and "alias removed" in again.decision
+    versions = champion_versions(settings.mlflow_tracking_uri, "ml-100k")
+    assert versions == {"recommender": "1", "ranker": None}
+
+    # what the service then serves, asked to rank: the recommender's own order, and says so
+    models = load_from_registry(settings.mlflow_tracking_uri, "ml-100k", versions)
+    engine = Engine(models, {})
+    history = quick.test_stage.history
+    for user in history.user_ids[:5]:
+        rows = history.users == history.user_index([user])[0]
+        items = [str(i) for i in history.item_ids[history.items[rows]]]
+        profile = Profile(user_id=str(user), items=items)
+        answer = engine.recommend(profile, [], k=10, ranked=True)
+        expected, _ = models.recommender.recommend_from_history(items, k=10)
+        assert [item.item_id for item in answer.items] == [str(i) for i in expected]
+        assert {item.reason for item in answer.items} == {f"model:ease{UNRANKED}"}
 
 
 def test_training_leaves_no_autologging_behind(quick, small, no_autolog_afterwards) -> None:

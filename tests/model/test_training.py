@@ -27,7 +27,7 @@ def interactions(ml100k_lake) -> Interactions:
 def test_the_champion_moves_only_for_a_better_model(interactions: Interactions) -> None:
     settings = get_settings()
     first = train_recommender(settings, "ml-100k", "popularity", interactions=interactions)
-    assert first.promoted and first.decision == "no champion yet"
+    assert first.promoted and first.decision == "no champion yet: promoted"
 
     better = train_recommender(
         settings, "ml-100k", "ease", {"l2": 500.0}, interactions=interactions
