@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -253,7 +253,7 @@ def train_ranker(
     dataset: str,
     *,
     protocol: Protocol = "ms-stratified",
-    objective: Literal["auto", "binary", "lambdarank"] = "auto",
+    objective: str | tuple[str, ...] = "auto",
     params: Mapping[str, Any] | None = None,
     retriever_params: Mapping[str, Mapping[str, Any]] | None = None,
     n_candidates: int = N_CANDIDATES,
@@ -261,8 +261,10 @@ def train_ranker(
     data: RankingData | None = None,
     show_progress: bool = False,
 ) -> RankerResult:
-    """Fit the ranker (``objective="auto"``: binary and lambdarank, the better on
-    validation nDCG@10 kept), evaluate it and the logistic baseline on the test stage,
+    """Fit the ranker (``objective``: one of :data:`CHOICES`, several as a tuple, or
+    ``"auto"`` for all of them: LightGBM binary and lambdarank and logistic regression,
+    the best on validation nDCG@10 kept), evaluate it and the logistic baseline on the
+    test stage,
     log to MLflow with LightGBM autologging, and (``register``) register the pipeline and
     apply the champion gate."""
     import mlflow
@@ -300,7 +302,10 @@ def _train_ranker(
 
     dataset, protocol = data.dataset, data.protocol
     params = dict(params or {})
-    candidates = CHOICES if objective == "auto" else (objective,)
+    candidates = CHOICES if objective == "auto" else tuple(np.atleast_1d(objective).tolist())
+    unknown = [name for name in candidates if name not in CHOICES]
+    if unknown:
+        raise ValueError(f"unknown ranker objective(s) {unknown}; choose among {CHOICES}")
     with mlflow.start_run(run_name=f"ranker {dataset}") as run:
         mlflow.set_tags(
             tracking.run_tags(
