@@ -167,14 +167,12 @@ class Recommender:
         return _top_indices(scores, k)
 
     def _user_scores(self, users: np.ndarray) -> np.ndarray:
-        """Scores for training-user indices; a user with no training history gets the
-        popularity fallback, as an unknown one does."""
-        history = self.seen_[users]
-        scores = self._scores(history, users)
-        empty = np.diff(history.indptr) == 0
-        if empty.any():
-            scores[empty] = self.popularity_
-        return scores
+        """Scores for training-user indices, from their training histories alone: what
+        :meth:`recommend_from_history` (the service's call) computes for them, so that
+        evaluation, and the champion gate through it, measure what is served. Models
+        with learned user factors (ALS, BPR) fold the history in rather than use them.
+        A user with no training history gets the popularity fallback."""
+        return self.score_histories(self.seen_[users])
 
     def _top(
         self,

@@ -112,6 +112,19 @@ class RecommenderContract:
         assert len(ids) == 10 and not set(history) & set(ids)
         assert (np.diff(scores) <= 1e-6).all()
 
+    def test_evaluation_scores_through_the_path_the_service_calls(
+        self, fitted: Recommender, interactions: Interactions
+    ) -> None:
+        """What evaluation (and so the champion gate) ranks for a training user is what
+        ``recommend_from_history`` serves for their history: for ALS and BPR a fold-in
+        of the history, not the learned user factors."""
+        users = interactions.user_index(USERS)
+        evaluated = fitted.recommend_indices(users, 10)
+        for index, row in zip(users, evaluated, strict=True):
+            history = interactions.item_ids[interactions.items[interactions.users == index]]
+            served, _ = fitted.recommend_from_history(history, k=10)
+            assert list(fitted.item_ids_[row]) == list(served)
+
     def test_the_same_seed_gives_the_same_recommendations(
         self, fitted: Recommender, interactions: Interactions, fit_kwargs: dict[str, Any]
     ) -> None:
