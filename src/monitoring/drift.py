@@ -107,6 +107,24 @@ class CategoricalTest(_Strict):
     min_distance: float = Field(0.1, ge=0, le=1)
 
 
+class DomainCheck(_Strict):
+    """Each column's value domain, checked on its own, whatever the number of people: a
+    column whose reference takes at most ``max_levels`` distinct values (a rating scale,
+    event types, channels, hours) drifts when more than ``max_new_share`` of the current
+    values lie outside the reference's set (new levels), or more than
+    ``max_vanished_share`` of the reference values have a level the current window lacks.
+    p-values that count people hide such a change when few people produce many rows."""
+
+    enabled: bool = True
+    max_levels: int = Field(50, ge=2)
+    #: A domain is checked only when its levels are well populated in the reference
+    #: (reference values per distinct value): counts of a few hundred people are not a
+    #: domain, and their unseen values are noise.
+    min_rows_per_level: int = Field(20, ge=1)
+    max_new_share: float = Field(0.05, gt=0, le=1)
+    max_vanished_share: float = Field(0.05, gt=0, le=1)
+
+
 class TableConfig(_Strict):
     enabled: bool = True
     #: Share of the tested columns that must drift for the table to drift.
@@ -155,6 +173,7 @@ class DriftConfig(_Strict):
     min_item_events: int = Field(5, ge=1)
     #: Drifted tables needed for the report to count as drift.
     min_tables: int = Field(1, ge=1)
+    domain: DomainCheck = DomainCheck()
     tables: TablesConfig = TablesConfig()
     ranker: RankerConfig = RankerConfig()
     html: HtmlConfig = HtmlConfig()
@@ -194,6 +213,8 @@ class ColumnDrift:
     effective_rows: tuple[int, int]  # what the p-value counts (people for clustered rows)
     reference: str  # a short description: mean and median, or the top level's share
     current: str
+    #: The value-domain check (small domains only; see :class:`DomainCheck`).
+    domain: DomainChange | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -207,6 +228,29 @@ class ColumnDrift:
             "effective_rows": list(self.effective_rows),
             "reference": self.reference,
             "current": self.current,
+            "domain": None if self.domain is None else self.domain.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class DomainChange:
+    """How a small value domain moved between the windows."""
+
+    distinct: tuple[int, int]  # distinct values, reference and current
+    new_share: float  # share of current values outside the reference's set
+    vanished_share: float  # share of reference values whose level the current lacks
+    new_levels: tuple[str, ...]  # the most frequent new levels (at most five)
+    vanished_levels: tuple[str, ...]
+    drifted: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "distinct": list(self.distinct),
+            "new_share": round(self.new_share, 6),
+            "vanished_share": round(self.vanished_share, 6),
+            "new_levels": list(self.new_levels),
+            "vanished_levels": list(self.vanished_levels),
+            "drifted": self.drifted,
         }
 
 
@@ -232,6 +276,11 @@ class TableDrift:
     @property
     def drifted_columns(self) -> list[str]:
         return [name for name, column in self.columns.items() if column.drifted]
+
+    @property
+    def domain_changes(self) -> list[str]:
+        """Columns whose value domain changed: each one makes the table drift."""
+        return [n for n, c in self.columns.items() if c.domain is not None and c.domain.drifted]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -770,6 +819,30 @@ def chisquare_test(
     return float(result.statistic), float(result.pvalue), distance
 
 
+def domain_change(
+    reference: pd.Series, current: pd.Series, check: DomainCheck
+) -> DomainChange | None:
+    """The domain check of one column's non-missing values (``None`` when the reference's
+    domain is larger than ``check.max_levels`` or the check is off)."""
+    if not check.enabled or not len(reference) or not len(current):
+        return None
+    ref_counts = reference.value_counts()
+    if len(ref_counts) > check.max_levels or len(reference) < check.min_rows_per_level * len(
+        ref_counts
+    ):
+        return None
+    cur_counts = current.value_counts()
+    new = cur_counts[~cur_counts.index.isin(ref_counts.index)]
+    vanished = ref_counts[~ref_counts.index.isin(cur_counts.index)]
+    new_share = float(new.sum() / cur_counts.sum())
+    vanished_share = float(vanished.sum() / ref_counts.sum())
+    return DomainChange(
+        (len(ref_counts), len(cur_counts)), new_share, vanished_share,
+        tuple(str(v) for v in new.index[:5]), tuple(str(v) for v in vanished.index[:5]),
+        new_share > check.max_new_share or vanished_share > check.max_vanished_share,
+    )  # fmt: skip
+
+
 def _levels(values: pd.Series) -> pd.Series:
     return values.astype(object).where(values.notna(), _MISSING).astype(str)
 
@@ -825,14 +898,22 @@ def compare_table(
                 continue
             n_eff = (_effective(len(ref), clusters[0]), _effective(len(cur), clusters[1]))
             d, p = ks_test(ref, cur, n_eff)
-            drifted = p < numeric_test.p_value and d >= numeric_test.min_statistic
+            domain = domain_change(pd.Series(ref), pd.Series(cur), config.domain)
+            drifted = (p < numeric_test.p_value and d >= numeric_test.min_statistic) or (
+                domain is not None and domain.drifted
+            )
             columns[column] = ColumnDrift(
                 column, "numeric", "ks", d, p, d, bool(drifted), (len(ref), len(cur)), n_eff,
-                _describe_numeric(ref), _describe_numeric(cur),
+                _describe_numeric(ref), _describe_numeric(cur), domain,
             )  # fmt: skip
         else:
             ref_levels = _levels(reference.frame[column])
             cur_levels = _levels(current.frame[column])
+            domain = domain_change(
+                reference.frame[column].dropna().astype(str),
+                current.frame[column].dropna().astype(str),
+                config.domain,
+            )
             top = _top_levels(ref_levels, cur_levels, config.top_categories)
             ref_levels = ref_levels.where(ref_levels.isin(top), _OTHER)
             cur_levels = cur_levels.where(cur_levels.isin(top), _OTHER)
@@ -848,18 +929,23 @@ def compare_table(
                 drifted = p < categorical_test.p_value and distance >= categorical_test.min_distance
             else:
                 drifted = distance >= categorical_test.min_distance
+            drifted = drifted or (domain is not None and domain.drifted)
             columns[column] = ColumnDrift(
                 column, "categorical", categorical_test.test, stat,
                 p if categorical_test.test == "chisquare" else None, distance, bool(drifted),
                 rows, n_eff, _describe_categorical(ref_counts), _describe_categorical(cur_counts),
+                domain,
             )  # fmt: skip
     if not columns:
         return TableDrift(name, False, 0.0, share_needed, {}, skipped, rows[0], rows[1],
                           note="no column could be tested")  # fmt: skip
     share = sum(c.drifted for c in columns.values()) / len(columns)
+    # A changed value domain (a finer rating scale, a new event type) is drift on its own.
+    domain_changed = any(c.domain is not None and c.domain.drifted for c in columns.values())
     return TableDrift(
-        name, share >= share_needed, share, share_needed, columns, skipped, rows[0], rows[1]
-    )
+        name, share >= share_needed or domain_changed, share, share_needed, columns, skipped,
+        rows[0], rows[1],
+    )  # fmt: skip
 
 
 def compare_tables(
