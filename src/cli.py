@@ -912,7 +912,36 @@ def demo() -> None:
         "drift --dataset ml-100k --reference 1997-09-20..1997-11-19 --current 'last 60 days'[/]",
         soft_wrap=True,
     )
+    console.rule("[bold]7. The service: a page for person 1, two events, the page again")
+    from bespoke.features.lake import Lake
+    from bespoke.serving.local import round_trip
+    from bespoke.training.data import load_catalog
+
+    with _clear_errors(), console.status("starting bentoml serve on a free loopback port…"):
+        trip = round_trip(settings, "ml-100k", person="1")
+    console.print(_round_trip_table(trip, load_catalog(Lake(settings.lake_url), "ml-100k")))
+    console.print(
+        f"{trip.accepted} events accepted at {trip.url}/v1/events; the rated films left the "
+        "page at once. Serve it yourself with [bold]make serve[/] and a key from "
+        "[bold]bespoke keys create --name me[/].",
+        soft_wrap=True,
+    )
     console.print(f"demo done in {time.perf_counter() - started:.0f} s")
+
+
+def _round_trip_table(trip: Any, catalog: pd.DataFrame) -> Table:
+    titles = dict(zip(catalog["item_id"].astype(str), catalog["title"], strict=True))
+    rated = {event["item_id"] for event in trip.events}
+    pages = [answer["slots"][0]["items"] for answer in (trip.before, trip.after)]
+    reasons = sorted({item["reason"] for page in pages for item in page})
+    table = Table("#", "before", "after two ratings of 5", header_style="bold",
+                  title=f"/v1/personalize for person {trip.person}", title_justify="left",
+                  caption=f"reason: {', '.join(reasons)}", caption_justify="left")  # fmt: skip
+    for n, (first, second) in enumerate(zip(*pages, strict=False), start=1):
+        mark = " [dim](rated 5)[/]" if first["item_id"] in rated else ""
+        table.add_row(str(n), titles.get(first["item_id"], first["item_id"]) + mark,
+                      titles.get(second["item_id"], second["item_id"]))  # fmt: skip
+    return table
 
 
 def main() -> None:  # pragma: no cover - console entry point

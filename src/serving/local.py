@@ -26,7 +26,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bespoke.settings import SQLITE_PREFIX, Settings
 
@@ -112,6 +114,58 @@ def seed_online_store(settings: Settings, dataset: str, as_of: str | None = None
     people = store.load_attributes(lake, dataset)
     events = store.seed_history(lake, dataset, as_of=as_of)
     return {"people": people, "events": events}
+
+
+@dataclass
+class RoundTrip:
+    """What :func:`round_trip` saw: the person's page before and after their events."""
+
+    url: str
+    person: str
+    before: dict[str, Any]  # the /v1/personalize answer
+    events: list[dict[str, Any]]  # what was posted to /v1/events
+    accepted: int
+    after: dict[str, Any]
+
+
+def round_trip(
+    settings: Settings, dataset: str = "ml-100k", person: str = "1", events: int = 2
+) -> RoundTrip:
+    """The whole loop once, on the real service: start ``bentoml serve`` over
+    ``settings`` (their lake, registry and online store) on a free loopback port, ask
+    ``/v1/personalize`` for ``person``, post ``events`` ratings of 5 for the first items it
+    recommended, ask again, stop the service. A key is created for it and revoked after."""
+    import uuid
+
+    import httpx
+
+    from bespoke.serving.keys import ApiKeys
+
+    keys = ApiKeys(settings.online_store_url or "")
+    name = f"round-trip-{uuid.uuid4().hex[:8]}"
+    headers = {"X-API-Key": keys.create(name)}
+    assert settings.home is not None
+    env = {**settings.as_environment(), "BESPOKE_SERVING_DATASET": dataset}
+    url, process = start_local_service(settings.home, env=env)
+    page = {"user_id": person, "slots": [{"id": "for-you", "k": 5}]}
+    try:
+        before = httpx.post(f"{url}/v1/personalize", json=page, headers=headers, timeout=60)
+        before.raise_for_status()
+        items = [item["item_id"] for item in before.json()["slots"][0]["items"][:events]]
+        posted = [
+            {"user_id": person, "event_type": "rate", "item_id": item, "value": 5,
+             "consent": ["personalization"]}
+            for item in items
+        ]  # fmt: skip
+        answer = httpx.post(f"{url}/v1/events", json={"events": posted}, headers=headers,
+                            timeout=60)  # fmt: skip
+        answer.raise_for_status()
+        after = httpx.post(f"{url}/v1/personalize", json=page, headers=headers, timeout=60)
+        after.raise_for_status()
+    finally:
+        stop_local_service(process)
+        keys.revoke(name)
+    return RoundTrip(url, person, before.json(), posted, answer.json()["accepted"], after.json())
 
 
 def free_port() -> int:

@@ -4,8 +4,10 @@ code version, library versions, seeds and parameters."""
 from __future__ import annotations
 
 import math
+import os
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,11 @@ def configure(settings: Settings, experiment: str) -> str:
     import mlflow
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # keep the CLI's output readable
+    # "Failed to resolve installed pip version" on every logged model: we state the
+    # requirements ourselves (requirements()), so pip's version does not matter.
+    logging.getLogger("mlflow.utils.environment").setLevel(logging.ERROR)
+    # Download progress bars on every model load (the champion gate loads one per run).
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     assert settings.mlflow_artifacts_dir is not None
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     if settings.mlflow_tracking_uri and settings.mlflow_tracking_uri.startswith("sqlite:///"):
@@ -125,6 +132,19 @@ def metric_values(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, flo
     }
 
 
+@contextmanager
+def _quiet_mlflow() -> Iterator[None]:
+    """MLflow's event stream (``eprint``: "Successfully registered model …") off."""
+    from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
+
+    enabled = MLFLOW_LOGGING_STREAM.enabled
+    MLFLOW_LOGGING_STREAM.enabled = False
+    try:
+        yield
+    finally:
+        MLFLOW_LOGGING_STREAM.enabled = enabled
+
+
 def log_and_register(
     entry_point: Path,
     artifacts: dict[str, str],
@@ -137,16 +157,17 @@ def log_and_register(
     ``registered_name`` and tag the version with its gate metric; returns the version."""
     import mlflow
 
-    info = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=str(entry_point),
-        artifacts=artifacts,
-        signature=signature,
-        input_example=example,
-        registered_model_name=registered_name,
-        # Stated, not inferred: inference loads the model in a subprocess (slow).
-        pip_requirements=requirements(),
-    )
+    with _quiet_mlflow():  # "Successfully registered …": the caller reports the version
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(entry_point),
+            artifacts=artifacts,
+            signature=signature,
+            input_example=example,
+            registered_model_name=registered_name,
+            # Stated, not inferred: inference loads the model in a subprocess (slow).
+            pip_requirements=requirements(),
+        )
     version = str(info.registered_model_version)
     mlflow.MlflowClient().set_model_version_tag(
         registered_name, version, "gate_metric", gate_metric

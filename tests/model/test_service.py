@@ -144,3 +144,21 @@ def test_every_answer_carries_a_request_id(service) -> None:
     assert mine.headers["x-request-id"] == "req-42"
     fresh = _post(url, "/v1/recommend", {"user_id": "1", "k": 2}, None)
     assert fresh.status_code == 401 and len(fresh.headers["x-request-id"]) == 32
+
+
+def test_the_round_trip_shows_a_page_change_after_two_events(service_home) -> None:
+    """What `make demo` ends with: the real service over a home's settings, a page, two
+    ratings, the page again; its key is revoked afterwards."""
+    from bespoke.serving.keys import ApiKeys
+    from bespoke.serving.local import local_settings, round_trip
+
+    home, _ = service_home
+    settings = local_settings(home)
+    trip = round_trip(settings, "ml-100k", person="1")
+    before = [item["item_id"] for item in trip.before["slots"][0]["items"]]
+    after = [item["item_id"] for item in trip.after["slots"][0]["items"]]
+    rated = [event["item_id"] for event in trip.events]
+    assert trip.accepted == 2 and rated == before[:2]
+    assert len(after) == 5 and not set(rated) & set(after)
+    keys = ApiKeys(settings.online_store_url or "").list()
+    assert [k.active for k in keys if k.name.startswith("round-trip-")] == [False]
