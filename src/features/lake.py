@@ -217,13 +217,8 @@ class Lake:
         """What an interrupted or damaged write left (changes nothing): temporary files
         with what :meth:`repair` would do to each, visible files that no reader can open,
         and files a committed run's manifest lists but the lake lacks."""
-        committed = self._committed_runs()
-        health = LakeHealth(writer_active=self._writer_active())
-        for path in self.temporary_files():
-            if _run_of(path) in committed and not path.startswith(self.path("_runs")):
-                health.to_publish.append(path)
-            else:
-                health.to_remove.append(path)
+        health = self._leftovers(self.temporary_files())
+        health.writer_active = self._writer_active()
         for table in TABLES:
             for path in self.files(table):
                 try:
@@ -270,13 +265,7 @@ class Lake:
         leftovers = self.temporary_files()
         if not leftovers:
             return LakeHealth()
-        committed = self._committed_runs()
-        health = LakeHealth()
-        for path in leftovers:
-            if _run_of(path) in committed and not path.startswith(self.path("_runs")):
-                health.to_publish.append(path)
-            else:
-                health.to_remove.append(path)
+        health = self._leftovers(leftovers)
         self._settle(health)
         log.warning(
             "lake %s: settled an interrupted write: %d file(s) of committed runs published, "
@@ -285,6 +274,18 @@ class Lake:
             len(health.to_publish),
             len(health.to_remove),
         )
+        return health
+
+    def _leftovers(self, temporary: list[str]) -> LakeHealth:
+        """Temporary files sorted by what settling does to them: those of a committed run
+        are published, the rest (a manifest never renamed included) removed."""
+        committed = self._committed_runs()
+        health = LakeHealth()
+        for path in temporary:
+            if _run_of(path) in committed and not path.startswith(self.path("_runs")):
+                health.to_publish.append(path)
+            else:
+                health.to_remove.append(path)
         return health
 
     def _settle(self, health: LakeHealth) -> None:
