@@ -66,6 +66,7 @@ bench: setup  ## run the benchmarks; JSON results and tables under bench/results
 	@$(UV) run --locked python bench/ingest.py --out bench/results/ingest.json
 	@$(UV) run --locked python bench/recsys.py --datasets ml-100k,ml-1m --protocol ms-stratified --out bench/results/recsys.json
 	@$(UV) run --locked python bench/ranking.py --datasets ml-100k,ml-1m --out bench/results/ranking.json
+	@$(UV) run --locked python bench/refit.py --datasets ml-100k --out bench/results/refit.json
 	@$(UV) run --locked python bench/serving.py --out bench/results/serving.json
 	@$(UV) run --locked python bench/drift.py --out bench/results/drift.json
 	@$(UV) run --locked python bench/online_store.py --out bench/results/online_store.json

@@ -1,6 +1,6 @@
 """Recommender benchmark beside Microsoft Recommenders' published rows.
 
-Every family with the parameters a tuning run wrote to ``bench/tuned_params.json`` (its
+Every family with the parameters a tuning run wrote to the packaged ``tuned_params.json`` (its
 defaults when there are none), trained on the protocol's training part and evaluated on
 its test part with the one metric definition (``bespoke.training.metrics``).
 
@@ -24,10 +24,10 @@ from bespoke.features.sources import BUILTIN_SOURCES
 from bespoke.training.data import load_interactions, load_item_text
 from bespoke.training.evaluate import compare
 from bespoke.training.families import FAMILIES
+from bespoke.training.params import PACKAGED as TUNED
+from bespoke.training.params import model_for
 from bespoke.training.split import make_split
-from bespoke.training.tune import model_for
 
-TUNED = Path(__file__).with_name("tuned_params.json")
 SOURCE_OF = {"ml-100k": "movielens-100k", "ml-1m": "movielens-1m"}
 #: Microsoft Recommenders' published rows (../shared/data/README.md): nDCG@10, P@10, R@10, MAP.
 PUBLISHED = {

@@ -11,6 +11,7 @@ import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -76,6 +77,11 @@ class Settings(BaseSettings):
         description="Monitoring reports, one folder per run (<reports_dir>/<timestamp>/). "
         "Default <root>/reports.",
     )
+    tuned_params_file: Path | None = Field(
+        default=None,
+        description="Tuned parameters per dataset, protocol and model, read by training and "
+        "written by tuning. Default the packaged bespoke/training/tuned_params.json.",
+    )
     # --- the service (bentoml serve bespoke.serving.service:Personalization) ---------
     serving_dataset: str = Field(default="ml-100k", description="Dataset the service serves.")
     serving_workers: int = Field(default=1, ge=1, description="Worker processes of the service.")
@@ -87,6 +93,12 @@ class Settings(BaseSettings):
     rules_path: Path | None = Field(
         default=None,
         description="The JSON rules: a file or a folder. Default the shipped src/serving/rules/.",
+    )
+    model_source: Literal["registry", "bento"] | None = Field(
+        default=None,
+        description="Where the service loads its models: the MLflow registry's @champion "
+        "aliases, or the copies packaged into a Bento. Default bento inside a built Bento, "
+        "registry otherwise.",
     )
     model_poll_s: float = Field(
         default=30.0,
@@ -114,7 +126,13 @@ class Settings(BaseSettings):
     )
 
     @field_validator(
-        "root", "home", "datasets_dir", "mlflow_artifacts_dir", "reports_dir", "rules_path"
+        "root",
+        "home",
+        "datasets_dir",
+        "mlflow_artifacts_dir",
+        "reports_dir",
+        "rules_path",
+        "tuned_params_file",
     )
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:

@@ -734,15 +734,15 @@ def champion_pipeline(settings: Settings, dataset: str) -> tuple[RankingPipeline
     # Opening a SQLite tracking URI creates the database: a drift report must not.
     if uri.startswith(SQLITE_PREFIX) and not Path(uri.removeprefix(SQLITE_PREFIX)).exists():
         return None, f"no MLflow registry at {uri}: no @champion ranker to check"
-    from bespoke.serving.engine import load_champions
+    from bespoke.training.registry import Registry
 
     try:
-        models = load_champions(uri, dataset)
+        loaded = Registry(uri).load("ranker", dataset)
     except RuntimeError as error:
         return None, f"ranker table skipped: {error}"
-    if models.pipeline is None:
+    if loaded is None:
         return None, f"ranker table skipped: no @champion ranker for {dataset!r} in {uri}"
-    return models.pipeline, f"ranker @champion version {models.ranker_version}"
+    return loaded.model, f"ranker @champion version {loaded.version}"
 
 
 # --- tests --------------------------------------------------------------------------------

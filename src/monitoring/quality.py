@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 
     from bespoke.training.base import Recommender
     from bespoke.training.data import Interactions
+    from bespoke.training.registry import Loaded
 
 #: The shipped thresholds.
 DEFAULT_CONFIG = Path(__file__).with_name("quality.json")
@@ -295,8 +296,7 @@ def run_quality(
     """
     from bespoke.features.lake import Lake
     from bespoke.training.data import load_interactions, load_users
-    from bespoke.training.ranking import registered_name as ranker_name
-    from bespoke.training.train import registered_name
+    from bespoke.training.registry import Registry, registered_name
 
     config = config if isinstance(config, QualityConfig) else load_config(config)
     lake = Lake(settings.lake_url)
@@ -324,16 +324,18 @@ def run_quality(
             f"at least {config.min_people} are needed to judge quality (min_people)"
         )
 
-    recommender = _load_champion(settings, registered_name(dataset))
+    registry = Registry.of(settings)
+    # Loaded by version, once: an alias that moves while this check runs changes nothing.
+    recommender = registry.load("recommender", dataset)
     if recommender is None:
         raise NoChampionError(
-            f"{registered_name(dataset)} has no @champion in {settings.mlflow_tracking_uri}: "
+            f"{registered_name('recommender', dataset)} has no @champion in {settings.mlflow_tracking_uri}: "
             f"train one first, e.g. bespoke train recommender --dataset {dataset} "
             "--model ease --protocol temporal"
         )
     rng = np.random.default_rng(config.seed)
     models = [_judge_recommender(recommender, interactions, cohort, config, rng)]
-    ranker = _load_champion(settings, ranker_name(dataset))
+    ranker = registry.load("ranker", dataset, history=True)
     if ranker is not None:
         users = load_users(lake, dataset)
         models.append(_judge_ranker(ranker, interactions, cohort, users, config, rng))
@@ -392,50 +394,6 @@ def _cohort(interactions: Interactions, span: Window) -> _Cohort:
     return _Cohort(active[known[active]], before, inside, start, len(active))
 
 
-@dataclass
-class _Champion:
-    name: str
-    version: str
-    run_id: str
-    protocol: str
-    metrics: dict[str, float]
-    model: Any  # the unwrapped pyfunc python model
-
-
-def champion_run(settings: Settings, name: str) -> tuple[Any, Any] | None:
-    """``(model version, training run)`` of ``name``'s ``@champion``; None without one."""
-    import logging
-
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from bespoke.training.train import CHAMPION
-
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    client = mlflow.MlflowClient()
-    try:
-        version = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
-    return version, client.get_run(version.run_id)
-
-
-def _load_champion(settings: Settings, name: str) -> _Champion | None:
-    import mlflow
-
-    found = champion_run(settings, name)
-    if found is None:
-        return None
-    version, run = found
-    # By version, not alias: the alias may move while this check runs.
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}").unwrap_python_model()
-    protocol = run.data.tags.get("protocol") or run.data.params.get("protocol") or "unknown"
-    return _Champion(
-        name, str(version.version), version.run_id, protocol, dict(run.data.metrics), model
-    )
-
-
 def _index_of(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     """Position of each of ``wanted`` in ``ids`` (compared as text), -1 where absent."""
     import pandas as pd
@@ -473,7 +431,7 @@ def _trained_pairs(seen: sp.csr_matrix, model_users: np.ndarray) -> sp.csr_matri
 
 
 def _judge_recommender(
-    champion: _Champion,
+    champion: Loaded,
     interactions: Interactions,
     cohort: _Cohort,
     config: QualityConfig,
@@ -481,7 +439,7 @@ def _judge_recommender(
 ) -> ModelQuality:
     from bespoke.training.metrics import per_user_metrics
 
-    model: Recommender = champion.model.model
+    model: Recommender = champion.model
     people = cohort.people
     n, n_model = len(people), len(model.item_ids_)
     row = _rows_of(interactions, people)
@@ -538,7 +496,7 @@ def _judge_recommender(
 
 
 def _judge_ranker(
-    champion: _Champion,
+    champion: Loaded,
     interactions: Interactions,
     cohort: _Cohort,
     users: pd.DataFrame,
@@ -550,7 +508,7 @@ def _judge_ranker(
     from bespoke.features.build import histories
     from bespoke.training.metrics import calibration_metrics
 
-    pipeline = champion.model.pipeline
+    pipeline = champion.model
     item_ids = np.asarray(pipeline.item_ids).astype(object)
     people = cohort.people
     n, n_items = len(people), len(item_ids)
@@ -566,7 +524,7 @@ def _judge_ranker(
     batch = histories(reindexed, people, users, cohort.start)  # strictly before the window
     inside = cohort.inside & (row >= 0) & scorable
     window = _binary(row[inside], to_pipeline[inside], (n, n_items))
-    stored = champion.model.history  # the interactions the pipeline was trained on
+    stored = champion.history  # the interactions the pipeline was trained on
     stored_rows = _index_of(interactions.user_ids[people], stored["user_id"].to_numpy())
     stored_items = _index_of(item_ids, stored["item_id"].to_numpy())
     keep = (stored_rows >= 0) & (stored_items >= 0)
@@ -730,7 +688,7 @@ def _unjudged(check: MetricCheck) -> MetricCheck:
     )  # fmt: skip
 
 
-def _notes(champion: _Champion, trained_share: float) -> list[str]:
+def _notes(champion: Loaded, trained_share: float) -> list[str]:
     notes = []
     if champion.protocol != "temporal":
         notes.append(

@@ -328,12 +328,12 @@ def _degraded_metrics(quality: QualityResult) -> str:
     )
 
 
-def _champion_tags(settings: Settings, name: str) -> dict[str, str] | None:
+def _champion_tags(settings: Settings, kind: str, dataset: str) -> dict[str, str] | None:
     """The tags of the ``@champion`` version's training run (``model``, ``protocol``),
-    or None when ``name`` has no champion."""
-    from bespoke.monitoring.quality import champion_run
+    or None when there is no champion of ``kind``."""
+    from bespoke.training.registry import Registry
 
-    found = champion_run(settings, name)
+    found = Registry.of(settings).champion_run(kind, dataset)
     return None if found is None else dict(found[1].data.tags)
 
 
@@ -348,18 +348,11 @@ def _train(
     seed: int,
     say: Callable[[str], None],
 ) -> None:
-    from bespoke.training.ranking import registered_name as ranker_name
-    from bespoke.training.train import registered_name, train_recommender
-    from bespoke.training.tune import (
-        DEFAULT_PARAMS,
-        SEARCH_SPACES,
-        params_file_of,
-        tune_ranker,
-        tune_recommender,
-        tuned_params,
-    )
+    from bespoke.training.params import params_file_of, params_for
+    from bespoke.training.train import train_recommender
+    from bespoke.training.tune import SEARCH_SPACES, tune_ranker, tune_recommender
 
-    tags = _champion_tags(settings, registered_name(dataset)) or {}
+    tags = _champion_tags(settings, "recommender", dataset) or {}
     family = model or tags.get("model") or DEFAULT_FAMILY
     chosen = protocol or tags.get("protocol") or DEFAULT_PROTOCOL
     if family in SEARCH_SPACES:
@@ -375,7 +368,7 @@ def _train(
         # Blends and content models have no search space of their own here: refit with
         # the parameters tuning wrote for them.
         source = params_file or params_file_of(settings)
-        params = tuned_params(source, dataset, chosen, family) or DEFAULT_PARAMS.get(family, {})
+        params = params_for(source, dataset, chosen, family)
         result.notes.append(f"{family} has no search space: refit with its tuned parameters")
         say(f"training {family} ({chosen}), champion gate")
         result.recommender = train_recommender(
@@ -388,7 +381,7 @@ def _train(
         tuning = {"trials": 0, "params": params}
     result.trained["recommender"] = _outcome(result.recommender, family, chosen, tuning)
 
-    ranker_tags = _champion_tags(settings, ranker_name(dataset))
+    ranker_tags = _champion_tags(settings, "ranker", dataset)
     if ranker_tags is not None:
         ranker_protocol = protocol or ranker_tags.get("protocol") or chosen
         say(f"tuning the ranker ({trials} trials, {ranker_protocol}), refit, champion gate")
@@ -428,10 +421,9 @@ def _write_summary(result: RetrainResult) -> None:
 
 def _attach(settings: Settings, result: RetrainResult) -> None:
     """The whole report folder into each challenger's run, and why it was trained."""
-    import mlflow
+    from bespoke.training.registry import Registry
 
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    client = mlflow.MlflowClient()
+    client = Registry.of(settings).client
     for outcome in result.trained.values():
         run_id = outcome["run_id"]
         client.log_artifacts(run_id, str(result.report_dir), ARTIFACT_PATH)

@@ -55,14 +55,6 @@ class Models:
         return f"recommender-v{self.recommender_version}{ranker}"
 
 
-def load_champions(tracking_uri: str, dataset: str) -> Models:
-    """The recommender (required) and ranker (when registered) aliased ``@champion`` in
-    the registry (see :mod:`bespoke.serving.champions` for the other sources)."""
-    from bespoke.serving.champions import load_from_registry
-
-    return load_from_registry(tracking_uri, dataset)
-
-
 @dataclass
 class Slot:
     """One place on a page: ``recommendations`` (retrieval + ranker + rules) or

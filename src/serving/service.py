@@ -145,7 +145,7 @@ class Personalization:
         self.watcher: Any = None
         # Inside a built Bento the packaged models serve (frozen with it); from source,
         # the registry's @champions, followed as they move.
-        self.model_source = model_source(in_bento=Personalization.bento is not None)
+        self.model_source = model_source(settings, in_bento=Personalization.bento is not None)
         if self.model_source == "bento":
             models = load_from_bento(self.dataset)
         else:

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-from bespoke.training.als import ALS
 from bespoke.training.base import Recommender
-from bespoke.training.bpr import BPR
-from bespoke.training.content import ContentBased
-from bespoke.training.ease import EASE
+from bespoke.training.components import COMPONENTS
 from bespoke.training.hybrid import Hybrid
-from bespoke.training.itemknn import ItemKNN
-from bespoke.training.popularity import Popularity
 
-FAMILIES: dict[str, type[Recommender]] = {
-    model.family: model for model in (Popularity, ItemKNN, EASE, ALS, BPR, ContentBased, Hybrid)
-}
+FAMILIES: dict[str, type[Recommender]] = {**COMPONENTS, Hybrid.family: Hybrid}
 
 
 def family(name: str) -> type[Recommender]:

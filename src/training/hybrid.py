@@ -26,6 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from bespoke.training.base import FitCallback, Recommender
+from bespoke.training.components import component
 from bespoke.training.data import Interactions
 
 _COMPONENTS_DIR = "components"
@@ -95,11 +96,9 @@ class Hybrid(Recommender):
         return weights
 
     def _build(self) -> dict[str, Recommender]:
-        from bespoke.training.families import family
-
         models = {}
         for name, params in self.components.items():
-            model_class = family(name)
+            model_class = component(name)
             try:
                 models[name] = model_class(**(params or {}))
             except TypeError as error:
@@ -124,15 +123,13 @@ class Hybrid(Recommender):
 
     @classmethod
     def load(cls, path: str | Path) -> Self:
-        from bespoke.training.families import family
-
         model = super().load(path)
         folder = Path(path)
         components = {
-            name: family(name).load(folder / _COMPONENTS_DIR / name) for name in model.components
+            name: component(name).load(folder / _COMPONENTS_DIR / name) for name in model.components
         }
-        for name, component in components.items():
-            if not np.array_equal(component.item_ids_, model.item_ids_):
+        for name, fitted in components.items():
+            if not np.array_equal(fitted.item_ids_, model.item_ids_):
                 raise ValueError(f"{folder}: component {name!r} has another item catalog")
         model.components_ = components
         model.blend_weights_ = model._weights()

@@ -51,6 +51,22 @@ class RankingSet:
     def groups(self) -> np.ndarray:
         return np.full(len(self.users), self.n_candidates)
 
+    @classmethod
+    def concat(cls, sets: Sequence[RankingSet]) -> RankingSet:
+        """The people of several sets (same candidates per person, same item index), in
+        order: e.g. every labelled stage of a split, for a refit."""
+        import scipy.sparse as sp
+
+        if len({ranking_set.n_candidates for ranking_set in sets}) != 1:
+            raise ValueError("ranking sets with different numbers of candidates")
+        return cls(
+            features=np.vstack([s.features for s in sets]),
+            labels=np.concatenate([s.labels for s in sets]),
+            users=np.concatenate([s.users for s in sets]),
+            candidates=np.vstack([s.candidates for s in sets]),
+            relevant=sp.vstack([s.relevant for s in sets]).tocsr(),
+        )
+
     def take(self, people: np.ndarray) -> RankingSet:
         """The rows of the people at positions ``people``."""
         c = self.n_candidates

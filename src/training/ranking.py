@@ -40,6 +40,8 @@ from bespoke.training.data import (
     load_users,
 )
 from bespoke.training.metrics import calibration_metrics, ranking_metrics
+from bespoke.training.params import params_file_of, tuned_params
+from bespoke.training.pyfunc import RANKER_ARTIFACT, RANKER_ENTRY_POINT, RANKER_SIGNATURE
 from bespoke.training.ranker import (
     CHOICES,
     LogisticRanker,
@@ -47,18 +49,24 @@ from bespoke.training.ranker import (
     RankingPipeline,
     RankingSet,
 )
+from bespoke.training.registry import (
+    ALL_DATA,
+    GATE_METRICS,
+    HISTORY_ARTIFACT,
+    TRAIN_PART,
+    Loaded,
+    Registry,
+    experiment_name,
+)
 from bespoke.training.split import Protocol, Split, make_split, validation
 
 #: The retrieval families whose scores and ranks become features; the first retrieves.
 RETRIEVERS = ("ease", "als", "itemknn")
 N_CANDIDATES = 100
-GATE_METRIC = "reranked_ndcg@10"
+KIND = "ranker"
+GATE_METRIC = GATE_METRICS[KIND]
 VALID_SHARE = 0.2
 _CHUNK = 1024
-
-
-def registered_name(dataset: str) -> str:
-    return f"bespoke-ranker-{dataset}"
 
 
 @dataclass
@@ -202,6 +210,8 @@ class RankerResult:
     #: The gate's simpler path: the pipeline's retrieval order on the same held-out data.
     retrieval_metric: float | None = None
     decision: str = ""
+    #: What the registered pipeline was fitted on: "all data" (refit) or "training part".
+    trained_on: str = ""
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -220,12 +230,14 @@ class RankingData:
     valid: RankingSet
     test_stage: Stage
     timings: dict[str, float]
+    #: All the interactions up to now: what a refit for serving learns from.
+    interactions: Interactions
 
 
 def prepare(
     lake: Lake,
     dataset: str,
-    protocol: Protocol = "ms-stratified",
+    protocol: Protocol = "temporal",
     retriever_params: Mapping[str, Mapping[str, Any]] | None = None,
     n_candidates: int = N_CANDIDATES,
     interactions: Interactions | None = None,
@@ -244,7 +256,7 @@ def prepare(
     train, valid = split_people(build_set(fit_stage, builder, users, n_candidates=n_candidates))
     return RankingData(
         dataset, protocol, split, users, catalog, params, builder, train, valid, test_stage,
-        {"prepare_s": round(time.perf_counter() - start, 3)},
+        {"prepare_s": round(time.perf_counter() - start, 3)}, interactions,
     )  # fmt: skip
 
 
@@ -252,50 +264,51 @@ def train_ranker(
     settings: Settings,
     dataset: str,
     *,
-    protocol: Protocol = "ms-stratified",
+    protocol: Protocol = "temporal",
     objective: str | tuple[str, ...] = "auto",
     params: Mapping[str, Any] | None = None,
     retriever_params: Mapping[str, Mapping[str, Any]] | None = None,
     n_candidates: int = N_CANDIDATES,
     register: bool = True,
+    refit: bool = True,
     data: RankingData | None = None,
     show_progress: bool = False,
 ) -> RankerResult:
     """Fit the ranker (``objective``: one of :data:`CHOICES`, several as a tuple, or
     ``"auto"`` for all of them: LightGBM binary and lambdarank and logistic regression,
     the best on validation nDCG@10 kept), evaluate it and the logistic baseline on the
-    test stage,
-    log to MLflow with LightGBM autologging, and (``register``) register the pipeline and
-    apply the champion gate."""
+    test stage, log to MLflow with LightGBM autologging, and (``register``) register the
+    pipeline, refit on all data (``refit``, see :func:`refit_for_serving`), and apply the
+    champion gate on the held-out figures."""
     import mlflow
 
     if retriever_params is None:
-        from bespoke.training.tune import TUNED_PARAMS, tuned_params
-
+        source = params_file_of(settings)
         retriever_params = {
-            name: tuned_params(settings.root / TUNED_PARAMS, dataset, protocol, name)
-            for name in RETRIEVERS
+            name: tuned_params(source, dataset, protocol, name) for name in RETRIEVERS
         }
     data = data or prepare(
         Lake(settings.lake_url), dataset, protocol, retriever_params, n_candidates
     )
-    tracking.configure(settings, f"rankers-{dataset}")
-    mlflow.lightgbm.autolog(log_models=False, log_datasets=False, log_input_examples=False,
-                            silent=True)  # fmt: skip
-    try:
-        return _train_ranker(settings, data, objective, params, n_candidates, register,
-                             show_progress)  # fmt: skip
-    finally:  # autologging is process-wide: leave no stray runs behind
-        mlflow.lightgbm.autolog(disable=True)
+    with tracking.session(settings, experiment_name(KIND, dataset)) as experiment:
+        mlflow.lightgbm.autolog(log_models=False, log_datasets=False, log_input_examples=False,
+                                silent=True)  # fmt: skip
+        try:
+            return _train_ranker(settings, data, experiment, objective, params, n_candidates,
+                                 register, refit, show_progress)  # fmt: skip
+        finally:  # autologging is process-wide: leave no stray runs behind
+            mlflow.lightgbm.autolog(disable=True)
 
 
 def _train_ranker(
     settings: Settings,
     data: RankingData,
-    objective: str,
+    experiment: str,
+    objective: str | tuple[str, ...],
     params: Mapping[str, Any] | None,
     n_candidates: int,
     register: bool,
+    refit: bool,
     show_progress: bool,
 ) -> RankerResult:
     import mlflow
@@ -306,11 +319,12 @@ def _train_ranker(
     unknown = [name for name in candidates if name not in CHOICES]
     if unknown:
         raise ValueError(f"unknown ranker objective(s) {unknown}; choose among {CHOICES}")
-    with mlflow.start_run(run_name=f"ranker {dataset}") as run:
+    with mlflow.start_run(run_name=f"ranker {dataset}", experiment_id=experiment) as run:
         mlflow.set_tags(
             tracking.run_tags(
                 settings, dataset=dataset, model="ranker", protocol=protocol,
                 train_fingerprint=data.split.train.fingerprint(),
+                data_fingerprint=data.interactions.fingerprint(),
             )
         )  # fmt: skip
         timings = dict(data.timings)
@@ -318,7 +332,7 @@ def _train_ranker(
         fitted: dict[str, Ranker | LogisticRanker] = {}
         for name in candidates:
             start = time.perf_counter()
-            with mlflow.start_run(run_name=f"{name}", nested=True):
+            with mlflow.start_run(run_name=f"{name}", nested=True, experiment_id=experiment):
                 own = {} if name == "logistic" else params  # tuned for LightGBM only
                 fitted[name] = fit_ranker(
                     data.train, data.valid, data.fit_builder, {**own, "objective": name},
@@ -367,8 +381,113 @@ def _train_ranker(
         mlflow.log_metrics({**tracking.metric_values(metrics), **timings})
         mlflow.log_dict(result.importance, "feature_importance.json")
         if register:
-            _log_and_register(settings, result, data)
+            _register(Registry.of(settings), result, data, refit)
+            mlflow.log_metrics({k: v for k, v in result.timings.items() if k.startswith("refit")})
     return result
+
+
+def configuration(ranker: Ranker | LogisticRanker) -> dict[str, Any]:
+    """What :func:`fit_ranker` needs to fit this ranker's configuration again."""
+    if isinstance(ranker, LogisticRanker):
+        return {"objective": "logistic"}
+    return ranker.get_params()
+
+
+def refit_for_serving(
+    result: RankerResult, data: RankingData, show_progress: bool = False
+) -> RankingPipeline:
+    """The selected configuration refit on all the data, for serving: the ranker learns
+    from every labelled stage of the split (the fit stage's people and the test stage's,
+    whose labels are the most recent interactions under the temporal protocol),
+    early-stopped and calibrated on a fifth of the people; then the retrievers and the
+    item statistics are refit on all the interactions."""
+    learned = RankingSet.concat([data.train, data.valid, result.test_set])
+    train, valid = split_by_person(learned)
+    ranker = fit_ranker(
+        train, valid, result.pipeline.builder, configuration(result.pipeline.ranker),
+        show_progress=show_progress,
+    )  # fmt: skip
+    everything = data.interactions
+    retrievers = fit_retrievers(everything, data.retriever_params)
+    as_of = None
+    if data.protocol == "temporal" and len(everything.timestamps):
+        # Just after the last interaction: the features count all of them.
+        as_of = everything.timestamps.max() + np.timedelta64(1, "us")
+    builder = FeatureBuilder().fit(
+        everything, retrievers, users=data.users, items=data.catalog, as_of=as_of
+    )
+    return RankingPipeline(builder, ranker, result.pipeline.primary, result.pipeline.n_candidates)
+
+
+def split_by_person(ranking_set: RankingSet, share: float = VALID_SHARE, seed: int = 42
+                    ) -> tuple[RankingSet, RankingSet]:  # fmt: skip
+    """``(train, valid)`` with every row of a person on one side, also when the person
+    appears in several stages."""
+    people = np.unique(ranking_set.users)
+    rng = np.random.default_rng(seed)
+    held = rng.permutation(people)[: round(len(people) * share)]
+    in_valid = np.isin(ranking_set.users, held)
+    return ranking_set.take(np.flatnonzero(~in_valid)), ranking_set.take(np.flatnonzero(in_valid))
+
+
+def _register(registry: Registry, result: RankerResult, data: RankingData, refit: bool) -> None:
+    candidate = pipeline_ndcg(result.pipeline, data.test_stage, data.users)
+    retrieval = pipeline_ndcg(result.pipeline, data.test_stage, data.users, reranked=False)
+    served, history = result.pipeline, data.test_stage.history
+    result.trained_on = TRAIN_PART
+    if refit:
+        start = time.perf_counter()
+        served, history = refit_for_serving(result, data), data.interactions
+        result.timings["refit_s"] = round(time.perf_counter() - start, 3)
+        result.trained_on = ALL_DATA
+    example = pd.DataFrame({"user_id": [str(history.user_ids[0])], "k": [10]})
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = served.save(Path(scratch) / RANKER_ARTIFACT)
+        stored = Path(scratch) / HISTORY_ARTIFACT
+        stored.mkdir()
+        interactions_frame(history).to_parquet(stored / "interactions.parquet")
+        data.users.to_parquet(stored / "users.parquet")
+        result.version = registry.register(
+            KIND,
+            data.dataset,
+            RANKER_ENTRY_POINT,
+            {RANKER_ARTIFACT: str(folder), HISTORY_ARTIFACT: str(stored)},
+            RANKER_SIGNATURE,
+            example,
+            held_out=candidate,
+            trained_on=result.trained_on,
+            data_fingerprint=history.fingerprint(),
+        )
+    assert result.run_id is not None
+    decision = registry.gate(
+        KIND,
+        data.dataset,
+        result.version,
+        candidate,
+        result.run_id,
+        lambda champion: configuration_ndcg(champion, result, data),
+        baseline=("retrieval alone", retrieval),
+    )
+    result.promoted, result.champion_metric, result.decision = (
+        decision.promoted,
+        decision.champion_metric,
+        decision.text,
+    )
+    result.retrieval_metric = retrieval
+
+
+def configuration_ndcg(champion: Loaded, result: RankerResult, data: RankingData) -> float:
+    """The champion ranker's configuration (objective and LightGBM parameters) fitted on
+    the candidate's fit stage and scored through the candidate's test-stage pipeline, the
+    served path: a refit champion has seen the candidate's held-out data, so its stored
+    model cannot be scored on it. The retrievers are the candidate's."""
+    ranker = fit_ranker(
+        data.train, data.valid, data.fit_builder, configuration(champion.model.ranker)
+    )
+    pipeline = RankingPipeline(
+        result.pipeline.builder, ranker, result.pipeline.primary, result.pipeline.n_candidates
+    )
+    return pipeline_ndcg(pipeline, data.test_stage, data.users)
 
 
 def pipeline_ndcg(pipeline: RankingPipeline, stage: Stage, users: pd.DataFrame | None,
@@ -415,46 +534,3 @@ def _remap(batch: Histories, items: np.ndarray) -> Histories:
         batch.days[keep],
         batch.attributes,
     )
-
-
-def _log_and_register(settings: Settings, result: RankerResult, data: RankingData) -> None:
-    import mlflow
-
-    from bespoke.training.pyfunc import (
-        HISTORY_ARTIFACT,
-        RANKER_ARTIFACT,
-        RANKER_ENTRY_POINT,
-        RANKER_SIGNATURE,
-    )
-    from bespoke.training.train import champion_gate
-
-    name = registered_name(data.dataset)
-    example = pd.DataFrame({"user_id": [str(data.test_stage.history.user_ids[0])], "k": [10]})
-    with tempfile.TemporaryDirectory() as scratch:
-        folder = result.pipeline.save(Path(scratch) / RANKER_ARTIFACT)
-        history = Path(scratch) / HISTORY_ARTIFACT
-        history.mkdir()
-        interactions_frame(data.test_stage.history).to_parquet(history / "interactions.parquet")
-        data.users.to_parquet(history / "users.parquet")
-        result.version = tracking.log_and_register(
-            RANKER_ENTRY_POINT,
-            {RANKER_ARTIFACT: str(folder), HISTORY_ARTIFACT: str(history)},
-            RANKER_SIGNATURE,
-            example,
-            name,
-            GATE_METRIC,
-        )
-    client = mlflow.MlflowClient()
-    candidate = pipeline_ndcg(result.pipeline, data.test_stage, data.users)
-    retrieval = pipeline_ndcg(result.pipeline, data.test_stage, data.users, reranked=False)
-    decision = champion_gate(
-        client,
-        name,
-        GATE_METRIC,
-        candidate,
-        result.version,
-        lambda champion: pipeline_ndcg(champion.pipeline, data.test_stage, data.users),
-        baseline=("retrieval alone", retrieval),
-    )
-    result.promoted, result.champion_metric, result.decision = decision
-    result.retrieval_metric = retrieval

@@ -28,14 +28,9 @@ TRACKED_LIBRARIES = (
 )
 
 
-def configure(settings: Settings, experiment: str) -> str:
-    """Point MLflow at the settings' store and make ``experiment`` current; returns its id.
-
-    New experiments keep their artifacts under ``mlflow_artifacts_dir``.
-    """
+def quiet() -> None:
+    """MLflow's chatter off: INFO logs, pip-version warnings, download progress bars."""
     import logging
-
-    import mlflow
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # keep the CLI's output readable
     # "Failed to resolve installed pip version" on every logged model: we state the
@@ -43,20 +38,40 @@ def configure(settings: Settings, experiment: str) -> str:
     logging.getLogger("mlflow.utils.environment").setLevel(logging.ERROR)
     # Download progress bars on every model load (the champion gate loads one per run).
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    assert settings.mlflow_artifacts_dir is not None
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    if settings.mlflow_tracking_uri and settings.mlflow_tracking_uri.startswith("sqlite:///"):
-        Path(settings.mlflow_tracking_uri.removeprefix("sqlite:///")).parent.mkdir(
-            parents=True, exist_ok=True
-        )
-    found = mlflow.get_experiment_by_name(experiment)
+
+
+def experiment_id(settings: Settings, experiment: str) -> str:
+    """The id of ``experiment`` in the settings' store, created on first use with its
+    artifacts under ``mlflow_artifacts_dir``."""
+    import mlflow
+
+    uri = settings.mlflow_tracking_uri
+    assert uri is not None and settings.mlflow_artifacts_dir is not None
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
     if found is not None:
-        experiment_id = found.experiment_id
-    else:
-        location = settings.mlflow_artifacts_dir / experiment
-        experiment_id = mlflow.create_experiment(experiment, artifact_location=location.as_uri())
-    mlflow.set_experiment(experiment_id=experiment_id)
-    return experiment_id
+        return str(found.experiment_id)
+    location = settings.mlflow_artifacts_dir / experiment
+    return str(client.create_experiment(experiment, artifact_location=location.as_uri()))
+
+
+@contextmanager
+def session(settings: Settings, experiment: str) -> Iterator[str]:
+    """MLflow's fluent API (``start_run``, ``log_*``, autologging, ``log_model``) pointed
+    at the settings' store for the duration of the block, then back to what it was, so
+    that a notebook's or a test's own MLflow settings are untouched; yields the id of
+    ``experiment``, which every ``start_run`` in the block names explicitly (the active
+    experiment is process-wide state too)."""
+    # MLflow's own scoped URI (what its tests use); the public API has only the
+    # process-wide setter, which would leave every later run of the process here.
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    quiet()
+    identifier = experiment_id(settings, experiment)
+    with _use_tracking_uri(str(settings.mlflow_tracking_uri)):
+        yield identifier
 
 
 def code_version(root: Path) -> str:
@@ -133,7 +148,7 @@ def metric_values(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, flo
 
 
 @contextmanager
-def _quiet_mlflow() -> Iterator[None]:
+def quiet_events() -> Iterator[None]:
     """MLflow's event stream (``eprint``: "Successfully registered model …") off."""
     from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
 
@@ -143,33 +158,3 @@ def _quiet_mlflow() -> Iterator[None]:
         yield
     finally:
         MLFLOW_LOGGING_STREAM.enabled = enabled
-
-
-def log_and_register(
-    entry_point: Path,
-    artifacts: dict[str, str],
-    signature: Any,
-    example: Any,
-    registered_name: str,
-    gate_metric: str,
-) -> str:
-    """Log a pyfunc model from code with its artifacts, register it under
-    ``registered_name`` and tag the version with its gate metric; returns the version."""
-    import mlflow
-
-    with _quiet_mlflow():  # "Successfully registered …": the caller reports the version
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(entry_point),
-            artifacts=artifacts,
-            signature=signature,
-            input_example=example,
-            registered_model_name=registered_name,
-            # Stated, not inferred: inference loads the model in a subprocess (slow).
-            pip_requirements=requirements(),
-        )
-    version = str(info.registered_model_version)
-    mlflow.MlflowClient().set_model_version_tag(
-        registered_name, version, "gate_metric", gate_metric
-    )
-    return version

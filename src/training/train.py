@@ -1,12 +1,12 @@
-"""Train one recommender: split, fit, evaluate on held-out data, log to MLflow, register,
-and move ``@champion`` only when the candidate beats the current champion on the same
-held-out data."""
+"""Train one recommender: select on held-out data, refit on all data, register, and move
+``@champion`` only when the candidate's configuration beats the champion's on the same
+held-out data (see :mod:`bespoke.training.registry`)."""
 
 from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,26 +20,33 @@ from bespoke.training.data import Interactions, load_interactions, load_item_tex
 from bespoke.training.evaluate import evaluate
 from bespoke.training.families import family
 from bespoke.training.pyfunc import ARTIFACT, ENTRY_POINT, SIGNATURE
+from bespoke.training.registry import (
+    ALL_DATA,
+    GATE_METRICS,
+    TRAIN_PART,
+    Loaded,
+    Registry,
+    experiment_name,
+)
 from bespoke.training.split import Protocol, Split, make_split
 
-CHAMPION = "champion"
-GATE_METRIC = "ndcg@10"
-
-
-def registered_name(dataset: str) -> str:
-    return f"bespoke-recommender-{dataset}"
+KIND = "recommender"
+GATE_METRIC = GATE_METRICS[KIND]
 
 
 @dataclass
 class TrainResult:
     model_name: str
     params: dict[str, Any]
+    #: Held-out metrics of the configuration, fitted on the split's training part.
     metrics: dict[str, Any]
     run_id: str | None = None
     version: str | None = None
     promoted: bool = False
     champion_metric: float | None = None
     decision: str = ""
+    #: What the registered version was fitted on (:data:`ALL_DATA` or :data:`TRAIN_PART`).
+    trained_on: str = ""
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -49,23 +56,34 @@ def train_recommender(
     model_name: str,
     params: dict[str, Any] | None = None,
     *,
-    protocol: Protocol = "ms-stratified",
+    protocol: Protocol = "temporal",
     k: int = 10,
     register: bool = True,
+    refit: bool = True,
     interactions: Interactions | None = None,
 ) -> TrainResult:
     """Fit ``model_name`` with ``params`` on the protocol's training part of ``dataset``,
-    evaluate on its test part, log everything to MLflow and (``register``) register the
-    model and apply the champion gate."""
+    evaluate it on the test part and log everything to MLflow; with ``register``, refit
+    the same configuration on all the interactions (``refit``; otherwise the fitted model
+    itself is registered), register that model with the held-out score and apply the
+    champion gate.
+
+    ``protocol``: ``temporal`` (the default: the next interactions of people seen before
+    the cut, what a live service faces) selects for production; ``ms-stratified``
+    compares with published numbers."""
     import mlflow
 
     params = dict(params or {})
     model = family(model_name)(**params)  # unknown names and parameters fail here, early
-    interactions = interactions or load_interactions(Lake(settings.lake_url), dataset)
+    lake = Lake(settings.lake_url)
+    interactions = interactions or load_interactions(lake, dataset)
     split = make_split(interactions, protocol)
-    tracking.configure(settings, f"recommenders-{dataset}")
+    extra = {"item_text": load_item_text(lake, dataset)} if model.needs_item_text() else {}
     result = TrainResult(model_name=model_name, params=model.get_params(), metrics={})
-    with mlflow.start_run(run_name=f"{model_name}") as run:
+    with (
+        tracking.session(settings, experiment_name(KIND, dataset)) as experiment,
+        mlflow.start_run(run_name=model_name, experiment_id=experiment) as run,
+    ):
         result.run_id = run.info.run_id
         mlflow.set_tags(
             tracking.run_tags(
@@ -87,163 +105,87 @@ def train_recommender(
             }
         )
         start = time.perf_counter()
-        extra = (
-            {"item_text": load_item_text(Lake(settings.lake_url), dataset)}
-            if model.needs_item_text()
-            else {}
-        )
         model.fit(split.train, **extra)
         result.timings["train_s"] = round(time.perf_counter() - start, 3)
         result.metrics = evaluate(model, split, k=k)
         mlflow.log_metrics({**tracking.metric_values(result.metrics), **result.timings})
         if register:
-            _log_and_register(model, dataset, split, result)
+            served, result.trained_on = model, TRAIN_PART
+            fingerprint = split.train.fingerprint()
+            if refit:
+                start = time.perf_counter()
+                served = family(model_name)(**params).fit(interactions, **extra)
+                result.timings["refit_s"] = round(time.perf_counter() - start, 3)
+                result.trained_on, fingerprint = ALL_DATA, interactions.fingerprint()
+                mlflow.log_metric("refit_s", result.timings["refit_s"])
+            mlflow.set_tags({"refit": str(refit), "trained_on": result.trained_on,
+                             "registered_fingerprint": fingerprint})  # fmt: skip
+            texts = extra.get("item_text")
+            _register(
+                Registry.of(settings), served, dataset, split, fingerprint, result,
+                lambda: texts if texts is not None else load_item_text(lake, dataset),
+            )  # fmt: skip
     return result
 
 
-def _log_and_register(model: Any, dataset: str, split: Split, result: TrainResult) -> None:
-    import mlflow
-
-    name = registered_name(dataset)
+def _register(
+    registry: Registry,
+    model: Any,
+    dataset: str,
+    split: Split,
+    fingerprint: str,
+    result: TrainResult,
+    item_text: Callable[[], Mapping[str, str]],
+) -> None:
     example = pd.DataFrame({"user_id": [str(model.user_ids_[0])], "k": [10]})
     with tempfile.TemporaryDirectory() as scratch:
         folder = model.save(Path(scratch) / ARTIFACT)
-        result.version = tracking.log_and_register(
-            ENTRY_POINT, {ARTIFACT: str(folder)}, SIGNATURE, example, name, GATE_METRIC
+        result.version = registry.register(
+            KIND,
+            dataset,
+            ENTRY_POINT,
+            {ARTIFACT: str(folder)},
+            SIGNATURE,
+            example,
+            held_out=float(result.metrics[GATE_METRIC]),
+            trained_on=result.trained_on,
+            data_fingerprint=fingerprint,
         )
-    client = mlflow.MlflowClient()
-    _champion_gate(client, name, split, result)
-
-
-def _champion_gate(client: Any, name: str, split: Split, result: TrainResult) -> None:
-    result.promoted, result.champion_metric, result.decision = champion_gate(
-        client,
-        name,
-        GATE_METRIC,
+    assert result.run_id is not None
+    decision = registry.gate(
+        KIND,
+        dataset,
+        result.version,
         float(result.metrics[GATE_METRIC]),
-        str(result.version),
-        lambda champion: float(evaluate(champion.model, split)[GATE_METRIC]),
+        result.run_id,
+        lambda champion: configuration_score(champion, split, item_text),
+    )
+    result.promoted, result.champion_metric, result.decision = (
+        decision.promoted,
+        decision.champion_metric,
+        decision.text,
     )
 
 
-def champion_gate(
-    client: Any,
-    name: str,
-    metric: str,
-    candidate: float,
-    version: str,
-    champion_metric_of: Callable[[Any], float],
-    *,
-    baseline: tuple[str, float] | None = None,
-) -> tuple[bool, float | None, str]:
-    """Move ``@champion`` of ``name`` to ``version`` only if ``candidate`` beats the
-    current champion, measured now on the candidate's held-out data by
-    ``champion_metric_of(loaded champion python model)``, and beats ``baseline`` (the
-    simpler path the model would replace, ``(what, score)`` on the same data) when one is
-    given. A current champion that no longer beats the baseline loses the alias, so that
-    the simpler path is served. Logs the scores and the decision to the active run.
-    Returns ``(promoted, champion's score, decision)``."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    key = metric.replace("@", "_at_")
-    try:
-        current = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        current = None
-    champion_metric = None
-    reasons = []
-    promoted = True
-    if baseline is not None:
-        what, floor = baseline
-        beats = candidate > floor
-        promoted &= beats
-        reasons.append(f"candidate {candidate:.4f} {'>' if beats else '<='} {what} {floor:.4f}")
-        mlflow.log_metric(f"gate.baseline_{key}", floor)
-    if current is None:
-        reasons.append("no champion yet")
-    else:
-        champion = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}").unwrap_python_model()
-        champion_metric = float(champion_metric_of(champion))
-        beats = candidate > champion_metric
-        promoted &= beats
-        reasons.append(
-            f"candidate {candidate:.4f} {'>' if beats else '<='} champion v{current.version} "
-            f"{champion_metric:.4f} on the same held-out data"
-        )
-        mlflow.log_metric(f"gate.champion_{key}", champion_metric)
-        if not promoted and baseline is not None and champion_metric <= baseline[1]:
-            client.delete_registered_model_alias(name, CHAMPION)
-            reasons.append(
-                f"champion v{current.version} no longer beats {baseline[0]}: alias removed, "
-                f"{baseline[0]} is served"
-            )
-    decision = "; ".join(reasons) + (": promoted" if promoted else ": not promoted")
-    mlflow.log_metric(f"gate.candidate_{key}", candidate)
-    mlflow.set_tags({"gate.decision": decision, "gate.promoted": str(promoted)})
-    client.set_model_version_tag(name, version, key, str(candidate))
-    if promoted:
-        client.set_registered_model_alias(name, CHAMPION, version)
-    return promoted, champion_metric, decision
-
-
-#: The kinds of registered model: ``bespoke-recommender-<dataset>``, ``bespoke-ranker-<dataset>``.
-KINDS = ("recommender", "ranker")
-
-
-def promote(settings: Settings, dataset: str, version: str, kind: str = "recommender") -> None:
-    """Move ``@champion`` of the dataset's ``kind`` ("recommender" or "ranker") to
-    ``version`` by hand (overrides the gate)."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    if kind == "recommender":
-        name, experiment = registered_name(dataset), f"recommenders-{dataset}"
-    elif kind == "ranker":
-        from bespoke.training.ranking import registered_name as ranker_name
-
-        name, experiment = ranker_name(dataset), f"rankers-{dataset}"
-    else:
-        raise ValueError(f"unknown kind {kind!r}; use {' or '.join(KINDS)}")
-    tracking.configure(settings, experiment)
-    client = mlflow.MlflowClient()
-    try:
-        client.get_model_version(name, version)
-    except MlflowException as error:
-        raise ValueError(f"{name} has no version {version!r}") from error
-    client.set_registered_model_alias(name, CHAMPION, version)
-
-
-def list_models(settings: Settings) -> pd.DataFrame:
-    """Every registered model version with its gate metric and aliases."""
-    import mlflow
-
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    client = mlflow.MlflowClient()
-    rows = []
-    for model in client.search_registered_models():
-        aliases: dict[str, list[str]] = {}
-        for alias, number in (model.aliases or {}).items():
-            aliases.setdefault(str(number), []).append(alias)
-        for version in client.search_model_versions(f"name = '{model.name}'"):
-            rows.append(
-                {
-                    "model": model.name,
-                    "version": int(version.version),
-                    "aliases": ",".join(sorted(aliases.get(str(version.version), []))),
-                    "gate_metric": version.tags.get("gate_metric", GATE_METRIC),
-                    "score": float(
-                        version.tags.get(
-                            version.tags.get("gate_metric", GATE_METRIC).replace("@", "_at_"),
-                            "nan",
-                        )
-                    ),
-                    "run_id": version.run_id,
-                }
-            )
-    return pd.DataFrame(
-        rows, columns=["model", "version", "aliases", "gate_metric", "score", "run_id"]
-    ).sort_values(["model", "version"])
+def configuration_score(
+    champion: Loaded,
+    split: Split,
+    item_text: Callable[[], Mapping[str, str]] | None = None,
+    k: int = 10,
+) -> float:
+    """The champion's configuration (family and parameters) refit on ``split``'s training
+    part and scored on its test part by :func:`~bespoke.training.evaluate.evaluate` (the
+    served path): the gate's comparison, since a champion refit on all data has seen that
+    test part. ``item_text()`` gives a content model its text."""
+    stored = champion.model
+    model = type(stored)(**stored.get_params())
+    extra = {}
+    if model.needs_item_text():
+        if item_text is None:
+            raise ValueError(f"{champion.name} v{champion.version} needs the item text")
+        extra["item_text"] = item_text()
+    model.fit(split.train, **extra)
+    return float(evaluate(model, split, k=k)[GATE_METRIC])
 
 
 def compare_recommenders(
@@ -251,8 +193,9 @@ def compare_recommenders(
     dataset: str,
     candidates: dict[str, dict[str, Any]],
     *,
-    protocol: Protocol = "ms-stratified",
+    protocol: Protocol = "temporal",
     register: bool = True,
+    refit: bool = True,
 ) -> pd.DataFrame:
     """Train each ``model name -> params`` on the same split; one row of held-out metrics
     per model, with whether it became ``@champion``."""
@@ -266,6 +209,7 @@ def compare_recommenders(
             params,
             protocol=protocol,
             register=register,
+            refit=refit,
             interactions=interactions,
         )
         rows.append(

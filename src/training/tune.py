@@ -2,9 +2,10 @@
 validation split carved from the training part (the test part is never seen), pruned
 through the models' fit callbacks, every trial a nested MLflow run.
 
-The best parameters are written to a JSON file (``bench/tuned_params.json`` by default)
-that the benchmark and ``make demo`` read, then the model is refit with them and goes
-through the same registration and champion gate as ``bespoke train``.
+The best parameters are merged into the tuned-parameters file (the packaged
+``bespoke/training/tuned_params.json`` by default, see :mod:`bespoke.training.params`)
+that training, the benchmarks and ``make demo`` read; then the model is refit with them
+and goes through the same registration and champion gate as ``bespoke train``.
 
 The click-through ranker is tuned the same way (:func:`tune_ranker`): its candidates and
 features are prepared once, each trial is one LightGBM fit early-stopped and pruned on
@@ -18,20 +19,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bespoke.features.lake import Lake
 from bespoke.settings import Settings
-from bespoke.training import tracking
-from bespoke.training.base import Recommender
+from bespoke.training import ranking, tracking
 from bespoke.training.data import Interactions, load_interactions
 from bespoke.training.evaluate import evaluate
 from bespoke.training.families import family
+from bespoke.training.params import RANKER, params_file_of, tuned_params, write_params
+from bespoke.training.ranker import OBJECTIVES
+from bespoke.training.ranking import RankerResult, RankingData
+from bespoke.training.registry import experiment_name
 from bespoke.training.split import Protocol, Split, make_split, validation
 from bespoke.training.train import GATE_METRIC, TrainResult, train_recommender
-
-if TYPE_CHECKING:
-    from bespoke.training.ranking import RankerResult, RankingData
 
 #: Each family's search space: trial -> parameters.
 SearchSpace = Callable[[Any], dict[str, Any]]
@@ -115,7 +116,7 @@ def tune_recommender(
     model_name: str,
     trials: int,
     *,
-    protocol: Protocol = "ms-stratified",
+    protocol: Protocol = "temporal",
     seed: int = 42,
     k: int = 10,
     params_file: Path | None = None,
@@ -133,6 +134,8 @@ def tune_recommender(
     import optuna
 
     family(model_name)  # an unknown family fails before anything runs
+    if split is not None:
+        protocol = split.protocol  # the parameters are filed under the split's protocol
     space = SEARCH_SPACES.get(model_name)
     if model_name == "hybrid" and params_file is not None:
         space = blend_space(params_file, dataset, protocol)
@@ -144,7 +147,6 @@ def tune_recommender(
         interactions = interactions or load_interactions(Lake(settings.lake_url), dataset)
         split = make_split(interactions, protocol)
     inner = validation(split)  # tuning sees only the outer training part
-    tracking.configure(settings, f"recommenders-{dataset}")
     storage = study_storage(settings)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # The validation data's fingerprint is in the name: a study is resumed only over the
@@ -158,7 +160,10 @@ def tune_recommender(
         sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=REPORT_EVERY),
     )
-    with mlflow.start_run(run_name=f"tune {model_name}") as parent:
+    with (
+        tracking.session(settings, experiment_name("recommender", dataset)) as experiment,
+        mlflow.start_run(run_name=f"tune {model_name}", experiment_id=experiment) as parent,
+    ):
         mlflow.set_tags(
             tracking.run_tags(
                 settings,
@@ -174,7 +179,9 @@ def tune_recommender(
             {"trials": trials, "seed": seed, "protocol": protocol, "study": study.study_name}
         )
         study.optimize(
-            lambda trial: _objective(trial, model_name, space, inner, k, parent.info.run_id),
+            lambda trial: _objective(
+                trial, model_name, space, inner, k, experiment, parent.info.run_id
+            ),
             n_trials=trials,
             show_progress_bar=show_progress,
         )
@@ -192,9 +199,10 @@ def tune_recommender(
             }
         )
     if params_file is not None:
-        _write_params(
-            params_file, dataset, protocol, model_name, best_params, best_value, study.study_name
-        )
+        write_params(
+            params_file, dataset, protocol, model_name, best_params, GATE_METRIC, best_value,
+            study.study_name,
+        )  # fmt: skip
     final = None
     if register:
         final = train_recommender(
@@ -213,7 +221,13 @@ def tune_recommender(
 
 
 def _objective(
-    trial: Any, model_name: str, space: SearchSpace, inner: Split, k: int, parent_id: str
+    trial: Any,
+    model_name: str,
+    space: SearchSpace,
+    inner: Split,
+    k: int,
+    experiment: str,
+    parent_id: str,
 ) -> float:
     import mlflow
     import optuna
@@ -229,7 +243,12 @@ def _objective(
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at iteration {iteration + 1} with {value:.4f}")
 
-    with mlflow.start_run(run_name=f"trial {trial.number}", nested=True, parent_run_id=parent_id):
+    with mlflow.start_run(
+        run_name=f"trial {trial.number}",
+        nested=True,
+        parent_run_id=parent_id,
+        experiment_id=experiment,
+    ):
         mlflow.log_params(params)
         try:
             model.fit(inner.train, callback=report)
@@ -242,59 +261,8 @@ def _objective(
     return value
 
 
-def _write_params(
-    path: Path,
-    dataset: str,
-    protocol: str,
-    model: str,
-    params: dict[str, Any],
-    value: float,
-    study: str,
-) -> None:
-    """Merge the best parameters into the committed file the benchmark reads."""
-    data = json.loads(path.read_text()) if path.exists() else {}
-    data.setdefault(dataset, {}).setdefault(protocol, {})[model] = {
-        "params": params,
-        f"validation_{GATE_METRIC}": round(value, 4),
-        "study": study,
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-#: Where tuning runs write their best parameters, relative to the project root (the
-#: benchmark and ``make demo`` read them from there).
-TUNED_PARAMS = Path("bench") / "tuned_params.json"
-
-
-def params_file_of(settings: Settings) -> Path:
-    return settings.root / TUNED_PARAMS
-
-
-def tuned_params(path: Path, dataset: str, protocol: str, model: str) -> dict[str, Any]:
-    """The parameters a tuning run wrote for this dataset, protocol and model ({} if none)."""
-    if not path.exists():
-        return {}
-    entry = json.loads(path.read_text()).get(dataset, {}).get(protocol, {}).get(model)
-    return dict(entry["params"]) if entry else {}
-
-
-#: Parameters for families that need some and have no tuned entry yet.
-DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
-    "hybrid": {"components": {"ease": {}, "itemknn": {}}, "weights": {"ease": 0.7, "itemknn": 0.3}},
-}
-
-
-def model_for(path: Path, dataset: str, protocol: str, model: str) -> Recommender:
-    """A new ``model`` with the parameters tuning wrote to ``path`` (or its defaults)."""
-    params = tuned_params(path, dataset, protocol, model) or DEFAULT_PARAMS.get(model, {})
-    return family(model)(**params)
-
-
 # --- the click-through ranker --------------------------------------------------------
 
-#: The key the ranker's tuned parameters go under, beside the families'.
-RANKER = "ranker"
 #: What a ranker trial is scored on: validation nDCG@10 after reranking.
 RANKER_METRIC = "reranked_ndcg@10"
 #: LightGBM rounds before the median pruner may stop a trial.
@@ -303,8 +271,6 @@ RANKER_WARMUP_ROUNDS = 10
 
 def ranker_space(trial: Any) -> dict[str, Any]:
     """The ranker's search space: the objective and LightGBM's main parameters."""
-    from bespoke.training.ranker import OBJECTIVES
-
     return {
         "objective": trial.suggest_categorical("objective", list(OBJECTIVES)),
         "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.2, log=True),
@@ -316,23 +282,15 @@ def ranker_space(trial: Any) -> dict[str, Any]:
     }
 
 
-def tuned_ranker_params(path: Path, dataset: str, protocol: str) -> dict[str, Any]:
-    """The ranker parameters a tuning run wrote for this dataset and protocol, the
-    objective among them ({} if none)."""
-    return tuned_params(path, dataset, protocol, RANKER)
-
-
 def ranker_data(
     settings: Settings,
     dataset: str,
-    protocol: Protocol = "ms-stratified",
+    protocol: Protocol = "temporal",
     params_file: Path | None = None,
     n_candidates: int | None = None,
 ) -> RankingData:
     """The ranker's fit-stage data, its retrievers with the parameters tuning wrote to
-    ``params_file`` (default: the project's tuned-parameters file)."""
-    from bespoke.training import ranking
-
+    ``params_file`` (default: the settings' tuned-parameters file)."""
     source = params_file or params_file_of(settings)
     retrievers = {
         name: tuned_params(source, dataset, protocol, name) for name in ranking.RETRIEVERS
@@ -351,7 +309,7 @@ def tune_ranker(
     dataset: str,
     trials: int,
     *,
-    protocol: Protocol = "ms-stratified",
+    protocol: Protocol = "temporal",
     seed: int = 42,
     params_file: Path | None = None,
     register: bool = True,
@@ -375,8 +333,6 @@ def tune_ranker(
     import mlflow
     import optuna
 
-    from bespoke.training import ranking
-
     if trials < 1:
         raise ValueError(f"trials must be at least 1, got {trials}")
     report = callback or (lambda stage, done, total: None)
@@ -387,7 +343,6 @@ def tune_ranker(
         raise ValueError(
             f"the prepared data is {data.dataset} ({data.protocol}), not {dataset} ({protocol})"
         )
-    tracking.configure(settings, f"rankers-{dataset}")
     storage = study_storage(settings)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
@@ -406,7 +361,10 @@ def tune_ranker(
         done[0] += 1
         report("tuning the ranker", done[0], trials)
 
-    with mlflow.start_run(run_name=f"tune {RANKER}") as parent:
+    with (
+        tracking.session(settings, experiment_name("ranker", dataset)) as experiment,
+        mlflow.start_run(run_name=f"tune {RANKER}", experiment_id=experiment) as parent,
+    ):
         mlflow.set_tags(
             tracking.run_tags(
                 settings,
@@ -428,7 +386,7 @@ def tune_ranker(
         )
         try:
             study.optimize(
-                lambda trial: _ranker_objective(trial, data, stage, parent.info.run_id),
+                lambda trial: _ranker_objective(trial, data, stage, experiment, parent.info.run_id),
                 n_trials=trials,
                 show_progress_bar=show_progress,
                 callbacks=[after_trial],
@@ -450,9 +408,10 @@ def tune_ranker(
         mlflow.log_params({f"best.{name}": value for name, value in best_params.items()})
         mlflow.log_metrics({f"best_validation_{metric_key}": best_value, "pruned_trials": pruned})
     if params_file is not None and best is not None:
-        _write_params(
-            params_file, dataset, protocol, RANKER, best_params, best_value, study.study_name
-        )
+        write_params(
+            params_file, dataset, protocol, RANKER, best_params, RANKER_METRIC, best_value,
+            study.study_name,
+        )  # fmt: skip
     final = None
     if register and best is not None:
         report("refitting the best ranker, test stage, registration", 0, 1)
@@ -492,27 +451,32 @@ def fit_stage_key(data: RankingData) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _ranker_objective(trial: Any, data: RankingData, stage: str, parent_id: str) -> float:
+def _ranker_objective(
+    trial: Any, data: RankingData, stage: str, experiment: str, parent_id: str
+) -> float:
     import mlflow
     import optuna
     from optuna_integration.lightgbm import LightGBMPruningCallback
 
-    from bespoke.training.ranking import evaluate_ranker, fit_ranker
-
     params = ranker_space(trial)
     trial.set_user_attr("fit_stage", stage)
     pruning = LightGBMPruningCallback(trial, "ndcg@10", valid_name="valid")
-    with mlflow.start_run(run_name=f"trial {trial.number}", nested=True, parent_run_id=parent_id):
+    with mlflow.start_run(
+        run_name=f"trial {trial.number}",
+        nested=True,
+        parent_run_id=parent_id,
+        experiment_id=experiment,
+    ):
         mlflow.log_params(params)
         start = time.perf_counter()
         try:
-            ranker = fit_ranker(
+            ranker = ranking.fit_ranker(
                 data.train, data.valid, data.fit_builder, params, lightgbm_callbacks=[pruning]
             )
         except optuna.TrialPruned:
             mlflow.set_tag("trial.state", "pruned")
             raise
-        scores = evaluate_ranker(ranker, data.valid)
+        scores = ranking.evaluate_ranker(ranker, data.valid)
         value = float(scores[RANKER_METRIC])
         mlflow.log_metrics(
             {**tracking.metric_values(scores, "valid."), "fit_s": round(time.perf_counter() - start, 3),

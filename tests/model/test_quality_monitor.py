@@ -29,8 +29,9 @@ from bespoke.settings import Settings, get_settings
 from bespoke.training import ranking
 from bespoke.training.data import Interactions, load_interactions
 from bespoke.training.metrics import ranking_metrics
+from bespoke.training.registry import CHAMPION, Registry
 from bespoke.training.split import ms_stratified
-from bespoke.training.train import CHAMPION, promote, registered_name, train_recommender
+from bespoke.training.train import train_recommender
 
 WINDOW = "last 30 days"
 #: Small, quick boosting: the data is real, the model small.
@@ -76,28 +77,34 @@ def healthy(ml100k_lake, interactions, window, tmp_path_factory) -> Settings:
     )
     data = ranking.prepare(lake, "ml-100k", "temporal", {}, n_candidates=50, interactions=before)
     try:
+        # Registered as selected (no refit): this quick ranker refit on every labelled
+        # stage before the window (about 200 people) scores AUC 0.44 on the window's 83
+        # against 0.59 as selected. Whether a refit serves better is measured on a proper
+        # backtest in bench/refit.py; this test checks the monitor, not that choice.
         ranker = ranking.train_ranker(
             settings, "ml-100k", protocol="temporal", objective="binary", params=FAST,
-            retriever_params={}, n_candidates=50, data=data,
+            retriever_params={}, n_candidates=50, data=data, refit=False,
         )  # fmt: skip
     finally:
         mlflow.lightgbm.autolog(disable=True)
     # The quality check judges whatever is @champion; the gate's retrieval floor (which this
     # quick ranker may miss) is tested in test_ranker.py.
     if not ranker.promoted:
-        promote(settings, "ml-100k", str(ranker.version), kind="ranker")
+        Registry.of(settings).promote("ranker", "ml-100k", str(ranker.version))
     return settings
 
 
 @pytest.fixture(scope="module")
 def stale(ml100k_lake, tmp_path_factory) -> Settings:
-    """A champion of the project's default protocol: a random split of all the data. (A
+    """A champion of a random split of all the data, registered as fitted (not refit). (A
     ranker trained so is flagged too — AUC 0.78 at training, 0.46 on the window — but
     training one costs more than this suite's time allows; the ranker's path is the
     healthy case's, its verdict rule the one tested in tests/code.)"""
     lake, _ = ml100k_lake
     settings = home(tmp_path_factory.mktemp("stale"), lake)
-    train_recommender(settings, "ml-100k", "ease", {"l2": 500.0})
+    train_recommender(
+        settings, "ml-100k", "ease", {"l2": 500.0}, protocol="ms-stratified", refit=False
+    )
     return settings
 
 
@@ -112,8 +119,7 @@ def stale_result(stale: Settings, tmp_path_factory) -> QualityResult:
 
 
 def _champion_run(settings: Settings, name: str) -> mlflow.entities.Run:
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    client = mlflow.MlflowClient()
+    client = Registry.of(settings).client
     return client.get_run(client.get_model_version_by_alias(name, CHAMPION).run_id)
 
 
@@ -144,9 +150,9 @@ def test_the_figures_are_the_serving_paths_person_by_person(
 ) -> None:
     """Each person asked through ``recommend_from_history`` (the service's path) with
     their history before the window, scored on their window items."""
-    mlflow.set_tracking_uri(healthy.mlflow_tracking_uri)
-    name = registered_name("ml-100k")
-    model = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}").unwrap_python_model().model
+    champion = Registry.of(healthy).load("recommender", "ml-100k")
+    assert champion is not None
+    model = champion.model
     start, end = _start(window), np.datetime64(window.end.replace(tzinfo=None), "us")
     before = interactions.timestamps < start
     inside = (interactions.timestamps >= start) & (interactions.timestamps < end)

@@ -19,16 +19,17 @@ from typer.testing import CliRunner
 from bespoke.cli import app
 from bespoke.settings import get_settings
 from bespoke.training import ranking
+from bespoke.training.params import tuned_ranker_params
 from bespoke.training.ranker import OBJECTIVES
 from bespoke.training.ranking import RankingData
-from bespoke.training.tune import tune_ranker, tuned_ranker_params
+from bespoke.training.tune import tune_ranker
 
 
 @pytest.fixture(scope="module")
 def data(ml100k_lake) -> RankingData:
     """ML-100K's fit stage, its training people cut to 300 to keep the trials quick."""
     lake, _ = ml100k_lake
-    prepared = ranking.prepare(lake, "ml-100k")
+    prepared = ranking.prepare(lake, "ml-100k", "ms-stratified")
     return replace(prepared, train=prepared.train.take(np.arange(300)))
 
 
@@ -41,7 +42,9 @@ def test_a_ranker_study_logs_nested_trials_without_models_and_writes_the_best(
     )
     settings = get_settings()
     params_file = tmp_path / "tuned.json"
-    result = tune_ranker(settings, "ml-100k", 3, params_file=params_file, data=data)
+    result = tune_ranker(
+        settings, "ml-100k", 3, protocol="ms-stratified", params_file=params_file, data=data
+    )
 
     assert result.model_name == "ranker" and result.trials == 3
     best = result.best_params
@@ -69,6 +72,7 @@ def test_a_ranker_study_logs_nested_trials_without_models_and_writes_the_best(
     assert refits[0]["params"] == {k: v for k, v in best.items() if k != "objective"}
     assert refits[0]["data"] is data and refits[0]["register"] is True
 
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)  # training leaves the global URI be
     runs = mlflow.search_runs(experiment_names=["rankers-ml-100k"])
     parent = runs[runs["tags.kind"] == "study"]
     assert len(parent) == 1
@@ -94,9 +98,11 @@ def test_a_resumed_study_picks_its_best_among_trials_on_the_same_fit_stage(
     data: RankingData,
 ) -> None:
     settings = get_settings()
-    first = tune_ranker(settings, "ml-100k", 1, seed=7, data=data, register=False)
+    first = tune_ranker(settings, "ml-100k", 1, protocol="ms-stratified", seed=7, data=data,
+                        register=False)  # fmt: skip
     other = replace(data, retriever_params={"ease": {"l2": 50.0}})  # another fit stage
-    second = tune_ranker(settings, "ml-100k", 1, data=other, register=False)
+    second = tune_ranker(settings, "ml-100k", 1, protocol="ms-stratified", data=other,
+                         register=False)  # fmt: skip
     assert second.trials == 2
     study = optuna.load_study(
         study_name="ml-100k-ranker-ms-stratified",
@@ -112,9 +118,11 @@ def test_a_resumed_study_picks_its_best_among_trials_on_the_same_fit_stage(
 
 def test_tuning_refuses_no_trials_and_data_of_another_dataset(data: RankingData) -> None:
     with pytest.raises(ValueError, match="trials must be at least 1"):
-        tune_ranker(get_settings(), "ml-100k", 0, data=data, register=False)
+        tune_ranker(get_settings(), "ml-100k", 0, protocol="ms-stratified", data=data,
+                    register=False)  # fmt: skip
     with pytest.raises(ValueError, match="prepared data is ml-100k"):
-        tune_ranker(get_settings(), "ml-1m", 1, data=data, register=False)
+        tune_ranker(get_settings(), "ml-1m", 1, protocol="ms-stratified", data=data,
+                    register=False)  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -260,7 +260,7 @@ class TestHybrid(RecommenderContract):
             ({}, None, "at least one"),
             ({"ease": {}}, {"als": 1.0}, "exactly the components"),
             ({"ease": {}}, {"ease": -1.0}, "non-negative"),
-            ({"no-such-family": {}}, None, "unknown model"),
+            ({"no-such-family": {}}, None, "unknown component .no-such-family.; a blend takes"),
             ({"ease": {"no_such_param": 1}}, None, "component 'ease'"),
         ],
     )

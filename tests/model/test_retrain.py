@@ -26,9 +26,10 @@ from bespoke.monitoring.windows import parse_window
 from bespoke.serving.local import local_settings
 from bespoke.settings import Settings, get_settings
 from bespoke.training.data import Interactions, load_interactions
-from bespoke.training.train import CHAMPION, registered_name, train_recommender
+from bespoke.training.registry import CHAMPION, Registry, registered_name
+from bespoke.training.train import train_recommender
 
-NAME = registered_name("ml-100k")
+NAME = registered_name("recommender", "ml-100k")
 SAME_WINDOW = ["--reference", "last 30 days", "--current", "last 30 days"]
 
 
@@ -84,17 +85,18 @@ def healthy(ml100k_lake, before_the_window, tmp_path, monkeypatch) -> Settings:
 
 @pytest.fixture
 def degraded(ml100k_lake, interactions, tmp_path, monkeypatch) -> Settings:
-    """An EASE champion of the default random split: the quality check flags it."""
+    """An EASE champion of a random split, registered as fitted: the quality check flags
+    it (its held-out figures read from the same period as its training data)."""
     lake, _ = ml100k_lake
     settings = home(tmp_path / "degraded", lake)
-    train_recommender(settings, "ml-100k", "ease", {"l2": 500.0}, interactions=interactions)
+    train_recommender(settings, "ml-100k", "ease", {"l2": 500.0}, protocol="ms-stratified",
+                      refit=False, interactions=interactions)  # fmt: skip
     use(settings, monkeypatch)
     return settings
 
 
 def _client(settings: Settings) -> mlflow.MlflowClient:
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    return mlflow.MlflowClient()
+    return Registry.of(settings).client
 
 
 def _versions(settings: Settings) -> list[str]:
@@ -103,8 +105,9 @@ def _versions(settings: Settings) -> list[str]:
 
 
 def _runs(settings: Settings) -> int:
-    _client(settings)
-    return len(mlflow.search_runs(search_all_experiments=True))
+    client = _client(settings)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return len(client.search_runs(experiments))
 
 
 def _report(settings: Settings) -> Path:

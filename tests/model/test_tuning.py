@@ -13,8 +13,9 @@ import pytest
 
 from bespoke.settings import get_settings
 from bespoke.training.data import load_interactions
+from bespoke.training.params import tuned_params
 from bespoke.training.split import Split, ms_stratified
-from bespoke.training.tune import REPORT_EVERY, tune_recommender, tuned_params
+from bespoke.training.tune import REPORT_EVERY, tune_recommender
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +37,7 @@ def test_a_study_logs_trials_writes_the_best_parameters_and_repeats_with_its_see
     stored = json.loads(params_file.read_text())["ml-100k"]["ms-stratified"]["ease"]
     assert stored["validation_ndcg@10"] == pytest.approx(first.best_value, abs=1e-4)
 
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)  # training leaves the global URI be
     runs = mlflow.search_runs(experiment_names=["recommenders-ml-100k"])
     parent = runs[runs["tags.kind"] == "study"].iloc[0]
     trials = runs[runs["tags.mlflow.parentRunId"] == parent["run_id"]]
