@@ -12,6 +12,8 @@ In order, for each request:
    limit, before any route sees it.
 4. BentoML's answer to an invalid body (400) becomes 422 with an
    :class:`~bespoke.serving.api.ErrorResponse` naming each field, never its value.
+5. The ``direct`` routes (the service's model routes, unless tracing is on) are answered
+   here from the body already read, without the framework's per-request dispatch.
 
 Every answer carries ``X-Request-ID`` (the caller's when it is a plain token of at most
 100 characters, a new one otherwise), and each request is one JSON line in the access log
@@ -26,6 +28,7 @@ import json
 import re
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from cachetools import TTLCache
@@ -45,9 +48,17 @@ _PROFILE_PREFIX = "/v1/profiles/"
 class Gateway:
     """The ASGI middleware described in the module docstring."""
 
-    def __init__(self, app: Any, settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        app: Any,
+        settings: Settings | None = None,
+        direct: Mapping[str, Callable[[bytes], Any]] | None = None,
+    ) -> None:
         settings = settings or get_settings()
         self.app = app
+        #: Body routes answered here, past the checks: path → a function from the body
+        #: to the route's complete ASGI response (see the service's model routes).
+        self.direct = dict(direct or {})
         self.keys = ApiKeys(settings.online_store_url or "")
         self.verified: TTLCache = TTLCache(maxsize=1024, ttl=KEY_TTL_S)
         self.max_body = settings.serving_max_body_bytes
@@ -98,6 +109,8 @@ class Gateway:
                     f"the request body is larger than {self.max_body} bytes",
                     limit=self.max_body,
                 )
+            elif (direct := self.direct.get(path)) is not None:
+                await direct(body)(scope, receive, tagged)
             else:
                 await self.app(scope, _replay(body, receive), _validation_is_422(tagged))
         except _Disconnected:

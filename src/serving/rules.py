@@ -1266,28 +1266,36 @@ def profile_document(
     now = _aware(now)
     attributes = {str(k): _plain(v) for k, v in (profile_attributes or {}).items()}
     rows: list[dict[str, Any]] = []
+    lookup = item_categories.get if item_categories is not None else None
+    timeless = False  # whether some event has no known time
     # Every request builds this over up to 500 events: values already plain (what the
     # online store gives) skip the general conversions.
     for i, event in enumerate(events):
-        kind = event.get("type", event.get("event_type"))
+        get = event.get
+        kind = get("type", MISSING)
+        if kind is MISSING:
+            kind = get("event_type")
         if type(kind) is not str and (kind is None or _plain(kind) is None):
             raise ValueError(f"events[{i}]: an event needs a type")
-        timestamp = event.get("timestamp")
+        timestamp = get("timestamp")
         if type(timestamp) is not datetime or timestamp.tzinfo is None:
             timestamp = _event_time(timestamp, f"events[{i}].timestamp")
-        if timestamp is not None and timestamp > now:
+        if timestamp is None:
+            timeless = True
+        elif timestamp > now:
             continue
-        item = event.get("item_id")
+        item = get("item_id")
         if item is not None and type(item) is not str:
             item = _plain(item)
             item = None if item is None else str(item)
-        value = event.get("value")
+        value = get("value")
         if value is not None and (type(value) is not float or value != value):
             value = _plain(value)
-        categories = event.get("categories")
-        categories = None if categories is None else _plain(categories)
-        if categories is None and item_categories is not None and item is not None:
-            categories = list(item_categories.get(item, ()))
+        categories = get("categories")
+        if categories is not None:
+            categories = _plain(categories)
+        if categories is None and lookup is not None and item is not None:
+            categories = lookup(item, ())
         rows.append(
             {
                 "type": str(kind),
@@ -1297,8 +1305,13 @@ def profile_document(
                 "categories": [str(c) for c in categories or ()],
             }
         )
-    oldest = datetime.min.replace(tzinfo=UTC)
-    rows.sort(key=lambda e: (e["timestamp"] is not None, e["timestamp"] or oldest), reverse=True)
+    if timeless:  # unknown times last
+        oldest = datetime.min.replace(tzinfo=UTC)
+        rows.sort(
+            key=lambda e: (e["timestamp"] is not None, e["timestamp"] or oldest), reverse=True
+        )
+    else:  # the same order, without a key tuple per event
+        rows.sort(key=operator.itemgetter("timestamp"), reverse=True)
 
     last_event_at: dict[str, datetime] = {}
     event_counts: dict[str, int] = {}

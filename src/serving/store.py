@@ -175,6 +175,8 @@ class OnlineStore(Protocol):
 
     def snapshot(self, user_id: str, dataset: str, *, anonymous: bool = False) -> Snapshot: ...
 
+    def version(self, user_id: str, dataset: str, *, anonymous: bool = False) -> str | None: ...
+
     def load_attributes(self, lake: Lake, dataset: str) -> int: ...
 
     def seed_history(
@@ -319,6 +321,8 @@ _UPSERT_LAST = (
     "INSERT INTO last_events (dataset, kind, subject, event_type, at) VALUES (?, ?, ?, ?, ?) "
     "ON CONFLICT (dataset, kind, subject, event_type) DO UPDATE SET at = max(at, excluded.at)"
 )
+#: A profile's version: its latest event time (every new event of theirs changes it).
+_LATEST = "SELECT max(at) FROM last_events WHERE dataset = ? AND kind = ? AND subject = ?"
 _INSERT_EVENT = (
     "INSERT INTO profile_events (dataset, kind, subject, timestamp, event_type, item_id, "
     "value, inbox_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -572,6 +576,17 @@ class SQLiteStore:
             timestamps=micros.view("datetime64[us]"),  # int64 minimum is NaT
         )
 
+    def version(self, user_id: str, dataset: str, *, anonymous: bool = False) -> str | None:
+        """:meth:`snapshot`'s ``version`` alone, in one indexed read: enough to look up a
+        cached answer before reading the whole profile."""
+        latest = (
+            self._database()
+            .connection()
+            .execute(_LATEST, (dataset, ANONYMOUS if anonymous else USER, user_id))
+            .fetchone()[0]
+        )
+        return None if latest is None else str(latest)
+
     def snapshot(self, user_id: str, dataset: str, *, anonymous: bool = False) -> Snapshot:
         """:meth:`as_profile` and :meth:`profile`'s recent events in one read: the hot
         path of every request (plain tuples, no per-event models)."""
@@ -583,10 +598,7 @@ class SQLiteStore:
                 "WHERE dataset = ? AND kind = ? AND subject = ? ORDER BY timestamp, id",
                 (dataset, kind, user_id),
             ).fetchall()
-            latest = con.execute(
-                "SELECT max(at) FROM last_events WHERE dataset = ? AND kind = ? AND subject = ?",
-                (dataset, kind, user_id),
-            ).fetchone()[0]
+            latest = con.execute(_LATEST, (dataset, kind, user_id)).fetchone()[0]
         interactions = [r for r in rows if r[1] is not None and r[0] in _INTERACTION_SET]
         micros = np.array(
             [np.iinfo(np.int64).min if r[3] is None else r[3] for r in interactions],
