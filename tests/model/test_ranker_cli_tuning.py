@@ -55,7 +55,7 @@ def test_a_ranker_study_logs_nested_trials_without_models_and_writes_the_best(
     stored = json.loads(params_file.read_text())["ml-100k"]["ms-stratified"]["ranker"]
     assert stored["params"] == best
     assert stored["study"] == "ml-100k-ranker-ms-stratified"
-    assert stored["validation_ndcg@10"] == pytest.approx(result.best_value, abs=1e-4)
+    assert stored["validation_reranked_ndcg@10"] == pytest.approx(result.best_value, abs=1e-4)
     assert tuned_ranker_params(params_file, "ml-100k", "ms-stratified") == best
     assert tuned_ranker_params(params_file, "ml-1m", "ms-stratified") == {}
     assert tuned_ranker_params(tmp_path / "absent.json", "ml-100k", "ms-stratified") == {}

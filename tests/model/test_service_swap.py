@@ -38,7 +38,9 @@ def test_a_new_champion_is_swapped_in_while_requests_flow(service_home: tuple[Pa
         settings = local_settings(home)
         trained = train_recommender(settings, DATASET, "popularity")  # version 2
         assert trained.version == "2"
-        Registry.of(settings).promote("recommender", DATASET, "2")  # by hand: popularity would not pass the gate
+        Registry.of(settings).promote(
+            "recommender", DATASET, "2"
+        )  # by hand: popularity would not pass the gate
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not any(
             v and v.startswith("recommender-v2") for answers in seen for _, v in answers[-5:]
