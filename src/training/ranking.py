@@ -268,7 +268,7 @@ def train_ranker(
     objective: str | tuple[str, ...] = "auto",
     params: Mapping[str, Any] | None = None,
     retriever_params: Mapping[str, Mapping[str, Any]] | None = None,
-    n_candidates: int = N_CANDIDATES,
+    n_candidates: int | None = None,
     register: bool = True,
     refit: bool = True,
     data: RankingData | None = None,
@@ -279,9 +279,19 @@ def train_ranker(
     the best on validation nDCG@10 kept), evaluate it and the logistic baseline on the
     test stage, log to MLflow with LightGBM autologging, and (``register``) register the
     pipeline, refit on all data (``refit``, see :func:`refit_for_serving`), and apply the
-    champion gate on the held-out figures."""
+    champion gate on the held-out figures. ``n_candidates`` defaults to
+    :data:`N_CANDIDATES`, or to what ``data`` was prepared with (the test stage and the
+    refit are built with as many candidates as the fit stage)."""
     import mlflow
 
+    if data is not None:
+        prepared = data.train.n_candidates
+        if n_candidates not in (None, prepared):
+            raise ValueError(
+                f"n_candidates={n_candidates}, but the data was prepared with {prepared}"
+            )
+        n_candidates = prepared
+    n_candidates = n_candidates or N_CANDIDATES
     if retriever_params is None:
         source = params_file_of(settings)
         retriever_params = {
