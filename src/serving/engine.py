@@ -119,9 +119,10 @@ class Engine:
         now = now or datetime.now(UTC)
         models = self.models  # one request, one set of models, whatever a swap does meanwhile
         seen = {str(item) for item in profile.items}
+        excluded = seen | set(exclude)
         wanted = k * HEADROOM
         items, scores, reason = self._candidates(
-            models, profile, wanted, seen | set(exclude), now, ranked
+            models, profile, wanted, excluded, set(exclude), now, ranked
         )
         if categories:
             chosen = set(categories)
@@ -133,7 +134,7 @@ class Engine:
         if self.rules is not None:
             decision = self._decision(profile, events, context, now, slot)
             ruled_items, ruled_scores, ruled_reasons = rules_engine.apply(
-                decision, items, scores, self.item_categories, exclude=seen | set(exclude)
+                decision, items, scores, self.item_categories, exclude=excluded
             )
             by_item = dict(zip(items, reasons, strict=True))
             reasons = [by_item.get(i, r) if r == "model" else r
@@ -187,7 +188,7 @@ class Engine:
         if self.rules is None:
             return rules_engine.evaluate((), {}, dict(context or {}), now)
         document = rules_engine.profile_document(
-            profile.attributes, events, now, item_categories=self.item_categories
+            profile.attributes, events, now, item_categories=self.item_categories, lazy=True
         )
         return self.rules.current().evaluate(document, dict(context or {}), now, slot=slot)
 
@@ -197,9 +198,12 @@ class Engine:
         profile: Profile,
         n: int,
         excluded: set[str],
+        asked: set[str],
         now: datetime,
         ranked: bool,
     ) -> tuple[list[str], list[float], str]:
+        """``n`` candidates, none of them ``excluded`` (the history and what the request
+        excludes, ``asked``)."""
         if len(profile.items) and ranked and models.pipeline is not None:
             ids, probability = models.pipeline.recommend(
                 [profile], k=n, now=np.datetime64(now.replace(tzinfo=None), "us"),
@@ -207,8 +211,9 @@ class Engine:
             )  # fmt: skip
             return (*_present(ids[0], probability[0]), "model:ranker")
         if len(profile.items):
+            # The history is never recommended: only the request's exclusions are added.
             ids, scores = models.recommender.recommend_from_history(
-                profile.items, k=n, exclude=list(excluded)
+                profile.items, k=n, exclude=list(asked)
             )
             reason = f"model:{models.recommender.family}"
             if ranked and models.pipeline is None:  # asked for, but no ranker beat retrieval

@@ -82,7 +82,7 @@ import operator
 import re
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -1245,7 +1245,8 @@ def profile_document(
     now: datetime,
     *,
     item_categories: Mapping[str, Collection[str]] | None = None,
-) -> dict[str, Any]:
+    lazy: bool = False,
+) -> Mapping[str, Any]:
     """The ``profile`` document rules see, as of ``now``.
 
     ``events`` are mappings with ``type`` (or ``event_type``), ``item_id``, ``timestamp``
@@ -1262,9 +1263,65 @@ def profile_document(
          "event_count": 12,
          "items": ["50", "181", ...],              # distinct items, newest first
          "category_counts": {"Comedy": 3, ...}}
+
+    ``lazy``: a :class:`ProfileDocument` whose event-derived fields are computed when a
+    rule first reads one of them (most rule sets read only attributes, and reading the
+    events is most of the cost of a request's rules); an event it cannot read then
+    fails that rule, not the call. The service's events come from its own store.
     """
     now = _aware(now)
     attributes = {str(k): _plain(v) for k, v in (profile_attributes or {}).items()}
+    if lazy:
+        return ProfileDocument(attributes, events, now, item_categories)
+    return {"attributes": attributes, **_from_events(events, now, item_categories)}
+
+
+#: The fields of a profile document (:func:`profile_document`).
+PROFILE_FIELDS = (
+    "attributes", "events", "last_event_at", "last_seen_at", "event_counts", "event_count",
+    "items", "category_counts",
+)  # fmt: skip
+
+
+class ProfileDocument(Mapping[str, Any]):
+    """A :func:`profile_document` whose fields other than ``attributes`` are derived from
+    the events on first read, once."""
+
+    __slots__ = ("_attributes", "_categories", "_derived", "_events", "_now")
+
+    def __init__(
+        self,
+        attributes: dict[str, Any],
+        events: Iterable[Mapping[str, Any]],
+        now: datetime,
+        item_categories: Mapping[str, Collection[str]] | None,
+    ) -> None:
+        self._attributes, self._events, self._now = attributes, events, now
+        self._categories = item_categories
+        self._derived: dict[str, Any] | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "attributes":
+            return self._attributes
+        if key not in PROFILE_FIELDS:
+            raise KeyError(key)
+        if self._derived is None:
+            self._derived = _from_events(self._events, self._now, self._categories)
+        return self._derived[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(PROFILE_FIELDS)
+
+    def __len__(self) -> int:
+        return len(PROFILE_FIELDS)
+
+
+def _from_events(
+    events: Iterable[Mapping[str, Any]],
+    now: datetime,
+    item_categories: Mapping[str, Collection[str]] | None,
+) -> dict[str, Any]:
+    """The fields of a profile document derived from the events, as of ``now``."""
     rows: list[dict[str, Any]] = []
     lookup = item_categories.get if item_categories is not None else None
     timeless = False  # whether some event has no known time
@@ -1327,7 +1384,6 @@ def profile_document(
         for category in row["categories"]:
             category_counts[category] = category_counts.get(category, 0) + 1
     return {
-        "attributes": attributes,
         "events": rows,
         "last_event_at": last_event_at,
         "last_seen_at": rows[0]["timestamp"] if rows else None,

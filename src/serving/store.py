@@ -34,7 +34,7 @@ import re
 import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -132,8 +132,35 @@ class Snapshot:
     changes with every new event of theirs (the answer cache's key)."""
 
     profile: Profile
-    events: list[dict[str, Any]]
+    events: Sequence[Mapping[str, Any]]
     version: str | None
+
+
+class RecentEvents(Sequence[dict[str, Any]]):
+    """A profile's latest events, newest first, from the store's rows ``(type, item_id,
+    value, timestamp)`` (oldest first): built as mappings when first read, since most
+    answers (a cache hit, rules that read only attributes) never read them."""
+
+    def __init__(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        self._rows = rows
+        self._events: list[dict[str, Any]] | None = None
+
+    def _built(self) -> list[dict[str, Any]]:
+        if self._events is None:
+            self._events = [
+                {"type": t, "item_id": i, "value": v, "timestamp": _moment(ts)}
+                for t, i, v, ts in reversed(self._rows)
+            ]
+        return self._events
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._built()[index]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self._built())
+
+    def __len__(self) -> int:
+        return len(self._rows)
 
 
 @dataclass
@@ -612,10 +639,7 @@ class SQLiteStore:
             timestamps=micros.view("datetime64[us]"),  # int64 minimum is NaT
         )
         # Newest first, as profile() shows them; unknown times sort oldest, as there.
-        events = [
-            {"type": t, "item_id": i, "value": v, "timestamp": _moment(ts)}
-            for t, i, v, ts in reversed(rows[-self.recent_events :])
-        ]
+        events = RecentEvents(rows[-self.recent_events :])
         return Snapshot(profile, events, None if latest is None else str(latest))
 
     @staticmethod

@@ -134,14 +134,22 @@ class Recommender:
         """The top ``k`` item ids and scores for someone who interacted with ``items``
         (a new or real-time user); items in the history are not recommended."""
         self._check_fitted()
-        indices = _index(self.item_ids_, list(items))
-        indices = np.unique(indices[indices >= 0])
-        history = sp.csr_matrix(
-            (np.ones(len(indices), np.float32), (np.zeros(len(indices), int), indices)),
-            shape=(1, len(self.item_ids_)),
-        )
-        scores = self._scores(history, None) if len(indices) else self.popularity_[None, :].copy()
-        ids, values = self._top(scores, k, history, exclude)
+        indices = _index(self.item_ids_, items if isinstance(items, list) else list(items))
+        known = np.zeros(len(self.item_ids_), bool)  # distinct and sorted, as CSR wants
+        known[indices[indices >= 0]] = True
+        indices = np.flatnonzero(known)
+        if len(indices):
+            # One CSR row built from its parts (a live request's cost is in microseconds:
+            # the (row, col) constructor converts through COO first).
+            history = sp.csr_matrix(
+                (np.ones(len(indices), np.float32), indices, np.array([0, len(indices)])),
+                shape=(1, len(self.item_ids_)),
+            )
+            scores = self._scores(history, None)
+        else:
+            scores = self.popularity_[None, :].astype(np.float32)
+        scores[0, indices] = -np.inf  # the history itself is not recommended
+        ids, values = self._top(scores, k, None, exclude)
         return ids[0], values[0]
 
     def score_histories(self, history: sp.csr_matrix) -> np.ndarray:
@@ -189,8 +197,9 @@ class Recommender:
             excluded = _index(self.item_ids_, list(exclude))
             scores[:, excluded[excluded >= 0]] = -np.inf
         top = _top_indices(scores, k)
-        ids = np.where(top >= 0, self.item_ids_[np.maximum(top, 0)], None)
-        values = np.where(top >= 0, np.take_along_axis(scores, np.maximum(top, 0), axis=1), -np.inf)
+        found = np.maximum(top, 0)
+        ids = np.where(top >= 0, self.item_ids_[found], None)
+        values = np.where(top >= 0, scores[np.arange(len(scores))[:, None], found], -np.inf)
         return ids, values.astype(np.float32)
 
     def _check_fitted(self) -> None:
@@ -265,23 +274,28 @@ def _index(ids: np.ndarray, wanted: list[Any]) -> np.ndarray:
 
 
 def _mask(scores: np.ndarray, history: sp.csr_matrix) -> None:
-    rows, cols = history.nonzero()
-    scores[rows, cols] = -np.inf
+    """Every item of each row's history to ``-inf`` (read from the CSR arrays: no COO)."""
+    history = history.tocsr()
+    rows = np.repeat(np.arange(history.shape[0]), np.diff(history.indptr))
+    scores[rows, history.indices] = -np.inf
 
 
 def _top_indices(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` best scores per row, best first (ties: lower index); -1 where
     fewer than ``k`` finite scores remain."""
     k_eff = min(k, scores.shape[1])
+    negated = -scores
     part = (
-        np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff]
+        np.argpartition(negated, k_eff - 1, axis=1)[:, :k_eff]
         if k_eff < scores.shape[1]
-        else np.tile(np.arange(scores.shape[1]), (len(scores), 1))
+        else np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
     )
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.lexsort((part, -part_scores), axis=1)
-    top = np.take_along_axis(part, order, axis=1)
-    top = np.where(np.isfinite(np.take_along_axis(scores, top, axis=1)), top, -1)
+    # Plain fancy indexing over (rows, columns): take_along_axis costs more per call on
+    # the one-row arrays of live requests.
+    rows = np.arange(len(scores))[:, None]
+    order = np.lexsort((part, negated[rows, part]), axis=1)
+    top = part[rows, order]
+    top = np.where(np.isfinite(scores[rows, top]), top, -1)
     if k_eff < k:
         top = np.hstack([top, np.full((len(top), k - k_eff), -1)])
     return top

@@ -887,6 +887,43 @@ def test_profile_document_derives_fields_as_of_now() -> None:
     assert empty["last_seen_at"] is None and empty["events"] == [] and empty["attributes"] == {}
 
 
+class _CountingEvents(list):
+    """Events that count how often they are read through."""
+
+    reads = 0
+
+    def __iter__(self):
+        type(self).reads += 1
+        return super().__iter__()
+
+
+def test_a_lazy_profile_document_equals_the_eager_one_and_reads_events_only_when_asked() -> None:
+    events = _CountingEvents([
+        {"type": "rate", "item_id": "50", "timestamp": NOW - timedelta(days=2), "value": 5.0},
+        {"type": "view", "item_id": "7", "timestamp": NOW - timedelta(days=1), "value": None},
+    ])  # fmt: skip
+    categories = {"50": ["Action"], "7": ["Drama"]}
+    eager = rules.profile_document({"state": "NY"}, events, NOW, item_categories=categories)
+    _CountingEvents.reads = 0
+    lazy = rules.profile_document(
+        {"state": "NY"}, events, NOW, item_categories=categories, lazy=True
+    )
+    by_state = rules.RuleSet.from_data({"version": 1, "rules": [
+        {"id": "ny", "when": {"profile.attributes.state": "NY"},
+         "then": [{"type": "boost_categories", "categories": ["Drama"], "weight": 0.1}]},
+    ]})  # fmt: skip
+    assert by_state.evaluate(lazy, {}, NOW).rule_ids == ("ny",)
+    assert _CountingEvents.reads == 0  # attributes alone: the events were never read
+    assert dict(lazy) == eager and lazy.get("no-such-field") is None
+    assert _CountingEvents.reads == 1  # derived once, whatever is read afterwards
+    recent = rules.RuleSet.from_data({"version": 1, "rules": [
+        {"id": "recent", "when": {"profile.last_event_at.view": {"$within_days": 2}},
+         "then": [{"type": "boost_categories", "categories": ["Drama"], "weight": 0.1}]},
+    ]})  # fmt: skip
+    fresh = rules.profile_document({}, events, NOW, item_categories=categories, lazy=True)
+    assert recent.evaluate(fresh, {}, NOW).rule_ids == ("recent",)
+
+
 def test_profile_document_rejects_events_it_cannot_read() -> None:
     with pytest.raises(
         ValueError, match=r"events\[1\]\.timestamp: expected a date-time, not int 881250949"
