@@ -352,6 +352,7 @@ class IdentityGraph:
                     }
                 )
             )
+        frames = [f for f in frames if len(f)]
         if frames:
             seen = pd.concat(frames, ignore_index=True)
             spans = seen.groupby(["kind", "value"], sort=False)["timestamp"].agg(["min", "max"])

@@ -139,13 +139,13 @@ def read_records(path: str | Path, mapping: RecordMapping) -> pd.DataFrame:
     ids = out["record_id"]
     bad = ids.isna() | ids.map(lambda v: is_blocked(v) if isinstance(v, str) else True).astype(bool)
     if bad.any():
-        line = int(out.loc[bad.idxmax(), ROW]) + 1  # the header is line 1
+        line = int(out.loc[bad.idxmax(), ROW])  # the file's own line number
         raise IdentityError(f"{path}: line {line}: {mapping.record_id} is empty or a placeholder")
     duplicated = ids.duplicated()
     if duplicated.any():
         first = out.loc[duplicated.idxmax()]
         raise IdentityError(
-            f"{path}: line {int(first[ROW]) + 1}: {mapping.record_id} {first['record_id']!r} "
+            f"{path}: line {int(first[ROW])}: {mapping.record_id} {first['record_id']!r} "
             "appears twice (record ids are unique)"
         )
     if "crm_id" not in out:
