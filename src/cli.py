@@ -47,6 +47,11 @@ app.add_typer(models_app, name="models")
 app.add_typer(events_app, name="events")
 app.add_typer(keys_app, name="keys")
 app.add_typer(profiles_app, name="profiles")
+identity_app = typer.Typer(
+    help="Who is who: the identity graph (build, show, split) and customer-record matching.",
+    no_args_is_help=True,
+)
+app.add_typer(identity_app, name="identity")
 
 # The monitoring commands are defined beside their code; importing the modules adds them
 # to these groups (``bespoke monitor drift|quality``, ``bespoke report kpi``,
@@ -758,6 +763,151 @@ def profiles_show(
     if not view.known:
         raise _fail(f"no profile for {person!r} in {dataset}")
     console.print_json(view.model_dump_json())
+
+
+@identity_app.command("build")
+def identity_build(
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset in the lake.")] = "ml-100k",
+) -> None:
+    """Bring the dataset's identity graph up to date with its events (incremental)."""
+    from bespoke.features.lake import Lake
+    from bespoke.identity.build import build_graph
+    from bespoke.settings import get_settings
+
+    settings = get_settings()
+    with _clear_errors():
+        result = build_graph(Lake(settings.lake_url), dataset, settings.pseudonym_key())
+    if result.run_id is None:
+        console.print(f"identity graph of {dataset} is up to date (version {result.version})")
+        return
+    decided = ", ".join(f"{n:,} {d}" for d, n in sorted(result.decisions.items())) or "no links"
+    console.print(
+        f"identity graph of {dataset}, version {result.version}: {result.events:,} new events "
+        f"→ {result.identifiers:,} identifiers in {result.persons:,} persons ({decided}) "
+        f"in {result.seconds:.1f} s"
+    )
+
+
+IdentifierArgument = Annotated[
+    str,
+    typer.Argument(help="An identifier written type:value, e.g. user_id:42 or anonymous_id:c-1."),
+]
+
+
+@identity_app.command("show")
+def identity_show(
+    identifier: IdentifierArgument,
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset in the lake.")] = "ml-100k",
+) -> None:
+    """The person an identifier belongs to: every identifier with its evidence, and the
+    refused merges that involved them."""
+    from bespoke.features.lake import Lake
+    from bespoke.identity.build import person_report
+    from bespoke.settings import get_settings
+
+    settings = get_settings()
+    with _clear_errors():
+        report = person_report(
+            Lake(settings.lake_url), dataset, identifier, settings.pseudonym_key()
+        )
+    console.print(f"person {report['person_id']} in {dataset}")
+    console.print(_table("identifiers", pd.DataFrame(report["identifiers"])))
+    for row in report["refused"]:
+        console.print(
+            f"{row['decision']}: {row['left_type']}:{row['left_id']} ~ "
+            f"{row['right_type']}:{row['right_id']}: {row['reason']}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+@identity_app.command("split")
+def identity_split(
+    identifier: IdentifierArgument,
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset in the lake.")] = "ml-100k",
+    reason: Annotated[str, typer.Option("--reason", help="Why (kept with the split).")] = (
+        "split by an operator"
+    ),
+) -> None:
+    """Undo the merges that joined an identifier to its person; it joins no one later."""
+    from bespoke.features.lake import Lake
+    from bespoke.identity.build import split_identifier
+    from bespoke.identity.graph import node_label, parse_node
+    from bespoke.settings import get_settings
+
+    settings = get_settings()
+    with _clear_errors():
+        node = parse_node(identifier)
+        changed = split_identifier(
+            Lake(settings.lake_url), dataset, node, settings.pseudonym_key(), reason
+        )
+    moved = ", ".join(node_label(n) for n in changed)
+    console.print(
+        f"split {identifier} from its person; {len(changed)} identifier(s) moved: {moved}"
+    )
+
+
+@identity_app.command("resolve")
+def identity_resolve(
+    files: Annotated[list[Path], typer.Argument(help="Customer-record CSV/TSV/Parquet file(s).")],
+    mapping: Annotated[Path, typer.Option("--mapping", help="JSON: field → column.")],
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset in the lake.")] = "ml-100k",
+    link_only: Annotated[
+        bool, typer.Option("--link-only", help="Several files, each free of duplicates.")
+    ] = False,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--threshold",
+            help="Accept links from this probability (default: chosen without labels).",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder for clusters, links, review.")
+    ] = None,
+    delimiter: Annotated[
+        str | None, typer.Option("--delimiter", help="Column separator (default: sniffed).")
+    ] = None,
+) -> None:
+    """Match customer records without a shared key (Splink), keep raw values only in the
+    encrypted vault, and join the links above the threshold to the identity graph; the
+    grey zone goes to a review list."""
+    from datetime import UTC, datetime
+
+    from bespoke.features.lake import Lake
+    from bespoke.identity.matching import RecordMapping, resolve_records
+    from bespoke.identity.vault import Vault
+    from bespoke.settings import get_settings
+
+    settings = get_settings()
+    with _clear_errors():
+        fields = RecordMapping.load(mapping)
+        if delimiter is not None:
+            fields = RecordMapping.model_validate({**fields.model_dump(), "delimiter": delimiter})
+        assert settings.home is not None
+        folder = out or settings.home / "identity" / dataset / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+        result = resolve_records(
+            files,
+            fields,
+            dataset=dataset,
+            lake=Lake(settings.lake_url),
+            key=settings.pseudonym_key(),
+            vault=Vault.from_settings(settings),
+            out_dir=folder,
+            link_only=link_only,
+            threshold=threshold,
+        )
+    match = result.match
+    decided = ", ".join(f"{n:,} {d}" for d, n in sorted(result.graph.items())) or "no changes"
+    console.print(
+        f"{result.records:,} records → {match.clusters['cluster_id'].nunique():,} clusters; "
+        f"{len(match.links):,} links at probability ≥ {match.threshold:.3f} (chosen "
+        f"{'by you' if threshold is not None else 'without labels: expected F1 ' + format(match.expected_f1, '.4f')}), "
+        f"{len(match.review):,} to review; graph: {decided}; {result.vaulted:,} records in the vault; "
+        f"{match.seconds:.1f} s"
+    )
+    for name, path in result.outputs.items():
+        console.print(f"  {name}: {path}")
 
 
 def _flush_line(result: Any) -> str:

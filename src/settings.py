@@ -177,6 +177,17 @@ class Settings(BaseSettings):
         return self.home / "secrets"
 
     @property
+    def vault_dir(self) -> Path:
+        """The PII vault's records and (wrapped) data keys (see ``bespoke.identity.vault``)."""
+        assert self.home is not None
+        return self.home / "vault"
+
+    @property
+    def vault_key_file(self) -> Path:
+        """The vault's master key, created on first use; kept apart from the vault."""
+        return self.secrets_dir / "vault.key"
+
+    @property
     def hmac_key_file(self) -> Path:
         """Where the generated key is kept when ``hmac_key`` is unset."""
         return self.secrets_dir / HMAC_KEY_FILE

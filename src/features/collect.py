@@ -47,7 +47,7 @@ Callback = Callable[[str, int, int], None]
 EVENT_INPUT_COLUMNS = [
     "source_event_id", "timestamp", "user_id", "anonymous_id", "event_type", "item_id",
     "value", "quantity", "channel", "device", "geo", "page", "referrer", "ip", "email",
-    "phone", "consent",
+    "phone", "consent", "device_id", "crm_id",
 ]  # fmt: skip
 EVENT_INPUT_TYPES: dict[str, Any] = {
     **{c: TEXT for c in EVENT_INPUT_COLUMNS},
@@ -298,13 +298,16 @@ def _imputed_counts(table: pa.Table) -> dict[str, int]:
 # --- events ------------------------------------------------------------------------------
 
 #: Free-text event fields (stripped) and code fields (stripped and lower-cased).
-_EVENT_TEXT = ["anonymous_id", "item_id", "device", "geo", "page", "referrer", "source_event_id"]
+_EVENT_TEXT = [
+    "anonymous_id", "item_id", "device", "geo", "page", "referrer", "source_event_id",
+    "device_id", "crm_id",
+]  # fmt: skip
 _EVENT_CODES = ["event_type", "channel"]
 #: What a quarantined event's record holds.
 _EVENT_RECORD = [
     "event_id", "timestamp", "user_id", "anonymous_id", "event_type", "item_id", "value",
     "quantity", "channel", "device", "geo", "page", "referrer", "ip_hash", "email_hash",
-    "phone_hash", "consent", "source_event_id",
+    "phone_hash", "consent", "source_event_id", "device_id", "crm_id",
 ]  # fmt: skip
 
 
@@ -553,6 +556,7 @@ _ID_FIELDS = {
     "dataset": "d", "user_id": "u", "anonymous_id": "a", "event_type": "t", "item_id": "i",
     "channel": "c", "device": "dv", "geo": "g", "page": "p", "referrer": "r", "ip_hash": "ip",
     "email_hash": "e", "phone_hash": "ph", "timestamp": "ts", "value": "v", "quantity": "q",
+    "device_id": "di", "crm_id": "cr",
 }  # fmt: skip
 
 

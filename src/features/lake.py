@@ -46,7 +46,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from bespoke.features.schema import TABLES
+from bespoke.features.schema import BLOCKED_IDENTIFIER_VALUES, IDENTIFIER_COLUMNS, TABLES
 
 UNDATED = "undated"
 #: The suffix of a file still being written, or left by a writer that crashed.
@@ -58,8 +58,37 @@ log = logging.getLogger(__name__)
 
 #: Views over the lake: name -> SQL over the raw table ``{raw}``.
 _LATEST = "SELECT * EXCLUDE (_rank) FROM (SELECT *, row_number() OVER (PARTITION BY dataset, {key} ORDER BY ingested_at DESC, run_id DESC) AS _rank FROM {raw}) WHERE _rank = 1"
+
+
+def _strongest_identifier_sql() -> str:
+    """SQL for an event's strongest identifier as ``type:value`` (placeholders skipped)."""
+    blocked = ", ".join("'" + v.replace("'", "''") + "'" for v in sorted(BLOCKED_IDENTIFIER_VALUES))
+    cases = " ".join(
+        f"WHEN {column} IS NOT NULL AND lower(trim({column})) NOT IN ({blocked}) "
+        f"THEN '{kind}:' || {column}"
+        for kind, column in IDENTIFIER_COLUMNS.items()
+    )
+    return f"CASE {cases} END"
+
+
+#: The latest snapshot of each dataset's identity graph.
+_LATEST_GRAPH = "SELECT * FROM {raw} QUALIFY built_at = max(built_at) OVER (PARTITION BY dataset)"
+#: Events with the person they belong to: that of their strongest identifier in the
+#: identity graph, or, for an identifier no graph has seen yet, the person it would name
+#: alone (``bespoke.features.schema.person_id_of`` in SQL).
+_EVENTS = f"""
+SELECT e.* EXCLUDE (_identifier), CAST(e.timestamp AS DATE) AS event_date,
+       COALESCE(g.person_id, 'p-' || substr(sha256(e._identifier), 1, 16)) AS person_id
+FROM (SELECT *, {_strongest_identifier_sql()} AS _identifier FROM {{raw}}) e
+LEFT JOIN (
+    SELECT dataset, identifier_type || ':' || identifier AS _identifier, person_id
+    FROM ({_LATEST_GRAPH.replace("{raw}", "_raw_identity_graph")})
+) g ON g.dataset = e.dataset AND g._identifier = e._identifier
+"""
 _VIEWS = {
-    "events": "SELECT *, CAST(timestamp AS DATE) AS event_date FROM {raw}",
+    "events": _EVENTS,
+    "identity_graph": _LATEST_GRAPH,
+    "identity_links": "SELECT * FROM {raw}",
     "users": _LATEST.replace("{key}", "user_id"),
     "users_history": "SELECT * FROM {raw}",
     "items": _LATEST.replace("{key}", "item_id"),
@@ -68,6 +97,8 @@ _VIEWS = {
 }
 _VIEW_TABLE = {
     "events": "events",
+    "identity_graph": "identity_graph",
+    "identity_links": "identity_links",
     "users": "users",
     "users_history": "users",
     "items": "items",

@@ -8,6 +8,7 @@ step. Incoming events (:class:`EventIn`) may carry raw PII; stored events
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import UTC, date, datetime
 from enum import StrEnum
@@ -140,6 +141,33 @@ class ConsentPurpose(StrEnum):
     MARKETING = "marketing"
 
 
+#: Identifier types and the event column carrying each, strongest first: an event belongs
+#: to the person of its strongest identifier (see ``bespoke.identity``).
+IDENTIFIER_COLUMNS: dict[str, str] = {
+    "user_id": "user_id",
+    "crm_id": "crm_id",
+    "email": "email_hash",
+    "phone": "phone_hash",
+    "device_id": "device_id",
+    "anonymous_id": "anonymous_id",
+}
+#: Values senders put in an identifier field when they have none. Never a person.
+BLOCKED_IDENTIFIER_VALUES = frozenset(
+    {
+        "", "0", "-1", "null", "none", "nil", "nan", "undefined", "unknown", "anonymous",
+        "anon", "guest", "test", "n/a", "na", "false", "true", "[object object]",
+        "00000000-0000-0000-0000-000000000000", "not set", "(not set)", "default",
+    }
+)  # fmt: skip
+
+
+def person_id_of(identifier_type: str, value: str) -> str:
+    """The person id named after a person's canonical (strongest, earliest) identifier:
+    stable while that identifier stays theirs, and revealing nothing about it. The lake's
+    ``events`` view computes the same in SQL for identifiers no graph has seen."""
+    return "p-" + hashlib.sha256(f"{identifier_type}:{value}".encode()).hexdigest()[:16]
+
+
 #: The purpose an event needs to enter the personalization lake.
 PERSONALIZATION = ConsentPurpose.PERSONALIZATION
 
@@ -186,7 +214,15 @@ class EventIn(BaseModel):
         default_factory=lambda: datetime.now(UTC), description="With a time zone."
     )
     user_id: Identifier | None = None
-    anonymous_id: Identifier | None = None
+    anonymous_id: Identifier | None = Field(
+        default=None, description="A first-party cookie (rotates: a browser gets a new one)."
+    )
+    device_id: Identifier | None = Field(
+        default=None, description="A mobile or TV device id (rotates rarely; may be shared)."
+    )
+    crm_id: Identifier | None = Field(
+        default=None, description="A customer id in a CRM or commerce system (stable)."
+    )
     event_type: EventType
     item_id: Identifier | None = None
     value: Number | None = None
@@ -234,6 +270,8 @@ class Event(BaseModel):
     imputed: list[str]
     run_id: str
     ingested_at: datetime
+    device_id: str | None = None
+    crm_id: str | None = None
 
 
 class UserAttributes(BaseModel):
@@ -289,6 +327,52 @@ class QuarantinedRecord(BaseModel):
     quarantined_at: datetime
 
 
+class IdentityRow(BaseModel):
+    """One identifier of the identity graph (one row of :data:`IDENTITY_GRAPH_SCHEMA`):
+    the person it belongs to and the evidence that put it there."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: DatasetName
+    identifier_type: str
+    identifier: str = Field(description="The id; e-mail and phone as keyed pseudonyms.")
+    person_id: str
+    rule: str | None = Field(description="How it joined its person (none: it names it).")
+    probability: float | None = Field(description="A probabilistic match's probability.")
+    evidence: str | None = Field(description="The event or record pair that showed the link.")
+    linked_to: str | None = Field(description="The identifier it was linked to (type:value).")
+    shared: bool = Field(description="A rotating identifier seen with several accounts.")
+    first_seen: datetime | None
+    last_seen: datetime | None
+    version: int = Field(description="The graph version that last changed this row.")
+    run_id: str = Field(description="The build that wrote this snapshot of the graph.")
+    built_at: datetime
+
+
+class IdentityLink(BaseModel):
+    """A decision on a link (one row of :data:`IDENTITY_LINKS_SCHEMA`): merged, refused
+    with its reason, or split."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: DatasetName
+    left_type: str
+    left_id: str
+    right_type: str
+    right_id: str
+    rule: str
+    probability: float | None
+    evidence: str | None
+    linked_at: datetime | None
+    decision: str
+    reason: str | None
+    person_id: str | None
+    version: int
+    sequence: int = Field(description="Its place in the order decisions were taken.")
+    run_id: str
+    built_at: datetime
+
+
 _UTC_TS = pa.timestamp("us", tz="UTC")
 _STRINGS = pa.list_(pa.string())
 
@@ -315,6 +399,10 @@ EVENT_SCHEMA = pa.schema(
         pa.field("imputed", _STRINGS, nullable=False),
         pa.field("run_id", pa.string(), nullable=False),
         pa.field("ingested_at", _UTC_TS, nullable=False),
+        # Identifiers added after the first lakes were written: last, so that older files
+        # read by name stay valid (their rows have none).
+        pa.field("device_id", pa.string()),
+        pa.field("crm_id", pa.string()),
     ]
 )
 
@@ -365,12 +453,56 @@ QUARANTINE_SCHEMA = pa.schema(
     ]
 )
 
+IDENTITY_GRAPH_SCHEMA = pa.schema(
+    [
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("identifier_type", pa.string(), nullable=False),
+        pa.field("identifier", pa.string(), nullable=False),
+        pa.field("person_id", pa.string(), nullable=False),
+        pa.field("rule", pa.string()),
+        pa.field("probability", pa.float64()),
+        pa.field("evidence", pa.string()),
+        pa.field("linked_to", pa.string()),
+        pa.field("shared", pa.bool_(), nullable=False),
+        pa.field("first_seen", _UTC_TS),
+        pa.field("last_seen", _UTC_TS),
+        pa.field("version", pa.int64(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("built_at", _UTC_TS, nullable=False),
+    ]
+)
+
+IDENTITY_LINKS_SCHEMA = pa.schema(
+    [
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("left_type", pa.string(), nullable=False),
+        pa.field("left_id", pa.string(), nullable=False),
+        pa.field("right_type", pa.string(), nullable=False),
+        pa.field("right_id", pa.string(), nullable=False),
+        pa.field("rule", pa.string(), nullable=False),
+        pa.field("probability", pa.float64()),
+        pa.field("evidence", pa.string()),
+        pa.field("linked_at", _UTC_TS),
+        pa.field("decision", pa.string(), nullable=False),
+        pa.field("reason", pa.string()),
+        pa.field("person_id", pa.string()),
+        pa.field("version", pa.int64(), nullable=False),
+        pa.field("sequence", pa.int64(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("built_at", _UTC_TS, nullable=False),
+    ]
+)
+
 #: Each lake table, its record model and its Arrow schema.
 TABLES: dict[str, tuple[type[BaseModel], pa.Schema]] = {
     "events": (Event, EVENT_SCHEMA),
     "users": (UserAttributes, USER_SCHEMA),
     "items": (Item, ITEM_SCHEMA),
     "quarantine": (QuarantinedRecord, QUARANTINE_SCHEMA),
+    # Snapshots of the identity graph, one per build (the view shows the latest), and
+    # every decision on a link (appended by each build).
+    "identity_graph": (IdentityRow, IDENTITY_GRAPH_SCHEMA),
+    "identity_links": (IdentityLink, IDENTITY_LINKS_SCHEMA),
 }
 
 

@@ -229,6 +229,8 @@ class ColumnMapping(BaseModel):
     )
     user_id: str | None = None
     anonymous_id: str | None = None
+    device_id: str | None = None
+    crm_id: str | None = None
     event_type: str | None = None
     event_type_constant: EventType | None = None
     event_type_values: dict[str, EventType] = Field(

@@ -5,8 +5,8 @@ A link says two identifiers belong to one person, and why: seen together on one 
 probabilistic match of customer records (with its probability). Links are applied
 strongest first (see :mod:`bespoke.identity.identifiers`) and each merge is checked:
 
-- a person holds at most one ``user_id`` and one ``crm_id``: a link that would join two
-  is refused, so a family tablet used by two logged-in people never merges them;
+- a person holds at most one ``user_id``: a link that would join two is refused, so a
+  family tablet used by two logged-in people never merges them;
 - per-type limits (e-mails, phones, devices; cookies per 30 days) bound what one person
   can collect;
 - a rotating identifier (device, cookie) seen with two different accounts is *shared*:
@@ -19,15 +19,15 @@ loaded from its tables, takes the next events, and is written back with a new ve
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
+from bespoke.features import schema
+from bespoke.features.schema import IDENTITY_GRAPH_SCHEMA, IDENTITY_LINKS_SCHEMA
 from bespoke.identity.identifiers import (
     BLOCKED_VALUES,
     IDENTIFIER_COLUMNS,
@@ -40,52 +40,19 @@ Node = tuple[IdentifierType, str]
 
 #: Evidence rules.
 SAME_EVENT = "same_event"
+SAME_RECORD = "same_record"
 IDENTIFY = "identify"
 ALIAS = "alias"
 MATCH = "probabilistic_match"
-RULES = (SAME_EVENT, IDENTIFY, ALIAS, MATCH)
+RULES = (SAME_EVENT, SAME_RECORD, IDENTIFY, ALIAS, MATCH)
 
 #: Decisions on a link.
 MERGED, REFUSED, SPLIT = "merged", "refused", "split"
 
-_UTC = pa.timestamp("us", tz="UTC")
-
-#: One row per identifier: who it belongs to and why (the lake's ``identity_graph``).
-GRAPH_SCHEMA = pa.schema(
-    [
-        pa.field("dataset", pa.string(), nullable=False),
-        pa.field("identifier_type", pa.string(), nullable=False),
-        pa.field("identifier", pa.string(), nullable=False),
-        pa.field("person_id", pa.string(), nullable=False),
-        pa.field("rule", pa.string()),
-        pa.field("probability", pa.float64()),
-        pa.field("evidence", pa.string()),
-        pa.field("linked_to", pa.string()),
-        pa.field("shared", pa.bool_(), nullable=False),
-        pa.field("first_seen", _UTC),
-        pa.field("last_seen", _UTC),
-        pa.field("version", pa.int64(), nullable=False),
-    ]
-)
-
-#: One row per decision on a link: merges, refusals with their reason, splits.
-LINK_SCHEMA = pa.schema(
-    [
-        pa.field("dataset", pa.string(), nullable=False),
-        pa.field("left_type", pa.string(), nullable=False),
-        pa.field("left", pa.string(), nullable=False),
-        pa.field("right_type", pa.string(), nullable=False),
-        pa.field("right", pa.string(), nullable=False),
-        pa.field("rule", pa.string(), nullable=False),
-        pa.field("probability", pa.float64()),
-        pa.field("evidence", pa.string()),
-        pa.field("at", _UTC),
-        pa.field("decision", pa.string(), nullable=False),
-        pa.field("reason", pa.string()),
-        pa.field("person_id", pa.string()),
-        pa.field("version", pa.int64(), nullable=False),
-    ]
-)
+#: The columns of a graph snapshot and of its decisions (the lake adds the build's
+#: ``run_id`` and ``built_at``).
+GRAPH_COLUMNS = IDENTITY_GRAPH_SCHEMA.names[:-2]
+LINK_COLUMNS = IDENTITY_LINKS_SCHEMA.names[:-2]
 
 
 @dataclass(frozen=True)
@@ -109,10 +76,9 @@ class Decision:
 
 
 def person_id_of(node: Node) -> str:
-    """The person id named after a person's canonical (strongest, earliest) identifier:
-    stable while that identifier stays theirs, and reveals nothing about it."""
-    digest = hashlib.blake2b(f"{node[0]}:{node[1]}".encode(), digest_size=8).hexdigest()
-    return f"p-{digest}"
+    """The person id named after a person's canonical identifier (see
+    :func:`bespoke.features.schema.person_id_of`)."""
+    return schema.person_id_of(node[0].value, node[1])
 
 
 def node_label(node: Node) -> str:
@@ -260,9 +226,19 @@ class IdentityGraph:
                 )
         return None
 
-    def add_links(self, links: Iterable[Link]) -> list[Decision]:
-        """Apply ``links`` strongest first (then in time order); returns the merges and
-        refusals (links within one person already change nothing and are not listed)."""
+    def add_identifiers(self, nodes: Iterable[Node], *, new_version: bool = True) -> None:
+        """Make ``nodes`` known (each its own person until a link joins it)."""
+        if new_version:
+            self.version += 1
+        for node in nodes:
+            self._add_node(node)
+
+    def add_links(self, links: Iterable[Link], *, new_version: bool = True) -> list[Decision]:
+        """Apply ``links`` strongest first (then in time order) as a new version of the
+        graph; returns the merges, refusals and the splits they caused (links within one
+        person change nothing and are not listed)."""
+        if new_version:
+            self.version += 1
         ordered = sorted(
             links,
             key=lambda k: (
@@ -360,7 +336,7 @@ class IdentityGraph:
                 spans.index, spans["min"].tolist(), spans["max"].tolist(), strict=True
             ):
                 self._add_node((IdentifierType(kind), value), _moment(first), _moment(last))
-        return self.add_links(links_from_events(events, self.blocked))
+        return self.add_links(links_from_events(events, self.blocked), new_version=False)
 
     def split(self, node: Node, reason: str = "split by an operator") -> list[Node]:
         """Undo the merges that joined ``node`` to its person: ``node`` becomes a person
@@ -404,7 +380,7 @@ class IdentityGraph:
     # --- persistence ---------------------------------------------------------------------
 
     def table(self) -> pd.DataFrame:
-        """One row per identifier (:data:`GRAPH_SCHEMA`)."""
+        """One row per identifier (:data:`GRAPH_COLUMNS`)."""
         rows = []
         for node, (first, last) in self._seen.items():
             via = self._via.get(node)
@@ -425,36 +401,34 @@ class IdentityGraph:
                     "version": self._changed.get(node, self.version),
                 }
             )
-        return pd.DataFrame(rows, columns=GRAPH_SCHEMA.names)
+        return pd.DataFrame(rows, columns=GRAPH_COLUMNS)
 
     def links_table(self) -> pd.DataFrame:
-        """One row per merge, refusal and split (:data:`LINK_SCHEMA`)."""
+        """One row per merge, refusal and split (:data:`LINK_COLUMNS`)."""
         rows = [
             {
                 "dataset": self.dataset,
                 "left_type": d.link.left[0].value,
-                "left": d.link.left[1],
+                "left_id": d.link.left[1],
                 "right_type": d.link.right[0].value,
-                "right": d.link.right[1],
+                "right_id": d.link.right[1],
                 "rule": d.link.rule,
                 "probability": d.link.probability,
                 "evidence": d.link.evidence,
-                "at": d.link.at,
+                "linked_at": d.link.at,
                 "decision": d.decision,
                 "reason": d.reason,
                 "person_id": d.person_id,
                 "version": version,
+                "sequence": sequence,
             }
-            for d, version in self._decisions
+            for sequence, (d, version) in enumerate(self._decisions)
         ]
-        return pd.DataFrame(rows, columns=LINK_SCHEMA.names)
+        return pd.DataFrame(rows, columns=LINK_COLUMNS)
 
-    def tables(self) -> tuple[pa.Table, pa.Table]:
-        """The graph and its decisions as Arrow tables for the lake."""
-        return (
-            pa.Table.from_pandas(self.table(), schema=GRAPH_SCHEMA, preserve_index=False),
-            pa.Table.from_pandas(self.links_table(), schema=LINK_SCHEMA, preserve_index=False),
-        )
+    def tables(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The graph (:meth:`table`) and every decision (:meth:`links_table`)."""
+        return self.table(), self.links_table()
 
     @classmethod
     def from_tables(
@@ -481,10 +455,10 @@ class IdentityGraph:
         records = []
         for row in links.itertuples(index=False):
             link = Link(
-                (IdentifierType(row.left_type), row.left),
-                (IdentifierType(row.right_type), row.right),
+                (IdentifierType(row.left_type), row.left_id),
+                (IdentifierType(row.right_type), row.right_id),
                 row.rule,
-                _moment(row.at),
+                _moment(row.linked_at),
                 None if pd.isna(row.evidence) else row.evidence,
                 None if pd.isna(row.probability) else float(row.probability),
             )

@@ -19,7 +19,7 @@ from datetime import timedelta
 from enum import StrEnum
 
 from bespoke.features.privacy import pseudonym
-from bespoke.features.schema import ID_PATTERN, MAX_ID_LENGTH
+from bespoke.features.schema import BLOCKED_IDENTIFIER_VALUES, ID_PATTERN, MAX_ID_LENGTH
 
 
 class IdentityError(ValueError):
@@ -60,8 +60,9 @@ IDENTIFIERS: dict[IdentifierType, IdentifierSpec] = {
     for spec in (
         IdentifierSpec(IdentifierType.USER_ID, True, 0, 1, None, "user_id",
                        "The account id of a logged-in person; at most one per person."),
-        IdentifierSpec(IdentifierType.CRM_ID, True, 1, 1, None, "crm_id",
-                       "A customer id in a CRM or commerce system; at most one per person."),
+        IdentifierSpec(IdentifierType.CRM_ID, True, 1, 20, None, "crm_id",
+                       "A customer id in a CRM or commerce system; a person may have several "
+                       "(the duplicates a CRM holds, which matching finds)."),
         IdentifierSpec(IdentifierType.EMAIL, True, 2, 5, None, "email_hash",
                        "A verified e-mail address, as its keyed pseudonym."),
         IdentifierSpec(IdentifierType.PHONE, True, 3, 3, None, "phone_hash",
@@ -82,13 +83,7 @@ IDENTIFIER_COLUMNS: dict[str, IdentifierType] = {
 }
 
 #: Values senders put in an identifier field when they have none. Never a person.
-BLOCKED_VALUES = frozenset(
-    {
-        "", "0", "-1", "null", "none", "nil", "nan", "undefined", "unknown", "anonymous",
-        "anon", "guest", "test", "n/a", "na", "false", "true", "[object object]",
-        "00000000-0000-0000-0000-000000000000", "not set", "(not set)", "default",
-    }
-)  # fmt: skip
+BLOCKED_VALUES = BLOCKED_IDENTIFIER_VALUES
 #: The pseudonyms of blocked e-mail and phone values are blocked too (the graph sees only
 #: pseudonyms); :func:`blocked_pseudonyms` computes them for a key.
 _ID = re.compile(ID_PATTERN)

@@ -26,9 +26,16 @@ import pandas as pd
 import splink.comparison_library as cl
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from splink import DuckDBAPI, Linker, SettingsCreator, block_on
+from splink.internals.exceptions import SplinkException
 
+from bespoke.features.lake import Lake
 from bespoke.features.parse import ROW, SOURCE, IngestError, read_table_file
-from bespoke.identity.identifiers import IdentityError, is_blocked
+from bespoke.features.privacy import pseudonymise_series
+from bespoke.identity.build import add_records, load_graph
+from bespoke.identity.identifiers import IdentifierType, IdentityError, is_blocked
+from bespoke.identity.vault import Vault
+
+log = logging.getLogger(__name__)
 
 #: The record fields a mapping can name, and how each is compared.
 MATCH_FIELDS = (
@@ -270,13 +277,27 @@ def match_records(
         blocking_rules_to_generate_predictions=_blocking(fields),
         retain_intermediate_calculation_columns=False,
     )
-    linker = Linker(tables if len(tables) > 1 else tables[0], settings, log_level=logging.WARNING)
+    inputs = tables if len(tables) > 1 else tables[0]
+    linker = Linker(inputs, settings, log_level=logging.WARNING)
     deterministic = _deterministic(fields)
     if deterministic:
         linker.training.estimate_probability_two_random_records_match(deterministic, recall=0.8)
+    model = linker.misc.save_model_to_json()
+    if not model.get("probability_two_random_records_match"):
+        # No pair passed the deterministic rules (a small or very clean file): start from
+        # one match among all pairs rather than none (a prior of 0 matches nothing).
+        n = sum(len(frame) for frame in frames)
+        floor = 1 / max(n * (n - 1) / 2, 1)
+        linker = Linker(inputs, {**model, "probability_two_random_records_match": floor},
+                        log_level=logging.WARNING)  # fmt: skip
     linker.training.estimate_u_using_random_sampling(max_pairs=1e6, seed=seed)
     for block in _training_blocks(fields):
-        linker.training.estimate_parameters_using_expectation_maximisation(block)
+        try:
+            linker.training.estimate_parameters_using_expectation_maximisation(block)
+        except (SplinkException, ValueError, ZeroDivisionError) as error:
+            # Too few pairs in this block to estimate from (small files): the other
+            # blocks, or Splink's starting values, stand for it.
+            log.info("expectation maximisation on %s skipped: %s", block, error)
     predicted = linker.inference.predict(threshold_match_probability=0.001)
     pairs = predicted.as_pandas_dataframe()
     pairs = pairs.rename(columns={"unique_id_l": "record_id_l", "unique_id_r": "record_id_r",
@@ -303,22 +324,97 @@ def match_records(
     )
 
 
-def pairwise_scores(predicted: set[frozenset], truth: set[frozenset]) -> dict[str, float]:
-    """Precision, recall and F1 of a set of record pairs against the true pairs."""
-    true_positives = len(predicted & truth)
-    precision = true_positives / len(predicted) if predicted else 1.0
-    recall = true_positives / len(truth) if truth else 1.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1}
+@dataclass
+class Resolution:
+    """What ``bespoke identity resolve`` did: the match, what joined the graph, where the
+    outputs are."""
+
+    match: MatchResult
+    records: int
+    graph: dict[str, int]
+    vaulted: int
+    outputs: dict[str, Path]
 
 
-def cluster_pairs(labels: pd.Series) -> set[frozenset]:
-    """Every pair of ids (the index) that share a label."""
-    out: set[frozenset] = set()
-    for _, ids in labels.groupby(labels).groups.items():
-        ids = list(ids)
-        out.update(frozenset((a, b)) for i, a in enumerate(ids) for b in ids[i + 1 :])
-    return out
-
-
-__all__ = ["MatchResult", "RecordMapping", "expected_f1_threshold", "match_records", "read_records"]
+def resolve_records(
+    files: list[Path],
+    mapping: RecordMapping,
+    *,
+    dataset: str,
+    lake: Lake,
+    key: bytes,
+    vault: Vault,
+    out_dir: Path,
+    link_only: bool = False,
+    threshold: float | None = None,
+) -> Resolution:
+    """Match customer records (one file: deduplicate; several: link), keep their raw
+    values only in the vault, join their CRM ids, pseudonymised e-mails and phones and the
+    accepted links to the dataset's identity graph, and write the clusters, links and the
+    review list (ids and probabilities only) under ``out_dir``."""
+    frames = [read_records(path, mapping) for path in files]
+    ids = pd.concat([f["record_id"] for f in frames])
+    if ids.duplicated().any():
+        raise IdentityError(
+            f"record id {ids[ids.duplicated()].iloc[0]!r} appears in more than one file: "
+            "record ids must be unique across the files resolved together"
+        )
+    result = match_records(
+        frames, link_type="link_only" if link_only else "link_and_dedupe", threshold=threshold
+    )
+    records = pd.concat(frames, ignore_index=True)
+    crm = dict(zip(records["record_id"], records["crm_id"], strict=True))
+    identifiers = [
+        records[["crm_id"]].assign(identifier_type="crm_id", identifier=records["crm_id"])
+    ]
+    for field in ("email", "phone"):
+        if field in records:
+            identifiers.append(
+                pd.DataFrame(
+                    {
+                        "crm_id": records["crm_id"],
+                        "identifier_type": field,
+                        "identifier": pseudonymise_series(key, field, records[field]),
+                    }
+                )
+            )
+    links = result.links.assign(
+        crm_id_l=result.links["record_id_l"].map(crm),
+        crm_id_r=result.links["record_id_r"].map(crm),
+        evidence="records " + result.links["record_id_l"] + " ~ " + result.links["record_id_r"],
+    )
+    links = links[links["crm_id_l"] != links["crm_id_r"]]
+    counts = add_records(
+        lake,
+        dataset,
+        key,
+        pd.concat(identifiers, ignore_index=True),
+        links,
+        source=", ".join(str(p) for p in files),
+    )
+    graph = load_graph(lake, dataset, key)
+    vaulted = 0
+    raw_fields = [f for f in MATCH_FIELDS if f in records]
+    for person, group in records.groupby(
+        records["crm_id"].map(lambda c: graph.person_of((IdentifierType.CRM_ID, str(c)))),
+        sort=False,
+    ):
+        own = [f"crm_id:{c}" for c in group["crm_id"].unique()]
+        vaulted += vault.put(
+            str(person),
+            [(str(r), {f: (None if pd.isna(v) else v) for f, v in zip(raw_fields, values, strict=True)})
+             for r, values in zip(group["record_id"], group[raw_fields].itertuples(index=False), strict=True)],
+            identifiers=own,
+        )  # fmt: skip
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outputs = {
+        "clusters": out_dir / "clusters.parquet",
+        "links": out_dir / "links.parquet",
+        "review": out_dir / "review.csv",
+    }
+    result.clusters.to_parquet(outputs["clusters"], index=False)
+    result.links.to_parquet(outputs["links"], index=False)
+    result.review.to_csv(outputs["review"], index=False)
+    return Resolution(
+        match=result, records=len(records), graph=counts, vaulted=vaulted, outputs=outputs
+    )

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import aes_key_unwrap, aes_key_wrap
 
 from bespoke.identity.identifiers import IdentityError
+from bespoke.settings import Settings
 
 _KEYS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS data_keys (
@@ -64,6 +65,10 @@ class Vault:
 
     folder: Path
     master_key_file: Path
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Vault:
+        return cls(settings.vault_dir, settings.vault_key_file)
 
     @contextmanager
     def _connect(self, name: str, schema: str) -> Iterator[sqlite3.Connection]:

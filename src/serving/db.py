@@ -112,8 +112,12 @@ class Database:
         self._local.con, self._local.pid = con, os.getpid()
         return con
 
-    def ensure(self, name: str, script: str) -> None:
-        """Run the idempotent DDL ``script`` (``CREATE … IF NOT EXISTS``) once per handle."""
+    def ensure(
+        self, name: str, script: str, added: dict[str, dict[str, str]] | None = None
+    ) -> None:
+        """Run the idempotent DDL ``script`` (``CREATE … IF NOT EXISTS``) once per handle,
+        then add the columns of ``added`` (table → column → type) that a file written by
+        an older version lacks: the only schema change the stores make."""
         if name in self._schemas:
             return
         with self._schema_lock:
@@ -123,6 +127,11 @@ class Database:
                 for statement in script.split(";"):
                     if statement.strip():
                         con.execute(statement)
+                for table, columns in (added or {}).items():
+                    present = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
+                    for column, kind in columns.items():
+                        if column not in present:
+                            con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             self._schemas.add(name)
 
     @contextmanager

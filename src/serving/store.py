@@ -264,9 +264,12 @@ def _moment(micros: int | None) -> datetime | None:
 _INBOX_FIELDS = (
     "source_event_id", "timestamp", "user_id", "anonymous_id", "event_type", "item_id",
     "value", "quantity", "channel", "device", "geo", "page", "referrer", "ip_hash",
-    "email_hash", "phone_hash", "consent", "kind", "subject",
+    "email_hash", "phone_hash", "consent", "kind", "subject", "device_id", "crm_id",
 )  # fmt: skip
 _F = {name: position for position, name in enumerate(_INBOX_FIELDS)}
+
+#: Columns added after the first stores were written (added to older files on open).
+_ADDED_COLUMNS = {"inbox": {"device_id": "TEXT", "crm_id": "TEXT"}}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inbox (
@@ -293,6 +296,7 @@ CREATE TABLE IF NOT EXISTS inbox (
     kind TEXT NOT NULL,
     subject TEXT NOT NULL
 );
+-- device_id, crm_id: _ADDED_COLUMNS
 CREATE UNIQUE INDEX IF NOT EXISTS inbox_sender_id ON inbox (dataset, source_event_id)
     WHERE source_event_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS inbox_subject ON inbox (subject);
@@ -378,7 +382,7 @@ class SQLiteStore:
         return self.db.path
 
     def _database(self) -> Database:
-        self.db.ensure("online-store", _SCHEMA)
+        self.db.ensure("online-store", _SCHEMA, _ADDED_COLUMNS)
         return self.db
 
     # --- live events ---------------------------------------------------------------------
@@ -445,6 +449,8 @@ class SQLiteStore:
             "|".join(sorted(str(p) for p in event.consent)),
             kind,
             subject,
+            event.device_id,
+            event.crm_id,
         )
 
     @staticmethod

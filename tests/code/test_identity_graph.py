@@ -152,7 +152,7 @@ def test_the_graph_reads_back_from_its_tables_and_grows_incrementally() -> None:
     graph = IdentityGraph("t")
     graph.observe_events(first)
     graph.split((C, "c1"))
-    stored = [t.to_pandas() for t in graph.tables()]
+    stored = graph.tables()
     again = IdentityGraph.from_tables("t", *stored)
     mine, theirs = graph.table(), again.table()
     assert (

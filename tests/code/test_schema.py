@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from bespoke.features import collect, schema, sources
 from bespoke.features.lake import Lake
+from bespoke.identity.build import build_graph
 
 
 @pytest.mark.parametrize("table", sorted(schema.TABLES))
@@ -55,6 +56,13 @@ def test_rows_written_to_the_lake_validate_against_their_models(
         ratings=[(1, 1, 5, 881250949), (2, 2, 3, 881250950), (2, 9, 4, 881250951)],
     )
     collect.ingest(sources.movielens_100k(folder, dataset="mini"), lake, key)
+    login = folder / "login.csv"  # a visitor logs in: a link for the identity tables
+    login.write_text("user,cookie,item,ts\n1,c-1,1,2024-01-01T10:00:00Z\n")
+    mapping = sources.ColumnMapping(user_id="user", anonymous_id="cookie", item_id="item",
+                                    timestamp="ts", event_type_constant="view",
+                                    default_consent=["personalization"])  # fmt: skip
+    collect.ingest(sources.interactions_file(login, mapping, "mini"), lake, key)
+    build_graph(lake, "mini", key)
     con = lake.connect()
     for table, (model, arrow) in schema.TABLES.items():
         rows = con.execute(f"SELECT {', '.join(arrow.names)} FROM {table}").to_arrow_table()

@@ -9,11 +9,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bespoke.features import sources
+from bespoke.features import collect, sources
+from bespoke.features.lake import Lake
+from bespoke.features.sources import ColumnMapping
+from bespoke.identity.build import build_graph, load_graph
 from bespoke.identity.evaluate import link_scores, pairwise_scores, score_graph
-from bespoke.identity.graph import IdentityGraph
-from bespoke.identity.matching import RecordMapping, match_records, read_records
+from bespoke.identity.graph import IdentityGraph, parse_node
+from bespoke.identity.matching import RecordMapping, match_records, read_records, resolve_records
 from bespoke.identity.overlay import build_overlay
+from bespoke.identity.vault import Vault
 
 FEBRL = RecordMapping(
     record_id="rec_id", given_name="given_name", surname="surname",
@@ -78,3 +82,53 @@ def test_stitching_the_overlay_merges_no_two_people(overlay_100k: pd.DataFrame) 
     # Everything the evidence links is linked; the rest were never seen with a login.
     assert scores["recall_reachable"] >= 0.99, scores
     assert scores["persons"] < overlay_100k["raw_id"].nunique()
+
+
+def test_customer_records_join_the_graph_and_only_the_vault_holds_raw_values(
+    datasets_dir: Path, tmp_path: Path, lake: Lake, key: bytes
+) -> None:
+    """FEBRL3's 5,000 records as a CRM export (with e-mails made from the names, so typos
+    carry over); one of its people has logged in on the shop with their e-mail."""
+    records = pd.read_csv(datasets_dir / "febrl" / "dataset3.csv", dtype=str, skipinitialspace=True)
+    records.columns = [c.strip() for c in records.columns]
+    records = records.apply(lambda c: c.str.strip())
+    records["email"] = (
+        records["given_name"].fillna("x") + "." + records["surname"].fillna("y") + "@example.org"
+    )
+    crm = tmp_path / "crm.tsv"
+    records.to_csv(crm, sep="\t", index=False)
+    numbers = records["rec_id"].str.split("-").str[1]
+    number = numbers.value_counts().index[0]  # the person with the most duplicates
+    original = records[records["rec_id"] == f"rec-{number}-org"].iloc[0]
+    events = tmp_path / "events.csv"
+    events.write_text(
+        f"user,cookie,mail,item,ts\nshopper-1,c1,{original['email']},i1,2024-01-01T10:00:00Z\n"
+    )
+    mapping = ColumnMapping(user_id="user", anonymous_id="cookie", email="mail", item_id="item",
+                            timestamp="ts", event_type_constant="view",
+                            default_consent=["personalization"])  # fmt: skip
+    collect.ingest(sources.interactions_file(events, mapping, "shop"), lake, key)
+    build_graph(lake, "shop", key)
+    vault = Vault(tmp_path / "vault", tmp_path / "vault.key")
+    fields = FEBRL.model_copy(update={"email": "email"})
+    result = resolve_records(
+        [crm], fields, dataset="shop", lake=lake, key=key, vault=vault, out_dir=tmp_path / "out"
+    )
+    graph = load_graph(lake, "shop", key)
+    shopper = graph.person_of(parse_node("user_id:shopper-1"))
+    same = records[records["rec_id"].str.startswith(f"rec-{number}-")]["rec_id"]
+    assert len(same) >= 2
+    assert {graph.person_of(parse_node(f"crm_id:{r}")) for r in same} == {shopper}
+    others = records[~records["rec_id"].isin(same)]["rec_id"].head(200)
+    assert shopper not in {graph.person_of(parse_node(f"crm_id:{r}")) for r in others}
+    assert set(vault.get(shopper)) == set(same)
+    assert vault.get(shopper)[original["rec_id"]]["surname"] == original["surname"].lower()
+    surnames = [s.encode() for s in records["surname"].dropna().unique() if len(s) > 6][:50]
+    for path in [
+        *lake.files("identity_graph"),
+        *lake.files("identity_links"),
+        *result.outputs.values(),
+    ]:
+        content = Path(path).read_bytes()
+        assert not any(s in content for s in surnames), path
+    assert result.match.threshold > 0.5 and len(result.match.links) > 2500
