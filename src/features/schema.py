@@ -115,6 +115,8 @@ class EventType(StrEnum):
     DISLIKE = "dislike"
     SHARE = "share"
     SIGNUP = "signup"
+    #: A person made themselves known: the event carries the ids it joins (``identify``).
+    IDENTIFY = "identify"
 
 
 #: Event types whose ``value`` is money: negative amounts are anomalies for them.

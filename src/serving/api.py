@@ -12,6 +12,7 @@ Schema, so nullable fields say so), with every status a route answers.
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from _bentoml_sdk import IODescriptor
@@ -23,8 +24,12 @@ from bespoke.features.schema import (
     INT64_MAX,
     INT64_MIN,
     MAX_ID_LENGTH,
+    Channel,
+    ConsentPurpose,
     EventIn,
+    EventType,
     Identifier,
+    Moment,
     integer,
 )
 from bespoke.serving.store import ProfileView
@@ -197,10 +202,79 @@ class EventError(BaseModel):
     message: str
 
 
+class MergeOut(BaseModel):
+    anonymous_id: str
+    user_id: str
+    status: Literal["merged", "already", "refused"] = Field(
+        description="merged: the visitor's live history is now the user's; already: it was; "
+        "refused: the anonymous id already belongs to another user (a shared device)."
+    )
+    events_moved: int
+    reason: str | None
+
+
 class EventsResponse(IODescriptor):
     accepted: int
     rejected: int
     duplicates: int
+    errors: list[EventError]
+    merges: list[MergeOut] = Field(
+        default_factory=list,
+        description="Anonymous visitors joined to a user by events carrying both ids.",
+    )
+
+
+class IdentifyTraits(BaseModel):
+    """What the person told about themselves; e-mail and phone are stored only as keyed
+    pseudonyms (they join the identity graph as verified identifiers)."""
+
+    model_config = ConfigDict(extra="forbid", use_enum_values=True)
+
+    email: str | None = Field(default=None, max_length=254)
+    phone: str | None = Field(default=None, max_length=64)
+
+
+class IdentifyRequest(IODescriptor):
+    """``POST /v1/identify``: a person makes themselves known (a login, a sign-up). The
+    anonymous visitor's live history becomes the user's within the request, and the ids
+    sent together join the identity graph when the events reach the lake."""
+
+    model_config = ConfigDict(extra="forbid", use_enum_values=True)
+
+    user_id: Identifier
+    anonymous_id: Identifier | None = None
+    device_id: Identifier | None = None
+    crm_id: Identifier | None = None
+    traits: IdentifyTraits = Field(default_factory=lambda: IdentifyTraits())
+    timestamp: Moment = Field(default_factory=lambda: datetime.now(UTC))
+    channel: Channel = Channel.API
+    consent: list[ConsentPurpose] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Needs 'personalization' for the ids to be joined and kept.",
+    )
+
+    def as_event(self) -> EventIn:
+        """The ``identify`` event this call is recorded as (in the inbox, then the lake)."""
+        return EventIn(
+            event_type=EventType.IDENTIFY,
+            user_id=self.user_id,
+            anonymous_id=self.anonymous_id,
+            device_id=self.device_id,
+            crm_id=self.crm_id,
+            email=self.traits.email,
+            phone=self.traits.phone,
+            timestamp=self.timestamp,
+            channel=self.channel,
+            consent=self.consent,
+        )
+
+
+class IdentifyResponse(IODescriptor):
+    user_id: str
+    person_id: str = Field(description="The person the ids belong to.")
+    accepted: bool
+    merge: MergeOut | None = Field(description="What became of the anonymous visitor.")
     errors: list[EventError]
 
 
@@ -281,6 +355,9 @@ _ROUTES: list[tuple[str, str, type[BaseModel] | None, type[BaseModel], str, tupl
      (401, 403, 413, 415, 422)),
     ("/v1/events", "post", EventsRequest, EventsResponse,
      f"Up to {MAX_EVENTS} events, stored durably and applied to profiles at once.",
+     (401, 403, 413, 415, 422)),
+    ("/v1/identify", "post", IdentifyRequest, IdentifyResponse,
+     "A person makes themselves known: their anonymous history becomes theirs at once.",
      (401, 403, 413, 415, 422)),
     ("/v1/profiles", "post", ProfileRequest, ProfileView,
      "One person as the online store knows them.", (401, 403, 404, 413, 415, 422)),

@@ -22,10 +22,13 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import to_json
 from starlette.responses import Response
 
+from bespoke.features.schema import person_id_of
 from bespoke.serving.api import (
     MAX_EVENTS,
     EventsRequest,
     EventsResponse,
+    IdentifyRequest,
+    IdentifyResponse,
     PersonalizeRequest,
     PersonalizeResponse,
     ProfileRequest,
@@ -336,6 +339,20 @@ class Personalization:
             accepted=result.accepted,
             rejected=result.rejected,
             duplicates=result.duplicates,
+            errors=[e.model_dump() for e in result.errors],
+            merges=[m.model_dump() for m in result.merges],
+        )
+
+    @bentoml.api(route="/v1/identify", input_spec=IdentifyRequest, output_spec=IdentifyResponse)
+    def identify(self, **request: Any) -> Any:
+        call = IdentifyRequest.model_validate(request)  # validated by BentoML already
+        result = self.store.accept_events([call.as_event()], self.dataset)
+        merge = result.merges[0].model_dump() if result.merges else None
+        return IdentifyResponse(
+            user_id=call.user_id,
+            person_id=person_id_of("user_id", call.user_id),
+            accepted=result.accepted == 1,
+            merge=merge,
             errors=[e.model_dump() for e in result.errors],
         )
 

@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
@@ -56,6 +56,7 @@ from bespoke.features.schema import (
     Channel,
     EventIn,
     check_dataset_name,
+    person_id_of,
 )
 from bespoke.serving.db import Database
 from bespoke.settings import SQLITE_PREFIX, Settings, get_settings
@@ -93,6 +94,20 @@ class ItemError(BaseModel):
     message: str
 
 
+class Merge(BaseModel):
+    """What an event carrying both an anonymous id and a user id (a login, an identify
+    call) did to the anonymous visitor's live history."""
+
+    anonymous_id: str
+    user_id: str
+    status: Literal["merged", "already", "refused"] = Field(
+        description="merged: the visitor's history is now the user's; already: it was; "
+        "refused: the cookie already belongs to another user (a shared device)."
+    )
+    events_moved: int = 0
+    reason: str | None = None
+
+
 class AcceptResult(BaseModel):
     """What became of a request's events."""
 
@@ -102,6 +117,9 @@ class AcceptResult(BaseModel):
         default=0, description="Accepted events whose source_event_id was already held."
     )
     errors: list[ItemError] = Field(default_factory=list)
+    merges: list[Merge] = Field(
+        default_factory=list, description="Anonymous visitors joined to a user by these events."
+    )
 
 
 class RecentEvent(BaseModel):
@@ -118,6 +136,19 @@ class ProfileView(BaseModel):
     dataset: str
     anonymous: bool = False
     known: bool = Field(description="Whether anything is known about this person.")
+    person_id: str | None = Field(
+        default=None, description="The person in the identity graph (see bespoke.identity)."
+    )
+    merged_into: str | None = Field(
+        default=None, description="For an anonymous id that logged in: the user it became."
+    )
+    identifiers: list[dict[str, str]] = Field(
+        default_factory=list,
+        description="The person's identifiers known live (type and id; pseudonyms for PII).",
+    )
+    channels: dict[str, int] = Field(default_factory=dict, description="Recent events per channel.")
+    first_seen: datetime | None = None
+    last_seen: datetime | None = None
     attributes: dict[str, Any] = Field(default_factory=dict)
     recent: list[RecentEvent] = Field(default_factory=list, description="Newest first.")
     last_event_at: dict[str, datetime] = Field(default_factory=dict)
@@ -269,7 +300,10 @@ _INBOX_FIELDS = (
 _F = {name: position for position, name in enumerate(_INBOX_FIELDS)}
 
 #: Columns added after the first stores were written (added to older files on open).
-_ADDED_COLUMNS = {"inbox": {"device_id": "TEXT", "crm_id": "TEXT"}}
+_ADDED_COLUMNS = {
+    "inbox": {"device_id": "TEXT", "crm_id": "TEXT"},
+    "profile_events": {"channel": "TEXT"},
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inbox (
@@ -334,6 +368,22 @@ CREATE TABLE IF NOT EXISTS last_events (
     at INTEGER NOT NULL,
     PRIMARY KEY (dataset, kind, subject, event_type)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS aliases (
+    dataset TEXT NOT NULL,
+    anonymous_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    linked_at INTEGER NOT NULL,
+    inbox_seq INTEGER,
+    PRIMARY KEY (dataset, anonymous_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS aliases_user ON aliases (dataset, user_id);
+CREATE TABLE IF NOT EXISTS refused_aliases (
+    dataset TEXT NOT NULL,
+    anonymous_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    refused_at INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS attributes (
     dataset TEXT NOT NULL,
     user_id TEXT NOT NULL,
@@ -356,8 +406,10 @@ _UPSERT_LAST = (
 _LATEST = "SELECT max(at) FROM last_events WHERE dataset = ? AND kind = ? AND subject = ?"
 _INSERT_EVENT = (
     "INSERT INTO profile_events (dataset, kind, subject, timestamp, event_type, item_id, "
-    "value, inbox_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "value, inbox_seq, channel) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+#: The user an anonymous id became when it logged in.
+_ALIAS = "SELECT user_id FROM aliases WHERE dataset = ? AND anonymous_id = ?"
 
 
 class SQLiteStore:
@@ -409,15 +461,99 @@ class SQLiteStore:
                 rows.append(self._inbox_row(event))
         accepted = len(rows)
         duplicates = 0
+        merges: list[Merge] = []
         if rows:
             with self._database().write() as con:
                 rows = self._new_only(con, dataset, rows)
                 duplicates = accepted - len(rows)
                 if rows:
+                    rows, merges = self._identify(con, dataset, rows, received)
                     self._append(con, dataset, rows, received)
         return AcceptResult(
-            accepted=accepted, rejected=len(errors), duplicates=duplicates, errors=errors
+            accepted=accepted,
+            rejected=len(errors),
+            duplicates=duplicates,
+            errors=errors,
+            merges=merges,
         )
+
+    def _identify(
+        self, con: sqlite3.Connection, dataset: str, rows: list[tuple[Any, ...]], received: int
+    ) -> tuple[list[tuple[Any, ...]], list[Merge]]:
+        """Inside the caller's transaction (so that concurrent logins stay consistent):
+        an event carrying a user id and an anonymous id joins the anonymous visitor's live
+        history to the user, once; a cookie that already belongs to another user is not
+        moved (a shared device: refused, and recorded); events of an anonymous id that
+        logged in belong to its user from then on."""
+        kind, subject, anonymous = _F["kind"], _F["subject"], _F["anonymous_id"]
+        merges: dict[str, Merge] = {}
+        for row in rows:
+            cookie = row[anonymous]
+            if row[kind] != USER or cookie is None or cookie in merges:
+                continue
+            user = row[subject]
+            owner = con.execute(_ALIAS, (dataset, cookie)).fetchone()
+            if owner is None:
+                moved = self._merge(con, dataset, cookie, user, received)
+                merges[cookie] = Merge(
+                    anonymous_id=cookie, user_id=user, status="merged", events_moved=moved
+                )
+            elif owner[0] == user:
+                merges[cookie] = Merge(anonymous_id=cookie, user_id=user, status="already")
+            else:
+                reason = f"anonymous id {cookie} already belongs to user {owner[0]}"
+                con.execute(
+                    "INSERT INTO refused_aliases VALUES (?, ?, ?, ?, ?)",
+                    (dataset, cookie, user, received, reason),
+                )
+                merges[cookie] = Merge(
+                    anonymous_id=cookie, user_id=user, status="refused", reason=reason
+                )
+        anonymous_rows = {r[subject] for r in rows if r[kind] == ANONYMOUS}
+        owners = {}
+        if anonymous_rows:
+            owners = dict(
+                con.execute(
+                    "SELECT anonymous_id, user_id FROM aliases WHERE dataset = ? AND "
+                    "anonymous_id IN (SELECT value FROM json_each(?))",
+                    (dataset, json.dumps(sorted(anonymous_rows))),
+                ).fetchall()
+            )
+        if owners:
+            rows = [_as_user(r, owners[r[subject]]) if r[kind] == ANONYMOUS and r[subject] in owners else r
+                    for r in rows]  # fmt: skip
+        return rows, list(merges.values())
+
+    def _merge(
+        self, con: sqlite3.Connection, dataset: str, cookie: str, user: str, received: int
+    ) -> int:
+        """Move the anonymous visitor's live history to the user and remember the alias;
+        the user's version moves (an ``identify`` time), so no cached answer outlives it."""
+        moved = con.execute(
+            "UPDATE profile_events SET kind = ?, subject = ? "
+            "WHERE dataset = ? AND kind = ? AND subject = ?",
+            (USER, user, dataset, ANONYMOUS, cookie),
+        ).rowcount
+        con.execute(
+            "INSERT INTO last_events (dataset, kind, subject, event_type, at) "
+            "SELECT dataset, ?, ?, event_type, at FROM last_events "
+            "WHERE dataset = ? AND kind = ? AND subject = ? AND true "
+            "ON CONFLICT (dataset, kind, subject, event_type) DO UPDATE SET at = max(at, excluded.at)",
+            (USER, user, dataset, ANONYMOUS, cookie),
+        )
+        con.execute(_UPSERT_LAST, (dataset, USER, user, "identify", received))
+        for table in ("last_events", "profiles"):
+            con.execute(
+                f"DELETE FROM {table} WHERE dataset = ? AND kind = ? AND subject = ?",
+                (dataset, ANONYMOUS, cookie),
+            )
+        con.execute(_UPSERT_PROFILE, (dataset, USER, user, moved, received))
+        con.execute(
+            "INSERT INTO aliases (dataset, anonymous_id, user_id, linked_at) VALUES (?, ?, ?, ?)",
+            (dataset, cookie, user, received),
+        )
+        self._trim(con, dataset, [(USER, user)])
+        return moved
 
     def _inbox_row(self, event: EventIn) -> tuple[Any, ...]:
         """The inbox row of an event: PII replaced by the same keyed pseudonyms as at
@@ -496,13 +632,15 @@ class SQLiteStore:
         )
         kind, subject, ts = _F["kind"], _F["subject"], _F["timestamp"]
         event_type, item, value = _F["event_type"], _F["item_id"], _F["value"]
+        channel = _F["channel"]
         con.executemany(
             _INSERT_EVENT,
             [
-                (dataset, r[kind], r[subject], r[ts], r[event_type], r[item], r[value], seq)
+                (dataset, r[kind], r[subject], r[ts], r[event_type], r[item], r[value], seq,
+                 r[channel])
                 for seq, r in zip(seqs, rows, strict=True)
             ],
-        )
+        )  # fmt: skip
         counts: dict[tuple[str, str], int] = defaultdict(int)
         latest: dict[tuple[str, str, str], int] = {}
         for r in rows:
@@ -554,26 +692,51 @@ class SQLiteStore:
     # --- reading profiles ----------------------------------------------------------------
 
     def profile(self, user_id: str, dataset: str, *, anonymous: bool = False) -> ProfileView:
-        """Attributes, latest events (newest first), last time per event type."""
-        kind = ANONYMOUS if anonymous else USER
+        """Attributes, latest events (newest first), last time per event type, the
+        person's live identifiers (the anonymous ids that logged in as them) and recent
+        activity per channel. An anonymous id that logged in shows its user."""
         with self._database().read() as con:
-            attributes = self._attributes(con, dataset, user_id) if not anonymous else {}
+            kind, subject, merged_into = _who(con, dataset, user_id, anonymous)
+            attributes = self._attributes(con, dataset, subject) if kind == USER else {}
             events = con.execute(
                 "SELECT event_type, item_id, value, timestamp FROM profile_events "
                 "WHERE dataset = ? AND kind = ? AND subject = ? "
                 "ORDER BY timestamp DESC, id DESC LIMIT ?",
-                (dataset, kind, user_id, self.recent_events),
+                (dataset, kind, subject, self.recent_events),
             ).fetchall()
             last = con.execute(
                 "SELECT event_type, at FROM last_events WHERE dataset = ? AND kind = ? "
                 "AND subject = ? ORDER BY event_type",
-                (dataset, kind, user_id),
+                (dataset, kind, subject),
             ).fetchall()
+            channels = con.execute(
+                "SELECT coalesce(channel, 'unknown'), count(*) FROM profile_events "
+                "WHERE dataset = ? AND kind = ? AND subject = ? GROUP BY 1 ORDER BY 1",
+                (dataset, kind, subject),
+            ).fetchall()
+            cookies = (
+                con.execute(
+                    "SELECT anonymous_id FROM aliases WHERE dataset = ? AND user_id = ? "
+                    "ORDER BY linked_at",
+                    (dataset, subject),
+                ).fetchall()
+                if kind == USER
+                else []
+            )
+        times = [ts for *_, ts in events if ts is not None] + [at for _, at in last]
+        identifiers = [{"type": "user_id" if kind == USER else "anonymous_id", "id": subject}]
+        identifiers += [{"type": "anonymous_id", "id": c} for (c,) in cookies]
         return ProfileView(
             user_id=user_id,
             dataset=dataset,
             anonymous=anonymous,
             known=bool(attributes or events or last),
+            person_id=person_id_of(*identifiers[0].values()),
+            merged_into=merged_into,
+            identifiers=identifiers,
+            channels=dict(channels),
+            first_seen=_moment(min(times)) if times else None,
+            last_seen=_moment(max(times)) if times else None,
             attributes=attributes,
             recent=[
                 RecentEvent(event_type=t, item_id=i, value=v, timestamp=_moment(ts))
@@ -587,15 +750,15 @@ class SQLiteStore:
         (:meth:`~bespoke.features.build.Histories.from_profiles`): interactions with an
         item, oldest first, read as training reads the lake (a missing value counts 1.0,
         as in :meth:`~bespoke.training.data.Interactions.from_frame`)."""
-        kind = ANONYMOUS if anonymous else USER
         types = json.dumps(INTERACTION_TYPES)
         with self._database().read() as con:
-            attributes = self._attributes(con, dataset, user_id) if not anonymous else {}
+            kind, subject, _ = _who(con, dataset, user_id, anonymous)
+            attributes = self._attributes(con, dataset, subject) if kind == USER else {}
             rows = con.execute(
                 "SELECT item_id, value, timestamp FROM profile_events "
                 "WHERE dataset = ? AND kind = ? AND subject = ? AND item_id IS NOT NULL "
                 "AND event_type IN (SELECT value FROM json_each(?)) ORDER BY timestamp, id",
-                (dataset, kind, user_id, types),
+                (dataset, kind, subject, types),
             ).fetchall()
         values = np.array([1.0 if v is None else v for _, v, _ in rows], dtype=np.float64)
         micros = np.array(
@@ -612,26 +775,27 @@ class SQLiteStore:
     def version(self, user_id: str, dataset: str, *, anonymous: bool = False) -> str | None:
         """:meth:`snapshot`'s ``version`` alone, in one indexed read: enough to look up a
         cached answer before reading the whole profile."""
-        latest = (
-            self._database()
-            .connection()
-            .execute(_LATEST, (dataset, ANONYMOUS if anonymous else USER, user_id))
-            .fetchone()[0]
-        )
+        con = self._database().connection()
+        kind, subject = USER, user_id
+        if anonymous:
+            kind, subject, _ = _who(con, dataset, user_id, anonymous)
+        latest = con.execute(_LATEST, (dataset, kind, subject)).fetchone()[0]
         return None if latest is None else str(latest)
 
     def snapshot(self, user_id: str, dataset: str, *, anonymous: bool = False) -> Snapshot:
         """:meth:`as_profile` and :meth:`profile`'s recent events in one read: the hot
         path of every request (plain tuples, no per-event models)."""
-        kind = ANONYMOUS if anonymous else USER
         with self._database().read() as con:
-            attributes = self._attributes(con, dataset, user_id) if not anonymous else {}
+            kind, subject = USER, user_id
+            if anonymous:
+                kind, subject, _ = _who(con, dataset, user_id, anonymous)
+            attributes = self._attributes(con, dataset, subject) if kind == USER else {}
             rows = con.execute(
                 "SELECT event_type, item_id, value, timestamp FROM profile_events "
                 "WHERE dataset = ? AND kind = ? AND subject = ? ORDER BY timestamp, id",
-                (dataset, kind, user_id),
+                (dataset, kind, subject),
             ).fetchall()
-            latest = con.execute(_LATEST, (dataset, kind, user_id)).fetchone()[0]
+            latest = con.execute(_LATEST, (dataset, kind, subject)).fetchone()[0]
         interactions = [r for r in rows if r[1] is not None and r[0] in _INTERACTION_SET]
         micros = np.array(
             [np.iinfo(np.int64).min if r[3] is None else r[3] for r in interactions],
@@ -699,7 +863,7 @@ class SQLiteStore:
         if as_of is not None:
             stamp = pd.Timestamp(as_of)
             cut = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-        recent, latest = _lake_history(lake, dataset, cut, per_user)
+        recent, latest, aliases = _lake_history(lake, dataset, cut, per_user)
         now = _micros(datetime.now(UTC))
         with self._database().write() as con:
             watermark = self._watermark(con, dataset)
@@ -708,7 +872,13 @@ class SQLiteStore:
                 "(inbox_seq IS NULL OR inbox_seq <= ?)",
                 (dataset, watermark),
             )
-            con.executemany(_INSERT_EVENT, [(dataset, *row, None) for row in recent])
+            con.executemany(_INSERT_EVENT, [(dataset, *row[:6], None, row[6]) for row in recent])
+            # The identity graph's cookies of known people (live logins stay as they are).
+            con.executemany(
+                "INSERT OR IGNORE INTO aliases (dataset, anonymous_id, user_id, linked_at) "
+                "VALUES (?, ?, ?, ?)",
+                [(dataset, cookie, user, now) for cookie, user in aliases],
+            )
             con.execute("DELETE FROM last_events WHERE dataset = ?", (dataset,))
             con.executemany(_UPSERT_LAST, [(dataset, *row) for row in latest])
             pending = con.execute(
@@ -882,26 +1052,52 @@ class SQLiteStore:
         return removed
 
 
+def _who(
+    con: sqlite3.Connection, dataset: str, user_id: str, anonymous: bool
+) -> tuple[str, str, str | None]:
+    """(kind, subject, merged_into) of a request's person: an anonymous id that logged in
+    is its user's."""
+    if not anonymous:
+        return USER, user_id, None
+    owner = con.execute(_ALIAS, (dataset, user_id)).fetchone()
+    return (USER, owner[0], owner[0]) if owner else (ANONYMOUS, user_id, None)
+
+
+def _as_user(row: tuple[Any, ...], user: str) -> tuple[Any, ...]:
+    """An inbox row of an anonymous id that logged in, as its user's."""
+    row = list(row)
+    row[_F["kind"]], row[_F["subject"]] = USER, user
+    return tuple(row)
+
+
 def _lake_history(
     lake: Lake, dataset: str, cut: pd.Timestamp | None, per_user: int
-) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[str, str]]]:
     """From the lake: each person's latest ``per_user`` events before ``cut`` as
-    (kind, subject, µs, type, item, value), and their last time per event type."""
+    (kind, subject, µs, type, item, value, channel), their last time per event type, and
+    the (anonymous id, user id) pairs of the identity graph. An anonymous event whose
+    person (identity graph) has a user id is that user's."""
     con = lake.connect()
-    where = "dataset = $dataset AND coalesce(user_id, anonymous_id) IS NOT NULL"
+    where = "dataset = $dataset AND coalesce(user_id, person_user, anonymous_id) IS NOT NULL"
     params: dict[str, Any] = {"dataset": dataset}
     if cut is not None:
         where += " AND timestamp < $cut"
         params["cut"] = cut.to_pydatetime()
+    users_of = """
+        SELECT person_id, min(identifier) AS person_user FROM identity_graph
+        WHERE dataset = $dataset AND identifier_type = 'user_id' GROUP BY person_id
+    """
     people = f"""
-        SELECT CASE WHEN user_id IS NULL THEN '{ANONYMOUS}' ELSE '{USER}' END AS kind,
-               coalesce(user_id, anonymous_id) AS subject, timestamp, event_type, item_id,
-               value, event_id
-        FROM events WHERE {where}
+        SELECT CASE WHEN coalesce(user_id, person_user) IS NULL THEN '{ANONYMOUS}'
+                    ELSE '{USER}' END AS kind,
+               coalesce(user_id, person_user, anonymous_id) AS subject, timestamp,
+               event_type, item_id, value, event_id, channel
+        FROM (SELECT e.*, u.person_user FROM events e LEFT JOIN ({users_of}) u USING (person_id))
+        WHERE {where}
     """
     recent = con.execute(
         f"""
-        SELECT kind, subject, epoch_us(timestamp), event_type, item_id, value
+        SELECT kind, subject, epoch_us(timestamp), event_type, item_id, value, channel
         FROM ({people})
         QUALIFY row_number() OVER (
             PARTITION BY kind, subject ORDER BY timestamp DESC NULLS LAST, event_id DESC
@@ -917,7 +1113,14 @@ def _lake_history(
         """,
         params,
     ).fetchall()
-    return recent, latest
+    aliases = con.execute(
+        f"""
+        SELECT g.identifier, u.person_user FROM identity_graph g JOIN ({users_of}) u USING (person_id)
+        WHERE g.dataset = $dataset AND g.identifier_type = 'anonymous_id'
+        """,
+        {"dataset": dataset},
+    ).fetchall()
+    return recent, latest, aliases
 
 
 def flush_every(
