@@ -63,9 +63,12 @@ _LATEST = "SELECT * EXCLUDE (_rank) FROM (SELECT *, row_number() OVER (PARTITION
 def _strongest_identifier_sql() -> str:
     """SQL for an event's strongest identifier as ``type:value`` (placeholders skipped)."""
     blocked = ", ".join("'" + v.replace("'", "''") + "'" for v in sorted(BLOCKED_IDENTIFIER_VALUES))
+    # A user id equal to the event's e-mail pseudonym is ingestion keying an event without
+    # one on its e-mail (see bespoke.identity.graph): the e-mail, not an account.
     cases = " ".join(
         f"WHEN {column} IS NOT NULL AND lower(trim({column})) NOT IN ({blocked}) "
-        f"THEN '{kind}:' || {column}"
+        + ("AND user_id IS DISTINCT FROM email_hash " if column == "user_id" else "")
+        + f"THEN '{kind}:' || {column}"
         for kind, column in IDENTIFIER_COLUMNS.items()
     )
     return f"CASE {cases} END"
@@ -85,9 +88,16 @@ LEFT JOIN (
     FROM ({_LATEST_GRAPH.replace("{raw}", "_raw_identity_graph")})
 ) g ON g.dataset = e.dataset AND g._identifier = e._identifier
 """
+#: Each person of the identity graph with their user id (a person has at most one).
+_PERSONS = f"""
+SELECT dataset, person_id, min(identifier) FILTER (WHERE identifier_type = 'user_id') AS user_id,
+       count(*) AS identifiers, min(first_seen) AS first_seen, max(last_seen) AS last_seen
+FROM ({_LATEST_GRAPH}) GROUP BY dataset, person_id
+"""
 _VIEWS = {
     "events": _EVENTS,
     "identity_graph": _LATEST_GRAPH,
+    "persons": _PERSONS,
     "identity_links": "SELECT * FROM {raw}",
     "users": _LATEST.replace("{key}", "user_id"),
     "users_history": "SELECT * FROM {raw}",
@@ -98,6 +108,7 @@ _VIEWS = {
 _VIEW_TABLE = {
     "events": "events",
     "identity_graph": "identity_graph",
+    "persons": "identity_graph",
     "identity_links": "identity_links",
     "users": "users",
     "users_history": "users",

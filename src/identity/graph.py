@@ -499,13 +499,17 @@ def _moment(value: object) -> pd.Timestamp | None:
 
 def _identifier_values(events: pd.DataFrame, blocked: frozenset[str]) -> dict[str, np.ndarray]:
     """Each identifier column of ``events`` as an object array, placeholders (blocked
-    values and their pseudonyms) made missing."""
+    values and their pseudonyms) made missing. A ``user_id`` equal to the event's own
+    ``email_hash`` is ingestion keying an event without a user id on its e-mail: the
+    e-mail, not an account."""
     out = {}
     for column in IDENTIFIER_COLUMNS:
         if column not in events.columns:
             continue
         text = events[column].astype("string")
         bad = text.str.strip().str.lower().isin(BLOCKED_VALUES) | text.isin(blocked)
+        if column == "user_id" and "email_hash" in events.columns:
+            bad |= text == events["email_hash"].astype("string")
         out[column] = (
             text.mask(bad.fillna(False)).astype(object).where(lambda s: s.notna(), None).to_numpy()
         )

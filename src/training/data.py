@@ -134,12 +134,16 @@ def load_interactions(
     dataset: str,
     event_types: tuple[str, ...] = tuple(e.value for e in POSITIVE_EVENT_TYPES),
 ) -> Interactions:
-    """The dataset's positive interactions (events with a user and an item)."""
+    """The dataset's positive interactions (events with an item), one row per event, keyed
+    on the person (identity graph): the person's user id when they have one — so an
+    anonymous visit stitched to a logged-in person counts as theirs — else their
+    ``person_id``."""
     con = lake.connect()
     frame = con.execute(
-        "SELECT user_id, item_id, value, timestamp FROM events "
-        "WHERE dataset = ? AND user_id IS NOT NULL AND item_id IS NOT NULL "
-        "AND list_contains(?, event_type) ORDER BY timestamp NULLS FIRST, event_id",
+        "SELECT coalesce(p.user_id, e.user_id, e.person_id) AS user_id, e.item_id, e.value, "
+        "e.timestamp FROM events e LEFT JOIN persons p USING (dataset, person_id) "
+        "WHERE e.dataset = ? AND e.item_id IS NOT NULL AND e.person_id IS NOT NULL "
+        "AND list_contains(?, e.event_type) ORDER BY e.timestamp NULLS FIRST, e.event_id",
         [dataset, list(event_types)],
     ).df()
     if frame.empty:
