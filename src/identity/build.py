@@ -168,47 +168,42 @@ def add_records(
     links: pd.DataFrame,
     source: str,
 ) -> dict[str, int]:
-    """Join customer records to the graph: each row of ``identifiers`` (``crm_id``,
-    ``identifier_type``, ``identifier``: pseudonyms for e-mail and phone) ties one of a
-    record's own identifiers to its CRM id; each row of ``links`` (``crm_id_l``,
-    ``crm_id_r``, ``probability``, ``evidence``) is a probabilistic match of two records."""
+    """Join customer records to the dataset's graph in the lake (see
+    :func:`join_records`) and keep the result as a new snapshot."""
     graph = load_graph(lake, dataset, key)
     before = len(graph.decisions())
+    counts = _count(join_records(graph, identifiers, links))
+    save_graph(lake, graph, before, {"matches_from": source, "decisions": counts})
+    return counts
+
+
+def join_records(
+    graph: IdentityGraph, identifiers: pd.DataFrame, links: pd.DataFrame
+) -> list[Decision]:
+    """Join customer records to ``graph`` as a new version: each row of ``identifiers``
+    (``crm_id``, ``identifier_type``, ``identifier``: pseudonyms for e-mail and phone) ties
+    one of a record's own identifiers to its CRM id (``same_record``); each row of
+    ``links`` (``crm_id_l``, ``crm_id_r``, ``probability``, ``evidence``) is a
+    probabilistic match of two records (``probabilistic_match``, with its probability)."""
     own = identifiers.dropna()
     own = own[~own["identifier"].isin(graph.blocked)]
     made = [
-        Link(
-            (IdentifierType.CRM_ID, str(crm)),
-            (IdentifierType(kind), str(value)),
-            SAME_RECORD,
-            None,
-            f"record {crm}",
-        )
-        for crm, kind, value in own[["crm_id", "identifier_type", "identifier"]].itertuples(
-            index=False
-        )
+        Link((IdentifierType.CRM_ID, str(crm)), (IdentifierType(kind), str(value)),
+             SAME_RECORD, None, f"record {crm}")
+        for crm, kind, value in own[["crm_id", "identifier_type", "identifier"]].itertuples(index=False)
         if not (kind == IdentifierType.CRM_ID and value == crm)
-    ]
+    ]  # fmt: skip
     graph.add_identifiers(
         (IdentifierType.CRM_ID, str(crm)) for crm in identifiers["crm_id"].unique()
     )
     made += [
-        Link(
-            (IdentifierType.CRM_ID, str(left)),
-            (IdentifierType.CRM_ID, str(right)),
-            MATCH,
-            None,
-            str(evidence),
-            float(probability),
-        )
+        Link((IdentifierType.CRM_ID, str(left)), (IdentifierType.CRM_ID, str(right)), MATCH,
+             None, str(evidence), float(probability))
         for left, right, probability, evidence in links[
             ["crm_id_l", "crm_id_r", "probability", "evidence"]
         ].itertuples(index=False)
-    ]
-    decisions = graph.add_links(made, new_version=False)
-    counts = _count(decisions)
-    save_graph(lake, graph, before, {"matches_from": source, "decisions": counts})
-    return counts
+    ]  # fmt: skip
+    return graph.add_links(made, new_version=False)
 
 
 def _count(decisions: list[Decision]) -> dict[str, int]:

@@ -86,12 +86,22 @@ def identifier_truth(overlay: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def score_graph(graph: IdentityGraph, overlay: pd.DataFrame) -> dict[str, float]:
+def score_graph(
+    graph: IdentityGraph, overlay: pd.DataFrame, records: pd.DataFrame | None = None
+) -> dict[str, float]:
     """Stitching of ``overlay`` by ``graph`` against its truth, over identifiers:
     pairwise ``precision``, ``recall`` (against the truth), ``recall_reachable`` (against
     the best the evidence allows, :func:`reachable_clusters`), ``f1``, and
-    ``over_merges`` (persons holding the accounts of two real people)."""
-    table = graph.table().merge(identifier_truth(overlay), on=["identifier_type", "identifier"])
+    ``over_merges`` (persons holding the accounts of two real people). ``records`` (a CRM
+    export with ``crm_id`` and ``true_person``) scores the customer records joined too."""
+    truth = identifier_truth(overlay)
+    if records is not None:  # customer records: their CRM ids and true people
+        truth = pd.concat(
+            [truth, pd.DataFrame({"identifier_type": "crm_id", "identifier": records["crm_id"],
+                                  "truth": records["true_person"]})],
+            ignore_index=True,
+        )  # fmt: skip
+    table = graph.table().merge(truth, on=["identifier_type", "identifier"])
     own = table[table["truth"] != "shared"]
     scores = pairwise_scores(own["person_id"], own["truth"])
     labels = own["identifier_type"] + ":" + own["identifier"]

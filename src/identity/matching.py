@@ -278,7 +278,7 @@ def match_records(
         retain_intermediate_calculation_columns=False,
     )
     inputs = tables if len(tables) > 1 else tables[0]
-    linker = Linker(inputs, settings, log_level=logging.WARNING)
+    linker = Linker(inputs, settings, log_level=logging.ERROR)
     deterministic = _deterministic(fields)
     if deterministic:
         linker.training.estimate_probability_two_random_records_match(deterministic, recall=0.8)
@@ -289,7 +289,7 @@ def match_records(
         n = sum(len(frame) for frame in frames)
         floor = 1 / max(n * (n - 1) / 2, 1)
         linker = Linker(inputs, {**model, "probability_two_random_records_match": floor},
-                        log_level=logging.WARNING)  # fmt: skip
+                        log_level=logging.ERROR)  # fmt: skip
     linker.training.estimate_u_using_random_sampling(max_pairs=1e6, seed=seed)
     for block in _training_blocks(fields):
         try:

@@ -1,9 +1,9 @@
 """A cross-channel identity overlay on real behaviour, with the truth kept.
 
 No public dataset has real people's cookies, devices and logins, so this builds one on
-real behaviour: each real person's events (ML-100K, ML-1M, CDNOW) are cut into sessions
-(a gap of more than 30 minutes, or a new day where a source has dates only) and each
-session gets a channel and the identifiers such a session would carry:
+real behaviour: each real person's events (ML-100K, CDNOW; ML-1M has no timestamps) are
+cut into sessions (a gap of more than 30 minutes, or a new day where a source has dates
+only) and each session gets a channel and the identifiers such a session would carry:
 
 - a login is an ``identify`` call: its session's first event also carries the
   account's e-mail pseudonym (the trait a login sends).
@@ -173,3 +173,83 @@ def _per_person_cumsum(flags: np.ndarray, first_of_person: np.ndarray) -> np.nda
     start = np.maximum.accumulate(np.where(first_of_person, np.arange(len(flags)), 0))
     before = np.r_[0, total][start]
     return total - before
+
+
+@dataclass(frozen=True)
+class CrmParams:
+    #: Share of people with an account who are in the CRM.
+    coverage: float = 0.8
+    #: Share of them with a second record (a store's system, an old sign-up).
+    duplicates: float = 0.2
+    #: Share of second records whose e-mail has a typo (only fuzzy matching finds them).
+    email_typo: float = 0.5
+    #: Share of second records with a typo in the given name or surname.
+    name_typo: float = 0.5
+    seed: int = 11
+
+
+def _typo(rng: np.random.Generator, text: str) -> str:
+    """One edit: a swapped, dropped or replaced character (keeps at least two)."""
+    if len(text) < 3:
+        return text + "x"
+    i = int(rng.integers(1, len(text) - 1))
+    kind = rng.integers(3)
+    if kind == 0:
+        return text[:i] + text[i + 1] + text[i] + text[i + 2 :]
+    if kind == 1:
+        return text[:i] + text[i + 1 :]
+    return text[:i] + "aeiou"[int(rng.integers(5))] + text[i + 1 :]
+
+
+def build_crm_export(
+    overlay: pd.DataFrame, names: pd.DataFrame, params: CrmParams | None = None
+) -> pd.DataFrame:
+    """A CRM export for the overlay's people with an account: one record each for
+    ``coverage`` of them (their account e-mail, a name drawn from ``names`` — columns
+    ``given_name``, ``surname``, e.g. FEBRL's — a date of birth and a postcode), and for
+    ``duplicates`` of those a second record under another customer id with typos in the
+    name and, for ``email_typo`` of them, in the e-mail. Columns: ``crm_id``,
+    ``given_name``, ``surname``, ``date_of_birth``, ``postcode``, ``email``,
+    ``true_person``. The e-mail is the overlay's raw account e-mail (the ``email_hash``
+    column of the overlay holds it before ingestion pseudonymises it)."""
+    p = params or CrmParams()
+    rng = np.random.default_rng(p.seed)
+    logged_in = overlay.dropna(subset=["user_id"])
+    accounts = logged_in.drop_duplicates("true_person")[["true_person"]].reset_index(drop=True)
+    email = overlay.dropna(subset=["email_hash"]).drop_duplicates("true_person")
+    accounts = accounts.merge(email[["true_person", "email_hash"]], on="true_person", how="inner")
+    accounts = accounts[rng.random(len(accounts)) < p.coverage].reset_index(drop=True)
+    pool = names.dropna(subset=["given_name", "surname"])
+    picks = rng.integers(len(pool), size=len(accounts))
+    records = pd.DataFrame(
+        {
+            "crm_id": _token(
+                "crm-", accounts["true_person"].to_numpy(), np.zeros(len(accounts)), seed=p.seed
+            ),
+            "given_name": pool["given_name"].to_numpy()[picks],
+            "surname": pool["surname"].to_numpy()[rng.integers(len(pool), size=len(accounts))],
+            "date_of_birth": (
+                pd.Timestamp("1940-01-01")
+                + pd.to_timedelta(rng.integers(0, 60 * 365, len(accounts)), unit="D")
+            ).strftime("%Y-%m-%d"),
+            "postcode": rng.integers(1000, 9999, len(accounts)).astype(str),
+            "email": accounts["email_hash"].to_numpy(),
+            "true_person": accounts["true_person"].to_numpy(),
+        }
+    )
+    twins = records[rng.random(len(records)) < p.duplicates].copy()
+    twins["crm_id"] = _token(
+        "crm-", twins["true_person"].to_numpy(), np.ones(len(twins)), seed=p.seed
+    )
+    for column, share in (
+        ("given_name", p.name_typo / 2),
+        ("surname", p.name_typo / 2),
+        ("email", p.email_typo),
+    ):
+        hit = rng.random(len(twins)) < share
+        twins.loc[hit, column] = [_typo(rng, v) for v in twins.loc[hit, column]]
+    return (
+        pd.concat([records, twins], ignore_index=True)
+        .sample(frac=1.0, random_state=p.seed)
+        .reset_index(drop=True)
+    )

@@ -12,11 +12,11 @@ import pytest
 from bespoke.features import collect, sources
 from bespoke.features.lake import Lake
 from bespoke.features.sources import ColumnMapping
-from bespoke.identity.build import build_graph, load_graph
+from bespoke.identity.build import build_graph, join_records, load_graph
 from bespoke.identity.evaluate import link_scores, pairwise_scores, score_graph
 from bespoke.identity.graph import IdentityGraph, parse_node
 from bespoke.identity.matching import RecordMapping, match_records, read_records, resolve_records
-from bespoke.identity.overlay import build_overlay
+from bespoke.identity.overlay import build_crm_export, build_overlay
 from bespoke.identity.vault import Vault
 
 FEBRL = RecordMapping(
@@ -132,3 +132,40 @@ def test_customer_records_join_the_graph_and_only_the_vault_holds_raw_values(
         content = Path(path).read_bytes()
         assert not any(s in content for s in surnames), path
     assert result.match.threshold > 0.5 and len(result.match.links) > 2500
+
+
+def test_the_overlays_crm_export_joins_the_right_people(
+    datasets_dir: Path, overlay_100k: pd.DataFrame
+) -> None:
+    names = pd.read_csv(datasets_dir / "febrl" / "dataset4a.csv", dtype=str, skipinitialspace=True)
+    names.columns = [c.strip() for c in names.columns]
+    names = names[["given_name", "surname"]].apply(lambda c: c.str.strip())
+    crm = build_crm_export(overlay_100k, names)
+    pd.testing.assert_frame_equal(crm, build_crm_export(overlay_100k, names))  # seeded
+    twins = crm[crm["true_person"].duplicated(keep=False)].sort_values("true_person")
+    assert len(twins) > 100
+    first, second = twins.groupby("true_person").nth(0), twins.groupby("true_person").nth(1)
+    assert (first["email"].to_numpy() != second["email"].to_numpy()).mean() > 0.3  # typo'd
+    graph = IdentityGraph("ml-100k")
+    graph.observe_events(overlay_100k)
+    result = match_records([crm.rename(columns={"crm_id": "record_id"})])
+    links = result.links.rename(columns={"record_id_l": "crm_id_l", "record_id_r": "crm_id_r"})
+    join_records(
+        graph,
+        pd.DataFrame(
+            {"crm_id": crm["crm_id"], "identifier_type": "email", "identifier": crm["email"]}
+        ),
+        links.assign(evidence="records"),
+    )
+    scores = score_graph(graph, overlay_100k, crm)
+    assert scores["over_merges"] == 0 and scores["precision"] >= 0.995, scores
+    # Every CRM record, typo'd e-mail or not, is its account's person.
+    account = {
+        person: graph.person_of(parse_node(f"user_id:{person}"))
+        for person in overlay_100k["user_id"].dropna().unique()
+    }
+    joined = [
+        graph.person_of(parse_node(f"crm_id:{c}")) == account[t]
+        for c, t in zip(crm["crm_id"], crm["true_person"], strict=True)
+    ]
+    assert sum(joined) / len(joined) >= 0.99
