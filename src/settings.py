@@ -196,18 +196,7 @@ class Settings(BaseSettings):
         """The HMAC key, creating and keeping a random one on first use when none is set."""
         if self.hmac_key is not None:
             return self.hmac_key.get_secret_value().encode()
-        path = self.hmac_key_file
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # O_EXCL: two processes starting together must not each write their own key.
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass
-            else:
-                with os.fdopen(fd, "w") as handle:
-                    handle.write(secrets.token_hex(32))
-        return path.read_text().strip().encode()
+        return kept_secret(self.hmac_key_file).encode()
 
     def dataset_path(self, name: str) -> Path:
         """``<datasets_dir>/<name>``, with a message that says how to set it when unset."""
@@ -217,6 +206,21 @@ class Settings(BaseSettings):
                 f"(holding {name}/) or pass the path explicitly"
             )
         return self.datasets_dir / name
+
+
+def kept_secret(path: Path) -> str:
+    """The 256-bit random secret (hex) kept in ``path``, created (mode 0600) on first use."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # O_EXCL: two processes starting together must not each write their own secret.
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_hex(32))
+    return path.read_text().strip()
 
 
 @lru_cache(maxsize=1)

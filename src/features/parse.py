@@ -8,6 +8,7 @@ raises :class:`IngestError` naming the file, line and column, before anything is
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 from pandera.engines import pandas_engine
+from pydantic import ValidationError
 
 from bespoke.features.schema import TEXT
 
@@ -259,3 +261,38 @@ def _describe(kind: Any) -> str:
 
 
 # --- batches and results -----------------------------------------------------------------
+
+
+# --- mapping files ---------------------------------------------------------------------------
+
+
+def check_delimiter(value: str | None) -> str | None:
+    """A column separator as a mapping or an option gives it: one character, or ``tab``
+    (or ``\\t``) for a tab; None (sniff it) stays None."""
+    if value is None:
+        return None
+    value = {"tab": "\t", "\\t": "\t"}.get(value.lower(), value)
+    if len(value) != 1 or value in '\r\n"':
+        raise ValueError(f"a delimiter is one character (or 'tab'), got {value!r}")
+    return value
+
+
+def read_mapping_file(path: str | Path) -> dict[str, Any]:
+    """A column mapping's JSON object, with errors naming the file."""
+    path = Path(path)
+    try:
+        fields = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise IngestError(f"{path}: no such mapping file") from None
+    except json.JSONDecodeError as error:
+        raise IngestError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(fields, dict):
+        raise IngestError(f"{path}: a mapping is a JSON object of field → column")
+    return fields
+
+
+def validation_message(error: ValidationError) -> str:
+    """A pydantic error as ``field: message; …`` (never the values: they may be personal)."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '(mapping)'}: {e['msg']}" for e in error.errors()
+    )

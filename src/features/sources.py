@@ -6,7 +6,6 @@ idempotency) is :func:`bespoke.features.collect.ingest`'s, the same for every so
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -26,13 +25,16 @@ from bespoke.features.parse import (
     ROW,
     SOURCE,
     IngestError,
+    check_delimiter,
     coerce,
     date_format,
     iso_datetime,
     read_delimited,
+    read_mapping_file,
     read_table_file,
     require_columns,
     unix_seconds,
+    validation_message,
 )
 from bespoke.features.schema import TEXT, Channel, ConsentPurpose, EventIn, EventType
 
@@ -260,15 +262,7 @@ class ColumnMapping(BaseModel):
         "default: sniffed from the file among ',', tab, ';' and '|'.",
     )
 
-    @field_validator("delimiter")
-    @classmethod
-    def _one_character(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        value = {"tab": "\t", "\\t": "\t"}.get(value.lower(), value)
-        if len(value) != 1 or value in '\r\n"':
-            raise ValueError(f"a delimiter is one character (or 'tab'), got {value!r}")
-        return value
+    _one_character = field_validator("delimiter")(check_delimiter)
 
     @model_validator(mode="after")
     def _complete(self) -> ColumnMapping:
@@ -295,27 +289,13 @@ class ColumnMapping(BaseModel):
         try:
             return cls.model_validate(fields)
         except ValidationError as error:
-            raise IngestError(f"{origin}: invalid mapping: {_pydantic_message(error)}") from None
+            raise IngestError(f"{origin}: invalid mapping: {validation_message(error)}") from None
 
     @classmethod
     def load(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> ColumnMapping:
         """A mapping from a JSON file (``overrides`` win), with errors naming file and field."""
-        path = Path(path)
-        try:
-            fields = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise IngestError(f"{path}: no such mapping file") from None
-        except json.JSONDecodeError as error:
-            raise IngestError(f"{path}: not valid JSON ({error})") from None
-        if not isinstance(fields, dict):
-            raise IngestError(f"{path}: a mapping is a JSON object of field → column")
+        fields = read_mapping_file(path)
         return cls.from_fields({**fields, **(overrides or {})}, origin=str(path))
-
-
-def _pydantic_message(error: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or '(mapping)'}: {e['msg']}" for e in error.errors()
-    )
 
 
 def _timestamp_type(fmt: str) -> Any:

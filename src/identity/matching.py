@@ -14,7 +14,6 @@ Raw values are needed in memory to compare them; at rest they live only in the v
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -29,7 +28,15 @@ from splink import DuckDBAPI, Linker, SettingsCreator, block_on
 from splink.internals.exceptions import SplinkException
 
 from bespoke.features.lake import Lake
-from bespoke.features.parse import ROW, SOURCE, IngestError, read_table_file
+from bespoke.features.parse import (
+    ROW,
+    SOURCE,
+    IngestError,
+    check_delimiter,
+    read_mapping_file,
+    read_table_file,
+    validation_message,
+)
 from bespoke.features.privacy import pseudonymise_series
 from bespoke.identity.build import add_records, load_graph
 from bespoke.identity.identifiers import IdentifierType, IdentityError, is_blocked
@@ -78,15 +85,7 @@ class RecordMapping(BaseModel):
         default=None, description="The column separator; default: sniffed from the file."
     )
 
-    @field_validator("delimiter")
-    @classmethod
-    def _one_character(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        value = {"tab": "\t", "\\t": "\t"}.get(value.lower(), value)
-        if len(value) != 1 or value in '\r\n"':
-            raise ValueError(f"a delimiter is one character (or 'tab'), got {value!r}")
-        return value
+    _one_character = field_validator("delimiter")(check_delimiter)
 
     def fields(self) -> dict[str, str]:
         """Matched field → source column, for the fields mapped."""
@@ -95,23 +94,12 @@ class RecordMapping(BaseModel):
     @classmethod
     def load(cls, path: str | Path) -> RecordMapping:
         """A mapping from a JSON file, with errors naming the file and the field."""
-        path = Path(path)
         try:
-            fields = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise IdentityError(f"{path}: no such mapping file") from None
-        except json.JSONDecodeError as error:
-            raise IdentityError(f"{path}: not valid JSON ({error})") from None
-        if not isinstance(fields, dict):
-            raise IdentityError(f"{path}: a mapping is a JSON object of field → column")
-        try:
-            mapping = cls.model_validate(fields)
+            mapping = cls.model_validate(read_mapping_file(path))
+        except IngestError as error:
+            raise IdentityError(str(error)) from None
         except ValidationError as error:
-            detail = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or '(mapping)'}: {e['msg']}"
-                for e in error.errors()
-            )
-            raise IdentityError(f"{path}: invalid mapping: {detail}") from None
+            raise IdentityError(f"{path}: invalid mapping: {validation_message(error)}") from None
         if len(mapping.fields()) < 2:
             raise IdentityError(
                 f"{path}: map at least two fields to compare ({', '.join(MATCH_FIELDS)})"

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import closing, contextmanager
@@ -28,7 +27,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import aes_key_unwrap, aes_key_wrap
 
 from bespoke.identity.identifiers import IdentityError
-from bespoke.settings import Settings
+from bespoke.settings import Settings, kept_secret
 
 _KEYS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS data_keys (
@@ -80,17 +79,7 @@ class Vault:
                 yield con
 
     def _master_key(self) -> bytes:
-        path = self.master_key_file
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:  # O_EXCL: two processes starting together keep one key
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass
-            else:
-                with os.fdopen(fd, "w") as handle:
-                    handle.write(secrets.token_hex(32))
-        return bytes.fromhex(path.read_text().strip())
+        return bytes.fromhex(kept_secret(self.master_key_file))
 
     def _data_key(self, keys: sqlite3.Connection, subject: str, create: bool) -> bytes:
         row = keys.execute(
