@@ -42,7 +42,7 @@ from bespoke.identity.matching import RecordMapping, match_records, read_records
 from bespoke.identity.overlay import build_crm_export, build_overlay
 from bespoke.training.data import Interactions
 from bespoke.training.ease import ease
-from bespoke.training.metrics import ranking_metrics
+from bespoke.training.metrics import per_user_metrics, ranking_metrics
 
 FEBRL_MAPPING = RecordMapping(
     record_id="rec_id", given_name="given_name", surname="surname",
@@ -181,7 +181,8 @@ def stitched_vs_raw(data: pd.DataFrame, cut_quantile: float = 0.8) -> dict:
     items = np.unique(data["item_id"])
     truth_seen = past.groupby("true_person")["item_id"].agg(set)
     relevant_items = future.groupby("true_person")["item_id"].agg(set)
-    out = {"cut": str(cut), "people": len(people)}
+    out: dict = {"cut": str(cut), "people": len(people)}
+    per_person = {}
     for variant, keys, request in (
         ("raw", past["raw_id"], visit["raw_id"]),
         ("stitched", person, _persons(graph, visit)),
@@ -200,7 +201,13 @@ def stitched_vs_raw(data: pd.DataFrame, cut_quantile: float = 0.8) -> dict:
         relevant = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(visit), len(items)))
         out[f"{variant}_ndcg@10"] = ranking_metrics(recommended, relevant, k=10)["ndcg@10"]
         out[f"{variant}_keys"] = int(keys.nunique())
+        per_person[variant] = per_user_metrics(recommended, relevant, k=10).ndcg
     out["lift"] = out["stitched_ndcg@10"] / out["raw_ndcg@10"] - 1
+    # A paired bootstrap over people: how sure the lift is with this many of them.
+    rng = np.random.default_rng(0)
+    draws = rng.integers(len(per_person["raw"]), size=(2000, len(per_person["raw"])))
+    lifts = per_person["stitched"][draws].mean(axis=1) / per_person["raw"][draws].mean(axis=1) - 1
+    out["lift_ci95"] = [float(np.quantile(lifts, 0.025)), float(np.quantile(lifts, 0.975))]
     return out
 
 
@@ -290,7 +297,8 @@ def main() -> None:
     for name, s in results.get("stitched_vs_raw", {}).items():
         console.print(
             f"EASE nDCG@10 on the {name} overlay (temporal): raw ids {s['raw_ndcg@10']:.4f}, "
-            f"stitched persons {s['stitched_ndcg@10']:.4f} (lift {s['lift']:+.1%}, {s['people']} people)"
+            f"stitched persons {s['stitched_ndcg@10']:.4f} (lift {s['lift']:+.1%}, 95% interval "
+            f"{s['lift_ci95'][0]:+.1%}..{s['lift_ci95'][1]:+.1%} over {s['people']} people)"
         )
     console.print(f"written to {args.out}")
 
