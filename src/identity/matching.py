@@ -38,6 +38,7 @@ from bespoke.features.parse import (
     validation_message,
 )
 from bespoke.features.privacy import pseudonymise_series
+from bespoke.features.schema import ID_PATTERN, MAX_ID_LENGTH
 from bespoke.identity.build import add_records, load_graph
 from bespoke.identity.identifiers import IdentifierType, IdentityError, is_blocked
 from bespoke.identity.vault import Vault
@@ -136,6 +137,17 @@ def read_records(path: str | Path, mapping: RecordMapping) -> pd.DataFrame:
     if bad.any():
         line = int(out.loc[bad.idxmax(), ROW])  # the file's own line number
         raise IdentityError(f"{path}: line {line}: {mapping.record_id} is empty or a placeholder")
+    # A record without a customer id of its own is known by its record id.
+    out["crm_id"] = out["crm_id"].fillna(out["record_id"]) if "crm_id" in out else out["record_id"]
+    for field, column in (("record_id", mapping.record_id), ("crm_id", mapping.crm_id)):
+        values = out[field]
+        misshapen = ~values.fillna("").str.fullmatch(ID_PATTERN).fillna(False)
+        if misshapen.any():
+            row = out.loc[misshapen.idxmax()]
+            raise IdentityError(
+                f"{path}: line {int(row[ROW])}: {column} {str(row[field])[:40]!r} is not an id "
+                f"(1-{MAX_ID_LENGTH} characters, no control characters, no space at either end)"
+            )
     duplicated = ids.duplicated()
     if duplicated.any():
         first = out.loc[duplicated.idxmax()]
@@ -143,8 +155,6 @@ def read_records(path: str | Path, mapping: RecordMapping) -> pd.DataFrame:
             f"{path}: line {int(first[ROW])}: {mapping.record_id} {first['record_id']!r} "
             "appears twice (record ids are unique)"
         )
-    if "crm_id" not in out:
-        out["crm_id"] = out["record_id"]
     if "date_of_birth" in out:
         parsed = pd.to_datetime(out["date_of_birth"], format=mapping.date_format, errors="coerce")
         out["date_of_birth"] = parsed.dt.strftime("%Y-%m-%d").astype("string")
