@@ -377,6 +377,16 @@ CREATE TABLE IF NOT EXISTS aliases (
     PRIMARY KEY (dataset, anonymous_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS aliases_user ON aliases (dataset, user_id);
+CREATE TABLE IF NOT EXISTS person_identifiers (
+    dataset TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    identifier_type TEXT NOT NULL,
+    identifier TEXT NOT NULL,
+    channel TEXT,
+    first_seen INTEGER,
+    last_seen INTEGER,
+    PRIMARY KEY (dataset, user_id, identifier_type, identifier)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS refused_aliases (
     dataset TEXT NOT NULL,
     anonymous_id TEXT NOT NULL,
@@ -714,18 +724,27 @@ class SQLiteStore:
                 "WHERE dataset = ? AND kind = ? AND subject = ? GROUP BY 1 ORDER BY 1",
                 (dataset, kind, subject),
             ).fetchall()
-            cookies = (
+            known = (
                 con.execute(
-                    "SELECT anonymous_id FROM aliases WHERE dataset = ? AND user_id = ? "
-                    "ORDER BY linked_at",
+                    "SELECT identifier_type, identifier, channel, first_seen, last_seen "
+                    "FROM person_identifiers WHERE dataset = ?1 AND user_id = ?2 "
+                    "UNION ALL SELECT 'anonymous_id', anonymous_id, NULL, linked_at, NULL "
+                    "FROM aliases WHERE dataset = ?1 AND user_id = ?2",
                     (dataset, subject),
                 ).fetchall()
                 if kind == USER
                 else []
             )
         times = [ts for *_, ts in events if ts is not None] + [at for _, at in last]
+        times += [t for *_, first, last_at in known for t in (first, last_at) if t is not None]
         identifiers = [{"type": "user_id" if kind == USER else "anonymous_id", "id": subject}]
-        identifiers += [{"type": "anonymous_id", "id": c} for (c,) in cookies]
+        listed = {(identifiers[0]["type"], subject)}
+        for kind_of, value, channel, *_ in known:  # the lake's graph first, then live logins
+            if (kind_of, value) not in listed:
+                listed.add((kind_of, value))
+                identifiers.append(
+                    {"type": kind_of, "id": value, **({"channel": channel} if channel else {})}
+                )
         return ProfileView(
             user_id=user_id,
             dataset=dataset,
@@ -864,6 +883,7 @@ class SQLiteStore:
             stamp = pd.Timestamp(as_of)
             cut = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
         recent, latest, aliases = _lake_history(lake, dataset, cut, per_user)
+        identifiers = _lake_identifiers(lake, dataset)
         now = _micros(datetime.now(UTC))
         with self._database().write() as con:
             watermark = self._watermark(con, dataset)
@@ -878,6 +898,11 @@ class SQLiteStore:
                 "INSERT OR IGNORE INTO aliases (dataset, anonymous_id, user_id, linked_at) "
                 "VALUES (?, ?, ?, ?)",
                 [(dataset, cookie, user, now) for cookie, user in aliases],
+            )
+            con.execute("DELETE FROM person_identifiers WHERE dataset = ?", (dataset,))
+            con.executemany(
+                "INSERT INTO person_identifiers VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(dataset, *row) for row in identifiers],
             )
             con.execute("DELETE FROM last_events WHERE dataset = ?", (dataset,))
             con.executemany(_UPSERT_LAST, [(dataset, *row) for row in latest])
@@ -1061,6 +1086,40 @@ def _who(
         return USER, user_id, None
     owner = con.execute(_ALIAS, (dataset, user_id)).fetchone()
     return (USER, owner[0], owner[0]) if owner else (ANONYMOUS, user_id, None)
+
+
+def _lake_identifiers(lake: Lake, dataset: str) -> list[tuple[Any, ...]]:
+    """Each known person's identifiers from the identity graph, as (user id, type,
+    identifier, the channel most of its events came through, first and last seen in µs)."""
+    columns = {"crm_id": "crm_id", "email": "email_hash", "phone": "phone_hash",
+               "device_id": "device_id", "anonymous_id": "anonymous_id"}  # fmt: skip
+    carried = " UNION ALL ".join(
+        f"SELECT '{kind}' AS identifier_type, {column} AS identifier, channel FROM events "
+        f"WHERE dataset = $dataset AND {column} IS NOT NULL"
+        for kind, column in columns.items()
+    )
+    return (
+        lake.connect()
+        .execute(
+            f"""
+            WITH users_of AS (
+                SELECT person_id, min(identifier) AS user_id FROM identity_graph
+                WHERE dataset = $dataset AND identifier_type = 'user_id' GROUP BY person_id
+            ), channels AS (
+                SELECT identifier_type, identifier, mode(channel) AS channel
+                FROM ({carried}) GROUP BY ALL
+            )
+            SELECT u.user_id, g.identifier_type, g.identifier, c.channel,
+                   epoch_us(g.first_seen), epoch_us(g.last_seen)
+            FROM identity_graph g JOIN users_of u USING (person_id)
+            LEFT JOIN channels c USING (identifier_type, identifier)
+            WHERE g.dataset = $dataset AND g.identifier_type <> 'user_id'
+            ORDER BY u.user_id, g.identifier_type, g.identifier
+            """,
+            {"dataset": dataset},
+        )
+        .fetchall()
+    )
 
 
 def _as_user(row: tuple[Any, ...], user: str) -> tuple[Any, ...]:

@@ -18,6 +18,7 @@ from bespoke.features.privacy import pseudonym
 from bespoke.features.schema import person_id_of
 from bespoke.identity.build import build_graph, load_graph, person_report, split_identifier
 from bespoke.identity.graph import parse_node
+from bespoke.serving.store import SQLiteStore
 from bespoke.settings import get_settings
 
 MAPPING = sources.ColumnMapping(
@@ -129,3 +130,33 @@ def test_the_identity_commands(tmp_path: Path, key: bytes) -> None:
     )
     assert refused.exit_code == 1 and "missing column(s) ['nope']" in refused.output
     assert load_graph(lake, "shop", real_key).person_of(parse_node("crm_id:A1")) is None
+
+
+def test_seeding_the_online_store_takes_the_graphs_persons(
+    tmp_path: Path, lake: Lake, key: bytes
+) -> None:
+    _ingest(tmp_path, lake, key, "day1", [
+        (None, "c1", None, "i1", "2024-01-01T10:00:00Z", None),
+        ("u1", "c1", None, "i2", "2024-01-01T10:05:00Z", "ann@example.org"),
+        (None, "c2", "d1", "i3", "2024-01-02T11:00:00Z", None),
+        ("u1", None, "d1", "i4", "2024-01-02T11:30:00Z", None),
+    ])  # fmt: skip
+    build_graph(lake, "shop", key)
+    store = SQLiteStore(f"sqlite:///{tmp_path / 'online.db'}", key)
+    store.seed_history(lake, "shop")
+    profile = store.profile("u1", "shop")
+    # The anonymous visits before the login are the user's, from the first request on.
+    assert sorted(e.item_id for e in profile.recent) == ["i1", "i2", "i3", "i4"]
+    listed = {(i["type"], i["id"]) for i in profile.identifiers}
+    email = pseudonym(key, "email", "ann@example.org")
+    assert listed == {("user_id", "u1"), ("anonymous_id", "c1"), ("anonymous_id", "c2"),
+                      ("device_id", "d1"), ("email", email)}  # fmt: skip
+    assert profile.person_id == person_id_of("user_id", "u1")
+    assert profile.first_seen is not None and profile.first_seen.isoformat().startswith(
+        "2024-01-01T10:00"
+    )
+    # A request by one of the cookies answers as the user.
+    assert (
+        store.snapshot("c2", "shop", anonymous=True).profile.items
+        == store.snapshot("u1", "shop").profile.items
+    )
