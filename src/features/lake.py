@@ -192,15 +192,18 @@ class Lake:
         """(Re)create the views on ``con`` so that they cover the files there are now."""
         for table in TABLES:
             raw = f"_raw_{table}"
+            con.register(f"_empty_{table}", TABLES[table][1].empty_table())
             if self.files(table):
                 # A glob, not a list: the view sees files added later, and stays short.
+                # Unioned by name with the empty table, so that a column added to the
+                # schema after files were written reads as missing in those files.
                 pattern = self._duckdb_path(self._glob(table, None))
                 con.execute(
                     f"CREATE OR REPLACE VIEW {raw} AS SELECT * FROM read_parquet('{pattern}', "
-                    "union_by_name = true, hive_partitioning = false)"
+                    f"union_by_name = true, hive_partitioning = false) "
+                    f"UNION ALL BY NAME SELECT * FROM _empty_{table}"
                 )
             else:
-                con.register(f"_empty_{table}", TABLES[table][1].empty_table())
                 con.execute(f"CREATE OR REPLACE VIEW {raw} AS SELECT * FROM _empty_{table}")
         for view, sql in _VIEWS.items():
             con.execute(

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import duckdb
 import fsspec
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -18,7 +19,7 @@ from typer.testing import CliRunner
 from bespoke.cli import app as cli
 from bespoke.features import collect, report, sources
 from bespoke.features.lake import DAMAGED_DIR, TMP_SUFFIX, UNDATED, Lake
-from bespoke.features.schema import TABLES
+from bespoke.features.schema import EVENT_SCHEMA, TABLES, person_id_of
 from bespoke.settings import get_settings
 
 VIEWS = [
@@ -702,3 +703,20 @@ def test_rows_without_a_sender_id_are_told_apart_by_content_when_others_have_one
     assert result.counts("events")["quarantined"] == {}
     assert result.counts("events")["stored"] == 4
     assert _count(lake, "SELECT count(DISTINCT event_id) FROM events") == 4
+
+
+def test_files_written_before_a_column_was_added_still_read(
+    lake: Lake, key: bytes, tmp_path: Path
+) -> None:
+    """A lake written by an older version (events without device_id and crm_id) opens,
+    and its events get their person."""
+    old = pa.schema([f for f in EVENT_SCHEMA if f.name not in ("device_id", "crm_id")])
+    row = {f.name: None for f in old}
+    row.update(event_id="e1", dataset="old", user_id="u1", event_type="view", channel="web",
+               consent=["personalization"], imputed=[], run_id="r1",
+               ingested_at=datetime(2024, 1, 1, tzinfo=UTC))  # fmt: skip
+    folder = tmp_path / "lake" / "events" / "dataset=old" / "event_date=undated"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([row], schema=old), folder / "r1.parquet")
+    rows = lake.connect().execute("SELECT device_id, crm_id, person_id FROM events").fetchall()
+    assert rows == [(None, None, person_id_of("user_id", "u1"))]
