@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from bespoke.features import schema
-from bespoke.features.schema import IDENTITY_GRAPH_SCHEMA, IDENTITY_LINKS_SCHEMA
+from bespoke.features.schema import IDENTITY_GRAPH_SCHEMA, IDENTITY_LINKS_SCHEMA, TEXT
 from bespoke.identity.identifiers import (
     BLOCKED_VALUES,
     IDENTIFIER_COLUMNS,
@@ -312,12 +312,9 @@ class IdentityGraph:
         together on one event are linked (each to the event's strongest)."""
         self.version += 1
         frames = []
-        times = (
-            pd.to_datetime(events["timestamp"], utc=True).to_numpy()
-            if "timestamp" in events
-            else None
-        )
-        for column, values in _identifier_values(events, self.blocked).items():
+        times = _utc_times(events)
+        identifiers = _identifier_values(events, self.blocked)
+        for column, values in identifiers.items():
             keep = pd.notna(values)
             frames.append(
                 pd.DataFrame(
@@ -336,7 +333,8 @@ class IdentityGraph:
                 spans.index, spans["min"].tolist(), spans["max"].tolist(), strict=True
             ):
                 self._add_node((IdentifierType(kind), value), _moment(first), _moment(last))
-        return self.add_links(links_from_events(events, self.blocked), new_version=False)
+        links = links_from_events(events, self.blocked, identifiers=identifiers, times=times)
+        return self.add_links(links, new_version=False)
 
     def split(self, node: Node, reason: str = "split by an operator") -> list[Node]:
         """Undo the merges that joined ``node`` to its person: ``node`` becomes a person
@@ -506,24 +504,39 @@ def _identifier_values(events: pd.DataFrame, blocked: frozenset[str]) -> dict[st
     for column in IDENTIFIER_COLUMNS:
         if column not in events.columns:
             continue
-        text = events[column].astype("string")
-        bad = text.str.strip().str.lower().isin(BLOCKED_VALUES) | text.isin(blocked)
+        text = events[column].astype(TEXT)
+        bad = text.str.strip().str.lower().isin(BLOCKED_VALUES).fillna(False)
+        if blocked:
+            bad |= text.isin(blocked).fillna(False)
         if column == "user_id" and "email_hash" in events.columns:
-            bad |= text == events["email_hash"].astype("string")
-        out[column] = (
-            text.mask(bad.fillna(False)).astype(object).where(lambda s: s.notna(), None).to_numpy()
-        )
+            bad |= (text == events["email_hash"].astype(TEXT)).fillna(False)
+        out[column] = text.mask(bad).to_numpy(dtype=object, na_value=None)
     return out
 
 
-def links_from_events(events: pd.DataFrame, blocked: frozenset[str] = frozenset()) -> list[Link]:
+def _utc_times(events: pd.DataFrame) -> np.ndarray | None:
+    """The events' times as naive UTC ``datetime64`` (vectorised; a tz-aware column would
+    become an array of Python objects)."""
+    if "timestamp" not in events:
+        return None
+    return pd.to_datetime(events["timestamp"], utc=True).dt.tz_localize(None).to_numpy()
+
+
+def links_from_events(
+    events: pd.DataFrame,
+    blocked: frozenset[str] = frozenset(),
+    *,
+    identifiers: dict[str, np.ndarray] | None = None,
+    times: np.ndarray | None = None,
+) -> list[Link]:
     """The deterministic links of a batch of events: each identifier on an event is linked
     to the event's strongest identifier (a star: as connected as every pair, with fewer
-    links). One link per distinct pair, with the first event that showed it."""
+    links). One link per distinct pair, with the first event that showed it.
+    (``identifiers`` and ``times``: the batch's, when the caller has them already.)"""
     columns = [c for c in IDENTIFIER_COLUMNS if c in events.columns]
     if len(columns) < 2 or events.empty:
         return []
-    values = _identifier_values(events, blocked)
+    values = identifiers if identifiers is not None else _identifier_values(events, blocked)
     columns = list(values)
     n = len(events)
     strongest = np.full(n, None, dtype=object)
@@ -532,7 +545,8 @@ def links_from_events(events: pd.DataFrame, blocked: frozenset[str] = frozenset(
         take = (strongest_col == -1) & pd.notna(values[column])
         strongest[take] = values[column][take]
         strongest_col[take] = index
-    times = pd.to_datetime(events["timestamp"], utc=True) if "timestamp" in events else None
+    if times is None:
+        times = _utc_times(events)
     ids = (
         events["event_id"].astype(str).to_numpy()
         if "event_id" in events
@@ -550,7 +564,7 @@ def links_from_events(events: pd.DataFrame, blocked: frozenset[str] = frozenset(
                 "left": strongest[take],
                 "right_col": index,
                 "right": other[take],
-                "at": times.to_numpy()[take] if times is not None else pd.NaT,
+                "at": times[take] if times is not None else pd.NaT,
                 "evidence": ids[take],
             }
         )
