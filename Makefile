@@ -70,4 +70,5 @@ bench: setup  ## run the benchmarks; JSON results and tables under bench/results
 	@$(UV) run --locked python bench/serving.py --out bench/results/serving.json
 	@$(UV) run --locked python bench/drift.py --out bench/results/drift.json
 	@$(UV) run --locked python bench/identity.py --out bench/results/identity.json
+	@$(UV) run --locked python bench/segments.py --out bench/results/segments.json
 	@$(UV) run --locked python bench/online_store.py --out bench/results/online_store.json

@@ -1,0 +1,42 @@
+"""Churn and value models on CDNOW, trained leak-free inside the calibration period and
+judged on the classic holdout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from bespoke.features import sources
+from bespoke.training.churn import ChurnModel, ValueModel, person_rows, training_set
+
+
+@pytest.fixture(scope="module")
+def purchases(datasets_dir: Path) -> pd.DataFrame:
+    events = sources.cdnow(datasets_dir / "cdnow").events.rename(columns={"user_id": "person"})
+    return events.assign(timestamp=pd.to_datetime(events["timestamp"], utc=True))
+
+
+def test_churn_and_value_trained_before_the_holdout_rank_it(purchases: pd.DataFrame) -> None:
+    train = training_set(purchases, ["1997-05-31", "1997-06-30"], 92)
+    # Every training label ends by the calibration end: nothing of the holdout is seen.
+    assert (train["cut"] + pd.Timedelta(days=92)).max() <= pd.Timestamp("1997-09-30")
+    test = person_rows(purchases, "1997-09-30", 273)
+    probability = ChurnModel().fit(train).predict_proba(test)
+    assert probability.min() >= 0 and probability.max() <= 1
+    assert roc_auc_score(test["churned"], probability) >= 0.76
+    # The baseline it is compared with, from the same rows.
+    assert roc_auc_score(test["churned"], -test["bgnbd_expected"]) == pytest.approx(
+        0.763, abs=0.002
+    )
+    value = ValueModel().fit(train, 92).predict(test, 273)
+    assert (value >= 0).all()
+    assert np.abs(value - test["horizon_value"]).mean() < test["horizon_value"].mean()
+
+
+def test_a_horizon_of_zero_is_refused(purchases: pd.DataFrame) -> None:
+    with pytest.raises(ValueError, match="positive number of days"):
+        person_rows(purchases, "1997-09-30", 0)
