@@ -277,15 +277,20 @@ def check_delimiter(value: str | None) -> str | None:
     return value
 
 
-def read_mapping_file(path: str | Path) -> dict[str, Any]:
-    """A column mapping's JSON object, with errors naming the file."""
+def read_json_file(path: str | Path, what: str = "file") -> Any:
+    """A JSON file's content, with errors naming the file (``what`` it was meant to be)."""
     path = Path(path)
     try:
-        fields = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except FileNotFoundError:
-        raise IngestError(f"{path}: no such mapping file") from None
+        raise IngestError(f"{path}: no such {what}") from None
     except json.JSONDecodeError as error:
         raise IngestError(f"{path}: not valid JSON ({error})") from None
+
+
+def read_mapping_file(path: str | Path) -> dict[str, Any]:
+    """A column mapping's JSON object, with errors naming the file."""
+    fields = read_json_file(path, "mapping file")
     if not isinstance(fields, dict):
         raise IngestError(f"{path}: a mapping is a JSON object of field → column")
     return fields

@@ -15,7 +15,6 @@ marketer can read and that stay put across retrains.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +27,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 from sklearn.preprocessing import StandardScaler
 
+from bespoke.features.parse import IngestError, read_json_file
 from bespoke.serving.rules import ConditionError, Predicate, compile_condition
 
 #: What segments are computed from (columns of :func:`bespoke.features.person.person_features`).
@@ -199,11 +199,9 @@ def load_rule_segments(path: str | Path) -> list[RuleSegment]:
     names are unique."""
     path = Path(path)
     try:
-        document = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise RuleSegmentError(f"{path}: no such file") from None
-    except json.JSONDecodeError as error:
-        raise RuleSegmentError(f"{path}: not valid JSON ({error})") from None
+        document = read_json_file(path, "rule-segment file")
+    except IngestError as error:
+        raise RuleSegmentError(str(error)) from None
     entries = document.get("segments") if isinstance(document, dict) else None
     if not isinstance(entries, list) or not entries:
         raise RuleSegmentError(f'{path}: expected {{"segments": [ … ]}} with at least one segment')
