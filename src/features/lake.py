@@ -99,6 +99,10 @@ _VIEWS = {
     "identity_graph": _LATEST_GRAPH,
     "persons": _PERSONS,
     "identity_links": "SELECT * FROM {raw}",
+    # A person's latest assignment, and every assignment with the time the next one
+    # replaced it (valid_to; open while none has).
+    "segments": "SELECT * FROM {raw} QUALIFY valid_from = max(valid_from) OVER (PARTITION BY dataset, person)",
+    "segments_history": "SELECT *, lead(valid_from) OVER (PARTITION BY dataset, person ORDER BY valid_from) AS valid_to FROM {raw}",
     "users": _LATEST.replace("{key}", "user_id"),
     "users_history": "SELECT * FROM {raw}",
     "items": _LATEST.replace("{key}", "item_id"),
@@ -110,6 +114,8 @@ _VIEW_TABLE = {
     "identity_graph": "identity_graph",
     "persons": "identity_graph",
     "identity_links": "identity_links",
+    "segments": "segments",
+    "segments_history": "segments",
     "users": "users",
     "users_history": "users",
     "items": "items",

@@ -329,6 +329,23 @@ class QuarantinedRecord(BaseModel):
     quarantined_at: datetime
 
 
+class SegmentAssignment(BaseModel):
+    """A person's segments as of a time (one row of :data:`SEGMENT_SCHEMA`): their
+    behavioural segment and the rule segments they match. The lake keeps every
+    assignment; the ``segments_history`` view gives each its ``valid_to``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: DatasetName
+    person: str
+    segment: str | None = Field(description="The behavioural (k-means) segment's name.")
+    rule_segments: list[str]
+    valid_from: datetime
+    model: str = Field(description="What assigned it (the segment model's name and version).")
+    run_id: str
+    written_at: datetime
+
+
 class IdentityRow(BaseModel):
     """One identifier of the identity graph (one row of :data:`IDENTITY_GRAPH_SCHEMA`):
     the person it belongs to and the evidence that put it there."""
@@ -455,6 +472,19 @@ QUARANTINE_SCHEMA = pa.schema(
     ]
 )
 
+SEGMENT_SCHEMA = pa.schema(
+    [
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("person", pa.string(), nullable=False),
+        pa.field("segment", pa.string()),
+        pa.field("rule_segments", _STRINGS, nullable=False),
+        pa.field("valid_from", _UTC_TS, nullable=False),
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("written_at", _UTC_TS, nullable=False),
+    ]
+)
+
 IDENTITY_GRAPH_SCHEMA = pa.schema(
     [
         pa.field("dataset", pa.string(), nullable=False),
@@ -505,6 +535,8 @@ TABLES: dict[str, tuple[type[BaseModel], pa.Schema]] = {
     # every decision on a link (appended by each build).
     "identity_graph": (IdentityRow, IDENTITY_GRAPH_SCHEMA),
     "identity_links": (IdentityLink, IDENTITY_LINKS_SCHEMA),
+    # Every segment assignment; the views give the latest and each one's validity.
+    "segments": (SegmentAssignment, SEGMENT_SCHEMA),
 }
 
 

@@ -22,12 +22,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 from sklearn.preprocessing import StandardScaler
 
+from bespoke.features.collect import new_run_id
+from bespoke.features.lake import Lake
 from bespoke.features.parse import IngestError, read_json_file
+from bespoke.features.schema import SEGMENT_SCHEMA
 from bespoke.serving.rules import ConditionError, Predicate, compile_condition
 
 #: What segments are computed from (columns of :func:`bespoke.features.person.person_features`).
@@ -246,3 +250,54 @@ def rule_memberships(
         }
         out[person] = [segment.name for segment in segments if segment.when(document, now)]
     return pd.Series(out, name="segments", dtype=object)
+
+
+# --- membership with history ---------------------------------------------------------------
+
+
+def write_assignments(
+    lake: Lake,
+    dataset: str,
+    assignments: pd.DataFrame,
+    valid_from: str | datetime,
+    model: str,
+) -> int:
+    """Keep ``assignments`` (indexed by person; ``segment`` and ``rule_segments``) as of
+    ``valid_from`` in the lake's ``segments`` table, as one lake run. Only people whose
+    segments changed since their latest assignment (or who have none) get a row, so the
+    ``segments_history`` view shows each change once, with when it stopped being true.
+    Returns the rows written."""
+    moment = pd.Timestamp(valid_from)
+    moment = moment.tz_localize("UTC") if moment.tzinfo is None else moment.tz_convert("UTC")
+    frame = pd.DataFrame(
+        {
+            "person": assignments.index.astype(str),
+            "segment": assignments.get("segment", pd.Series(None, index=assignments.index)).to_numpy(),
+            "rule_segments": [sorted(v) if isinstance(v, list) else [] for v in
+                              assignments.get("rule_segments", pd.Series([[]] * len(assignments), index=assignments.index))],
+        }
+    )  # fmt: skip
+    latest = (
+        lake.connect()
+        .execute("SELECT person, segment, rule_segments FROM segments WHERE dataset = ?", [dataset])
+        .df()
+    )
+    if len(latest):
+        before = {p: (s, list(r)) for p, s, r in latest.itertuples(index=False)}
+        keep = [before.get(p) != (s, r) for p, s, r in frame.itertuples(index=False)]
+        frame = frame[keep]
+    if frame.empty:
+        return 0
+    now = datetime.now(UTC)
+    run_id = new_run_id(now)
+    table = pa.Table.from_pandas(
+        frame.assign(dataset=dataset, valid_from=moment, model=model, run_id=run_id,
+                     written_at=pd.Timestamp(now)),
+        schema=SEGMENT_SCHEMA, preserve_index=False,
+    )  # fmt: skip
+    with lake.transaction(run_id) as writer:
+        writer.write("segments", table, dataset)
+        writer.commit({"run_id": run_id, "dataset": dataset, "source": "segments",
+                       "started_at": now.isoformat(), "valid_from": moment.isoformat(),
+                       "model": model, "assignments_written": len(frame)})  # fmt: skip
+    return len(frame)

@@ -24,7 +24,7 @@ from bespoke.settings import get_settings
 
 VIEWS = [
     "events", "users", "items", "quarantine", "users_history", "items_history", "ingest_runs",
-    "identity_graph", "identity_links", "persons",
+    "identity_graph", "identity_links", "persons", "segments", "segments_history",
 ]  # fmt: skip
 
 

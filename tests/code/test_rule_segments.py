@@ -9,7 +9,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bespoke.training.segments import RuleSegmentError, load_rule_segments, rule_memberships
+from bespoke.features.lake import Lake
+from bespoke.training.segments import (
+    RuleSegmentError,
+    load_rule_segments,
+    rule_memberships,
+    write_assignments,
+)
 
 SEGMENTS = {
     "segments": [
@@ -61,3 +67,30 @@ def test_bad_rule_segment_files_are_named(tmp_path: Path, document: object, mess
     with pytest.raises(RuleSegmentError, match=message) as error:
         load_rule_segments(_write(tmp_path, document))
     assert "segments.json" in str(error.value)
+
+
+def test_assignments_are_kept_with_their_history(tmp_path: Path) -> None:
+    lake = Lake(str(tmp_path / "lake"))
+    first = pd.DataFrame({"segment": ["Active", "Lapsed"], "rule_segments": [["Big spenders"], []]},
+                         index=["ann", "bob"])  # fmt: skip
+    assert write_assignments(lake, "shop", first, "2024-01-01", "segments-v1") == 2
+    # A month later bob comes back; ann is unchanged, cy is new.
+    second = pd.DataFrame(
+        {"segment": ["Active", "Active", "New"], "rule_segments": [["Big spenders"], [], []]},
+        index=["ann", "bob", "cy"],
+    )
+    assert write_assignments(lake, "shop", second, "2024-02-01", "segments-v1") == 2
+    assert write_assignments(lake, "shop", second, "2024-02-02", "segments-v1") == 0
+    con = lake.connect()
+    latest = dict(con.execute("SELECT person, segment FROM segments ORDER BY person").fetchall())
+    assert latest == {"ann": "Active", "bob": "Active", "cy": "New"}
+    history = con.execute(
+        "SELECT person, segment, valid_from::DATE, valid_to::DATE FROM segments_history "
+        "ORDER BY person, valid_from"
+    ).fetchall()
+    assert [(p, s, str(f), None if t is None else str(t)) for p, s, f, t in history] == [
+        ("ann", "Active", "2024-01-01", None),
+        ("bob", "Lapsed", "2024-01-01", "2024-02-01"),
+        ("bob", "Active", "2024-02-01", None),
+        ("cy", "New", "2024-02-01", None),
+    ]

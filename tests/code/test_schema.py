@@ -6,6 +6,7 @@ from __future__ import annotations
 import typing
 from datetime import UTC, datetime
 
+import pandas as pd
 import pyarrow as pa
 import pytest
 from pydantic import ValidationError
@@ -13,6 +14,7 @@ from pydantic import ValidationError
 from bespoke.features import collect, schema, sources
 from bespoke.features.lake import Lake
 from bespoke.identity.build import build_graph
+from bespoke.training.segments import write_assignments
 
 
 @pytest.mark.parametrize("table", sorted(schema.TABLES))
@@ -63,6 +65,8 @@ def test_rows_written_to_the_lake_validate_against_their_models(
                                     default_consent=["personalization"])  # fmt: skip
     collect.ingest(sources.interactions_file(login, mapping, "mini"), lake, key)
     build_graph(lake, "mini", key)
+    write_assignments(lake, "mini", pd.DataFrame({"segment": ["Active"], "rule_segments": [["All"]]},
+                                                  index=["1"]), "1998-01-01", "segments-v1")  # fmt: skip
     con = lake.connect()
     for table, (model, arrow) in schema.TABLES.items():
         rows = con.execute(f"SELECT {', '.join(arrow.names)} FROM {table}").to_arrow_table()
