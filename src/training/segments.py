@@ -15,6 +15,7 @@ marketer can read and that stay put across retrains.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -126,13 +127,58 @@ class Segmenter:
         return float(np.mean(scores)) if scores else float("nan")
 
     def predict(self, features: pd.DataFrame) -> pd.Series:
-        """Each person's segment name."""
+        """Each person's segment name: that of the nearest centre (what k-means assigns;
+        the same online, where one person at a time is re-scored)."""
         if not hasattr(self, "model_"):
             raise RuntimeError("fit the segmenter first")
-        labels = self.model_.predict(self.scaler_.transform(self._matrix(features)))
+        scaled = self.scaler_.transform(self._matrix(features))
+        centers = self.model_.cluster_centers_
+        labels = ((scaled[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2).argmin(axis=1)
         return pd.Series(
             np.asarray(self.names_, dtype=object)[labels], index=features.index, name="segment"
         )
+
+    def save(self, path: str | Path) -> Path:
+        """The fitted model as JSON (no pickle): features, scaling, centres, names."""
+        if not hasattr(self, "model_"):
+            raise RuntimeError("fit the segmenter first")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({
+            "params": {"k_range": list(self.k_range), "features": list(self.features),
+                       "bootstrap": self.bootstrap, "sample": self.sample,
+                       "random_state": self.random_state},
+            "mean": self.scaler_.mean_.tolist(), "scale": self.scaler_.scale_.tolist(),
+            "centers": self.model_.cluster_centers_.tolist(), "names": self.names_,
+            "descriptions": self.descriptions_, "k": self.k_, "stability": self.stability_,
+            "silhouettes": {str(k): v for k, v in self.silhouettes_.items()},
+            "centroids": self.centroids_.to_dict("index"), "sizes": self.sizes_.to_dict(),
+        }, indent=1, default=float))  # fmt: skip
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Segmenter:
+        """A model :meth:`save` wrote."""
+        data = json.loads(Path(path).read_text())
+        params = data["params"]
+        model = cls(k_range=tuple(params["k_range"]), features=params["features"],
+                    bootstrap=params["bootstrap"], sample=params["sample"],
+                    random_state=params["random_state"])  # fmt: skip
+        model.scaler_ = StandardScaler()
+        model.scaler_.mean_ = np.asarray(data["mean"])
+        model.scaler_.scale_ = np.asarray(data["scale"])
+        model.scaler_.var_ = model.scaler_.scale_**2
+        model.scaler_.n_features_in_ = len(model.features)
+        centers = np.asarray(data["centers"])
+        model.model_ = KMeans(n_clusters=len(centers), init=centers, n_init=1)
+        model.model_.cluster_centers_ = centers
+        model.names_, model.descriptions_ = data["names"], data["descriptions"]
+        model.k_, model.stability_ = int(data["k"]), float(data["stability"])
+        model.silhouettes_ = {int(k): v for k, v in data["silhouettes"].items()}
+        model.centroids_ = pd.DataFrame.from_dict(data["centroids"], orient="index")
+        model.centroids_.index = model.centroids_.index.astype(int)
+        model.sizes_ = pd.Series({int(k): v for k, v in data["sizes"].items()})
+        return model
 
 
 def _name(z: pd.Series) -> str:

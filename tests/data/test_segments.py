@@ -47,3 +47,16 @@ def test_too_few_people_or_a_bad_range_are_refused(purchases: pd.DataFrame) -> N
         Segmenter(k_range=(1, 3)).fit(features)
     with pytest.raises(ValueError, match="lack"):
         Segmenter(features=("recency_days", "favourite_colour")).fit(features)
+
+
+def test_a_saved_model_assigns_the_same_segments(purchases: pd.DataFrame, tmp_path: Path) -> None:
+    features = person_features(purchases, "1997-09-30")
+    model = Segmenter(bootstrap=0).fit(features)
+    again = Segmenter.load(model.save(tmp_path / "segments.json"))
+    pd.testing.assert_series_equal(model.predict(features), again.predict(features))
+    assert again.names_ == model.names_ and again.k_ == model.k_
+    # The nearest centre is what k-means itself assigns.
+    assert (model.model_.predict(model.scaler_.transform(model._matrix(features))) ==
+            pd.Series(model.predict(features)).map({n: i for i, n in enumerate(model.names_)}).to_numpy()).all()  # fmt: skip
+    later = Segmenter(bootstrap=0).fit(person_features(purchases, "1997-12-31"), previous=again)
+    assert len(set(later.names_) & set(model.names_)) == min(later.k_, model.k_)
