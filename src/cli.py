@@ -430,6 +430,39 @@ def train_recommender_command(
     _run_training(dataset, model, param, protocol, register=True, refit=refit)
 
 
+@train_app.command("segments")
+def train_segments_command(
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset in the lake, e.g. cdnow.")],
+    as_of: Annotated[
+        str, typer.Option("--as-of", help="Features from events up to this time (ISO).")
+    ],
+    rules: Annotated[
+        Path | None, typer.Option("--rules", help="Rule segments (JSON conditions).")
+    ] = None,
+) -> None:
+    """Behavioural segments (k-means on point-in-time person features; names kept from the
+    previous model) and rule segments, assigned with history in the lake and tracked in
+    MLflow."""
+    from bespoke.settings import get_settings
+    from bespoke.training.segments import train_segments
+
+    with _clear_errors():
+        result = train_segments(get_settings(), dataset, as_of, rules)
+    model = result.model
+    table = Table(title=f"Segments of {dataset} as of {as_of}: k = {model.k_} "
+                        f"(silhouette {model.silhouettes_[model.k_]:.3f}, stability ARI {model.stability_:.3f})",
+                  title_justify="left", header_style="bold")  # fmt: skip
+    for column in ("segment", "people", "what they are like"):
+        table.add_column(column)
+    for name, description in zip(model.names_, model.descriptions_, strict=True):
+        table.add_row(name, f"{result.sizes.get(name, 0):,}", description)
+    for name, people in result.rule_sizes.items():
+        table.add_row(f"{name} (rule)", f"{people:,}", "")
+    console.print(table)
+    console.print(f"{result.written:,} changed assignments written (segments, segments_history); "
+                  f"MLflow run {result.run_id}; model {result.model_path}")  # fmt: skip
+
+
 @tune_app.command("recommender")
 def tune_recommender_command(
     dataset: Annotated[str, typer.Option("--dataset", help="Dataset in the lake, e.g. ml-100k.")],

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -32,8 +33,11 @@ from sklearn.preprocessing import StandardScaler
 from bespoke.features.collect import new_run_id
 from bespoke.features.lake import Lake
 from bespoke.features.parse import IngestError, read_json_file
+from bespoke.features.person import load_person_events, person_features
 from bespoke.features.schema import SEGMENT_SCHEMA
 from bespoke.serving.rules import ConditionError, Predicate, compile_condition
+from bespoke.settings import Settings
+from bespoke.training import tracking
 
 #: What segments are computed from (columns of :func:`bespoke.features.person.person_features`).
 SEGMENT_FEATURES = (
@@ -347,3 +351,74 @@ def write_assignments(
                        "started_at": now.isoformat(), "valid_from": moment.isoformat(),
                        "model": model, "assignments_written": len(frame)})  # fmt: skip
     return len(frame)
+
+
+# --- training: the lifecycle verb ----------------------------------------------------------
+
+
+@dataclass
+class SegmentsResult:
+    dataset: str
+    as_of: str
+    model: Segmenter
+    people: int
+    sizes: dict[str, int]
+    rule_sizes: dict[str, int]
+    written: int
+    run_id: str
+    model_path: Path
+
+
+def model_path(settings: Settings, dataset: str) -> Path:
+    """Where the dataset's current segment model is kept (the next fit keeps its names)."""
+    assert settings.home is not None
+    return settings.home / "models" / f"segments-{dataset}.json"
+
+
+def train_segments(
+    settings: Settings,
+    dataset: str,
+    as_of: str | datetime,
+    rules_path: str | Path | None = None,
+    k_range: tuple[int, int] = (3, 7),
+) -> SegmentsResult:
+    """Person features as of ``as_of`` → behavioural segments (names kept from the
+    previous model) and rule segments → assignments with history in the lake; the run is
+    tracked in MLflow (experiment ``segments-<dataset>``: parameters, k, silhouettes,
+    stability, the model file)."""
+    rules = load_rule_segments(rules_path) if rules_path else []
+    lake = Lake(settings.lake_url)
+    features = person_features(load_person_events(lake, dataset), as_of)
+    path = model_path(settings, dataset)
+    previous = Segmenter.load(path) if path.exists() else None
+    model = Segmenter(k_range=k_range).fit(features, previous=previous)
+    segment = model.predict(features)
+    attributes = lake.connect().execute(
+        "SELECT user_id, * EXCLUDE (user_id, dataset, imputed, run_id, ingested_at) FROM users "
+        "WHERE dataset = ?", [dataset]
+    ).df().set_index("user_id")  # fmt: skip
+    members = rule_memberships(rules, features, attributes) if rules else pd.Series(
+        [[] for _ in range(len(features))], index=features.index
+    )  # fmt: skip
+    with (
+        tracking.session(settings, f"segments-{dataset}") as experiment,
+        mlflow.start_run(run_name=f"segments {dataset}", experiment_id=experiment) as run,
+    ):
+        mlflow.set_tags(tracking.run_tags(settings, dataset=dataset, as_of=str(as_of)))
+        mlflow.log_params({"k_range": list(k_range), "features": list(model.features),
+                           "rules": str(rules_path or ""), "previous": str(previous is not None)})  # fmt: skip
+        mlflow.log_metrics({"k": model.k_, "stability_ari": model.stability_,
+                            **{f"silhouette_k{k}": v for k, v in model.silhouettes_.items()}})  # fmt: skip
+        model.save(path)
+        mlflow.log_artifact(str(path), artifact_path="segments")
+        run_id = run.info.run_id
+    written = write_assignments(
+        lake, dataset, pd.DataFrame({"segment": segment, "rule_segments": members}),
+        as_of, f"segments-{dataset}@{run_id[:12]}",
+    )  # fmt: skip
+    rule_sizes = {r.name: int(sum(r.name in m for m in members)) for r in rules}
+    return SegmentsResult(
+        dataset=dataset, as_of=str(as_of), model=model, people=len(features),
+        sizes=segment.value_counts().to_dict(), rule_sizes=rule_sizes, written=written,
+        run_id=run_id, model_path=path,
+    )  # fmt: skip

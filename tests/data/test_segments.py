@@ -3,13 +3,18 @@ survive a retrain, and segments that mean something for the next nine months' va
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
-from bespoke.features import sources
+from bespoke.cli import app
+from bespoke.features import collect, sources
+from bespoke.features.lake import Lake
 from bespoke.features.person import person_features
+from bespoke.settings import get_settings
 from bespoke.training.clv import rfm_summary
 from bespoke.training.segments import Segmenter
 
@@ -60,3 +65,37 @@ def test_a_saved_model_assigns_the_same_segments(purchases: pd.DataFrame, tmp_pa
             pd.Series(model.predict(features)).map({n: i for i, n in enumerate(model.names_)}).to_numpy()).all()  # fmt: skip
     later = Segmenter(bootstrap=0).fit(person_features(purchases, "1997-12-31"), previous=again)
     assert len(set(later.names_) & set(model.names_)) == min(later.k_, model.k_)
+
+
+def test_the_train_segments_command_keeps_names_and_history(
+    datasets_dir: Path, tmp_path: Path
+) -> None:
+    settings = get_settings()
+    lake = Lake(settings.lake_url)
+    collect.ingest(sources.cdnow(datasets_dir / "cdnow"), lake, settings.pseudonym_key())
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps({"segments": [
+        {"name": "Big spenders", "when": {"profile.features.monetary_total": {"$gte": 200}}}]}))  # fmt: skip
+    runner = CliRunner()
+    first = runner.invoke(app, ["train", "segments", "--dataset", "cdnow", "--as-of", "1997-09-30",
+                                "--rules", str(rules)])  # fmt: skip
+    assert first.exit_code == 0, first.output
+    assert "Big spenders (rule)" in first.output and "stability ARI" in first.output
+    second = runner.invoke(
+        app, ["train", "segments", "--dataset", "cdnow", "--as-of", "1997-12-31"]
+    )
+    assert second.exit_code == 0, second.output
+    con = lake.connect()
+    runs = con.execute("SELECT count(DISTINCT valid_from) FROM segments_history").fetchone()[0]
+    assert runs == 2
+    names_then = {
+        r[0]
+        for r in con.execute(
+            "SELECT DISTINCT segment FROM segments_history WHERE valid_to IS NOT NULL"
+        ).fetchall()
+    }
+    names_now = {r[0] for r in con.execute("SELECT DISTINCT segment FROM segments").fetchall()}
+    assert names_now & names_then  # the names carried over to the retrained model
+    bad = runner.invoke(app, ["train", "segments", "--dataset", "cdnow", "--as-of", "1997-09-30",
+                              "--rules", str(tmp_path / "missing.json")])  # fmt: skip
+    assert bad.exit_code == 1 and "no such rule-segment file" in bad.output
