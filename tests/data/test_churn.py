@@ -9,8 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
+from typer.testing import CliRunner
 
-from bespoke.features import sources
+from bespoke.cli import app
+from bespoke.features import collect, sources
+from bespoke.features.lake import Lake
+from bespoke.settings import get_settings
 from bespoke.training.churn import ChurnModel, ValueModel, person_rows, training_set
 
 
@@ -40,3 +44,20 @@ def test_churn_and_value_trained_before_the_holdout_rank_it(purchases: pd.DataFr
 def test_a_horizon_of_zero_is_refused(purchases: pd.DataFrame) -> None:
     with pytest.raises(ValueError, match="positive number of days"):
         person_rows(purchases, "1997-09-30", 0)
+
+
+def test_the_train_churn_command(datasets_dir: Path) -> None:
+    settings = get_settings()
+    collect.ingest(
+        sources.cdnow(datasets_dir / "cdnow"), Lake(settings.lake_url), settings.pseudonym_key()
+    )
+    runner = CliRunner()
+    done = runner.invoke(app, ["train", "churn", "--dataset", "cdnow", "--as-of", "1997-09-30"])
+    assert done.exit_code == 0, done.output
+    text = " ".join(done.output.split())
+    assert "cuts 1997-05-01, 1997-05-31, 1997-06-30" in text and "against BG/NBD" in text
+    early = runner.invoke(app, ["train", "churn", "--dataset", "cdnow", "--as-of", "1997-04-01"])
+    assert early.exit_code == 1 and "too little history" in early.output
+    zero = runner.invoke(app, ["train", "churn", "--dataset", "cdnow", "--as-of", "1997-09-30",
+                               "--horizon-days", "0"])  # fmt: skip
+    assert zero.exit_code == 1 and "positive number of days" in zero.output
