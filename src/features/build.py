@@ -74,6 +74,9 @@ class Profile:
     items: Sequence[Any] = ()
     values: Sequence[float] = ()
     timestamps: Sequence[Any] = ()
+    #: The person's segment, rule segments, churn probability and expected value, where
+    #: scored (the rules read them as ``profile.segment`` …).
+    scores: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass

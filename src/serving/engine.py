@@ -188,7 +188,12 @@ class Engine:
         if self.rules is None:
             return rules_engine.evaluate((), {}, dict(context or {}), now)
         document = rules_engine.profile_document(
-            profile.attributes, events, now, item_categories=self.item_categories, lazy=True
+            profile.attributes,
+            events,
+            now,
+            item_categories=self.item_categories,
+            lazy=True,
+            scores=profile.scores,
         )
         return self.rules.current().evaluate(document, dict(context or {}), now, slot=slot)
 

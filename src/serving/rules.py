@@ -1246,6 +1246,7 @@ def profile_document(
     *,
     item_categories: Mapping[str, Collection[str]] | None = None,
     lazy: bool = False,
+    scores: Mapping[str, Any] | None = None,
 ) -> Mapping[str, Any]:
     """The ``profile`` document rules see, as of ``now``.
 
@@ -1262,7 +1263,11 @@ def profile_document(
          "event_counts": {"rate": 12, ...},
          "event_count": 12,
          "items": ["50", "181", ...],              # distinct items, newest first
-         "category_counts": {"Comedy": 3, ...}}
+         "category_counts": {"Comedy": 3, ...},
+         "segment": "Lapsed one-time buyers",      # the person's scores (``scores``;
+         "segments": ["Big spenders"],             #  None and [] when not scored)
+         "churn_probability": 0.42,
+         "expected_value": 31.5}
 
     ``lazy``: a :class:`ProfileDocument` whose event-derived fields are computed when a
     rule first reads one of them (most rule sets read only attributes, and reading the
@@ -1271,15 +1276,23 @@ def profile_document(
     """
     now = _aware(now)
     attributes = {str(k): _plain(v) for k, v in (profile_attributes or {}).items()}
+    scored = {**_NO_SCORES, **{k: v for k, v in (scores or {}).items() if k in _NO_SCORES}}
     if lazy:
-        return ProfileDocument(attributes, events, now, item_categories)
-    return {"attributes": attributes, **_from_events(events, now, item_categories)}
+        return ProfileDocument(attributes, events, now, item_categories, scored)
+    return {"attributes": attributes, **_from_events(events, now, item_categories), **scored}
+
+
+#: A person's scores in the profile document, and their values when not scored.
+_NO_SCORES: dict[str, Any] = {
+    "segment": None, "segments": [], "churn_probability": None, "expected_value": None,
+}  # fmt: skip
+SCORE_FIELDS = tuple(_NO_SCORES)
 
 
 #: The fields of a profile document (:func:`profile_document`).
 PROFILE_FIELDS = (
     "attributes", "events", "last_event_at", "last_seen_at", "event_counts", "event_count",
-    "items", "category_counts",
+    "items", "category_counts", *SCORE_FIELDS,
 )  # fmt: skip
 
 
@@ -1287,7 +1300,7 @@ class ProfileDocument(Mapping[str, Any]):
     """A :func:`profile_document` whose fields other than ``attributes`` are derived from
     the events on first read, once."""
 
-    __slots__ = ("_attributes", "_categories", "_derived", "_events", "_now")
+    __slots__ = ("_attributes", "_categories", "_derived", "_events", "_now", "_scores")
 
     def __init__(
         self,
@@ -1295,14 +1308,18 @@ class ProfileDocument(Mapping[str, Any]):
         events: Iterable[Mapping[str, Any]],
         now: datetime,
         item_categories: Mapping[str, Collection[str]] | None,
+        scores: Mapping[str, Any] | None = None,
     ) -> None:
         self._attributes, self._events, self._now = attributes, events, now
         self._categories = item_categories
+        self._scores = scores if scores is not None else _NO_SCORES
         self._derived: dict[str, Any] | None = None
 
     def __getitem__(self, key: str) -> Any:
         if key == "attributes":
             return self._attributes
+        if key in self._scores:
+            return self._scores[key]
         if key not in PROFILE_FIELDS:
             raise KeyError(key)
         if self._derived is None:

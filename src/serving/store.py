@@ -152,7 +152,10 @@ class ProfileView(BaseModel):
     attributes: dict[str, Any] = Field(default_factory=dict)
     recent: list[RecentEvent] = Field(default_factory=list, description="Newest first.")
     last_event_at: dict[str, datetime] = Field(default_factory=dict)
-    segments: list[str] = Field(default_factory=list, description="Filled by the segments step.")
+    segment: str | None = Field(default=None, description="The behavioural segment.")
+    segments: list[str] = Field(default_factory=list, description="The rule segments.")
+    churn_probability: float | None = None
+    expected_value: float | None = None
 
 
 @dataclass
@@ -386,6 +389,16 @@ CREATE TABLE IF NOT EXISTS person_identifiers (
     first_seen INTEGER,
     last_seen INTEGER,
     PRIMARY KEY (dataset, user_id, identifier_type, identifier)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS person_scores (
+    dataset TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    segment TEXT,
+    segments TEXT NOT NULL DEFAULT '[]',
+    churn_probability REAL,
+    expected_value REAL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (dataset, user_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS refused_aliases (
     dataset TEXT NOT NULL,
@@ -708,6 +721,7 @@ class SQLiteStore:
         with self._database().read() as con:
             kind, subject, merged_into = _who(con, dataset, user_id, anonymous)
             attributes = self._attributes(con, dataset, subject) if kind == USER else {}
+            scores = _scores(con, dataset, subject) if kind == USER else {}
             events = con.execute(
                 "SELECT event_type, item_id, value, timestamp FROM profile_events "
                 "WHERE dataset = ? AND kind = ? AND subject = ? "
@@ -757,6 +771,7 @@ class SQLiteStore:
             first_seen=_moment(min(times)) if times else None,
             last_seen=_moment(max(times)) if times else None,
             attributes=attributes,
+            **scores,
             recent=[
                 RecentEvent(event_type=t, item_id=i, value=v, timestamp=_moment(ts))
                 for t, i, v, ts in events
@@ -809,6 +824,7 @@ class SQLiteStore:
             if anonymous:
                 kind, subject, _ = _who(con, dataset, user_id, anonymous)
             attributes = self._attributes(con, dataset, subject) if kind == USER else {}
+            scores = _scores(con, dataset, subject) if kind == USER else {}
             rows = con.execute(
                 "SELECT event_type, item_id, value, timestamp FROM profile_events "
                 "WHERE dataset = ? AND kind = ? AND subject = ? ORDER BY timestamp, id",
@@ -826,6 +842,7 @@ class SQLiteStore:
             items=[r[1] for r in interactions],
             values=np.array([1.0 if r[2] is None else r[2] for r in interactions], np.float64),
             timestamps=micros.view("datetime64[us]"),  # int64 minimum is NaT
+            scores=scores,
         )
         # Newest first, as profile() shows them; unknown times sort oldest, as there.
         events = RecentEvents(rows[-self.recent_events :])
@@ -884,6 +901,7 @@ class SQLiteStore:
             cut = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
         recent, latest, aliases = _lake_history(lake, dataset, cut, per_user)
         identifiers = _lake_identifiers(lake, dataset)
+        scores = _lake_scores(lake, dataset)
         now = _micros(datetime.now(UTC))
         with self._database().write() as con:
             watermark = self._watermark(con, dataset)
@@ -899,6 +917,13 @@ class SQLiteStore:
                 "VALUES (?, ?, ?, ?)",
                 [(dataset, cookie, user, now) for cookie, user in aliases],
             )
+            con.execute("DELETE FROM person_scores WHERE dataset = ?", (dataset,))
+            con.executemany(
+                "INSERT INTO person_scores (dataset, user_id, segment, segments, updated_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(dataset, person, segment, json.dumps(list(rules)), now)
+                 for person, segment, rules in scores],
+            )  # fmt: skip
             con.execute("DELETE FROM person_identifiers WHERE dataset = ?", (dataset,))
             con.executemany(
                 "INSERT INTO person_identifiers VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -1086,6 +1111,28 @@ def _who(
         return USER, user_id, None
     owner = con.execute(_ALIAS, (dataset, user_id)).fetchone()
     return (USER, owner[0], owner[0]) if owner else (ANONYMOUS, user_id, None)
+
+
+def _scores(con: sqlite3.Connection, dataset: str, user_id: str) -> dict[str, Any]:
+    """A person's scores (segment, rule segments, churn probability, expected value)."""
+    row = con.execute(
+        "SELECT segment, segments, churn_probability, expected_value FROM person_scores "
+        "WHERE dataset = ? AND user_id = ?",
+        (dataset, user_id),
+    ).fetchone()
+    if row is None:
+        return {}
+    return {"segment": row[0], "segments": json.loads(row[1]),
+            "churn_probability": row[2], "expected_value": row[3]}  # fmt: skip
+
+
+def _lake_scores(lake: Lake, dataset: str) -> list[tuple[Any, ...]]:
+    """Each person's latest segment assignment in the lake (``bespoke train segments``)."""
+    return (
+        lake.connect()
+        .execute("SELECT person, segment, rule_segments FROM segments WHERE dataset = ?", [dataset])
+        .fetchall()
+    )
 
 
 def _lake_identifiers(lake: Lake, dataset: str) -> list[tuple[Any, ...]]:

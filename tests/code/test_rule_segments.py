@@ -9,7 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from bespoke.features import collect, sources
 from bespoke.features.lake import Lake
+from bespoke.serving.store import SQLiteStore
 from bespoke.training.segments import (
     RuleSegmentError,
     load_rule_segments,
@@ -94,3 +96,21 @@ def test_assignments_are_kept_with_their_history(tmp_path: Path) -> None:
         ("bob", "Active", "2024-02-01", None),
         ("cy", "New", "2024-02-01", None),
     ]
+
+
+def test_seeding_puts_the_latest_segments_on_the_live_profile(tmp_path: Path, key: bytes) -> None:
+    lake = Lake(str(tmp_path / "lake"))
+    log = tmp_path / "log.csv"
+    log.write_text("user,item,ts\nann,i1,2024-01-01T10:00:00Z\nbob,i2,2024-01-02T10:00:00Z\n")
+    mapping = sources.ColumnMapping(user_id="user", item_id="item", timestamp="ts",
+                                    event_type_constant="purchase", default_consent=["personalization"])  # fmt: skip
+    collect.ingest(sources.interactions_file(log, mapping, "shop"), lake, key)
+    write_assignments(lake, "shop", pd.DataFrame({"segment": ["Active", "Lapsed"],
+                                                  "rule_segments": [["Big spenders"], []]},
+                                                 index=["ann", "bob"]), "2024-01-03", "segments-v1")  # fmt: skip
+    store = SQLiteStore(f"sqlite:///{tmp_path / 'online.db'}", key)
+    store.seed_history(lake, "shop")
+    ann = store.profile("ann", "shop")
+    assert (ann.segment, ann.segments) == ("Active", ["Big spenders"])
+    assert store.snapshot("bob", "shop").profile.scores["segment"] == "Lapsed"
+    assert store.profile("nobody", "shop").segment is None

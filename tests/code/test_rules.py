@@ -1207,3 +1207,18 @@ def test_minors_never_get_horror_and_weekends_favour_comedy(movielens: dict) -> 
     weekday = shipped.evaluate(_document(movielens, adult, WEDNESDAY), {}, WEDNESDAY)
     assert weekday.rule_ids == ()
     assert rules.apply(weekday, popular, scores, categories)[0] == popular
+
+
+def test_rules_read_a_persons_scores() -> None:
+    now = datetime(2026, 12, 5, tzinfo=UTC)
+    scores = {"segment": "Lapsed one-time buyers", "segments": ["Big spenders"],
+              "churn_probability": 0.8, "expected_value": 12.5}  # fmt: skip
+    lapsed = rules.compile_condition({"profile.segment": "Lapsed one-time buyers",
+                                "profile.churn_probability": {"$gte": 0.5},
+                                "profile.segments": "Big spenders"})  # fmt: skip
+    for lazy in (False, True):
+        document = rules.profile_document({}, [], now, lazy=lazy, scores=scores)
+        assert lapsed({"profile": document}, now)
+        unscored = rules.profile_document({}, [], now, lazy=lazy)
+        assert not lapsed({"profile": unscored}, now)
+        assert unscored["segment"] is None and unscored["segments"] == []
