@@ -4,7 +4,7 @@ baselines.
 
 - ``bgnbd_auc``: BG/NBD's expected holdout purchases ranking holdout buyers (published
   set-up; the issue measured 0.763).
-- ``churn_auc``: the calibrated LightGBM churn model (``bespoke.training.churn``), trained
+- ``churn_auc``: the calibrated LightGBM churn model (``bespoke.segments.churn``), trained
   leak-free on cuts inside the calibration period (each with a 92-day horizon ending by
   1997-09-30), scored on the holdout: AUC of P(no purchase) against no purchase.
 - ``clv_mae``: the value model's holdout spend per customer, MAE; ``bgnbd_gg_mae``: BG/NBD
@@ -35,10 +35,10 @@ from rich.table import Table
 from sklearn.metrics import roc_auc_score
 
 from bespoke.features import sources
-from bespoke.features.person import person_features
-from bespoke.training.churn import ChurnModel, ValueModel, person_rows, training_set
-from bespoke.training.clv import BetaGeo, GammaGamma, rfm_summary
-from bespoke.training.segments import Segmenter
+from bespoke.segments.behaviour import Segmenter
+from bespoke.segments.churn import ChurnModel, ValueModel, person_rows, training_set
+from bespoke.segments.clv import BetaGeo, GammaGamma, rfm_summary
+from bespoke.segments.features import person_features
 
 CALIBRATION_END, HOLDOUT_END, HOLDOUT_DAYS = "1997-09-30", "1998-06-30", 273
 TRAINING_CUTS, TRAINING_HORIZON_DAYS = ("1997-04-30", "1997-05-31", "1997-06-30"), 92

@@ -443,8 +443,8 @@ def train_segments_command(
     """Behavioural segments (k-means on point-in-time person features; names kept from the
     previous model) and rule segments, assigned with history in the lake and tracked in
     MLflow."""
+    from bespoke.segments.train import train_segments
     from bespoke.settings import get_settings
-    from bespoke.training.segments import train_segments
 
     with _clear_errors():
         result = train_segments(get_settings(), dataset, as_of, rules)
@@ -474,8 +474,8 @@ def train_churn_command(
     """The churn model (calibrated LightGBM on point-in-time person features) trained on
     cuts whose horizons end by --as-of, measured on the latest cut against BG/NBD, tracked
     in MLflow."""
+    from bespoke.segments.churn import train_churn
     from bespoke.settings import get_settings
-    from bespoke.training.churn import train_churn
 
     with _clear_errors():
         result = train_churn(get_settings(), dataset, as_of, horizon_days)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bespoke.training.clv import BetaGeo, GammaGamma, rfm_summary
+from bespoke.segments.clv import BetaGeo, GammaGamma, rfm_summary
 
 
 def test_the_summary_counts_repeat_days_and_weeks() -> None:

@@ -11,13 +11,9 @@ import pytest
 
 from bespoke.features import collect, sources
 from bespoke.features.lake import Lake
+from bespoke.segments.rules import RuleSegmentError, load_rule_segments, rule_memberships
+from bespoke.segments.train import write_assignments
 from bespoke.serving.store import SQLiteStore
-from bespoke.training.segments import (
-    RuleSegmentError,
-    load_rule_segments,
-    rule_memberships,
-    write_assignments,
-)
 
 SEGMENTS = {
     "segments": [

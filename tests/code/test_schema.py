@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from bespoke.features import collect, schema, sources
 from bespoke.features.lake import Lake
 from bespoke.identity.build import build_graph
-from bespoke.training.segments import write_assignments
+from bespoke.segments.train import write_assignments
 
 
 @pytest.mark.parametrize("table", sorted(schema.TABLES))

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from bespoke.cli import app
 from bespoke.features import collect, sources
 from bespoke.features.lake import Lake
+from bespoke.segments.churn import ChurnModel, ValueModel, person_rows, training_set
 from bespoke.settings import get_settings
-from bespoke.training.churn import ChurnModel, ValueModel, person_rows, training_set
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from bespoke.features import sources
-from bespoke.training.clv import BetaGeo, GammaGamma, rfm_summary
+from bespoke.segments.clv import BetaGeo, GammaGamma, rfm_summary
 
 CALIBRATION_END, HOLDOUT_END = "1997-09-30", "1998-06-30"
 

@@ -11,8 +11,8 @@ import pytest
 
 from bespoke.features import collect, sources
 from bespoke.features.lake import Lake
-from bespoke.features.person import load_person_events, person_features
-from bespoke.training.clv import rfm_summary
+from bespoke.segments.clv import rfm_summary
+from bespoke.segments.features import load_person_events, person_features
 
 AS_OF = "1997-09-30"
 

@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 from bespoke.cli import app
 from bespoke.features import collect, sources
 from bespoke.features.lake import Lake
-from bespoke.features.person import person_features
+from bespoke.segments.behaviour import Segmenter
+from bespoke.segments.clv import rfm_summary
+from bespoke.segments.features import person_features
 from bespoke.settings import get_settings
-from bespoke.training.clv import rfm_summary
-from bespoke.training.segments import Segmenter
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Churn and lifetime value from point-in-time person features, trained leak-free.
 
 A training row is a person at a cut time: their features from events up to the cut
-(:func:`bespoke.features.person.person_features`, plus the BG/NBD baseline's expected
+(:func:`bespoke.segments.features.person_features`, plus the BG/NBD baseline's expected
 purchases and probability of being alive, fitted on the same past) and what they did in
 the ``horizon_days`` after it — no order (churn) and the value they spent. Several cuts
 make one training set; every cut's horizon ends before the data the model is judged on
@@ -25,10 +25,10 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.metrics import roc_auc_score
 
 from bespoke.features.lake import Lake
-from bespoke.features.person import load_person_events, person_features
+from bespoke.segments.clv import WEEK_DAYS, BetaGeo, rfm_summary
+from bespoke.segments.features import load_person_events, person_features
 from bespoke.settings import Settings
 from bespoke.training import tracking
-from bespoke.training.clv import WEEK_DAYS, BetaGeo, rfm_summary
 
 
 def person_rows(
