@@ -470,19 +470,42 @@ def train_churn_command(
     horizon_days: Annotated[
         float, typer.Option("--horizon-days", help="Churn: no order within this many days.")
     ] = 92.0,
+    trials: Annotated[
+        int,
+        typer.Option(
+            "--trials", min=0, help="Optuna trials tuning the churn model (0: the defaults)."
+        ),
+    ] = 10,
 ) -> None:
-    """The churn model (calibrated LightGBM on point-in-time person features) trained on
-    cuts whose horizons end by --as-of, measured on the latest cut against BG/NBD, tracked
-    in MLflow."""
-    from bespoke.segments.churn import train_churn
+    """Churn (calibrated LightGBM) and lifetime value (LightGBM) on point-in-time person
+    features, trained on cuts whose horizons end by --as-of, measured on the latest cut
+    against BG/NBD and BG/NBD × Gamma–Gamma, registered as bespoke-churn-<dataset> and
+    bespoke-clv-<dataset> through the champion gate."""
+    from bespoke.segments.train import train_churn
     from bespoke.settings import get_settings
 
     with _clear_errors():
-        result = train_churn(get_settings(), dataset, as_of, horizon_days)
+        result = train_churn(get_settings(), dataset, as_of, horizon_days, trials)
     console.print(
-        f"churn model of {dataset} as of {as_of} ({result.horizon_days:g}-day horizon, cuts "
-        f"{', '.join(result.cuts)}; {result.train_rows:,} rows): AUC {result.validation_auc:.4f} "
-        f"on the latest cut against BG/NBD's {result.baseline_auc:.4f}; MLflow run {result.run_id}"
+        f"{dataset} as of {as_of}: {result.horizon_days:g}-day horizon, cuts "
+        f"{', '.join(result.cuts)} ({result.train_rows:,} rows; the latest held out)"
+    )
+    table = Table(header_style="bold")
+    for column in ("model", "held out", "baseline", "version", "gate"):
+        table.add_column(column)
+    churn, clv = result.churn, result.clv
+    table.add_row(
+        f"bespoke-churn-{dataset}",
+        f"AUC {churn.held_out:.4f}",
+        f"BG/NBD {churn.baseline:.4f}",
+        str(churn.version),
+        churn.decision,
+    )
+    table.add_row(f"bespoke-clv-{dataset}", f"MAE ${clv.held_out:.2f}",
+                  f"BG/NBD × Gamma–Gamma ${clv.baseline:.2f}", str(clv.version), clv.decision)  # fmt: skip
+    console.print(table)
+    console.print(
+        f"MLflow run {result.run_id}" + (f"; tuned {result.params}" if result.params else "")
     )
 
 

@@ -14,21 +14,37 @@ begins, so no label peeks at the test period.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import lightgbm as lgb
-import mlflow
 import numpy as np
 import pandas as pd
 from sklearn.calibration import CalibratedClassifierCV
-from sklearn.metrics import roc_auc_score
 
-from bespoke.features.lake import Lake
-from bespoke.segments.clv import WEEK_DAYS, BetaGeo, rfm_summary
-from bespoke.segments.features import load_person_events, person_features
-from bespoke.settings import Settings
-from bespoke.training import tracking
+from bespoke.segments.clv import WEEK_DAYS, BetaGeo, GammaGamma, rfm_summary
+from bespoke.segments.features import order_events, order_types, person_features
+
+
+def transactions(events: pd.DataFrame) -> pd.DataFrame:
+    """The orders of ``events`` (as :func:`~bespoke.segments.features.load_person_events`
+    gives them) in the form the BG/NBD summary takes."""
+    return order_events(events).rename(columns={"person": "customer_id"})
+
+
+def baseline_value(events: pd.DataFrame, cut: pd.Timestamp, horizon_days: float) -> pd.Series:
+    """The classic lifetime value at ``cut``: BG/NBD's expected orders in the horizon
+    times Gamma–Gamma's expected order value, per person who ordered by then."""
+    moment = pd.Timestamp(cut)
+    moment = moment.tz_localize(None) if moment.tzinfo else moment
+    summary = rfm_summary(transactions(events), moment)
+    history = (summary["frequency"], summary["recency"], summary["T"])
+    expected = BetaGeo().fit(*history).expected_purchases(horizon_days / WEEK_DAYS, *history)
+    spend = GammaGamma().fit(summary["frequency"], summary["monetary_value"])
+    average = spend.expected_average_value(summary["frequency"], summary["monetary_value"])
+    return pd.Series(expected * average, index=summary.index, name="baseline_value")
 
 
 def person_rows(
@@ -42,9 +58,8 @@ def person_rows(
     cut = cut.tz_localize("UTC") if cut.tzinfo is None else cut.tz_convert("UTC")
     features = person_features(events, cut)
     end = None if horizon_days is None else cut + pd.Timedelta(days=horizon_days)
-    transactions = events.rename(columns={"person": "customer_id"})
     summary = rfm_summary(
-        transactions, cut.tz_localize(None), None if end is None else end.tz_localize(None)
+        transactions(events), cut.tz_localize(None), None if end is None else end.tz_localize(None)
     )
     baseline = BetaGeo().fit(summary["frequency"], summary["recency"], summary["T"])
     history = (summary["frequency"], summary["recency"], summary["T"])
@@ -70,6 +85,24 @@ def training_set(
     )
 
 
+def recipe(events: pd.DataFrame, as_of: pd.Timestamp, horizon_days: float) -> dict[str, Any]:
+    """How to compute a person's model inputs online at ``as_of`` and after
+    (:mod:`bespoke.segments.live`): which event types are orders and the BG/NBD
+    parameters fitted on everything up to ``as_of``."""
+    moment = pd.Timestamp(as_of)
+    moment = moment.tz_localize(None) if moment.tzinfo else moment
+    past = events[pd.to_datetime(events["timestamp"], utc=True).dt.tz_localize(None) <= moment]
+    summary = rfm_summary(transactions(past), moment)
+    fitted = BetaGeo().fit(summary["frequency"], summary["recency"], summary["T"])
+    types = order_types(past["event_type"].unique())
+    return {
+        "order_types": None if types is None else list(types),
+        "bgnbd": [float(v) for v in fitted.params_],
+        "horizon_days": float(horizon_days),
+        "as_of": moment.isoformat(),
+    }
+
+
 def feature_columns(frame: pd.DataFrame) -> list[str]:
     return [c for c in frame.columns if c not in ("churned", "horizon_value", "cut")]
 
@@ -80,26 +113,73 @@ _LGBM = dict(n_estimators=600, learning_rate=0.02, num_leaves=7, min_child_sampl
 
 class ChurnModel:
     """``fit(rows)`` returns self; ``predict_proba(rows)`` is each person's calibrated
-    probability of no order in the horizon."""
+    probability of no order in the horizon.
+
+    Fitted with scikit-learn's isotonic, cross-validated calibration; then kept natively
+    (``boosters_``: one LightGBM booster per fold, ``calibration_``: each fold's isotonic
+    steps), so that a saved model is LightGBM text and JSON, and a prediction — of many
+    rows offline or of one person online — is the same few array operations."""
 
     def __init__(self, random_state: int = 0, **params: object) -> None:
         self.random_state = random_state
         self.params = params
 
+    def get_params(self) -> dict[str, object]:
+        return {"random_state": self.random_state, **self.params}
+
     def fit(self, rows: pd.DataFrame) -> ChurnModel:
         self.columns_ = feature_columns(rows)
         booster = lgb.LGBMClassifier(**{**_LGBM, **self.params}, random_state=self.random_state)
-        self.model_ = CalibratedClassifierCV(booster, method="isotonic", cv=3)
-        self.model_.fit(rows[self.columns_], rows["churned"])
+        calibrated = CalibratedClassifierCV(booster, method="isotonic", cv=3)
+        calibrated.fit(rows[self.columns_], rows["churned"])
+        self.boosters_ = [c.estimator.booster_ for c in calibrated.calibrated_classifiers_]
+        self.calibration_ = [
+            (c.calibrators[0].X_thresholds_, c.calibrators[0].y_thresholds_)
+            for c in calibrated.calibrated_classifiers_
+        ]
         return self
 
+    def predict_matrix(self, matrix: np.ndarray) -> np.ndarray:
+        """Probabilities for feature rows already in ``columns_`` order."""
+        out = np.zeros(len(matrix))
+        for booster, (xs, ys) in zip(self.boosters_, self.calibration_, strict=True):
+            # Calibrated on the booster's raw score (LGBMClassifier's decision_function).
+            raw = booster.predict(matrix, raw_score=True, num_threads=1)
+            out += np.interp(np.clip(raw, xs[0], xs[-1]), xs, ys)
+        return out / len(self.boosters_)
+
     def predict_proba(self, rows: pd.DataFrame) -> np.ndarray:
-        return self.model_.predict_proba(rows[self.columns_])[:, 1]
+        return self.predict_matrix(rows[self.columns_].to_numpy(dtype=float))
+
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for index, booster in enumerate(self.boosters_):
+            booster.save_model(str(folder / f"fold{index}.txt"))
+        (folder / "model.json").write_text(json.dumps({
+            "kind": "churn", "params": self.get_params(), "columns": self.columns_,
+            "calibration": [[xs.tolist(), ys.tolist()] for xs, ys in self.calibration_],
+            "recipe": getattr(self, "recipe_", None),
+        }))  # fmt: skip
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> ChurnModel:
+        folder = Path(folder)
+        meta = json.loads((folder / "model.json").read_text())
+        model = cls(**meta["params"])
+        model.columns_, model.recipe_ = meta["columns"], meta.get("recipe")
+        model.calibration_ = [(np.asarray(x), np.asarray(y)) for x, y in meta["calibration"]]
+        model.boosters_ = [
+            lgb.Booster(model_file=str(folder / f"fold{i}.txt"))
+            for i in range(len(model.calibration_))
+        ]
+        return model
 
 
 class ValueModel:
-    """``fit(rows)`` returns self; ``predict(rows, horizon_days)`` is each person's value
-    in a horizon (scaled from the training horizon's)."""
+    """``fit(rows, horizon_days)`` returns self; ``predict(rows, horizon_days)`` is each
+    person's value in a horizon (scaled from the training horizon's)."""
 
     def __init__(
         self, random_state: int = 0, objective: str = "regression_l1", **params: object
@@ -108,86 +188,44 @@ class ValueModel:
         self.objective = objective
         self.params = params
 
+    def get_params(self) -> dict[str, object]:
+        return {"random_state": self.random_state, "objective": self.objective, **self.params}
+
     def fit(self, rows: pd.DataFrame, horizon_days: float) -> ValueModel:
         self.columns_ = feature_columns(rows)
-        self.horizon_days_ = horizon_days
-        self.model_ = lgb.LGBMRegressor(
-            **{**_LGBM, **self.params}, objective=self.objective, random_state=self.random_state
-        ).fit(rows[self.columns_], rows["horizon_value"])
+        self.horizon_days_ = float(horizon_days)
+        self.booster_ = (
+            lgb.LGBMRegressor(
+                **{**_LGBM, **self.params}, objective=self.objective, random_state=self.random_state
+            )
+            .fit(rows[self.columns_], rows["horizon_value"])
+            .booster_
+        )
         return self
 
-    def predict(self, rows: pd.DataFrame, horizon_days: float) -> np.ndarray:
-        scale = horizon_days / self.horizon_days_
-        return np.clip(self.model_.predict(rows[self.columns_]), 0, None) * scale
+    def predict_matrix(self, matrix: np.ndarray, horizon_days: float | None = None) -> np.ndarray:
+        scale = (horizon_days or self.horizon_days_) / self.horizon_days_
+        return np.clip(self.booster_.predict(matrix, num_threads=1), 0, None) * scale
 
+    def predict(self, rows: pd.DataFrame, horizon_days: float | None = None) -> np.ndarray:
+        return self.predict_matrix(rows[self.columns_].to_numpy(dtype=float), horizon_days)
 
-# --- training: the lifecycle verb ----------------------------------------------------------
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.booster_.save_model(str(folder / "booster.txt"))
+        (folder / "model.json").write_text(json.dumps({
+            "kind": "clv", "params": self.get_params(), "columns": self.columns_,
+            "horizon_days": self.horizon_days_, "recipe": getattr(self, "recipe_", None),
+        }))  # fmt: skip
+        return folder
 
-
-@dataclass
-class ChurnResult:
-    dataset: str
-    as_of: str
-    horizon_days: float
-    cuts: list[str]
-    train_rows: int
-    validation_auc: float
-    baseline_auc: float
-    run_id: str
-
-
-def training_cuts(
-    as_of: pd.Timestamp, horizon_days: float, count: int = 3, step_days: int = 30
-) -> list[pd.Timestamp]:
-    """``count`` cuts, ``step_days`` apart, the latest one horizon before ``as_of``: every
-    label they carry is known by ``as_of``."""
-    latest = as_of - pd.Timedelta(days=horizon_days)
-    return [latest - pd.Timedelta(days=step_days * i) for i in reversed(range(count))]
-
-
-def train_churn(
-    settings: Settings, dataset: str, as_of: str | pd.Timestamp, horizon_days: float = 92.0
-) -> ChurnResult:
-    """Train the churn model on the lake's events up to ``as_of``: cuts whose horizons end
-    by ``as_of``; the latest cut is held out to measure it (AUC against BG/NBD's ranking on
-    the same rows), then the model is fitted on all of them. Tracked in MLflow (experiment
-    ``churn-<dataset>``)."""
-    if horizon_days <= 0:
-        raise ValueError(f"the horizon must be a positive number of days, got {horizon_days}")
-    moment = pd.Timestamp(as_of)
-    moment = moment.tz_localize("UTC") if moment.tzinfo is None else moment.tz_convert("UTC")
-    events = load_person_events(Lake(settings.lake_url), dataset)
-    cuts = training_cuts(moment, horizon_days)
-    first_event = pd.to_datetime(events["timestamp"], utc=True).min()
-    if cuts[0] <= first_event:
-        raise ValueError(
-            f"{dataset} starts {first_event.date()}: too little history before {moment.date()} "
-            f"for {len(cuts)} cuts with a {horizon_days:g}-day horizon; pick a later --as-of "
-            "or a shorter --horizon-days"
-        )
-    fit_rows = training_set(events, cuts[:-1], horizon_days)
-    held_out = person_rows(events, cuts[-1], horizon_days)
-    probability = ChurnModel().fit(fit_rows).predict_proba(held_out)
-    validation_auc = float(roc_auc_score(held_out["churned"], probability))
-    baseline_auc = float(roc_auc_score(held_out["churned"], -held_out["bgnbd_expected"]))
-    model = ChurnModel().fit(pd.concat([fit_rows, held_out.assign(cut=cuts[-1])]))
-    with (
-        tracking.session(settings, f"churn-{dataset}") as experiment,
-        mlflow.start_run(run_name=f"churn {dataset}", experiment_id=experiment) as run,
-    ):
-        mlflow.set_tags(tracking.run_tags(settings, dataset=dataset, as_of=str(moment)))
-        mlflow.log_params({"horizon_days": horizon_days, "cuts": [str(c.date()) for c in cuts],
-                           **{f"lgbm_{k}": v for k, v in _LGBM.items()}})  # fmt: skip
-        mlflow.log_metrics({"validation_auc": validation_auc, "bgnbd_auc": baseline_auc,
-                            "train_rows": len(fit_rows) + len(held_out)})  # fmt: skip
-        booster = model.model_.calibrated_classifiers_[0].estimator
-        mlflow.log_dict(
-            {"features": model.columns_, "importance": dict(zip(model.columns_, booster.feature_importances_.tolist(), strict=True))},
-            "churn/features.json",
-        )  # fmt: skip
-        run_id = run.info.run_id
-    return ChurnResult(
-        dataset=dataset, as_of=str(moment), horizon_days=horizon_days,
-        cuts=[str(c.date()) for c in cuts], train_rows=len(fit_rows) + len(held_out),
-        validation_auc=validation_auc, baseline_auc=baseline_auc, run_id=run_id,
-    )  # fmt: skip
+    @classmethod
+    def load(cls, folder: str | Path) -> ValueModel:
+        folder = Path(folder)
+        meta = json.loads((folder / "model.json").read_text())
+        model = cls(**meta["params"])
+        model.columns_, model.horizon_days_ = meta["columns"], float(meta["horizon_days"])
+        model.recipe_ = meta.get("recipe")
+        model.booster_ = lgb.Booster(model_file=str(folder / "booster.txt"))
+        return model

@@ -14,7 +14,7 @@ dataset without purchases (MovieLens) uses its interactions as "orders".
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -53,14 +53,24 @@ def load_person_events(lake: Lake, dataset: str) -> pd.DataFrame:
     return frame
 
 
-def _orders(events: pd.DataFrame) -> pd.DataFrame:
-    kinds = set(events["event_type"].unique())
+def order_types(event_types: Iterable[str]) -> tuple[str, ...] | None:
+    """The event types that count as orders among ``event_types`` (the first group of
+    :data:`ORDER_TYPES` present), or None: every event is one."""
+    kinds = set(event_types)
     for types in ORDER_TYPES:
         if kinds & set(types):
-            chosen = events[events["event_type"].isin(types)]
-            break
-    else:
-        chosen = events
+            return types
+    return None
+
+
+def order_events(events: pd.DataFrame) -> pd.DataFrame:
+    """The events that count as orders (see :func:`order_types`)."""
+    types = order_types(events["event_type"].unique())
+    return events if types is None else events[events["event_type"].isin(types)]
+
+
+def _orders(events: pd.DataFrame) -> pd.DataFrame:
+    chosen = order_events(events)
     chosen = chosen.assign(day=chosen["timestamp"].dt.floor("D"))
     value = chosen["value"].fillna(0.0) if "value" in chosen else 0.0
     quantity = chosen["quantity"].fillna(1) if "quantity" in chosen else 1

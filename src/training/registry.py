@@ -46,12 +46,22 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
-Kind = Literal["recommender", "ranker"]
+Kind = Literal["recommender", "ranker", "churn", "clv"]
+#: What the service recommends with.
 KINDS: tuple[Kind, ...] = ("recommender", "ranker")
+#: What scores people (:mod:`bespoke.segments`): churn probability and lifetime value.
+PERSON_KINDS: tuple[Kind, ...] = ("churn", "clv")
 #: What the gate compares, per kind.
-GATE_METRICS: dict[str, str] = {"recommender": "ndcg@10", "ranker": "reranked_ndcg@10"}
+GATE_METRICS: dict[str, str] = {
+    "recommender": "ndcg@10", "ranker": "reranked_ndcg@10", "churn": "auc", "clv": "mae",
+}  # fmt: skip
+#: Kinds whose gate metric is an error: the candidate must be lower.
+LOWER_IS_BETTER = frozenset({"clv"})
 #: The artifact folder of each kind's pyfunc model that holds the native model.
-ARTIFACTS: dict[str, str] = {"recommender": "recommender", "ranker": "ranking_pipeline"}
+ARTIFACTS: dict[str, str] = {
+    "recommender": "recommender", "ranker": "ranking_pipeline", "churn": "churn_model",
+    "clv": "clv_model",
+}  # fmt: skip
 #: What a registered version was fitted on: everything up to now (selection, then
 #: refit), or the split's training part only (``refit=False``: tests, benchmarks).
 ALL_DATA = "all data"
@@ -61,21 +71,26 @@ HISTORY_ARTIFACT = "history"
 
 
 def _check_kind(kind: str) -> None:
-    if kind not in KINDS:
-        raise ValueError(f"unknown kind {kind!r}; use {' or '.join(KINDS)}")
+    if kind not in KINDS + PERSON_KINDS:
+        raise ValueError(f"unknown kind {kind!r}; use one of {', '.join(KINDS + PERSON_KINDS)}")
 
 
 def registered_name(kind: str, dataset: str) -> str:
-    """``bespoke-recommender-<dataset>`` or ``bespoke-ranker-<dataset>``."""
+    """``bespoke-<kind>-<dataset>``: ``bespoke-recommender-ml-100k``, ``bespoke-churn-cdnow``…"""
     _check_kind(kind)
     return f"bespoke-{kind}-{dataset}"
 
 
 def experiment_name(kind: str, dataset: str) -> str:
-    """The MLflow experiment a kind's runs go to: ``recommenders-<dataset>`` or
-    ``rankers-<dataset>``."""
+    """The MLflow experiment a kind's runs go to: ``recommenders-<dataset>``,
+    ``rankers-<dataset>``, or ``churn-<dataset>`` for both person models."""
     _check_kind(kind)
-    return f"{kind}s-{dataset}"
+    return f"churn-{dataset}" if kind in PERSON_KINDS else f"{kind}s-{dataset}"
+
+
+def beats(kind: str, candidate: float, other: float) -> bool:
+    """Whether ``candidate`` is strictly better than ``other`` on ``kind``'s gate metric."""
+    return candidate < other if kind in LOWER_IS_BETTER else candidate > other
 
 
 def metric_key(metric: str) -> str:
@@ -123,9 +138,19 @@ def load_native(kind: str, folder: Path) -> Any:
 
         meta = json.loads((folder / "model.json").read_text())
         return family(meta["family"]).load(folder)
+    if kind in PERSON_KINDS:
+        from bespoke.segments.churn import ChurnModel, ValueModel
+
+        return (ChurnModel if kind == "churn" else ValueModel).load(folder)
     from bespoke.training.ranker import RankingPipeline
 
     return RankingPipeline.load(folder)
+
+
+def _word(kind: str, better: bool) -> str:
+    if kind in LOWER_IS_BETTER:
+        return "<" if better else ">="
+    return ">" if better else "<="
 
 
 class Registry:
@@ -328,9 +353,9 @@ class Registry:
         reasons, promoted, champion_metric = [], True, None
         if baseline is not None:
             what, floor = baseline
-            beats = candidate > floor
-            promoted &= beats
-            reasons.append(f"candidate {candidate:.4f} {'>' if beats else '<='} {what} {floor:.4f}")
+            better = beats(kind, candidate, floor)
+            promoted &= better
+            reasons.append(f"candidate {candidate:.4f} {_word(kind, better)} {what} {floor:.4f}")
             self.client.log_metric(run_id, f"gate.baseline_{key}", floor)
         current = self.champion(kind, dataset)
         if current is None or str(current.version) == str(version):
@@ -339,15 +364,19 @@ class Registry:
             loaded = self.load(kind, dataset, str(current.version))
             assert loaded is not None
             champion_metric = float(champion_score(loaded))
-            beats = candidate > champion_metric
-            promoted &= beats
+            better = beats(kind, candidate, champion_metric)
+            promoted &= better
             reasons.append(
-                f"candidate {candidate:.4f} {'>' if beats else '<='} champion v{current.version}"
+                f"candidate {candidate:.4f} {_word(kind, better)} champion v{current.version}"
                 f"'s configuration {champion_metric:.4f}, refit and scored on the same split"
             )
             if math.isfinite(champion_metric):
                 self.client.log_metric(run_id, f"gate.champion_{key}", champion_metric)
-            if not promoted and baseline is not None and champion_metric <= baseline[1]:
+            if (
+                not promoted
+                and baseline is not None
+                and not beats(kind, champion_metric, baseline[1])
+            ):
                 self.client.delete_registered_model_alias(name, CHAMPION)
                 reasons.append(
                     f"champion v{current.version} no longer beats {baseline[0]}: alias "
