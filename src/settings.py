@@ -117,6 +117,26 @@ class Settings(BaseSettings):
         default=False,
         description="OpenTelemetry's per-request instrumentation (a per-request overhead).",
     )
+    webhook_url: str | None = Field(
+        default=None,
+        description="Where outgoing webhooks (segment_changed, …) are POSTed; unset: none are "
+        "sent. Each is signed with HMAC-SHA256 (header Bespoke-Signature), retried with "
+        "exponential backoff, and dead-lettered after webhook_max_attempts.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="The key webhooks are signed with. When unset, a random one is created once "
+        "in <home>/secrets/webhook.key (give the receiver that file's content).",
+    )
+    webhook_max_attempts: int = Field(
+        default=6, ge=1, description="Delivery attempts before a webhook is dead-lettered."
+    )
+    webhook_backoff_s: float = Field(
+        default=2.0, gt=0, description="Seconds before the first retry; doubled on each retry."
+    )
+    webhook_timeout_s: float = Field(
+        default=5.0, gt=0, description="Seconds a webhook receiver has to answer."
+    )
     hmac_key: SecretStr | None = Field(
         default=None,
         description=(
@@ -197,6 +217,12 @@ class Settings(BaseSettings):
         if self.hmac_key is not None:
             return self.hmac_key.get_secret_value().encode()
         return kept_secret(self.hmac_key_file).encode()
+
+    def webhook_key(self) -> bytes:
+        """The webhook signing key, creating and keeping a random one when none is set."""
+        if self.webhook_secret is not None:
+            return self.webhook_secret.get_secret_value().encode()
+        return kept_secret(self.secrets_dir / "webhook.key").encode()
 
     def dataset_path(self, name: str) -> Path:
         """``<datasets_dir>/<name>``, with a message that says how to set it when unset."""

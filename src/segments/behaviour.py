@@ -16,7 +16,7 @@ marketer can read and that stay put across retrains.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -122,12 +122,24 @@ class Segmenter:
         the same online, where one person at a time is re-scored)."""
         if not hasattr(self, "model_"):
             raise RuntimeError("fit the segmenter first")
-        scaled = self.scaler_.transform(self._matrix(features))
-        centers = self.model_.cluster_centers_
-        labels = ((scaled[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2).argmin(axis=1)
+        labels = self._nearest(self._matrix(features))
         return pd.Series(
             np.asarray(self.names_, dtype=object)[labels], index=features.index, name="segment"
         )
+
+    def predict_one(self, features: Mapping[str, float | None]) -> str:
+        """One person's segment from their features (a mapping, as the online store
+        computes them): the same scaling and nearest centre as :meth:`predict`."""
+        row = np.array([[_number(features.get(f)) for f in self.features]])
+        for index, name in enumerate(self.features):
+            if name in _LOGGED:
+                row[0, index] = np.log1p(max(row[0, index], 0.0))
+        return self.names_[int(self._nearest(row)[0])]
+
+    def _nearest(self, matrix: np.ndarray) -> np.ndarray:
+        scaled = (matrix - self.scaler_.mean_) / self.scaler_.scale_
+        centers = self.model_.cluster_centers_
+        return ((scaled[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2).argmin(axis=1)
 
     def save(self, path: str | Path) -> Path:
         """The fitted model as JSON (no pickle): features, scaling, centres, names."""
@@ -170,6 +182,11 @@ class Segmenter:
         model.centroids_.index = model.centroids_.index.astype(int)
         model.sizes_ = pd.Series({int(k): v for k, v in data["sizes"].items()})
         return model
+
+
+def _number(value: float | None) -> float:
+    """A feature value as k-means takes it: missing is 0 (as in :meth:`Segmenter._matrix`)."""
+    return 0.0 if value is None or value != value else float(value)
 
 
 def _name(z: pd.Series) -> str:

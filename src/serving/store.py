@@ -58,7 +58,10 @@ from bespoke.features.schema import (
     check_dataset_name,
     person_id_of,
 )
+from bespoke.segments.features import load_person_events
+from bespoke.segments.live import Counters, LiveScorer, counters_from_events
 from bespoke.serving.db import Database
+from bespoke.serving.webhooks import enqueue_webhook
 from bespoke.settings import SQLITE_PREFIX, Settings, get_settings
 
 #: The most events one request may send (the service answers 413 above it); a batch of
@@ -108,6 +111,17 @@ class Merge(BaseModel):
     reason: str | None = None
 
 
+class SegmentChange(BaseModel):
+    """A person moved to another behavioural segment when their events were re-scored."""
+
+    user_id: str
+    from_segment: str | None = Field(alias="from", serialization_alias="from")
+    to_segment: str | None = Field(alias="to", serialization_alias="to")
+    at: datetime
+
+    model_config = {"populate_by_name": True}
+
+
 class AcceptResult(BaseModel):
     """What became of a request's events."""
 
@@ -119,6 +133,9 @@ class AcceptResult(BaseModel):
     errors: list[ItemError] = Field(default_factory=list)
     merges: list[Merge] = Field(
         default_factory=list, description="Anonymous visitors joined to a user by these events."
+    )
+    segment_changes: list[SegmentChange] = Field(
+        default_factory=list, description="People these events moved to another segment."
     )
 
 
@@ -400,6 +417,36 @@ CREATE TABLE IF NOT EXISTS person_scores (
     updated_at INTEGER NOT NULL,
     PRIMARY KEY (dataset, user_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS person_counters (
+    dataset TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    data TEXT NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (dataset, user_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS segment_changes (
+    id INTEGER PRIMARY KEY,
+    dataset TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    from_segment TEXT,
+    to_segment TEXT,
+    at INTEGER NOT NULL,
+    recorded_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS segment_changes_user ON segment_changes (dataset, user_id);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY,
+    dataset TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at INTEGER NOT NULL,
+    last_error TEXT,
+    delivered_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, next_at);
 CREATE TABLE IF NOT EXISTS refused_aliases (
     dataset TEXT NOT NULL,
     anonymous_id TEXT NOT NULL,
@@ -463,7 +510,12 @@ class SQLiteStore:
     # --- live events ---------------------------------------------------------------------
 
     def accept_events(
-        self, events: Sequence[EventIn], dataset: str, *, now: datetime | None = None
+        self,
+        events: Sequence[EventIn],
+        dataset: str,
+        *,
+        now: datetime | None = None,
+        scorer: LiveScorer | None = None,
     ) -> AcceptResult:
         """Store ``events`` (already validated) durably and apply them to their profiles.
 
@@ -471,6 +523,10 @@ class SQLiteStore:
         address, are rejected one by one (``errors`` gives each one's position and why);
         the others are stored in one transaction, all or none. An event whose
         ``source_event_id`` is already held is accepted again but applied only once.
+        With a ``scorer``, each known person's counters are updated and they are re-scored
+        (segment, churn probability, expected value) in the same transaction; a change of
+        segment is recorded (``segment_changes``) and, when the scorer notifies, queued in
+        the outbox for the ``segment_changed`` webhook.
         """
         check_dataset_name(dataset)
         received = _micros(now or datetime.now(UTC))
@@ -485,6 +541,7 @@ class SQLiteStore:
         accepted = len(rows)
         duplicates = 0
         merges: list[Merge] = []
+        changes: list[SegmentChange] = []
         if rows:
             with self._database().write() as con:
                 rows = self._new_only(con, dataset, rows)
@@ -492,13 +549,86 @@ class SQLiteStore:
                 if rows:
                     rows, merges = self._identify(con, dataset, rows, received)
                     self._append(con, dataset, rows, received)
+                    if scorer is not None and scorer.active:
+                        changes = self._rescore(con, dataset, rows, received, scorer)
         return AcceptResult(
             accepted=accepted,
             rejected=len(errors),
             duplicates=duplicates,
             errors=errors,
             merges=merges,
+            segment_changes=changes,
         )
+
+    def _rescore(
+        self,
+        con: sqlite3.Connection,
+        dataset: str,
+        rows: list[tuple[Any, ...]],
+        received: int,
+        scorer: LiveScorer,
+    ) -> list[SegmentChange]:
+        """Inside the caller's transaction: count each known person's events, score them
+        as of their latest event, keep the scores, record changes of segment."""
+        kind, subject, ts = _F["kind"], _F["subject"], _F["timestamp"]
+        touched: dict[str, tuple[Counters, int]] = {}
+        for r in rows:
+            if r[kind] != USER:
+                continue
+            user = r[subject]
+            if user not in touched:
+                found = con.execute(
+                    "SELECT data FROM person_counters WHERE dataset = ? AND user_id = ?",
+                    (dataset, user),
+                ).fetchone()
+                touched[user] = (Counters.from_json(found and found[0]), 0)
+            counters, latest = touched[user]
+            at = r[ts] if r[ts] is not None else received
+            counters.add(at, scorer.is_order(r[_F["event_type"]]), r[_F["value"]],
+                         r[_F["quantity"]], r[_F["channel"]], r[_F["device"]])  # fmt: skip
+            touched[user] = (counters, max(latest, at))
+        changes = []
+        for user, (counters, at) in touched.items():
+            con.execute(
+                "INSERT INTO person_counters (dataset, user_id, data, updated_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (dataset, user_id) DO UPDATE SET "
+                "data = excluded.data, updated_at = excluded.updated_at",
+                (dataset, user, counters.to_json(), received),
+            )
+            scores = scorer.score(counters, at)
+            before = con.execute(
+                "SELECT segment FROM person_scores WHERE dataset = ? AND user_id = ?",
+                (dataset, user),
+            ).fetchone()
+            con.execute(
+                "INSERT INTO person_scores (dataset, user_id, segment, churn_probability, "
+                "expected_value, updated_at) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (dataset, user_id) DO UPDATE SET "
+                "segment = coalesce(excluded.segment, segment), "
+                "churn_probability = coalesce(excluded.churn_probability, churn_probability), "
+                "expected_value = coalesce(excluded.expected_value, expected_value), "
+                "updated_at = excluded.updated_at",
+                (dataset, user, scores.segment, scores.churn_probability,
+                 scores.expected_value, received),
+            )  # fmt: skip
+            old = before[0] if before else None
+            if scores.segment is None or scores.segment == old:
+                continue
+            change = SegmentChange(user_id=user, from_segment=old, to_segment=scores.segment,
+                                   at=_moment(at))  # fmt: skip
+            changes.append(change)
+            con.execute(
+                "INSERT INTO segment_changes (dataset, user_id, from_segment, to_segment, at, "
+                "recorded_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (dataset, user, old, scores.segment, at, received),
+            )
+            if scorer.notify:
+                enqueue_webhook(con, dataset, "segment_changed", {
+                    "dataset": dataset, "user_id": user, "from": old, "to": scores.segment,
+                    "at": change.at.isoformat(), "churn_probability": scores.churn_probability,
+                    "expected_value": scores.expected_value,
+                }, received)  # fmt: skip
+        return changes
 
     def _identify(
         self, con: sqlite3.Connection, dataset: str, rows: list[tuple[Any, ...]], received: int
@@ -885,13 +1015,18 @@ class SQLiteStore:
         dataset: str,
         as_of: datetime | str | None = None,
         per_user: int | None = None,
+        scorer: LiveScorer | None = None,
     ) -> int:
         """Rebuild the dataset's profiles from the lake, so that a freshly started service
         knows existing people: each person's latest ``per_user`` events (default: the
         cap) before ``as_of`` (all when ``None``), plus the live events not flushed yet.
 
         Live events already flushed are in the lake, so they come back from there; seeding
-        twice gives the same profiles. Returns how many lake events were loaded.
+        twice gives the same profiles. Each person's counters (order days, channels,
+        devices) are rebuilt from all their lake events up to ``as_of``; with a ``scorer``,
+        everyone is scored as of then (or the dataset's latest event), otherwise their
+        latest segment assignment in the lake is shown. Returns how many lake events were
+        loaded.
         """
         check_dataset_name(dataset)
         per_user = per_user or self.recent_events
@@ -902,7 +1037,13 @@ class SQLiteStore:
         recent, latest, aliases = _lake_history(lake, dataset, cut, per_user)
         identifiers = _lake_identifiers(lake, dataset)
         scores = _lake_scores(lake, dataset)
+        counters, moment = _lake_counters(lake, dataset, cut)
         now = _micros(datetime.now(UTC))
+        live = {}
+        if scorer is not None and scorer.active and counters:
+            people = list(counters)
+            scored = scorer.score_many([counters[p] for p in people], moment)
+            live = dict(zip(people, scored, strict=True))
         with self._database().write() as con:
             watermark = self._watermark(con, dataset)
             con.execute(
@@ -918,12 +1059,24 @@ class SQLiteStore:
                 [(dataset, cookie, user, now) for cookie, user in aliases],
             )
             con.execute("DELETE FROM person_scores WHERE dataset = ?", (dataset,))
+            rules = {person: list(names) for person, _, names in scores}
+            segments = {person: segment for person, segment, _ in scores}
+            for person, scored in live.items():
+                segments[person] = scored.segment or segments.get(person)
             con.executemany(
-                "INSERT INTO person_scores (dataset, user_id, segment, segments, updated_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [(dataset, person, segment, json.dumps(list(rules)), now)
-                 for person, segment, rules in scores],
+                "INSERT INTO person_scores (dataset, user_id, segment, segments, "
+                "churn_probability, expected_value, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(dataset, person, segments.get(person), json.dumps(rules.get(person, [])),
+                  live[person].churn_probability if person in live else None,
+                  live[person].expected_value if person in live else None, now)
+                 for person in segments.keys() | rules.keys()],
             )  # fmt: skip
+            con.execute("DELETE FROM person_counters WHERE dataset = ?", (dataset,))
+            con.executemany(
+                "INSERT INTO person_counters (dataset, user_id, data, updated_at) "
+                "VALUES (?, ?, ?, ?)",
+                [(dataset, person, c.to_json(), now) for person, c in counters.items()],
+            )
             con.execute("DELETE FROM person_identifiers WHERE dataset = ?", (dataset,))
             con.executemany(
                 "INSERT INTO person_identifiers VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -1133,6 +1286,24 @@ def _lake_scores(lake: Lake, dataset: str) -> list[tuple[Any, ...]]:
         .execute("SELECT person, segment, rule_segments FROM segments WHERE dataset = ?", [dataset])
         .fetchall()
     )
+
+
+def _lake_counters(
+    lake: Lake, dataset: str, cut: pd.Timestamp | None
+) -> tuple[dict[str, Counters], int]:
+    """Every person's counters from their lake events up to ``cut``, and the moment (µs)
+    they are as of: ``cut``, or the latest event. None for a dataset without timestamps."""
+    try:
+        events = load_person_events(lake, dataset)
+    except ValueError:  # no events, or no timestamps: nothing to count
+        return {}, 0
+    times = pd.to_datetime(events["timestamp"], utc=True)
+    if cut is not None:
+        events, times = events[times <= cut], times[times <= cut]
+    if events.empty:
+        return {}, 0
+    moment = cut if cut is not None else times.max()
+    return counters_from_events(events), int(moment.value // 1000)
 
 
 def _lake_identifiers(lake: Lake, dataset: str) -> list[tuple[Any, ...]]:

@@ -1,0 +1,199 @@
+"""Outgoing webhooks: a transactional outbox in the online store, signed deliveries,
+retries with exponential backoff, and a dead-letter state.
+
+A webhook is queued in the same transaction as the change it reports (a person's
+``segment_changed``), so that what was committed is announced and nothing announced was
+rolled back. :func:`deliver_due` POSTs what is due to ``Settings.webhook_url``:
+
+- body: ``{"id", "topic", "created_at", "data"}`` as JSON;
+- ``Bespoke-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`` with the
+  webhook key (``Settings.webhook_key``), the scheme Stripe and Svix use, so that a
+  receiver can check the sender and refuse replays;
+- ``Bespoke-Webhook-Id``: the same on every retry, for receivers to de-duplicate.
+
+A 2xx answer delivers it; anything else (another status, a timeout, a refused connection)
+schedules a retry after ``webhook_backoff_s`` × 2^(attempts − 1); after
+``webhook_max_attempts`` it is dead-lettered (kept with its last error, never deleted) until
+``bespoke webhooks retry`` queues it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import sqlite3
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from bespoke.serving.db import Database
+from bespoke.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "Bespoke-Signature"
+ID_HEADER = "Bespoke-Webhook-Id"
+#: Deliveries per call of :func:`deliver_due`, so that one call stays short.
+BATCH = 100
+
+
+def _now_us() -> int:
+    return int(time.time() * 1_000_000)
+
+
+def enqueue_webhook(
+    con: sqlite3.Connection, dataset: str, topic: str, data: dict[str, Any], now_us: int
+) -> None:
+    """Queue one webhook inside the caller's transaction."""
+    con.execute(
+        "INSERT INTO outbox (dataset, topic, payload, created_at, next_at) VALUES (?, ?, ?, ?, ?)",
+        (dataset, topic, json.dumps(data, default=str), now_us, now_us),
+    )
+
+
+def sign(key: bytes, timestamp: int, body: bytes) -> str:
+    """The ``Bespoke-Signature`` header's value for ``body`` sent at ``timestamp``."""
+    digest = hmac.new(key, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+def verify(key: bytes, header: str, body: bytes, *, tolerance_s: int = 300) -> bool:
+    """What a receiver does: the signature matches and is no older than ``tolerance_s``."""
+    try:
+        parts = dict(part.split("=", 1) for part in header.split(","))
+        timestamp = int(parts["t"])
+    except (KeyError, ValueError):
+        return False
+    if abs(time.time() - timestamp) > tolerance_s:
+        return False
+    return hmac.compare_digest(sign(key, timestamp, body), header)
+
+
+def _post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> int:
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+@dataclass
+class DeliveryReport:
+    delivered: int = 0
+    retried: int = 0
+    dead: int = 0
+
+
+def deliver_due(
+    db: Database,
+    settings: Settings,
+    *,
+    now_us: int | None = None,
+    post: Callable[[str, bytes, dict[str, str], float], int] = _post,
+) -> DeliveryReport:
+    """POST every webhook that is due; returns what became of them. Without a
+    ``webhook_url`` nothing is sent (and nothing was queued)."""
+    report = DeliveryReport()
+    if not settings.webhook_url:
+        return report
+    key = settings.webhook_key()
+    moment = now_us if now_us is not None else _now_us()
+    with db.read() as con:
+        due = con.execute(
+            "SELECT id, topic, payload, created_at, attempts FROM outbox "
+            "WHERE status = 'pending' AND next_at <= ? ORDER BY id LIMIT ?",
+            (moment, BATCH),
+        ).fetchall()
+    for ident, topic, payload, created, attempts in due:
+        body = json.dumps({
+            "id": ident, "topic": topic,
+            "created_at": datetime.fromtimestamp(created / 1e6, UTC).isoformat(),
+            "data": json.loads(payload),
+        }).encode()  # fmt: skip
+        headers = {
+            "Content-Type": "application/json",
+            SIGNATURE_HEADER: sign(key, int(time.time()), body),
+            ID_HEADER: str(ident),
+        }
+        try:
+            status = post(settings.webhook_url, body, headers, settings.webhook_timeout_s)
+            error = None if 200 <= status < 300 else f"HTTP {status}"
+        except (OSError, ValueError) as failure:
+            error = f"{type(failure).__name__}: {failure}"
+        tries = attempts + 1
+        with db.write() as con:
+            if error is None:
+                con.execute(
+                    "UPDATE outbox SET status = 'delivered', attempts = ?, delivered_at = ?, "
+                    "last_error = NULL WHERE id = ?",
+                    (tries, _now_us(), ident),
+                )
+                report.delivered += 1
+            elif tries >= settings.webhook_max_attempts:
+                con.execute(
+                    "UPDATE outbox SET status = 'dead', attempts = ?, last_error = ? WHERE id = ?",
+                    (tries, error, ident),
+                )
+                report.dead += 1
+            else:
+                wait = settings.webhook_backoff_s * 2 ** (tries - 1)
+                con.execute(
+                    "UPDATE outbox SET attempts = ?, last_error = ?, next_at = ? WHERE id = ?",
+                    (tries, error, moment + int(wait * 1_000_000), ident),
+                )
+                report.retried += 1
+    return report
+
+
+def outbox(db: Database, status: str | None = None) -> list[dict[str, Any]]:
+    """The queued webhooks (``status``: pending, delivered or dead; None: all), oldest first."""
+    with db.read() as con:
+        rows = con.execute(
+            "SELECT id, dataset, topic, payload, status, attempts, last_error, created_at "
+            "FROM outbox WHERE ? IS NULL OR status = ? ORDER BY id",
+            (status, status),
+        ).fetchall()
+    return [
+        {"id": r[0], "dataset": r[1], "topic": r[2], "data": json.loads(r[3]), "status": r[4],
+         "attempts": r[5], "last_error": r[6],
+         "created_at": datetime.fromtimestamp(r[7] / 1e6, UTC).isoformat()}
+        for r in rows
+    ]  # fmt: skip
+
+
+def retry(db: Database, ident: int) -> None:
+    """Queue a dead-lettered webhook again (its attempts start over)."""
+    with db.write() as con:
+        found = con.execute("SELECT status FROM outbox WHERE id = ?", (ident,)).fetchone()
+        if found is None:
+            raise ValueError(f"no webhook {ident} in the outbox")
+        if found[0] != "dead":
+            raise ValueError(f"webhook {ident} is {found[0]}, not dead: nothing to retry")
+        con.execute(
+            "UPDATE outbox SET status = 'pending', attempts = 0, next_at = ? WHERE id = ?",
+            (_now_us(), ident),
+        )
+
+
+def deliver_every(
+    db: Database,
+    settings: Settings,
+    seconds: float,
+    *,
+    stop: Callable[[], bool] = lambda: False,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Deliver what is due every ``seconds`` until ``stop()`` (the service's thread)."""
+    while not stop():
+        try:
+            deliver_due(db, settings)
+        except sqlite3.Error as error:  # busy or closing: the next round tries again
+            logger.warning("webhook delivery failed this round: %s", error)
+        sleep(seconds)
