@@ -20,6 +20,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -195,13 +196,18 @@ class LiveScorer:
         """The segment model of ``bespoke train segments`` and the churn and value
         ``@champion`` versions of ``bespoke train churn``, where they exist."""
         from bespoke.segments.train import model_path
+        from bespoke.settings import SQLITE_PREFIX
         from bespoke.training.registry import Registry
 
         path = model_path(settings, dataset)
         segmenter = Segmenter.load(path) if path.exists() else None
-        registry = Registry.of(settings)
-        churn = registry.load("churn", dataset)
-        clv = registry.load("clv", dataset)
+        uri = settings.mlflow_tracking_uri or ""
+        churn = clv = None
+        # A registry that was never written to holds nothing (and is not created here).
+        if not uri.startswith(SQLITE_PREFIX) or Path(uri.removeprefix(SQLITE_PREFIX)).exists():
+            registry = Registry.of(settings)
+            churn = registry.load("churn", dataset)
+            clv = registry.load("clv", dataset)
         return cls(
             segmenter, churn and churn.model, clv and clv.model,
             notify=bool(settings.webhook_url),

@@ -213,6 +213,16 @@ class MergeOut(BaseModel):
     reason: str | None
 
 
+class SegmentChangeOut(BaseModel):
+    # "from" and "to" on the wire (as in the segment_changed webhook).
+    model_config = ConfigDict(validate_by_name=True, serialize_by_alias=True)
+
+    user_id: str
+    from_segment: str | None = Field(alias="from", description="The segment before (None: new).")
+    to_segment: str = Field(alias="to", description="The segment the events moved them to.")
+    at: datetime
+
+
 class EventsResponse(IODescriptor):
     accepted: int
     rejected: int
@@ -221,6 +231,11 @@ class EventsResponse(IODescriptor):
     merges: list[MergeOut] = Field(
         default_factory=list,
         description="Anonymous visitors joined to a user by events carrying both ids.",
+    )
+    segment_changes: list[SegmentChangeOut] = Field(
+        default_factory=list,
+        description="People these events moved to another behavioural segment (re-scored "
+        "within the request; also sent as the segment_changed webhook when one is set).",
     )
 
 

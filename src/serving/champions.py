@@ -45,7 +45,7 @@ def champion_versions(tracking_uri: str, dataset: str) -> dict[str, str | None]:
 
 
 def _models(dataset: str, loaded: dict[str, tuple[Any, str]]) -> Models:
-    recommender, recommender_version = loaded["recommender"]
+    recommender, recommender_version = loaded.get("recommender", (None, None))
     models = Models(dataset, recommender, recommender_version)
     if "ranker" in loaded:
         models.pipeline, models.ranker_version = loaded["ranker"]
@@ -60,13 +60,18 @@ def _no_recommender(dataset: str, where: str) -> RuntimeError:
 
 
 def load_from_registry(
-    tracking_uri: str, dataset: str, versions: dict[str, str | None] | None = None
+    tracking_uri: str,
+    dataset: str,
+    versions: dict[str, str | None] | None = None,
+    *,
+    catalog: bool = True,
 ) -> Models:
-    """The recommender (required) and ranker (when registered) aliased ``@champion``;
-    ``versions`` pins what :func:`champion_versions` found."""
+    """The recommender (required when the dataset has a ``catalog``) and ranker (when
+    registered) aliased ``@champion``; ``versions`` pins what :func:`champion_versions`
+    found."""
     registry = Registry(tracking_uri)
     versions = versions or registry.champion_versions(dataset)
-    if versions.get("recommender") is None:
+    if versions.get("recommender") is None and catalog:
         raise _no_recommender(dataset, tracking_uri)
     loaded: dict[str, tuple[Any, str]] = {}
     for kind, version in versions.items():

@@ -44,13 +44,17 @@ class Models:
     """The @champion models of one dataset, and what identifies them (cache keys)."""
 
     dataset: str
-    recommender: Recommender
-    recommender_version: str
+    #: None for a dataset without a catalog (CDNOW's purchases carry no items): its pages
+    #: get rules and content, and recommendation slots come back empty.
+    recommender: Recommender | None
+    recommender_version: str | None
     pipeline: RankingPipeline | None = None
     ranker_version: str | None = None
 
     @property
     def version(self) -> str:
+        if self.recommender is None:
+            return "no-recommender"
         ranker = f"+ranker-v{self.ranker_version}" if self.pipeline is not None else ""
         return f"recommender-v{self.recommender_version}{ranker}"
 
@@ -121,9 +125,12 @@ class Engine:
         seen = {str(item) for item in profile.items}
         excluded = seen | set(exclude)
         wanted = k * HEADROOM
-        items, scores, reason = self._candidates(
-            models, profile, wanted, excluded, set(exclude), now, ranked
-        )
+        if models.recommender is None:
+            items, scores, reason = [], [], "no recommender"
+        else:
+            items, scores, reason = self._candidates(
+                models, profile, wanted, excluded, set(exclude), now, ranked
+            )
         if categories:
             chosen = set(categories)
             keep = [i for i, item in enumerate(items)
@@ -209,6 +216,7 @@ class Engine:
     ) -> tuple[list[str], list[float], str]:
         """``n`` candidates, none of them ``excluded`` (the history and what the request
         excludes, ``asked``)."""
+        assert models.recommender is not None
         if len(profile.items) and ranked and models.pipeline is not None:
             ids, probability = models.pipeline.recommend(
                 [profile], k=n, now=np.datetime64(now.replace(tzinfo=None), "us"),

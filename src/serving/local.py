@@ -96,10 +96,12 @@ def prepare_local_home(
 
 def seed_online_store(settings: Settings, dataset: str, as_of: str | None = None) -> dict[str, int]:
     """Give the online store what the lake knows of the dataset's people: their latest
-    attributes and their events (up to ``as_of``), so that a service started on it knows
-    them from the first request. Safe to run again: it replaces attributes and re-seeds
+    attributes and their events (up to ``as_of``), their counters, and their segment,
+    churn probability and expected value (from the trained models, as of ``as_of`` or
+    the latest event), so that a service started on it knows them from the first request. Safe to run again: it replaces attributes and re-seeds
     histories without doubling live events."""
     from bespoke.features.lake import Lake
+    from bespoke.segments.live import LiveScorer
     from bespoke.serving.store import open_store
 
     lake = Lake(str(settings.lake_url))
@@ -112,7 +114,8 @@ def seed_online_store(settings: Settings, dataset: str, as_of: str | None = None
         raise ValueError(f"the lake at {settings.lake_url} holds no events of {dataset!r}")
     store = open_store(settings)
     people = store.load_attributes(lake, dataset)
-    events = store.seed_history(lake, dataset, as_of=as_of)
+    scorer = LiveScorer.load(settings, dataset)
+    events = store.seed_history(lake, dataset, as_of=as_of, scorer=scorer)
     return {"people": people, "events": events}
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -37,6 +38,9 @@ from bespoke.serving.api import (
 )
 from bespoke.serving.middleware import Gateway
 from bespoke.settings import get_settings
+
+#: Seconds between two looks at the webhook outbox.
+WEBHOOK_POLL_S = 1.0
 
 
 def _answer(body: bytes) -> Any:
@@ -157,6 +161,18 @@ _SERVICE_CONFIG: dict[str, Any] = {
 
 # GET with the id in the path is a plain Starlette route mounted beside the BentoML
 # routes (which are POST bodies); the API-key middleware guards it as the rest.
+def _live_scorer(settings: Any, dataset: str) -> Any:
+    """The dataset's segment, churn and value models for re-scoring people as their events
+    arrive; none (nothing re-scored) where they are not trained or cannot be read."""
+    from bespoke.segments.live import LiveScorer
+
+    try:
+        return LiveScorer.load(settings, dataset)
+    except Exception as error:  # a broken model must not stop the service answering
+        logging.getLogger(__name__).warning("live scoring is off: %s", error)
+        return LiveScorer()
+
+
 @bentoml.asgi_app(_profiles_app(), path="/v1/profiles")
 @bentoml.service(name="bespoke", **_SERVICE_CONFIG)
 class Personalization:
@@ -184,6 +200,11 @@ class Personalization:
         self.dataset = settings.serving_dataset
         self.store = open_store(settings)
         self.watcher: Any = None
+        lake = Lake(settings.lake_url)
+        (item_events,) = lake.connect().execute(
+            "SELECT count(*) FROM (SELECT 1 FROM events WHERE dataset = ? AND item_id IS NOT NULL "
+            "LIMIT 1)", [self.dataset]
+        ).fetchone()  # fmt: skip
         # Inside a built Bento the packaged models serve (frozen with it); from source,
         # the registry's @champions, followed as they move.
         self.model_source = model_source(settings, in_bento=Personalization.bento is not None)
@@ -192,13 +213,13 @@ class Personalization:
         else:
             uri = settings.mlflow_tracking_uri or ""
             versions = champion_versions(uri, self.dataset)
-            models = load_from_registry(uri, self.dataset, versions)
+            models = load_from_registry(uri, self.dataset, versions, catalog=bool(item_events))
             interval = settings.model_poll_s
             if interval > 0:
                 self.watcher = ChampionWatcher(
                     uri, self.dataset, versions, self._swap, interval
                 ).start()
-        catalog = load_catalog(Lake(settings.lake_url), self.dataset)
+        catalog = load_catalog(lake, self.dataset)
         categories = {
             str(item): [str(g) for g in (genres if genres is not None else [])]
             for item, genres in zip(catalog["item_id"], catalog["genres"], strict=True)
@@ -207,6 +228,14 @@ class Personalization:
         self.engine = Engine(models, categories, rules)
         self.experiments = Experiments()
         self.cache: TTLCache = TTLCache(maxsize=50_000, ttl=60)
+        self.scorer = _live_scorer(settings, self.dataset)
+        if settings.webhook_url and hasattr(self.store, "db"):
+            from bespoke.serving.webhooks import deliver_every
+
+            threading.Thread(
+                target=deliver_every, args=(self.store.db, settings, WEBHOOK_POLL_S),
+                name="bespoke-webhooks", daemon=True,
+            ).start()  # fmt: skip
 
     def _swap(self, models: Any) -> None:
         """New @champions (from the watcher's thread): one assignment, so each request
@@ -334,19 +363,20 @@ class Personalization:
                  "limit": MAX_EVENTS},
                 413,
             )  # fmt: skip
-        result = self.store.accept_events(batch, self.dataset)
+        result = self.store.accept_events(batch, self.dataset, scorer=self.scorer)
         return EventsResponse(
             accepted=result.accepted,
             rejected=result.rejected,
             duplicates=result.duplicates,
             errors=[e.model_dump() for e in result.errors],
             merges=[m.model_dump() for m in result.merges],
+            segment_changes=[c.model_dump(by_alias=True) for c in result.segment_changes],
         )
 
     @bentoml.api(route="/v1/identify", input_spec=IdentifyRequest, output_spec=IdentifyResponse)
     def identify(self, **request: Any) -> Any:
         call = IdentifyRequest.model_validate(request)  # validated by BentoML already
-        result = self.store.accept_events([call.as_event()], self.dataset)
+        result = self.store.accept_events([call.as_event()], self.dataset, scorer=self.scorer)
         merge = result.merges[0].model_dump() if result.merges else None
         return IdentifyResponse(
             user_id=call.user_id,

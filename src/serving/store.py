@@ -43,7 +43,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from bespoke.features.build import Profile
 from bespoke.features.collect import EVENT_INPUT_TYPES, SourceBatch, ingest
@@ -119,7 +119,7 @@ class SegmentChange(BaseModel):
     to_segment: str | None = Field(alias="to", serialization_alias="to")
     at: datetime
 
-    model_config = {"populate_by_name": True}
+    model_config = ConfigDict(validate_by_name=True, serialize_by_alias=True)
 
 
 class AcceptResult(BaseModel):

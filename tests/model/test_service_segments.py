@@ -1,0 +1,135 @@
+"""Segments, churn and value kept current through the real ``bentoml serve`` on CDNOW: a
+lapsed customer's purchase re-scores them within the request, the next profile read and
+the next page show it, and the change reaches a webhook receiver signed, after a retry."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bespoke.features import collect, sources
+from bespoke.features.lake import Lake
+from bespoke.segments.behaviour import Segmenter
+from bespoke.segments.train import model_path, train_churn, train_segments
+from bespoke.serving.keys import ApiKeys
+from bespoke.serving.local import (
+    local_settings,
+    seed_online_store,
+    start_local_service,
+    stop_local_service,
+)
+from bespoke.serving.webhooks import ID_HEADER, SIGNATURE_HEADER, verify
+
+AS_OF = "1998-06-30"
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    """A webhook receiver that fails the first delivery (HTTP 503) and takes the rest."""
+
+    received: list[tuple[dict[str, str], bytes, int]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        status = 503 if not self.received else 200
+        self.received.append((dict(self.headers), body, status))
+        self.send_response(status)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _post(url: str, path: str, body: dict, key: str) -> httpx.Response:
+    return httpx.post(f"{url}{path}", json=body, headers={"X-API-Key": key}, timeout=30)
+
+
+@pytest.fixture
+def cdnow_home(tmp_path: Path, datasets_dir: Path) -> tuple[Path, str, str]:
+    """A home serving CDNOW: segments and churn trained as of the end of the data, a rule
+    keyed on the lapsed segment, the store seeded; (home, lapsed segment, API key)."""
+    home = tmp_path / "home"
+    settings = local_settings(home)
+    collect.ingest(sources.cdnow(datasets_dir / "cdnow"), Lake(str(settings.lake_url)),
+                   settings.pseudonym_key())  # fmt: skip
+    train_segments(settings, "cdnow", AS_OF)
+    train_churn(settings, "cdnow", AS_OF, trials=0)
+    names = Segmenter.load(model_path(settings, "cdnow")).names_
+    lapsed = next(name for name in names if name.lower().startswith("lapsed"))
+    rules = home / "rules"
+    rules.mkdir()
+    (rules / "win_back.json").write_text(json.dumps({"version": 1, "rules": [{
+        "id": "win-back", "description": "Lapsed customers see the win-back offer.",
+        "when": {"profile.segment": lapsed},
+        "then": [{"type": "show_content", "block_id": "win-back", "payload": {"title": "We miss you"}}],
+    }]}))  # fmt: skip
+    seed_online_store(settings, "cdnow")
+    key = ApiKeys(settings.online_store_url or "").create("tests")
+    return home, lapsed, key
+
+
+def test_a_lapsed_customer_who_buys_again(cdnow_home: tuple[Path, str, str]) -> None:
+    home, lapsed, key = cdnow_home
+    with sqlite3.connect(home / "online.db") as con:
+        person, churn_before = con.execute(
+            "SELECT user_id, churn_probability FROM person_scores WHERE dataset = 'cdnow' "
+            "AND segment = ? ORDER BY churn_probability DESC, user_id LIMIT 1",
+            (lapsed,),
+        ).fetchone()
+    assert churn_before > 0.8
+    _Receiver.received = []
+    receiver = HTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    url, process = start_local_service(home, env={
+        "BESPOKE_SERVING_DATASET": "cdnow", "BESPOKE_RULES_PATH": str(home / "rules"),
+        "BESPOKE_WEBHOOK_URL": f"http://127.0.0.1:{receiver.server_port}/hooks",
+        "BESPOKE_WEBHOOK_BACKOFF_S": "0.2",
+    })  # fmt: skip
+    try:
+        page = {"user_id": person, "slots": [{"id": "hero", "kind": "content"},
+                                             {"id": "picks", "k": 5}]}  # fmt: skip
+        profile = _post(url, "/v1/profiles", {"user_id": person}, key).json()
+        assert profile["segment"] == lapsed
+        assert profile["churn_probability"] == pytest.approx(churn_before)
+        before = _post(url, "/v1/personalize", page, key).json()
+        assert [b["block_id"] for b in before["slots"][0]["content"]] == ["win-back"]
+        # CDNOW has no catalog: recommendation slots are empty, rules and content are served.
+        assert before["slots"][1]["items"] == [] and before["model_version"] == "no-recommender"
+
+        purchase = {"user_id": person, "event_type": "purchase", "value": 45.0, "quantity": 3,
+                    "timestamp": "1998-07-01T15:00:00Z", "consent": ["personalization"]}  # fmt: skip
+        answer = _post(url, "/v1/events", {"events": [purchase]}, key)
+        assert answer.status_code == 200, answer.text
+        changes = answer.json()["segment_changes"]
+        assert len(changes) == 1 and changes[0]["user_id"] == person
+        assert changes[0]["from"] == lapsed and changes[0]["to"] != lapsed
+
+        after = _post(url, "/v1/profiles", {"user_id": person}, key).json()
+        assert after["segment"] == changes[0]["to"]
+        assert after["churn_probability"] < churn_before
+        assert after["expected_value"] > profile["expected_value"]
+        page_after = _post(url, "/v1/personalize", page, key).json()
+        assert page_after["slots"][0]["content"] == []  # no longer lapsed: no win-back
+
+        deadline = time.monotonic() + 30
+        while len(_Receiver.received) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (first_headers, first, failed), (headers, body, status) = _Receiver.received[:2]
+        assert (failed, status) == (503, 200)
+        assert first == body and first_headers[ID_HEADER] == headers[ID_HEADER]  # one webhook, retried
+        secret = local_settings(home).webhook_key()
+        assert verify(secret, headers[SIGNATURE_HEADER], body)
+        assert not verify(b"another key", headers[SIGNATURE_HEADER], body)
+        hook = json.loads(body)
+        assert hook["topic"] == "segment_changed"
+        assert hook["data"]["user_id"] == person and hook["data"]["from"] == lapsed
+        assert hook["data"]["to"] == changes[0]["to"]
+    finally:
+        stop_local_service(process)
+        receiver.shutdown()
