@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,6 +53,11 @@ identity_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(identity_app, name="identity")
+webhooks_app = typer.Typer(
+    help="Outgoing webhooks (segment_changed): the outbox, delivery, dead letters.",
+    no_args_is_help=True,
+)
+app.add_typer(webhooks_app, name="webhooks")
 
 # The monitoring commands are defined beside their code; importing the modules adds them
 # to these groups (``bespoke monitor drift|quality``, ``bespoke report kpi``,
@@ -354,8 +360,6 @@ ProtocolOption = Annotated[
 
 
 def _params(pairs: list[str] | None) -> dict[str, Any]:
-    import json
-
     params: dict[str, Any] = {}
     for pair in pairs or []:
         name, sep, value = pair.partition("=")
@@ -1073,6 +1077,60 @@ def keys_revoke(name: KeyNameOption) -> None:
     with _clear_errors():
         info = _keys().revoke(name)
     console.print(f"API key {info.name!r} revoked at {info.revoked_at:%Y-%m-%d %H:%M:%S} UTC")
+
+
+def _outbox_db() -> Any:
+    """The online store's database, which holds the webhook outbox."""
+    from bespoke.serving.store import open_store
+    from bespoke.settings import get_settings
+
+    return open_store(get_settings()).database()
+
+
+@webhooks_app.command("list")
+def webhooks_list(
+    status: Annotated[
+        str | None, typer.Option("--status", help="pending, delivered or dead (default: all).")
+    ] = None,
+) -> None:
+    """The queued webhooks, oldest first, with their attempts and last error."""
+    from bespoke.serving.webhooks import outbox
+
+    if status not in (None, "pending", "delivered", "dead"):
+        raise _fail(f"--status must be pending, delivered or dead, not {status!r}")
+    with _clear_errors():
+        rows = outbox(_outbox_db(), status)
+    table = Table("id", "topic", "status", "attempts", "last error", "created", "data",
+                  header_style="bold")  # fmt: skip
+    for row in rows:
+        table.add_row(str(row["id"]), row["topic"], row["status"], str(row["attempts"]),
+                      row["last_error"] or "", row["created_at"], json.dumps(row["data"]))  # fmt: skip
+    console.print(table if rows else "The outbox is empty.")
+
+
+@webhooks_app.command("deliver")
+def webhooks_deliver() -> None:
+    """Deliver what is due now (the service does this every second by itself)."""
+    from bespoke.serving.webhooks import deliver_due
+    from bespoke.settings import get_settings
+
+    settings = get_settings()
+    if not settings.webhook_url:
+        raise _fail("no webhook URL is set: export BESPOKE_WEBHOOK_URL=https://…")
+    with _clear_errors():
+        report = deliver_due(_outbox_db(), settings)
+    console.print(f"{report.delivered} delivered, {report.retried} to retry, "
+                  f"{report.dead} dead-lettered")  # fmt: skip
+
+
+@webhooks_app.command("retry")
+def webhooks_retry(ident: Annotated[int, typer.Argument(help="The dead webhook's id.")]) -> None:
+    """Queue a dead-lettered webhook again."""
+    from bespoke.serving.webhooks import retry
+
+    with _clear_errors():
+        retry(_outbox_db(), ident)
+    console.print(f"webhook {ident} queued again")
 
 
 @app.command("settings")

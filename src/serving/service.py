@@ -229,11 +229,11 @@ class Personalization:
         self.experiments = Experiments()
         self.cache: TTLCache = TTLCache(maxsize=50_000, ttl=60)
         self.scorer = _live_scorer(settings, self.dataset)
-        if settings.webhook_url and hasattr(self.store, "db"):
+        if settings.webhook_url:
             from bespoke.serving.webhooks import deliver_every
 
             threading.Thread(
-                target=deliver_every, args=(self.store.db, settings, WEBHOOK_POLL_S),
+                target=deliver_every, args=(self.store.database(), settings, WEBHOOK_POLL_S),
                 name="bespoke-webhooks", daemon=True,
             ).start()  # fmt: skip
 

@@ -265,6 +265,8 @@ class OnlineStore(Protocol):
 
     def pending(self, dataset: str | None = None) -> int: ...
 
+    def database(self) -> Database: ...
+
     def delete_user(
         self, user_id: str, dataset: str | None = None, *, anonymous: bool = False
     ) -> dict[str, int]: ...
@@ -506,6 +508,10 @@ class SQLiteStore:
     def _database(self) -> Database:
         self.db.ensure("online-store", _SCHEMA, _ADDED_COLUMNS)
         return self.db
+
+    def database(self) -> Database:
+        """The store's database, its tables created (the webhook outbox lives there)."""
+        return self._database()
 
     # --- live events ---------------------------------------------------------------------
 

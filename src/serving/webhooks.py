@@ -112,6 +112,16 @@ def deliver_due(
             (moment, BATCH),
         ).fetchall()
     for ident, topic, payload, created, attempts in due:
+        # Claimed for a while first: every worker of the service delivers, none twice.
+        lease = moment + int((settings.webhook_timeout_s * 2 + 1) * 1_000_000)
+        with db.write() as con:
+            claimed = con.execute(
+                "UPDATE outbox SET next_at = ? WHERE id = ? AND status = 'pending' "
+                "AND next_at <= ?",
+                (lease, ident, moment),
+            ).rowcount
+        if not claimed:
+            continue
         body = json.dumps({
             "id": ident, "topic": topic,
             "created_at": datetime.fromtimestamp(created / 1e6, UTC).isoformat(),

@@ -10,6 +10,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -33,7 +34,7 @@ AS_OF = "1998-06-30"
 class _Receiver(BaseHTTPRequestHandler):
     """A webhook receiver that fails the first delivery (HTTP 503) and takes the rest."""
 
-    received: list[tuple[dict[str, str], bytes, int]] = []
+    received: ClassVar[list[tuple[dict[str, str], bytes, int]]] = []
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
@@ -122,7 +123,9 @@ def test_a_lapsed_customer_who_buys_again(cdnow_home: tuple[Path, str, str]) -> 
             time.sleep(0.1)
         (first_headers, first, failed), (headers, body, status) = _Receiver.received[:2]
         assert (failed, status) == (503, 200)
-        assert first == body and first_headers[ID_HEADER] == headers[ID_HEADER]  # one webhook, retried
+        assert (
+            first == body and first_headers[ID_HEADER] == headers[ID_HEADER]
+        )  # one webhook, retried
         secret = local_settings(home).webhook_key()
         assert verify(secret, headers[SIGNATURE_HEADER], body)
         assert not verify(b"another key", headers[SIGNATURE_HEADER], body)

@@ -1,0 +1,122 @@
+"""Outgoing webhooks against a real HTTP receiver: signed, retried with backoff,
+dead-lettered after the last attempt, queued again by hand, claimed once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bespoke.cli import app
+from bespoke.serving.store import SQLiteStore
+from bespoke.serving.webhooks import (
+    SIGNATURE_HEADER,
+    deliver_due,
+    enqueue_webhook,
+    outbox,
+    retry,
+    sign,
+    verify,
+)
+from bespoke.settings import SQLITE_PREFIX, Settings
+
+NOW = 1_800_000_000_000_000  # µs
+
+
+class _Answers(BaseHTTPRequestHandler):
+    statuses: list[int] = []  # noqa: RUF012 - set per test
+    seen: list[tuple[str, bytes]] = []  # noqa: RUF012
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.seen.append((self.headers[SIGNATURE_HEADER], body))
+        self.send_response(self.statuses.pop(0) if self.statuses else 200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[str]:
+    _Answers.statuses, _Answers.seen = [], []
+    server = HTTPServer(("127.0.0.1", 0), _Answers)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/hook"
+    server.shutdown()
+
+
+def _setup(
+    tmp_path: Path, url: str, attempts: int = 3, at: int = NOW
+) -> tuple[SQLiteStore, Settings]:
+    settings = Settings(home=tmp_path, webhook_url=url, webhook_secret="s3cret",
+                        webhook_max_attempts=attempts, webhook_backoff_s=10)  # fmt: skip
+    store = SQLiteStore(f"{SQLITE_PREFIX}{tmp_path / 'online.db'}", bytes(32))
+    with store.database().write() as con:
+        enqueue_webhook(con, "cdnow", "segment_changed", {"user_id": "7", "to": "Active"}, at)
+    return store, settings
+
+
+def test_a_failed_delivery_is_retried_with_backoff_then_delivered(
+    tmp_path: Path, receiver: str
+) -> None:
+    store, settings = _setup(tmp_path, receiver)
+    _Answers.statuses = [500]
+    first = deliver_due(store.database(), settings, now_us=NOW)
+    assert (first.delivered, first.retried) == (0, 1)
+    # Not due again before the backoff has passed.
+    assert deliver_due(store.database(), settings, now_us=NOW + 9_000_000).retried == 0
+    again = deliver_due(store.database(), settings, now_us=NOW + 10_000_001)
+    assert again.delivered == 1
+    (row,) = outbox(store.database())
+    assert (row["status"], row["attempts"]) == ("delivered", 2)
+    header, body = _Answers.seen[-1]
+    assert verify(b"s3cret", header, body) and not verify(b"other", header, body)
+    assert not verify(b"s3cret", header, body + b" ")
+    assert not verify(b"s3cret", sign(b"s3cret", 1_000, body), body)  # too old: a replay
+
+
+def test_the_last_failure_dead_letters_it_until_retried(tmp_path: Path, receiver: str) -> None:
+    store, settings = _setup(tmp_path, receiver, attempts=2)
+    _Answers.statuses = [500, 503]
+    deliver_due(store.database(), settings, now_us=NOW)
+    assert deliver_due(store.database(), settings, now_us=NOW + 60_000_000).dead == 1
+    (row,) = outbox(store.database(), "dead")
+    assert row["last_error"] == "HTTP 503" and row["attempts"] == 2
+    assert deliver_due(store.database(), settings, now_us=NOW + 10**12).delivered == 0
+    with pytest.raises(ValueError, match="no webhook"):
+        retry(store.database(), row["id"] + 1)
+    retry(store.database(), row["id"])
+    assert deliver_due(store.database(), settings, now_us=NOW + 10**13).delivered == 1
+
+
+def test_an_unreachable_receiver_is_retried(tmp_path: Path) -> None:
+    store, settings = _setup(tmp_path, "http://127.0.0.1:9/nothing-listens")
+    report = deliver_due(store.database(), settings, now_us=NOW)
+    assert report.retried == 1
+    (row,) = outbox(store.database(), "pending")
+    assert "Error" in row["last_error"] or "refused" in row["last_error"].lower()
+
+
+def test_the_cli_lists_and_retries(tmp_path: Path, receiver: str, monkeypatch) -> None:
+    _setup(tmp_path / "home", receiver, attempts=1, at=time.time_ns() // 1000)
+    monkeypatch.setenv("BESPOKE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("BESPOKE_WEBHOOK_URL", receiver)
+    monkeypatch.setenv("BESPOKE_WEBHOOK_MAX_ATTEMPTS", "1")
+    _Answers.statuses = [500]
+    runner = CliRunner()
+    done = runner.invoke(app, ["webhooks", "deliver"])
+    assert done.exit_code == 0 and "1 dead-lettered" in done.output, done.output
+    listed = runner.invoke(app, ["webhooks", "list", "--status", "dead"])
+    text = "".join(listed.output.split())  # the table wraps its cells
+    assert listed.exit_code == 0 and "dead" in text and "HTTP" in text and "segment" in text
+    assert runner.invoke(app, ["webhooks", "retry", "99"]).exit_code == 1
+    assert runner.invoke(app, ["webhooks", "retry", "1"]).exit_code == 0
+    assert "1 delivered" in runner.invoke(app, ["webhooks", "deliver"]).output
+    bad = runner.invoke(app, ["webhooks", "list", "--status", "lost"])
+    assert bad.exit_code != 0 and "--status" in bad.output
