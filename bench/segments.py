@@ -1,23 +1,28 @@
 """Segments, churn and lifetime value on CDNOW's classic split (calibration
 1997-01-01..09-30, holdout 1997-10-01..1998-06-30), against the buy-till-you-die
-baselines.
+baselines, computed the way a user would: CDNOW ingested into a lake (``bespoke ingest
+cdnow``), models trained by the product's own training verbs (``bespoke train churn``
+and ``bespoke train segments`` as of 1997-09-30), the registered versions scored.
 
 - ``bgnbd_auc``: BG/NBD's expected holdout purchases ranking holdout buyers (published
-  set-up; the issue measured 0.763).
-- ``churn_auc``: the calibrated LightGBM churn model (``bespoke.segments.churn``), trained
-  leak-free on cuts inside the calibration period (each with a 92-day horizon ending by
-  1997-09-30), scored on the holdout: AUC of P(no purchase) against no purchase.
-- ``clv_mae``: the value model's holdout spend per customer, MAE; ``bgnbd_gg_mae``: BG/NBD
-  expected purchases × Gamma–Gamma expected order value; ``zero_mae``: predicting no spend
-  for everyone (MAE rewards medians, and most customers spend nothing: read it beside).
+  set-up; the issue measured 0.763 on the raw file).
+- ``churn_auc``: ``bespoke-churn-cdnow`` (calibrated LightGBM, trained leak-free on cuts
+  whose 92-day horizons end by 1997-09-30, ``--trials`` Optuna trials), scored at
+  1997-09-30: AUC of P(no purchase) against no purchase in the holdout.
+- ``clv_mae``: ``bespoke-clv-cdnow``'s holdout spend per customer, MAE; ``bgnbd_gg_mae``:
+  BG/NBD expected purchases × Gamma–Gamma expected order value; ``zero_mae``: no spend
+  for anyone (MAE rewards medians, and most customers spend nothing: read it beside).
 - ``segment_stability_ari``: bootstrap ARI of the chosen k-means; ``value_ratio_best_to_
   worst_segment``: holdout value per person, best segment over worst.
-- ``rescore_ms_per_event``: not built yet (real-time re-scoring), reported as null.
+- ``rescore_ms_per_event``: the extra CPU an accepted event costs when it re-scores its
+  person (counters, features, segment, churn, value, the change record) in the online
+  store, against the same events accepted without re-scoring; one purchase each for
+  2,000 customers, after the store was seeded and scored as of 1997-09-30.
 
-Events come from the CDNOW source the lake ingests (``bespoke ingest cdnow``), before the
-lake's cleaning rules (which quarantine 80 zero-value purchases and 255 exact duplicates).
+The lake's cleaning rules quarantine 80 zero-value purchases and 255 exact duplicates, so
+its CDNOW holds 70 fewer customers than the raw file.
 
-    python bench/segments.py --out FILE [--datasets-dir DIR]
+    python bench/segments.py --out FILE [--datasets-dir DIR] [--trials N]
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +41,18 @@ from rich.console import Console
 from rich.table import Table
 from sklearn.metrics import roc_auc_score
 
-from bespoke.features import sources
-from bespoke.segments.behaviour import Segmenter
-from bespoke.segments.churn import ChurnModel, ValueModel, person_rows, training_set
+from bespoke.features import collect, sources
+from bespoke.features.lake import Lake
+from bespoke.features.schema import EventIn
+from bespoke.segments.churn import person_rows, transactions
 from bespoke.segments.clv import BetaGeo, GammaGamma, rfm_summary
-from bespoke.segments.features import person_features
+from bespoke.segments.features import load_person_events, person_features
+from bespoke.segments.live import LiveScorer
+from bespoke.segments.train import train_churn, train_segments
+from bespoke.serving.local import local_settings
+from bespoke.serving.store import SQLiteStore
+from bespoke.settings import SQLITE_PREFIX, Settings
+from bespoke.training.registry import Registry
 
 CALIBRATION_END, HOLDOUT_END, HOLDOUT_DAYS = "1997-09-30", "1998-06-30", 273
 TRAINING_CUTS, TRAINING_HORIZON_DAYS = ("1997-04-30", "1997-05-31", "1997-06-30"), 92
@@ -48,6 +62,7 @@ GOALS = {
     "value_ratio_best_to_worst_segment": (">=", 5.0),
 }
 COMMAND = "python bench/segments.py --out FILE"
+RESCORED = 2000
 
 
 def main() -> None:
@@ -56,54 +71,66 @@ def main() -> None:
     parser.add_argument(
         "--datasets-dir", default=os.environ.get("BESPOKE_DATASETS_DIR", "../shared/data")
     )
+    parser.add_argument("--trials", type=int, default=10, help="Optuna trials (churn).")
     args = parser.parse_args()
     console = Console()
-    events = sources.cdnow(Path(args.datasets_dir) / "cdnow").events.rename(
-        columns={"user_id": "person"}
-    )
-    events["timestamp"] = pd.to_datetime(events["timestamp"], utc=True)
-    figures: dict[str, object] = {}
+    figures: dict[str, object] = {"trials": args.trials}
+    with tempfile.TemporaryDirectory(prefix="bespoke-bench-segments-") as scratch:
+        settings = local_settings(Path(scratch))
+        lake = Lake(str(settings.lake_url))
+        console.print("ingesting CDNOW into a lake…")
+        collect.ingest(sources.cdnow(Path(args.datasets_dir) / "cdnow"), lake,
+                       settings.pseudonym_key())  # fmt: skip
+        events = load_person_events(lake, "cdnow")
+        events["timestamp"] = pd.to_datetime(events["timestamp"], utc=True)
 
-    console.print("BG/NBD and Gamma–Gamma on the calibration period…")
-    summary = rfm_summary(
-        events.rename(columns={"person": "customer_id"}), CALIBRATION_END, HOLDOUT_END
-    )
-    history = (summary["frequency"], summary["recency"], summary["T"])
-    bg = BetaGeo().fit(*history)
-    expected = bg.expected_purchases(HOLDOUT_DAYS / 7, *history)
-    bought = summary["holdout_frequency"] > 0
-    figures["bgnbd_auc"] = roc_auc_score(bought, expected)
-    gg = GammaGamma().fit(summary["frequency"], summary["monetary_value"])
-    spend = expected * gg.expected_average_value(summary["frequency"], summary["monetary_value"])
-    figures["bgnbd_gg_mae"] = float(np.abs(spend - summary["holdout_value"]).mean())
-    figures["zero_mae"] = float(summary["holdout_value"].abs().mean())
+        console.print("BG/NBD and Gamma–Gamma on the calibration period…")
+        summary = rfm_summary(transactions(events), CALIBRATION_END, HOLDOUT_END)
+        history = (summary["frequency"], summary["recency"], summary["T"])
+        bg = BetaGeo().fit(*history)
+        expected = bg.expected_purchases(HOLDOUT_DAYS / 7, *history)
+        figures["customers"] = len(summary)
+        figures["bgnbd_auc"] = roc_auc_score(summary["holdout_frequency"] > 0, expected)
+        gg = GammaGamma().fit(summary["frequency"], summary["monetary_value"])
+        spend = expected * gg.expected_average_value(
+            summary["frequency"], summary["monetary_value"]
+        )
+        figures["bgnbd_gg_mae"] = float(np.abs(spend - summary["holdout_value"]).mean())
+        figures["zero_mae"] = float(summary["holdout_value"].abs().mean())
 
-    console.print("churn and value models, trained on cuts inside the calibration period…")
-    start = time.perf_counter()
-    train = training_set(events, TRAINING_CUTS, TRAINING_HORIZON_DAYS)
-    test = person_rows(events, CALIBRATION_END, HOLDOUT_DAYS)
-    churn = ChurnModel().fit(train)
-    figures["churn_auc"] = roc_auc_score(test["churned"], churn.predict_proba(test))
-    value = ValueModel().fit(train, TRAINING_HORIZON_DAYS).predict(test, HOLDOUT_DAYS)
-    figures["clv_mae"] = float(np.abs(value - test["horizon_value"]).mean())
-    figures["models_seconds"] = time.perf_counter() - start
+        console.print(f"bespoke train churn --as-of {CALIBRATION_END} --trials {args.trials}…")
+        start = time.perf_counter()
+        trained = train_churn(settings, "cdnow", CALIBRATION_END, TRAINING_HORIZON_DAYS,
+                              trials=args.trials)  # fmt: skip
+        figures["train_churn_seconds"] = time.perf_counter() - start
+        figures["gate"] = {"churn": trained.churn.decision, "clv": trained.clv.decision}
+        registry = Registry.of(settings)
+        churn = registry.load("churn", "cdnow", trained.churn.version).model
+        value = registry.load("clv", "cdnow", trained.clv.version).model
+        test = person_rows(events, CALIBRATION_END, HOLDOUT_DAYS)
+        figures["churn_auc"] = roc_auc_score(test["churned"], churn.predict_proba(test))
+        predicted = value.predict(test, HOLDOUT_DAYS)
+        figures["clv_mae"] = float(np.abs(predicted - test["horizon_value"]).mean())
 
-    console.print("segments…")
-    features = person_features(events, CALIBRATION_END)
-    segmenter = Segmenter().fit(features)
-    segment = segmenter.predict(features)
-    per_person = summary["holdout_value"].groupby(segment.reindex(summary.index)).mean()
-    figures["segment_stability_ari"] = segmenter.stability_
-    figures["segments"] = {
-        name: {"people": int((segment == name).sum()), "holdout_value_per_person": float(per_person[name]),
-               "description": description}
-        for name, description in zip(segmenter.names_, segmenter.descriptions_, strict=True)
-    }  # fmt: skip
-    figures["value_ratio_best_to_worst_segment"] = float(per_person.max() / per_person.min())
-    figures["rescore_ms_per_event"] = None
+        console.print(f"bespoke train segments --as-of {CALIBRATION_END}…")
+        segmented = train_segments(settings, "cdnow", CALIBRATION_END)
+        segmenter = segmented.model
+        segment = segmenter.predict(person_features(events, CALIBRATION_END))
+        per_person = summary["holdout_value"].groupby(segment.reindex(summary.index)).mean()
+        figures["segment_stability_ari"] = segmenter.stability_
+        figures["segments"] = {
+            name: {"people": int((segment == name).sum()), "holdout_value_per_person": float(per_person[name]),
+                   "description": description}
+            for name, description in zip(segmenter.names_, segmenter.descriptions_, strict=True)
+        }  # fmt: skip
+        figures["value_ratio_best_to_worst_segment"] = float(per_person.max() / per_person.min())
+
+        console.print("re-scoring in the online store…")
+        figures.update(_rescoring(settings, lake, summary.index[:RESCORED].tolist()))
     figures["command"] = COMMAND
     figures["goals"] = {key: (figures[key] >= goal) for key, (_, goal) in GOALS.items()} | {
-        "clv_mae": figures["clv_mae"] <= 0.95 * figures["bgnbd_gg_mae"]
+        "clv_mae": figures["clv_mae"] <= 0.95 * figures["bgnbd_gg_mae"],
+        "rescore_ms_per_event": figures["rescore_ms_per_event"] <= 1.0,
     }
     Path(args.out).write_text(json.dumps(figures, indent=2, default=float))
 
@@ -126,7 +153,7 @@ def main() -> None:
             f"{figures['value_ratio_best_to_worst_segment']:.1f}×",
             "≥ 5×",
         ),
-        ("rescore_ms_per_event", "not built yet", "≤ 1 ms"),
+        ("rescore_ms_per_event", f"{figures['rescore_ms_per_event']:.3f} ms", "≤ 1 ms"),
     ]
     for key, value_text, goal in rows:
         verdict = figures["goals"].get(key)
@@ -136,6 +163,26 @@ def main() -> None:
         console.print(f"  {name}: {info['people']:,} people, ${info['holdout_value_per_person']:.2f} each "
                       f"in the holdout — {info['description']}")  # fmt: skip
     console.print(f"written to {args.out}")
+
+
+def _rescoring(settings: Settings, lake: Lake, people: list[str]) -> dict[str, float]:
+    """Extra CPU per accepted event with re-scoring, against the same events without."""
+    scorer = LiveScorer.load(settings, "cdnow")
+    costs = {}
+    for name, live in (("plain", None), ("rescored", scorer)):
+        store = SQLiteStore(f"{SQLITE_PREFIX}{settings.home}/{name}.db", settings.pseudonym_key())
+        store.seed_history(lake, "cdnow", as_of=CALIBRATION_END, scorer=live)
+        events = [
+            EventIn(user_id=person, event_type="purchase", value=25.0, quantity=2,
+                    timestamp=datetime(1997, 10, 2, 12, tzinfo=UTC), consent=["personalization"])
+            for person in people
+        ]  # fmt: skip
+        start = time.process_time()
+        for event in events:
+            store.accept_events([event], "cdnow", scorer=live)
+        costs[name] = (time.process_time() - start) / len(events) * 1000
+    return {"accept_ms_per_event": costs["plain"], "accept_rescored_ms_per_event": costs["rescored"],
+            "rescore_ms_per_event": costs["rescored"] - costs["plain"]}  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -53,6 +53,8 @@ identity_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(identity_app, name="identity")
+rules_app = typer.Typer(help="The JSON rules the service applies.", no_args_is_help=True)
+app.add_typer(rules_app, name="rules")
 webhooks_app = typer.Typer(
     help="Outgoing webhooks (segment_changed): the outbox, delivery, dead letters.",
     no_args_is_help=True,
@@ -1077,6 +1079,42 @@ def keys_revoke(name: KeyNameOption) -> None:
     with _clear_errors():
         info = _keys().revoke(name)
     console.print(f"API key {info.name!r} revoked at {info.revoked_at:%Y-%m-%d %H:%M:%S} UTC")
+
+
+@rules_app.command("check")
+def rules_check(
+    path: Annotated[
+        Path | None, typer.Argument(help="A rules file or folder (default: the service's).")
+    ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset",
+            help="Check segment names against this dataset's segments "
+            "(default: the served dataset).",
+        ),
+    ] = None,
+) -> None:
+    """Validate rules as the service would load them, segment names included."""
+    from bespoke.features.lake import Lake
+    from bespoke.segments.behaviour import Segmenter
+    from bespoke.segments.live import known_segments
+    from bespoke.segments.train import model_path
+    from bespoke.serving.rules import SHIPPED_RULES_DIR, RulesError, RuleSet
+    from bespoke.settings import get_settings
+
+    settings = get_settings()
+    dataset = dataset or settings.serving_dataset
+    where = path or settings.rules_path or SHIPPED_RULES_DIR
+    model = model_path(settings, dataset)
+    segmenter = Segmenter.load(model) if model.exists() else None
+    known = known_segments(segmenter, Lake(settings.lake_url), dataset)
+    try:
+        rules = RuleSet.load(where).check_segments(known, str(where))
+    except RulesError as error:
+        raise _fail(str(error)) from None
+    segments = "not checked: no segments trained" if known is None else f"{len(known)} known"
+    console.print(f"{len(rules)} rules valid in {where} (segments of {dataset}: {segments})")
 
 
 def _outbox_db() -> Any:

@@ -21,8 +21,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import duckdb
 import numpy as np
 import pandas as pd
 
@@ -288,3 +289,21 @@ class LiveScorer:
             for i, v in zip(known, value, strict=True):
                 out[i].expected_value = float(v)
         return out
+
+
+def known_segments(segmenter: Segmenter | None, lake: Any, dataset: str) -> set[str] | None:
+    """Every segment name of the dataset: the behavioural model's and the rule segments
+    assigned in the lake; None when neither exists (nothing to check rules against)."""
+    names = set(segmenter.names_) if segmenter is not None else set()
+    try:
+        rows = (
+            lake.connect()
+            .execute(
+                "SELECT DISTINCT unnest(rule_segments) FROM segments WHERE dataset = ?", [dataset]
+            )
+            .fetchall()
+        )
+    except duckdb.Error:  # no segments table yet: no rule segments
+        rows = []
+    names |= {name for (name,) in rows}
+    return names or None

@@ -926,6 +926,65 @@ class RuleSet:
     def ids(self) -> tuple[str, ...]:
         return tuple(r.id for r in self.rules)
 
+    def unknown_segments(self, known: Collection[str]) -> list[str]:
+        """A problem per segment name a rule's condition names (``profile.segment`` or
+        ``profile.segments``) that is not among ``known``: such a rule could never match."""
+        problems = []
+        for rule in self.rules:
+            for path, name in _segment_names(rule.when, "when"):
+                if name not in known:
+                    problems.append(
+                        f"rule {rule.id!r}: {path}: unknown segment {name!r} (the segments are "
+                        f"{', '.join(sorted(known)) or 'none: train them first'})"
+                    )
+        return problems
+
+    def check_segments(self, known: Collection[str] | None, source: str) -> RuleSet:
+        """Self, or :class:`RulesError` when a rule names an unknown segment (no check
+        when ``known`` is None: nothing is known of the dataset's segments)."""
+        if known is not None:
+            problems = self.unknown_segments(known)
+            if problems:
+                raise RulesError(source, problems)
+        return self
+
+
+#: Where a person's segments are in the rules' profile document.
+SEGMENT_PATHS = ("profile.segment", "profile.segments")
+
+
+def _segment_names(node: Any, path: str) -> Iterator[tuple[str, str]]:
+    """``(path, name)`` of every literal segment name in a condition."""
+    if not isinstance(node, dict):
+        return
+    for key, value in node.items():
+        where = _join(path, key)
+        if key in SEGMENT_PATHS:
+            yield from _literals(value, where)
+        elif key in ("$and", "$or", "$nor") and isinstance(value, list):
+            for index, sub in enumerate(value):
+                yield from _segment_names(sub, f"{where}[{index}]")
+        elif key == "$not":
+            yield from _segment_names(value, where)
+
+
+def _literals(spec: Any, path: str) -> Iterator[tuple[str, str]]:
+    if isinstance(spec, str):
+        yield path, spec
+    elif isinstance(spec, list):
+        yield from ((f"{path}[{i}]", v) for i, v in enumerate(spec) if isinstance(v, str))
+    elif isinstance(spec, dict):
+        for op, operand in spec.items():
+            where = _join(path, op)
+            if op in ("$eq", "$ne") and isinstance(operand, str):
+                yield where, operand
+            elif op in ("$in", "$nin", "$all") and isinstance(operand, list):
+                yield from (
+                    (f"{where}[{i}]", v) for i, v in enumerate(operand) if isinstance(v, str)
+                )
+            elif op in ("$elemMatch", "$not"):
+                yield from _literals(operand, where)
+
     def evaluate(
         self,
         profile: Mapping[str, Any] | None,
@@ -1430,16 +1489,19 @@ class RulesFile:
         *,
         interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        segments: Collection[str] | None = None,
     ) -> None:
         self.path = Path(path)
         self.interval = interval
+        #: The dataset's segment names: a rule naming another one is refused.
+        self.segments = segments
         self._clock = clock
         self._lock = threading.Lock()
         try:
             signature = self._signature()
         except OSError as error:
             raise RulesError(str(path), [f"cannot read: {error.strerror or error}"]) from None
-        self._rules = RuleSet.load(self.path)
+        self._rules = RuleSet.load(self.path).check_segments(segments, str(self.path))
         self._loaded_signature: Any = signature
         self._failed_signature: Any = None
         self._checked_at = clock()
@@ -1490,7 +1552,7 @@ class RulesFile:
         if signature == self._failed_signature:
             return False
         try:
-            rules = RuleSet.load(self.path)
+            rules = RuleSet.load(self.path).check_segments(self.segments, str(self.path))
         except RulesError as error:
             logger.warning("rules %s invalid, keeping the previous ones: %s", self.path, error)
             self._failed_signature = signature

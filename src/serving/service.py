@@ -180,6 +180,7 @@ class Personalization:
         from cachetools import TTLCache
 
         from bespoke.features.lake import Lake
+        from bespoke.segments.live import known_segments
         from bespoke.serving.champions import (
             ChampionWatcher,
             champion_versions,
@@ -224,11 +225,12 @@ class Personalization:
             str(item): [str(g) for g in (genres if genres is not None else [])]
             for item, genres in zip(catalog["item_id"], catalog["genres"], strict=True)
         }
-        rules = RulesFile(settings.rules_path or SHIPPED_RULES_DIR)
+        self.scorer = _live_scorer(settings, self.dataset)
+        segments = known_segments(self.scorer.segmenter, lake, self.dataset)
+        rules = RulesFile(settings.rules_path or SHIPPED_RULES_DIR, segments=segments)
         self.engine = Engine(models, categories, rules)
         self.experiments = Experiments()
         self.cache: TTLCache = TTLCache(maxsize=50_000, ttl=60)
-        self.scorer = _live_scorer(settings, self.dataset)
         if settings.webhook_url:
             from bespoke.serving.webhooks import deliver_every
 

@@ -8,12 +8,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
+from bespoke.cli import app
 from bespoke.features import collect, sources
 from bespoke.features.lake import Lake
 from bespoke.segments.rules import RuleSegmentError, load_rule_segments, rule_memberships
 from bespoke.segments.train import write_assignments
 from bespoke.serving.store import SQLiteStore
+from bespoke.settings import get_settings
 
 SEGMENTS = {
     "segments": [
@@ -110,3 +113,47 @@ def test_seeding_puts_the_latest_segments_on_the_live_profile(tmp_path: Path, ke
     assert (ann.segment, ann.segments) == ("Active", ["Big spenders"])
     assert store.snapshot("bob", "shop").profile.scores["segment"] == "Lapsed"
     assert store.profile("nobody", "shop").segment is None
+
+
+def test_a_rule_naming_an_unknown_segment_is_refused(tmp_path: Path) -> None:
+    from bespoke.serving.rules import RulesError, RuleSet, RulesFile
+
+    def rules(segment: object) -> dict:
+        return {"version": 1, "rules": [{
+            "id": "win-back", "when": {"$or": [{"profile.segment": segment},
+                                               {"profile.churn_probability": {"$gt": 0.9}}]},
+            "then": [{"type": "show_content", "block_id": "b", "payload": {}}],
+        }]}  # fmt: skip
+
+    known = {"Lapsed one-time buyers", "Active frequent buyers"}
+    good = RuleSet.from_data(rules({"$in": ["Lapsed one-time buyers"]}))
+    assert good.check_segments(known, "r.json") is good
+    bad = RuleSet.from_data(rules({"$in": ["Lapsed one-time buyers", "Lapsed buyers"]}))
+    with pytest.raises(RulesError) as refused:
+        bad.check_segments(known, "r.json")
+    assert refused.value.problems == [
+        "rule 'win-back': when.$or[0].profile.segment.$in[1]: unknown segment 'Lapsed buyers' "
+        "(the segments are Active frequent buyers, Lapsed one-time buyers)"
+    ]
+    assert bad.check_segments(None, "r.json") is bad  # nothing trained: nothing to check
+    # A running service keeps its last good rules when an edit names an unknown segment.
+    path = tmp_path / "rules.json"
+    path.write_text(json.dumps(rules("Active frequent buyers")))
+    live = RulesFile(path, interval=0, segments=known)
+    path.write_text(json.dumps(rules("Big spenders")))
+    assert live.reload() is False and "unknown segment 'Big spenders'" in (live.last_error or "")
+    assert live.current().rules[0].when["$or"][0] == {"profile.segment": "Active frequent buyers"}
+    with pytest.raises(RulesError, match="unknown segment"):
+        RulesFile(path, segments=known)
+    # The CLI says the same, with a non-zero exit, against the segments in the lake.
+    runner = CliRunner()
+    done = runner.invoke(app, ["rules", "check", str(path), "--dataset", "shop"])
+    assert done.exit_code == 0 and "not checked" in done.output  # no segments yet
+    assigned = pd.DataFrame({"segment": ["Active frequent buyers"], "rule_segments": [["Big spenders"]]},
+                            index=["ann"])  # fmt: skip
+    write_assignments(Lake(get_settings().lake_url), "shop", assigned, "2024-01-01", "v1")
+    assert runner.invoke(app, ["rules", "check", str(path), "--dataset", "shop"]).exit_code == 0
+    path.write_text(json.dumps(rules("Lapsed one-time buyers")))
+    refused = runner.invoke(app, ["rules", "check", str(path), "--dataset", "shop"])
+    assert refused.exit_code == 1
+    assert "unknown segment 'Lapsed one-time buyers'" in " ".join(refused.output.split())
