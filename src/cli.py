@@ -1081,6 +1081,36 @@ def keys_revoke(name: KeyNameOption) -> None:
     console.print(f"API key {info.name!r} revoked at {info.revoked_at:%Y-%m-%d %H:%M:%S} UTC")
 
 
+@report_app.command("segments")
+def report_segments(
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset in the lake, e.g. cdnow.")],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Folder for segments.html (default: reports/<time>/)."),
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Migration from the assignment at this time.")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--until", help="Migration to the assignment at this time.")
+    ] = None,
+) -> None:
+    """Segment sizes and profiles, migration between two assignment times, value after
+    assignment per segment, the churn model's calibration and lift: one HTML file."""
+    from bespoke.segments.report import SegmentReportError, write_segment_report
+    from bespoke.settings import get_settings
+
+    try:
+        report, path = write_segment_report(
+            get_settings(), dataset, out=out, since=since, until=until
+        )
+    except (SegmentReportError, ValueError) as error:
+        raise _fail(str(error)) from None
+    for note in report.notes:
+        errors.print(f"note: {note}")
+    console.print(f"segments report of {dataset}: {len(report.sizes)} segments → {path}")
+
+
 @rules_app.command("check")
 def rules_check(
     path: Annotated[

@@ -63,11 +63,12 @@ from bespoke.monitoring.windows import Window, parse_window
 if TYPE_CHECKING:
     import duckdb
 
+    from bespoke.segments.live import LiveScorer
     from bespoke.settings import Settings
     from bespoke.training.ranker import RankingPipeline
 
-TABLES = ("users", "items", "events", "ranker")
-TableName = Literal["users", "items", "events", "ranker"]
+TABLES = ("users", "items", "events", "ranker", "persons")
+TableName = Literal["users", "items", "events", "ranker", "persons"]
 #: Name of the machine-readable result in a report folder.
 JSON_NAME = "drift.json"
 _MISSING = "(missing)"
@@ -143,6 +144,8 @@ class TablesConfig(_Strict):
     items: TableConfig = TableConfig()
     events: TableConfig = TableConfig()
     ranker: TableConfig = TableConfig()
+    #: The segment and churn models' inputs and outputs per person (when they are trained).
+    persons: TableConfig = TableConfig()
 
 
 class RankerConfig(_Strict):
@@ -674,6 +677,41 @@ def ranker_table(
     return FeatureTable("ranker", frame, numeric, categorical, cluster="person")
 
 
+def person_table(
+    con: duckdb.DuckDBPyConnection, data: WindowEvents, scorer: LiveScorer
+) -> FeatureTable:
+    """The segment and churn models' inputs at the window's end for the window's people
+    (point-in-time, from all their events until then: see
+    :func:`bespoke.segments.churn.person_rows`), with what the models make of them
+    (segment, churn probability, expected value)."""
+    from bespoke.segments.behaviour import SEGMENT_FEATURES
+    from bespoke.segments.churn import person_rows
+    from bespoke.segments.features import load_person_events
+
+    events = load_person_events(con, data.dataset)
+    times = pd.to_datetime(events["timestamp"], utc=True)
+    end = pd.Timestamp(data.window.end)
+    past = events[times < end]
+    models = [m for m in (scorer.churn, scorer.clv) if m is not None]
+    horizon = models[0].recipe_["horizon_days"] if models and models[0].recipe_ else None
+    rows = person_rows(past, end - pd.Timedelta(microseconds=1), horizon)
+    rows = rows.drop(columns=["churned", "horizon_value"], errors="ignore")
+    rows = rows[rows.index.isin(set(data.events["person"].astype(str)))]
+    columns = list(models[0].columns_) if models else list(SEGMENT_FEATURES)
+    frame = rows.reindex(columns=columns).astype(np.float64)
+    numeric, categorical = list(columns), []
+    if scorer.segmenter is not None:
+        frame["segment"] = scorer.segmenter.predict(rows).to_numpy(object)
+        categorical.append("segment")
+    if scorer.churn is not None:
+        frame["churn_probability"] = scorer.churn.predict_proba(rows)
+        numeric.append("churn_probability")
+    if scorer.clv is not None:
+        frame["expected_value"] = scorer.clv.predict(rows)
+        numeric.append("expected_value")
+    return FeatureTable("persons", frame.reset_index(drop=True), numeric, categorical)
+
+
 #: Windows whose lengths differ by more than this share compare activity per 30 days.
 LENGTH_TOLERANCE = 0.1
 
@@ -706,9 +744,11 @@ def window_tables(
     ranker_note: str | None = None,
     per_days: float | None = None,
     item_volume: int | None = None,
+    persons: LiveScorer | None = None,
 ) -> dict[str, FeatureTable]:
     """The enabled feature tables of one window (``per_days``: see :func:`user_table`,
-    ``item_volume``: :func:`item_table`; :func:`matched` gives both for two windows)."""
+    ``item_volume``: :func:`item_table`; :func:`matched` gives both for two windows;
+    ``persons``: the segment and churn models, for :func:`person_table`)."""
     tables: dict[str, FeatureTable] = {}
     if config.tables.users.enabled:
         tables["users"] = user_table(data, per_days)
@@ -723,6 +763,13 @@ def window_tables(
             )
         else:
             tables["ranker"] = ranker_table(con, data, pipeline, config.ranker.users, config.seed)
+    if config.tables.persons.enabled:
+        if persons is None or not persons.active:
+            tables["persons"] = FeatureTable(
+                "persons", pd.DataFrame(), [], [], note="no segment or churn model trained"
+            )
+        else:
+            tables["persons"] = person_table(con, data, persons)
     return tables
 
 
@@ -1214,6 +1261,11 @@ def run_drift(
         pipeline, why = champion_pipeline(settings, dataset)
         notes.append(why)
         ranker_note = None if pipeline is not None else "no @champion ranker"
+    scorer = None
+    if config.tables.persons.enabled:
+        from bespoke.segments.live import LiveScorer
+
+        scorer = LiveScorer.load(settings, dataset)
     match = matched(data["reference"], data["current"])
     if match["per_days"] is not None:
         notes.append(
@@ -1221,7 +1273,7 @@ def run_drift(
             f"days: activity is compared per {match['per_days']:g} days"
         )
     tables = {
-        role: window_tables(con, data[role], config, pipeline, ranker_note, **match)
+        role: window_tables(con, data[role], config, pipeline, ranker_note, **match, persons=scorer)
         for role in windows
     }
     return drift_report(

@@ -31,14 +31,14 @@ from __future__ import annotations
 
 import html
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from bespoke.monitoring.reports import write_html
 
 if TYPE_CHECKING:  # heavy imports stay inside functions: `bespoke --help` must stay fast
     import duckdb
@@ -860,21 +860,6 @@ def _target(out: Path | None, reports_dir: Path, now: datetime) -> Path:
     return folder / REPORT_FILE
 
 
-def _write(path: Path, text: str) -> None:
-    # Written beside and renamed: a reader never sees half a report, a failure leaves none.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".kpi-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        # mkstemp makes the file owner-only; a report is for people to read, as any file.
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def write_kpi_report(
     settings: Settings,
     dataset: str,
@@ -900,5 +885,5 @@ def write_kpi_report(
         )
     finally:
         con.close()
-    _write(path, render_html(report, now))
+    write_html(path, render_html(report, now))
     return report, path

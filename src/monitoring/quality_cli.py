@@ -156,6 +156,21 @@ def print_retrain(result: Any) -> None:
     else:
         console.print(f"retrained because: {'; '.join(result.reasons)}", highlight=False)
         for kind, outcome in result.trained.items():
+            if kind == "segments":
+                console.print(f"segments: k = {outcome['k']}, stability ARI "
+                              f"{outcome['stability_ari']:.3f}, {outcome['written']:,} changed "
+                              f"assignments; MLflow run {outcome['run_id']}", highlight=False)  # fmt: skip
+                continue
+            if kind == "churn":
+                for model in ("churn", "clv"):
+                    done = outcome[model]
+                    state = (
+                        "[green]promoted to @champion[/]" if done["promoted"] else "not promoted"
+                    )
+                    console.print(f"{model}: new version {done['version']}, {state} "
+                                  f"({done['decision']}); MLflow run {outcome['run_id']}",
+                                  highlight=False, soft_wrap=True)  # fmt: skip
+                continue
             state = "[green]promoted to @champion[/]" if outcome["promoted"] else "not promoted"
             console.print(
                 f"{kind} ({outcome['family']}, {outcome['protocol']}): new version "

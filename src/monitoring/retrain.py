@@ -275,17 +275,21 @@ def _retrain(
         tables = ", ".join(result.drift.drifted_tables) or "the report"
         reasons.append(f"drift in {tables} ({reference} → {current})")
 
-    say(f"quality of the @champion models on {current}")
-    try:
-        result.quality = run_quality(
-            settings, dataset, window=current, config=quality_config, out_dir=folder
-        )
-    except NoChampionError:
-        reasons.append("no @champion recommender yet")
-    except QualityError as error:
-        if if_drift:
-            raise
-        notes.append(f"the quality check did not run: {error}")
+    items = _has_items(settings, dataset)
+    if items:
+        say(f"quality of the @champion models on {current}")
+        try:
+            result.quality = run_quality(
+                settings, dataset, window=current, config=quality_config, out_dir=folder
+            )
+        except NoChampionError:
+            reasons.append("no @champion recommender yet")
+        except QualityError as error:
+            if if_drift:
+                raise
+            notes.append(f"the quality check did not run: {error}")
+    else:
+        notes.append(f"{dataset} has no items: no recommender quality to check")
     if result.quality is not None and result.quality.degraded:
         reasons.append(f"quality degraded: {_degraded_metrics(result.quality)}")
 
@@ -352,6 +356,9 @@ def _train(
     from bespoke.training.train import train_recommender
     from bespoke.training.tune import SEARCH_SPACES, tune_ranker, tune_recommender
 
+    _train_person_models(settings, dataset, result, trials, say)
+    if not _has_items(settings, dataset):
+        return  # no recommender or ranker to train (noted with the quality check)
     tags = _champion_tags(settings, "recommender", dataset) or {}
     family = model or tags.get("model") or DEFAULT_FAMILY
     chosen = protocol or tags.get("protocol") or DEFAULT_PROTOCOL
@@ -397,6 +404,52 @@ def _train(
             )  # fmt: skip
         else:
             result.notes.append("ranker tuning completed no trial: nothing refit")
+
+
+def _has_items(settings: Settings, dataset: str) -> bool:
+    from bespoke.features.lake import Lake
+
+    (found,) = Lake(settings.lake_url or "").connect().execute(
+        "SELECT count(*) FROM (SELECT 1 FROM events WHERE dataset = ? AND item_id IS NOT NULL "
+        "LIMIT 1)", [dataset]
+    ).fetchone()  # fmt: skip
+    return bool(found)
+
+
+def _train_person_models(
+    settings: Settings, dataset: str, result: RetrainResult, trials: int, say: Callable[[str], None]
+) -> None:
+    """Refit what is trained of the segment model (names kept) and the churn and value
+    models (through the gate), as of the dataset's latest event."""
+    from bespoke.features.lake import Lake
+    from bespoke.segments.live import LiveScorer
+    from bespoke.segments.train import model_path, train_churn, train_segments
+
+    scorer = LiveScorer.load(settings, dataset)
+    if not scorer.active:
+        return
+    (latest,) = Lake(settings.lake_url or "").connect().execute(
+        "SELECT max(timestamp) FROM events WHERE dataset = ?", [dataset]
+    ).fetchone()  # fmt: skip
+    as_of = latest.isoformat()
+    if model_path(settings, dataset).exists():
+        say(f"segments as of {as_of} (names kept)")
+        segments = train_segments(settings, dataset, as_of)
+        result.trained["segments"] = {
+            "run_id": segments.run_id, "k": segments.model.k_, "sizes": segments.sizes,
+            "stability_ari": segments.model.stability_, "written": segments.written,
+        }  # fmt: skip
+    model = scorer.churn or scorer.clv
+    if model is not None:
+        horizon = float((model.recipe_ or {}).get("horizon_days", 92.0))
+        say(f"churn and lifetime value as of {as_of} ({trials} trials), champion gate")
+        churn = train_churn(settings, dataset, as_of, horizon, trials)
+        result.trained["churn"] = {
+            "run_id": churn.run_id,
+            **{kind: {"version": r.version, "held_out": r.held_out, "baseline": r.baseline,
+                      "promoted": r.promoted, "decision": r.decision}
+               for kind, r in (("churn", churn.churn), ("clv", churn.clv))},
+        }  # fmt: skip
 
 
 def _outcome(trained: Any, family: str, protocol: str, tuning: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import duckdb
 import numpy as np
 import pandas as pd
 
@@ -27,24 +28,22 @@ PERSON_WINDOWS_DAYS = (30, 90, 180)
 ORDER_TYPES = (("purchase",), ("rate", "like", "click", "view"))
 
 
-def load_person_events(lake: Lake, dataset: str) -> pd.DataFrame:
+def load_person_events(lake: Lake | duckdb.DuckDBPyConnection, dataset: str) -> pd.DataFrame:
     """The dataset's events keyed on the person (their user id when they have one, else
     their ``person_id``; see the identity graph), with ``timestamp``, ``event_type``,
     ``value``, ``quantity``, ``channel`` and ``device``. Refuses a dataset without
     timestamps: point-in-time features need them."""
-    frame = (
-        lake.connect()
-        .execute(
-            "SELECT coalesce(p.user_id, e.user_id, e.person_id) AS person, e.timestamp, "
-            "e.event_type, e.value, e.quantity, e.channel, e.device "
-            "FROM events e LEFT JOIN persons p USING (dataset, person_id) "
-            "WHERE e.dataset = ? ORDER BY e.timestamp, e.event_id",
-            [dataset],
-        )
-        .df()
-    )
+    con = lake.connect() if isinstance(lake, Lake) else lake
+    frame = con.execute(
+        "SELECT coalesce(p.user_id, e.user_id, e.person_id) AS person, e.timestamp, "
+        "e.event_type, e.value, e.quantity, e.channel, e.device "
+        "FROM events e LEFT JOIN persons p USING (dataset, person_id) "
+        "WHERE e.dataset = ? ORDER BY e.timestamp, e.event_id",
+        [dataset],
+    ).df()
     if frame.empty:
-        raise ValueError(f"dataset {dataset!r} has no events in {lake.url}")
+        where = lake.url if isinstance(lake, Lake) else "the lake"
+        raise ValueError(f"dataset {dataset!r} has no events in {where}")
     if frame["timestamp"].isna().all():
         raise ValueError(
             f"dataset {dataset!r} has no timestamps (ML-1M's ratings have none): "

@@ -948,6 +948,16 @@ class RuleSet:
                 raise RulesError(source, problems)
         return self
 
+    def evaluate(
+        self,
+        profile: Mapping[str, Any] | None,
+        context: Mapping[str, Any] | None,
+        now: datetime,
+        *,
+        slot: str | None = None,
+    ) -> Decision:
+        return evaluate(self, profile, context, now, slot=slot)
+
 
 #: Where a person's segments are in the rules' profile document.
 SEGMENT_PATHS = ("profile.segment", "profile.segments")
@@ -984,16 +994,6 @@ def _literals(spec: Any, path: str) -> Iterator[tuple[str, str]]:
                 )
             elif op in ("$elemMatch", "$not"):
                 yield from _literals(operand, where)
-
-    def evaluate(
-        self,
-        profile: Mapping[str, Any] | None,
-        context: Mapping[str, Any] | None,
-        now: datetime,
-        *,
-        slot: str | None = None,
-    ) -> Decision:
-        return evaluate(self, profile, context, now, slot=slot)
 
 
 def _rule_files(folder: Path) -> list[Path]:

@@ -15,6 +15,7 @@ from bespoke.cli import app
 from bespoke.features import collect, sources
 from bespoke.features.lake import Lake
 from bespoke.segments.churn import ChurnModel, ValueModel, person_rows, training_set
+from bespoke.segments.report import compute
 from bespoke.settings import get_settings
 from bespoke.training.registry import Registry
 
@@ -93,6 +94,16 @@ def test_the_train_churn_command(datasets_dir: Path) -> None:
     # would have refused it otherwise); the same configuration again cannot beat itself.
     churn = registry.load("churn", "cdnow")
     assert float(churn.version_tags["auc"]) > churn.metrics["bgnbd_auc"]
+    # The segments report shows the churn model's calibration and lift where outcomes are known.
+    assert (
+        runner.invoke(
+            app, ["train", "segments", "--dataset", "cdnow", "--as-of", "1997-09-30"]
+        ).exit_code
+        == 0
+    )
+    deciles = compute(settings, "cdnow").churn
+    assert deciles["observed"].iloc[0] > 2 * deciles["observed"].iloc[-1]  # it ranks
+    assert (deciles["predicted"] - deciles["observed"]).abs().mean() < 0.1  # and is calibrated
     again = runner.invoke(app, command)
     assert again.exit_code == 0 and "not promoted" in " ".join(again.output.split())
     assert str(registry.champion("churn", "cdnow").version) == "1"

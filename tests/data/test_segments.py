@@ -16,6 +16,7 @@ from bespoke.features.lake import Lake
 from bespoke.segments.behaviour import Segmenter
 from bespoke.segments.clv import rfm_summary
 from bespoke.segments.features import person_features
+from bespoke.segments.report import compute
 from bespoke.settings import get_settings
 
 
@@ -99,3 +100,26 @@ def test_the_train_segments_command_keeps_names_and_history(
     bad = runner.invoke(app, ["train", "segments", "--dataset", "cdnow", "--as-of", "1997-09-30",
                               "--rules", str(tmp_path / "missing.json")])  # fmt: skip
     assert bad.exit_code == 1 and "no such rule-segment file" in bad.output
+
+    # The report: migration between the two assignments, value after the latest one.
+    done = runner.invoke(app, ["report", "segments", "--dataset", "cdnow", "--out", str(tmp_path)])
+    assert done.exit_code == 0, done.output
+    page = (tmp_path / "segments.html").read_text()
+    assert "Migration 1997-09-30 → 1997-12-31" in page and "Value after assignment" in page
+    assert "no @champion churn model" in done.output  # not trained here: said, not hidden
+    report = compute(settings, "cdnow")
+    then = dict(con.execute("SELECT person, segment FROM segments_history WHERE "
+                            "valid_from::DATE = '1997-09-30' AND (valid_to IS NULL OR "
+                            "valid_to::DATE > '1997-09-30')").fetchall())  # fmt: skip
+    now = dict(con.execute("SELECT person, segment FROM segments").fetchall())
+    moved = pd.crosstab(pd.Series(then).reindex(list(now)).dropna(), pd.Series(now))
+    assert report.migration.to_numpy().sum() == moved.to_numpy().sum() == len(set(then) & set(now))
+    # Value after: spend from 1998-01-01 to 1998-04-02 per person, by their segment now.
+    events = con.execute("SELECT user_id, value, timestamp FROM events WHERE dataset = 'cdnow' "
+                         "AND timestamp > '1997-12-31' AND timestamp <= '1998-04-02'").df()  # fmt: skip
+    spend = events.groupby("user_id")["value"].sum()
+    segment = pd.Series(now)
+    expected = spend.reindex(segment.index, fill_value=0.0).groupby(segment).mean()
+    got = report.value_after.set_index("segment")["value_per_person"]
+    pd.testing.assert_series_equal(got.sort_index(), expected.sort_index(), check_names=False)
+    assert runner.invoke(app, ["report", "segments", "--dataset", "nope"]).exit_code == 1
