@@ -511,7 +511,8 @@ def train_churn_command(
                   f"BG/NBD × Gamma–Gamma ${clv.baseline:.2f}", str(clv.version), clv.decision)  # fmt: skip
     console.print(table)
     console.print(
-        f"MLflow run {result.run_id}" + (f"; tuned {result.params}" if result.params else "")
+        f"MLflow run {result.run_id}"
+        + "".join(f"; {kind} tuned: {found}" for kind, found in result.params.items() if found)
     )
 
 

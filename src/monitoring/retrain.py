@@ -407,13 +407,16 @@ def _train(
 
 
 def _has_items(settings: Settings, dataset: str) -> bool:
+    """Whether the dataset's events name items (CDNOW's purchases do not); a dataset
+    without events is bad input."""
     from bespoke.features.lake import Lake
 
-    (found,) = Lake(settings.lake_url or "").connect().execute(
-        "SELECT count(*) FROM (SELECT 1 FROM events WHERE dataset = ? AND item_id IS NOT NULL "
-        "LIMIT 1)", [dataset]
+    (events, items) = Lake(settings.lake_url or "").connect().execute(
+        "SELECT count(*), count(item_id) FROM events WHERE dataset = ?", [dataset]
     ).fetchone()  # fmt: skip
-    return bool(found)
+    if not events:
+        raise RetrainError(f"dataset {dataset!r} has no events in the lake")
+    return bool(items)
 
 
 def _train_person_models(

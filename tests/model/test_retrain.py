@@ -190,7 +190,7 @@ def test_a_forced_run_retrains_and_records_the_real_drift_check(
     ("args", "message"),
     [
         (["--if-drift", "--dataset", "nope"], "'nope'"),
-        (["--dataset", "nope"], "dataset 'nope' has no interactions"),
+        (["--dataset", "nope"], "dataset 'nope' has no events"),
         (["--if-drift", "--reference", "2019-01-01..2019-01-31", "--current", "last 30 days"],
          "reference window '2019-01-01..2019-01-31'"),
     ],
