@@ -466,7 +466,8 @@ def train_segments_command(
         table.add_row(f"{name} (rule)", f"{people:,}", "")
     console.print(table)
     console.print(f"{result.written:,} changed assignments written (segments, segments_history); "
-                  f"MLflow run {result.run_id}; model {result.model_path}")  # fmt: skip
+                  f"MLflow run {result.run_id}; bespoke-segments-{dataset} v{result.version}: "
+                  f"{result.decision}")  # fmt: skip
 
 
 @train_app.command("churn")
@@ -1128,18 +1129,15 @@ def rules_check(
 ) -> None:
     """Validate rules as the service would load them, segment names included."""
     from bespoke.features.lake import Lake
-    from bespoke.segments.behaviour import Segmenter
     from bespoke.segments.live import known_segments
-    from bespoke.segments.train import model_path
+    from bespoke.segments.train import champion_segmenter
     from bespoke.serving.rules import SHIPPED_RULES_DIR, RulesError, RuleSet
     from bespoke.settings import get_settings
 
     settings = get_settings()
     dataset = dataset or settings.serving_dataset
     where = path or settings.rules_path or SHIPPED_RULES_DIR
-    model = model_path(settings, dataset)
-    segmenter = Segmenter.load(model) if model.exists() else None
-    known = known_segments(segmenter, Lake(settings.lake_url), dataset)
+    known = known_segments(champion_segmenter(settings, dataset), Lake(settings.lake_url), dataset)
     try:
         rules = RuleSet.load(where).check_segments(known, str(where))
     except RulesError as error:

@@ -426,7 +426,7 @@ def _train_person_models(
     models (through the gate), as of the dataset's latest event."""
     from bespoke.features.lake import Lake
     from bespoke.segments.live import LiveScorer
-    from bespoke.segments.train import model_path, train_churn, train_segments
+    from bespoke.segments.train import train_churn, train_segments
 
     scorer = LiveScorer.load(settings, dataset)
     if not scorer.active:
@@ -435,11 +435,13 @@ def _train_person_models(
         "SELECT max(timestamp) FROM events WHERE dataset = ?", [dataset]
     ).fetchone()  # fmt: skip
     as_of = latest.isoformat()
-    if model_path(settings, dataset).exists():
+    if scorer.segmenter is not None:
         say(f"segments as of {as_of} (names kept)")
         segments = train_segments(settings, dataset, as_of)
         result.trained["segments"] = {
-            "run_id": segments.run_id, "k": segments.model.k_, "sizes": segments.sizes,
+            "run_id": segments.run_id, "version": segments.version,
+            "promoted": segments.promoted, "decision": segments.decision,
+            "k": segments.model.k_, "sizes": segments.sizes,
             "stability_ari": segments.model.stability_, "written": segments.written,
         }  # fmt: skip
     model = scorer.churn or scorer.clv

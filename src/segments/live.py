@@ -194,21 +194,20 @@ class LiveScorer:
 
     @classmethod
     def load(cls, settings: Settings, dataset: str) -> LiveScorer:
-        """The segment model of ``bespoke train segments`` and the churn and value
-        ``@champion`` versions of ``bespoke train churn``, where they exist."""
-        from bespoke.segments.train import model_path
+        """The ``@champion`` segment, churn and value models (``bespoke train segments``,
+        ``bespoke train churn``), where they exist."""
         from bespoke.settings import SQLITE_PREFIX
         from bespoke.training.registry import Registry
 
-        path = model_path(settings, dataset)
-        segmenter = Segmenter.load(path) if path.exists() else None
         uri = settings.mlflow_tracking_uri or ""
-        churn = clv = None
+        segments = churn = clv = None
         # A registry that was never written to holds nothing (and is not created here).
         if not uri.startswith(SQLITE_PREFIX) or Path(uri.removeprefix(SQLITE_PREFIX)).exists():
             registry = Registry.of(settings)
+            segments = registry.load("segments", dataset)
             churn = registry.load("churn", dataset)
             clv = registry.load("clv", dataset)
+        segmenter = segments and segments.model
         return cls(
             segmenter, churn and churn.model, clv and clv.model,
             notify=bool(settings.webhook_url),

@@ -23,10 +23,9 @@ import pandas as pd
 
 from bespoke.features.lake import Lake
 from bespoke.monitoring.reports import write_html
-from bespoke.segments.behaviour import Segmenter
 from bespoke.segments.churn import person_rows
 from bespoke.segments.features import load_person_events, order_events
-from bespoke.segments.train import model_path
+from bespoke.segments.train import champion_segmenter
 from bespoke.settings import Settings
 
 REPORT_FILE = "segments.html"
@@ -96,8 +95,7 @@ def compute(
     notes: list[str] = []
     latest = pd.Timestamp(times[-1])
     current = _at(history, latest)
-    path = model_path(settings, dataset)
-    model = Segmenter.load(path) if path.exists() else None
+    model = champion_segmenter(settings, dataset)
     descriptions = (
         dict(zip(model.names_, model.descriptions_, strict=True)) if model is not None else {}
     )
@@ -114,7 +112,7 @@ def compute(
             people=model.sizes_.rename(index=dict(enumerate(model.names_)))
         )
     else:
-        notes.append(f"no segment model at {path}: centroid profiles are left out")
+        notes.append(f"no @champion bespoke-segments-{dataset}: centroid profiles are left out")
 
     migration, between = None, None
     if since or until:

@@ -91,13 +91,20 @@ class SegmentsResult:
     rule_sizes: dict[str, int]
     written: int
     run_id: str
-    model_path: Path
+    version: str
+    promoted: bool
+    decision: str
 
 
-def model_path(settings: Settings, dataset: str) -> Path:
-    """Where the dataset's current segment model is kept (the next fit keeps its names)."""
-    assert settings.home is not None
-    return settings.home / "models" / f"segments-{dataset}.json"
+#: A refit segmentation less stable than this does not replace a champion.
+MIN_STABILITY = 0.9
+
+
+def champion_segmenter(settings: Settings, dataset: str) -> Segmenter | None:
+    """The ``@champion`` of ``bespoke-segments-<dataset>`` (what the service re-scores with
+    and whose names the next fit keeps), or None."""
+    loaded = Registry.of(settings).load("segments", dataset)
+    return None if loaded is None else loaded.model
 
 
 def train_segments(
@@ -108,16 +115,20 @@ def train_segments(
     k_range: tuple[int, int] = (3, 7),
 ) -> SegmentsResult:
     """Person features as of ``as_of`` → behavioural segments (names kept from the
-    previous model) and rule segments → assignments with history in the lake; the run is
-    tracked in MLflow (experiment ``segments-<dataset>``: parameters, k, silhouettes,
-    stability, the model file)."""
+    ``@champion`` segment model) and rule segments → assignments with history in the
+    lake. The run is tracked in MLflow (experiment ``segments-<dataset>``: parameters, k,
+    silhouettes, stability) and the model registered as ``bespoke-segments-<dataset>``;
+    it becomes ``@champion`` when it is the first or its bootstrap stability reaches
+    :data:`MIN_STABILITY` (an unstable refit would relabel people at random)."""
     rules = load_rule_segments(rules_path) if rules_path else []
     lake = Lake(settings.lake_url)
-    features = person_features(load_person_events(lake, dataset), as_of)
-    path = model_path(settings, dataset)
-    previous = Segmenter.load(path) if path.exists() else None
+    events = load_person_events(lake, dataset)
+    moment = pd.Timestamp(as_of)
+    moment = moment.tz_localize("UTC") if moment.tzinfo is None else moment.tz_convert("UTC")
+    features = person_features(events, moment)
+    registry = Registry.of(settings)
+    previous = champion_segmenter(settings, dataset)
     model = Segmenter(k_range=k_range).fit(features, previous=previous)
-    segment = model.predict(features)
     attributes = lake.connect().execute(
         "SELECT user_id, * EXCLUDE (user_id, dataset, imputed, run_id, ingested_at) FROM users "
         "WHERE dataset = ?", [dataset]
@@ -126,7 +137,7 @@ def train_segments(
         [[] for _ in range(len(features))], index=features.index
     )  # fmt: skip
     with (
-        tracking.session(settings, f"segments-{dataset}") as experiment,
+        tracking.session(settings, experiment_name("segments", dataset)) as experiment,
         mlflow.start_run(run_name=f"segments {dataset}", experiment_id=experiment) as run,
     ):
         mlflow.set_tags(tracking.run_tags(settings, dataset=dataset, as_of=str(as_of)))
@@ -134,18 +145,37 @@ def train_segments(
                            "rules": str(rules_path or ""), "previous": str(previous is not None)})  # fmt: skip
         mlflow.log_metrics({"k": model.k_, "stability_ari": model.stability_,
                             **{f"silhouette_k{k}": v for k, v in model.silhouettes_.items()}})  # fmt: skip
-        model.save(path)
-        mlflow.log_artifact(str(path), artifact_path="segments")
         run_id = run.info.run_id
+        example = features[list(model.features)].head(3)
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = Path(scratch) / ARTIFACTS["segments"]
+            model.save(folder / "segments.json")
+            version = registry.register(
+                "segments", dataset, ENTRY_POINT, {ARTIFACTS["segments"]: str(folder)},
+                signature("segments", list(model.features)), example,
+                held_out=model.stability_, trained_on=ALL_DATA,
+                data_fingerprint=_fingerprint(events, moment),
+            )  # fmt: skip
+        promoted = previous is None or model.stability_ >= MIN_STABILITY
+        decision = (
+            "no champion yet: promoted" if previous is None else
+            f"stability ARI {model.stability_:.3f} {'≥' if promoted else '<'} {MIN_STABILITY}: "
+            + ("promoted" if promoted else "not promoted, the champion's segments stay")
+        )  # fmt: skip
+        mlflow.set_tags({"gate.decision": decision, "gate.promoted": str(promoted)})
+        if promoted:
+            registry.promote("segments", dataset, version)
+    served = model if promoted or previous is None else previous
+    segment = served.predict(features)
     written = write_assignments(
         lake, dataset, pd.DataFrame({"segment": segment, "rule_segments": members}),
-        as_of, f"segments-{dataset}@{run_id[:12]}",
+        moment, f"bespoke-segments-{dataset}/{version if served is model else 'champion'}",
     )  # fmt: skip
     rule_sizes = {r.name: int(sum(r.name in m for m in members)) for r in rules}
     return SegmentsResult(
-        dataset=dataset, as_of=str(as_of), model=model, people=len(features),
+        dataset=dataset, as_of=str(as_of), model=served, people=len(features),
         sizes=segment.value_counts().to_dict(), rule_sizes=rule_sizes, written=written,
-        run_id=run_id, model_path=path,
+        run_id=run_id, version=version, promoted=promoted, decision=decision,
     )  # fmt: skip
 
 

@@ -6,9 +6,10 @@ through :class:`Registry`, which holds one explicit client for one tracking URI 
 process-wide ``mlflow.set_tracking_uri``: a notebook's or a test's own MLflow settings
 stay as they were).
 
-Two kinds of model are registered per dataset: ``bespoke-recommender-<dataset>`` (a
-recommender family) and ``bespoke-ranker-<dataset>`` (a retrieval + click-through
-ranking pipeline). Each version is an MLflow pyfunc whose artifacts hold the model's own
+The service recommends with ``bespoke-recommender-<dataset>`` (a recommender family) and
+``bespoke-ranker-<dataset>`` (a retrieval + click-through ranking pipeline); people are
+scored by ``bespoke-segments-<dataset>``, ``bespoke-churn-<dataset>`` and
+``bespoke-clv-<dataset>`` (:mod:`bespoke.segments`). Each version is an MLflow pyfunc whose artifacts hold the model's own
 folder (``recommender``: NumPy + JSON, see :meth:`bespoke.training.base.Recommender.save`;
 ``ranking_pipeline``: LightGBM text or logistic coefficients + NumPy + JSON, see
 :meth:`bespoke.training.ranker.RankingPipeline.save`), which :meth:`Registry.load` reads
@@ -46,21 +47,22 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
-Kind = Literal["recommender", "ranker", "churn", "clv"]
+Kind = Literal["recommender", "ranker", "segments", "churn", "clv"]
 #: What the service recommends with.
 KINDS: tuple[Kind, ...] = ("recommender", "ranker")
-#: What scores people (:mod:`bespoke.segments`): churn probability and lifetime value.
-PERSON_KINDS: tuple[Kind, ...] = ("churn", "clv")
+#: What scores people (:mod:`bespoke.segments`): segment, churn probability, lifetime value.
+PERSON_KINDS: tuple[Kind, ...] = ("segments", "churn", "clv")
 #: What the gate compares, per kind.
 GATE_METRICS: dict[str, str] = {
-    "recommender": "ndcg@10", "ranker": "reranked_ndcg@10", "churn": "auc", "clv": "mae",
+    "recommender": "ndcg@10", "ranker": "reranked_ndcg@10", "segments": "stability_ari",
+    "churn": "auc", "clv": "mae",
 }  # fmt: skip
 #: Kinds whose gate metric is an error: the candidate must be lower.
 LOWER_IS_BETTER = frozenset({"clv"})
 #: The artifact folder of each kind's pyfunc model that holds the native model.
 ARTIFACTS: dict[str, str] = {
-    "recommender": "recommender", "ranker": "ranking_pipeline", "churn": "churn_model",
-    "clv": "clv_model",
+    "recommender": "recommender", "ranker": "ranking_pipeline", "segments": "segment_model",
+    "churn": "churn_model", "clv": "clv_model",
 }  # fmt: skip
 #: What a registered version was fitted on: everything up to now (selection, then
 #: refit), or the split's training part only (``refit=False``: tests, benchmarks).
@@ -83,9 +85,12 @@ def registered_name(kind: str, dataset: str) -> str:
 
 def experiment_name(kind: str, dataset: str) -> str:
     """The MLflow experiment a kind's runs go to: ``recommenders-<dataset>``,
-    ``rankers-<dataset>``, or ``churn-<dataset>`` for both person models."""
+    ``rankers-<dataset>``, ``segments-<dataset>``, or ``churn-<dataset>`` for both the
+    churn and the value model."""
     _check_kind(kind)
-    return f"churn-{dataset}" if kind in PERSON_KINDS else f"{kind}s-{dataset}"
+    if kind in ("churn", "clv"):
+        return f"churn-{dataset}"
+    return f"segments-{dataset}" if kind == "segments" else f"{kind}s-{dataset}"
 
 
 def beats(kind: str, candidate: float, other: float) -> bool:
@@ -138,6 +143,10 @@ def load_native(kind: str, folder: Path) -> Any:
 
         meta = json.loads((folder / "model.json").read_text())
         return family(meta["family"]).load(folder)
+    if kind == "segments":
+        from bespoke.segments.behaviour import Segmenter
+
+        return Segmenter.load(folder / "segments.json")
     if kind in PERSON_KINDS:
         from bespoke.segments.churn import ChurnModel, ValueModel
 

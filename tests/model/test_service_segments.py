@@ -17,8 +17,7 @@ import pytest
 
 from bespoke.features import collect, sources
 from bespoke.features.lake import Lake
-from bespoke.segments.behaviour import Segmenter
-from bespoke.segments.train import model_path, train_churn, train_segments
+from bespoke.segments.train import champion_segmenter, train_churn, train_segments
 from bespoke.serving.keys import ApiKeys
 from bespoke.serving.local import (
     local_settings,
@@ -61,7 +60,7 @@ def cdnow_home(tmp_path: Path, datasets_dir: Path) -> tuple[Path, str, str]:
                    settings.pseudonym_key())  # fmt: skip
     train_segments(settings, "cdnow", AS_OF)
     train_churn(settings, "cdnow", AS_OF, trials=0)
-    names = Segmenter.load(model_path(settings, "cdnow")).names_
+    names = champion_segmenter(settings, "cdnow").names_
     lapsed = next(name for name in names if name.lower().startswith("lapsed"))
     rules = home / "rules"
     rules.mkdir()
