@@ -1,0 +1,6 @@
+"""Experiments: deterministic assignment compatible with GrowthBook's SDKs (and, as the
+issue lands, definitions, rollout with guardrails, exposures and statistics).
+
+- :mod:`bespoke.experiments.assignment`: hashing, bucket ranges, variation choice and
+  namespaces, the same as GrowthBook's SDKs compute them.
+"""
