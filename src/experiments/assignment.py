@@ -166,3 +166,25 @@ def in_namespace(user_id: str, namespace: tuple[str, float, float]) -> bool:
     name, start, end = namespace
     n = hash("__" + name, user_id, 1)
     return n is not None and start <= n < end
+
+
+def assign(
+    user_id: str | None,
+    *,
+    seed: str,
+    weights: Sequence[float],
+    coverage: float = 1.0,
+    hash_version: int = 2,
+    namespace: tuple[str, float, float] | None = None,
+) -> int:
+    """The variation index ``user_id`` gets (−1: not in the experiment), as a GrowthBook
+    SDK's ``run`` decides it once the experiment is active and its targeting holds:
+    namespace first, then the hash against the bucket ranges."""
+    if not user_id:
+        return -1
+    if namespace is not None and not in_namespace(user_id, namespace):
+        return -1
+    n = hash(seed, user_id, hash_version)
+    if n is None:
+        return -1
+    return choose_variation(n, bucket_ranges(len(weights), coverage, list(weights)))

@@ -107,3 +107,29 @@ def test_raising_coverage_never_moves_an_assigned_person() -> None:
     assert assigned.mean() == pytest.approx(0.05, abs=0.005)
     assert (after[assigned] == before[assigned]).all()
     assert (after >= 0).mean() == pytest.approx(0.5, abs=0.01)
+
+
+def test_a_person_gets_the_variant_a_growthbook_client_gives_them() -> None:
+    from growthbook import Experiment, GrowthBook
+
+    rng = random.Random(5)
+    for case in range(400):
+        n = rng.randint(2, 4)
+        raw = [rng.random() + 0.05 for _ in range(n)]
+        weights = [w / sum(raw) for w in raw]
+        coverage = rng.choice([1.0, 0.5, 0.05, rng.random()])
+        version = rng.choice([1, 2])
+        start = rng.random() * 0.5
+        space = rng.choice([None, (f"ns-{case}", start, start + 0.5)])
+        seed = rng.choice([f"exp-{case}", _text(rng) or "s"])
+        experiment = Experiment(key=f"exp-{case}", variations=list(range(n)), weights=weights,
+                                coverage=coverage, hashVersion=version, namespace=space,
+                                seed=seed)  # fmt: skip
+        for _ in range(10):
+            user = rng.choice([_text(rng), str(rng.randint(1, 10**6)), ""])
+            client = GrowthBook(attributes={"id": user})
+            result = client.run(experiment)
+            ours = assignment.assign(user, seed=seed, weights=weights, coverage=coverage,
+                                     hash_version=version, namespace=space)  # fmt: skip
+            assert ours == (result.variationId if result.inExperiment else -1), (case, user)
+            client.destroy()
