@@ -410,10 +410,9 @@ def _has_items(settings: Settings, dataset: str) -> bool:
     """Whether the dataset's events name items (CDNOW's purchases do not); a dataset
     without events is bad input."""
     from bespoke.features.lake import Lake
+    from bespoke.training.data import event_counts
 
-    (events, items) = Lake(settings.lake_url or "").connect().execute(
-        "SELECT count(*), count(item_id) FROM events WHERE dataset = ?", [dataset]
-    ).fetchone()  # fmt: skip
+    events, items = event_counts(Lake(settings.lake_url or ""), dataset)
     if not events:
         raise RetrainError(f"dataset {dataset!r} has no events in the lake")
     return bool(items)

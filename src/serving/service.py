@@ -193,7 +193,7 @@ class Personalization:
         from bespoke.serving.rules import SHIPPED_RULES_DIR, RulesFile
         from bespoke.serving.store import open_store
         from bespoke.serving.watchdog import exit_with_parent
-        from bespoke.training.data import load_catalog
+        from bespoke.training.data import event_counts, load_catalog
 
         configure_service_logging()
         exit_with_parent()  # a kill -9 of the server must not leave this worker serving
@@ -202,10 +202,7 @@ class Personalization:
         self.store = open_store(settings)
         self.watcher: Any = None
         lake = Lake(settings.lake_url)
-        (item_events,) = lake.connect().execute(
-            "SELECT count(*) FROM (SELECT 1 FROM events WHERE dataset = ? AND item_id IS NOT NULL "
-            "LIMIT 1)", [self.dataset]
-        ).fetchone()  # fmt: skip
+        _, item_events = event_counts(lake, self.dataset)
         # Inside a built Bento the packaged models serve (frozen with it); from source,
         # the registry's @champions, followed as they move.
         self.model_source = model_source(settings, in_bento=Personalization.bento is not None)

@@ -188,6 +188,17 @@ def load_users(lake: Lake, dataset: str) -> pd.DataFrame:
     )
 
 
+def event_counts(lake: Lake, dataset: str) -> tuple[int, int]:
+    """How many events the dataset has, and how many of them name an item (CDNOW's
+    purchases name none: there is nothing to recommend)."""
+    events, items = (
+        lake.connect()
+        .execute("SELECT count(*), count(item_id) FROM events WHERE dataset = ?", [dataset])
+        .fetchone()
+    )
+    return int(events), int(items)
+
+
 def load_catalog(lake: Lake, dataset: str) -> pd.DataFrame:
     """The dataset's catalog (``item_id``, ``title``, ``release_year``, ``genres``);
     empty when the source has none."""
