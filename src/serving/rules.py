@@ -14,41 +14,25 @@ A rules file is JSON validated by pydantic (unknown fields are errors)::
         "then": [{"type": "show_content", "block_id": "winter-promotion", "payload": {}}],
         "stop": false}]}
 
-**Conditions** are Mongo-style queries over one document per request::
+**Conditions** follow GrowthBook's condition language (:mod:`bespoke.serving.conditions`,
+one evaluator for rules and experiment targeting) over one document per request::
 
     {"profile": profile_document(...), "context": {...request context...}, "now": now}
 
 Field keys are dotted paths starting with ``profile.``, ``context.`` or ``now``
 (``profile.attributes.state``, ``context.channel``; a number indexes a list). A plain value
-means equality; an object of operators means all of them hold; several keys in one object
-all hold. Operators:
-
-- logical, at the condition level: ``$and`` and ``$or`` (non-empty lists of conditions),
-  ``$not`` (a condition);
-- on a field: ``$eq $ne $gt $gte $lt $lte $in $nin $exists $regex`` (with optional
-  ``$options``, any of ``imsx``) and ``$not`` (an object of operators);
-- ``$within_days: N`` — the date-time at the path lies in ``[now - N days, now]`` (both
-  ends inclusive; later than ``now`` is not "within the last N days");
-- ``$elemMatch: condition`` — some element of the list at the path matches the condition
-  (paths inside it are relative to the element: ``type``, ``timestamp``…);
-- ``$count: {"where": condition, "gte"|"gt"|"lte"|"lt"|"eq": n}`` — how many elements of
-  the list at the path match ``where`` (all when absent); a missing list counts 0.
+means strict equality; an object of operators means all of them hold. Besides GrowthBook's
+operators, two extensions read a person's events: ``$within_days: N`` (the date-time at
+the path lies in the last N days) and ``$count: {"where": condition, "gte": n}``.
 
 "Rated something in the last 30 days" is ``{"profile.last_event_at.rate": {"$within_days":
 30}}`` (a derived field, constant time), or equivalently over the raw events
 ``{"profile.events": {"$elemMatch": {"type": "rate", "timestamp": {"$within_days": 30}}}}``;
 "at least 3 purchases in 90 days" is ``{"profile.events": {"$count": {"where": {"type":
-"purchase", "timestamp": {"$within_days": 90}}, "gte": 3}}}``.
-
-Semantics (Mongo's, with None as "unknown"): a missing field, None, or a value of another
-type than the operand never matches ``$eq $gt $gte $lt $lte $in $regex $within_days`` and
-never raises; ``$ne``, ``$nin`` and ``$not`` are their exact negations, so they match a
-missing field. ``$eq: null`` matches missing or None; ``$exists: true`` means present and
-not None. Booleans are not numbers. On a list field a scalar operator matches when any
-element matches. A string operand that is an ISO date or date-time (``"2026-12-01"``,
-``"2026-12-01T08:00:00Z"``) also compares with date-time values; naive date-times are UTC.
-``context.day_of_week`` (``"monday"`` … ``"sunday"``) and ``context.hour`` default to
-``now``'s (UTC) when the caller does not send them.
+"purchase", "timestamp": {"$within_days": 90}}, "gte": 3}}}``. A person's segments are a
+list: ``{"profile.segments": {"$in": ["Loyal"]}}``. ``context.day_of_week`` (``"monday"``
+… ``"sunday"``) and ``context.hour`` default to ``now``'s (UTC) when the caller does not
+send them.
 
 Conditions are checked when the file loads — an unknown operator, a wrong operand type, a
 bad regular expression or an unknown path root is an error naming the path, e.g.
@@ -77,14 +61,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import numbers
 import operator
-import re
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -105,41 +87,35 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from bespoke.serving.conditions import (
+    MISSING,
+    ROOTS,
+    ConditionError,
+    Predicate,
+    aware,
+    compile_condition,
+    eval_condition,
+    join_path,
+    parse_datetime,
+)
+
+__all__ = [
+    "ROOTS",
+    "ConditionError",
+    "Predicate",
+    "RuleSet",
+    "RulesError",
+    "RulesFile",
+    "compile_condition",
+    "eval_condition",
+]
+
 logger = logging.getLogger(__name__)
 
 #: The folder of rule files shipped with the package (the MovieLens examples).
 SHIPPED_RULES_DIR = Path(__file__).with_name("rules")
 
-#: Where the field paths of a rule's ``when`` start.
-ROOTS = frozenset({"profile", "context", "now"})
 DAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-
-#: A compiled condition: (document, now) → matched.
-Predicate = Callable[[Any, datetime], bool]
-_Test = Callable[[Any, datetime], bool]  # (value at a path, now) → matched
-
-
-class _Missing:
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "<missing>"
-
-
-#: What a path resolves to when a key or index along it is absent.
-MISSING: Any = _Missing()
-
-
-# --- errors ------------------------------------------------------------------------------
-
-
-class ConditionError(ValueError):
-    """An invalid condition: ``path`` is where, relative to the condition's root."""
-
-    def __init__(self, path: str, message: str) -> None:
-        super().__init__(f"{path or '<condition>'}: {message}")
-        self.path = path
-        self.message = message
 
 
 class RulesError(ValueError):
@@ -152,489 +128,11 @@ class RulesError(ValueError):
         super().__init__(f"invalid rules in {source}:\n{listed}")
 
 
-def _join(path: str, part: str) -> str:
-    if part.startswith("["):
-        return path + part
-    return f"{path}.{part}" if path else part
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {
-        bool: "a boolean",
-        int: "a number",
-        float: "a number",
-        str: "a string",
-        list: "a list",
-        dict: "an object",
-    }.get(type(value), type(value).__name__)
-
-
-# --- values ------------------------------------------------------------------------------
-
-
-def _aware(moment: datetime) -> datetime:
-    """``moment`` as a plain aware datetime (naive means UTC; pandas Timestamps unwrapped)."""
-    if type(moment) is not datetime and hasattr(moment, "to_pydatetime"):
-        moment = moment.to_pydatetime()
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
-def _parse_datetime(text: str) -> datetime | None:
-    """An ISO date or date-time string as an aware datetime, else None."""
-    if not 8 <= len(text) <= 40 or not text[:4].isdigit():
-        return None
-    try:
-        return _aware(datetime.fromisoformat(text))
-    except ValueError:
-        return None
-
-
-def _moment(value: Any) -> datetime | None:
-    """A value as an aware datetime when it is one (or a date, or an ISO string), else None."""
-    if isinstance(value, datetime):
-        if value != value:  # pandas NaT
-            return None
-        return _aware(value)
-    if isinstance(value, date):
-        return datetime(value.year, value.month, value.day, tzinfo=UTC)
-    if isinstance(value, str):
-        return _parse_datetime(value)
-    return None
-
-
-def _is_number(value: Any) -> bool:
-    kind = type(value)
-    if kind is int or kind is float:
-        return True
-    return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
-
-
-def _same(a: Any, b: Any) -> bool:
-    """``a == b`` for values of any type, never raising (numpy arrays compare elementwise)."""
-    try:
-        return bool(a == b)
-    except (TypeError, ValueError):
-        return False
-
-
-def _is_list(value: Any) -> bool:
-    return type(value) is list or type(value) is tuple
-
-
-def _each(test: _Test) -> _Test:
-    """``test`` on a scalar, or on any element of a list."""
-
-    def run(value: Any, now: datetime) -> bool:
-        if type(value) is list or type(value) is tuple:
-            return any(test(v, now) for v in value)
-        return test(value, now)
-
-    return run
-
-
-def _getter(path: str) -> Callable[[Any], Any]:
-    """Resolve a dotted path in nested mappings (a number indexes a list)."""
-    parts = tuple((p, int(p) if p.isdigit() else None) for p in path.split("."))
-    if len(parts) == 1:
-        key = parts[0][0]
-
-        def get_one(doc: Any) -> Any:
-            if type(doc) is dict or isinstance(doc, Mapping):
-                return doc.get(key, MISSING)
-            return MISSING
-
-        return get_one
-
-    def get(doc: Any) -> Any:
-        current = doc
-        for key, index in parts:
-            if type(current) is dict or isinstance(current, Mapping):
-                current = current.get(key, MISSING)
-                if current is MISSING:
-                    return MISSING
-            elif index is not None and _is_list(current):
-                if index >= len(current):
-                    return MISSING
-                current = current[index]
-            else:
-                return MISSING
-        return current
-
-    return get
-
-
-# --- condition compiler ------------------------------------------------------------------
-
-
-def compile_condition(
-    condition: Mapping[str, Any], *, roots: Collection[str] | None = ROOTS
-) -> Predicate:
-    """Compile a condition into ``predicate(document, now) -> bool``.
-
-    ``roots`` are the allowed first segments of field paths (``None``: any, as inside
-    ``$elemMatch``). Raises :class:`ConditionError` naming the path of what is wrong.
-    """
-    return _compile_node(condition, "", roots)
-
-
-def _always(doc: Any, now: datetime) -> bool:
-    return True
-
-
-def _all_of(predicates: list[Predicate]) -> Predicate:
-    if not predicates:
-        return _always
-    if len(predicates) == 1:
-        return predicates[0]
-    if len(predicates) == 2:
-        first, second = predicates
-        return lambda doc, now: first(doc, now) and second(doc, now)
-    items = tuple(predicates)
-    return lambda doc, now: all(p(doc, now) for p in items)
-
-
-def _compile_node(node: Any, path: str, roots: Collection[str] | None) -> Predicate:
-    if not isinstance(node, dict):
-        raise ConditionError(path, f"a condition must be an object, not {_kind(node)}")
-    predicates: list[Predicate] = []
-    for key, spec in node.items():
-        here = _join(path, key)
-        if key in ("$and", "$or"):
-            if not isinstance(spec, list) or not spec:
-                raise ConditionError(here, f"{key} takes a non-empty list of conditions")
-            parts = tuple(
-                _compile_node(part, _join(here, f"[{i}]"), roots) for i, part in enumerate(spec)
-            )
-            if key == "$and":
-                predicates.append(_all_of(list(parts)))
-            else:
-                predicates.append(lambda doc, now, parts=parts: any(p(doc, now) for p in parts))
-        elif key == "$not":
-            inner = _compile_node(spec, here, roots)
-            predicates.append(lambda doc, now, inner=inner: not inner(doc, now))
-        elif key.startswith("$"):
-            if key in _FIELD_OPERATORS or key == "$options":
-                raise ConditionError(
-                    path, f'{key} applies to a field: write {{"<field>": {{"{key}": ...}}}}'
-                )
-            raise ConditionError(path, f"unknown operator {key}")
-        else:
-            _check_field_path(key, path, roots)
-            get = _getter(key)
-            test = _compile_spec(spec, here)
-            predicates.append(lambda doc, now, get=get, test=test: test(get(doc), now))
-    return _all_of(predicates)
-
-
-def _check_field_path(key: str, path: str, roots: Collection[str] | None) -> None:
-    parts = key.split(".")
-    if any(not p.strip() for p in parts):
-        raise ConditionError(path, f"invalid field path {key!r}")
-    if roots is None:
-        return
-    if parts[0] not in roots:
-        allowed = ", ".join(sorted(f"{r}." if r != "now" else r for r in roots))
-        raise ConditionError(path, f"unknown field {key!r}: paths start with {allowed}")
-    if parts[0] == "now" and len(parts) > 1:
-        raise ConditionError(path, f"{key!r}: now is a date-time and has no fields")
-
-
-def _compile_spec(spec: Any, path: str) -> _Test:
-    """The test of one field: an object of operators, or a value meaning equality."""
-    if isinstance(spec, dict) and any(isinstance(k, str) and k.startswith("$") for k in spec):
-        plain = [k for k in spec if not k.startswith("$")]
-        if plain:
-            raise ConditionError(
-                path, f"mixes operators and plain keys ({', '.join(plain)}); use one or the other"
-            )
-        tests: list[_Test] = []
-        for op, operand in spec.items():
-            if op == "$options":
-                if "$regex" not in spec:
-                    raise ConditionError(_join(path, op), "$options needs $regex beside it")
-                continue
-            factory = _FIELD_OPERATORS.get(op)
-            if factory is None:
-                if op in ("$and", "$or"):
-                    raise ConditionError(
-                        path, f"{op} combines whole conditions; use it outside the field"
-                    )
-                raise ConditionError(path, f"unknown operator {op}")
-            tests.append(factory(op, operand, _join(path, op), spec))
-        return _all_of(tests)
-    return _eq(spec, path)
-
-
-def _scalar_eq(operand: Any) -> _Test:
-    if isinstance(operand, bool):
-        return lambda v, now: type(v) is bool and v is operand
-    if isinstance(operand, int | float):
-        return lambda v, now: _is_number(v) and v == operand
-    if isinstance(operand, str):
-        moment = _parse_datetime(operand)
-
-        def equal(v: Any, now: datetime) -> bool:
-            if isinstance(v, str):
-                return v == operand
-            if moment is not None:
-                m = _moment(v)
-                return m is not None and m == moment
-            return False
-
-        return equal
-    # an object: equal as a whole
-    return lambda v, now: type(v) is type(operand) and _same(v, operand)
-
-
-def _eq(operand: Any, path: str) -> _Test:
-    _check_finite(operand, path)
-    if operand is None:
-
-        def is_null(v: Any, now: datetime) -> bool:
-            if v is MISSING or v is None:
-                return True
-            return _is_list(v) and any(e is None for e in v)
-
-        return is_null
-    if isinstance(operand, list):
-        # the whole list equals it, or (a list of lists) an element does
-        return lambda v, now: (
-            _is_list(v) and (_same(list(v), operand) or any(_same(e, operand) for e in v))
-        )
-    return _each(_scalar_eq(operand))
-
-
-def _check_finite(operand: Any, path: str) -> None:
-    if isinstance(operand, float) and not math.isfinite(operand):
-        raise ConditionError(path, "numbers must be finite")
-
-
-def _op_eq(op: str, operand: Any, path: str, spec: dict) -> _Test:
-    return _eq(operand, path)
-
-
-def _op_ne(op: str, operand: Any, path: str, spec: dict) -> _Test:
-    equal = _eq(operand, path)
-    return lambda v, now: not equal(v, now)
-
-
-_COMPARE = {"$gt": operator.gt, "$gte": operator.ge, "$lt": operator.lt, "$lte": operator.le}
-
-
-def _op_compare(op: str, operand: Any, path: str, spec: dict) -> _Test:
-    compare = _COMPARE[op]
-    if isinstance(operand, bool) or not isinstance(operand, int | float | str):
-        raise ConditionError(
-            path,
-            f"{op} expects a number or a string (an ISO date-time compares with date-times), "
-            f"not {_kind(operand)}",
-        )
-    _check_finite(operand, path)
-    if isinstance(operand, int | float):
-
-        def number(v: Any, now: datetime) -> bool:
-            return _is_number(v) and compare(v, operand)
-
-        return _each(number)
-    moment = _parse_datetime(operand)
-
-    def text_or_time(v: Any, now: datetime) -> bool:
-        if isinstance(v, str):
-            return compare(v, operand)
-        if moment is not None:
-            m = _moment(v)
-            return m is not None and compare(m, moment)
-        return False
-
-    return _each(text_or_time)
-
-
-def _in(operand: Any, path: str, op: str) -> _Test:
-    if not isinstance(operand, list):
-        raise ConditionError(path, f"{op} expects a list, not {_kind(operand)}")
-    strings: set[str] = set()
-    moments: set[datetime] = set()
-    values: set[Any] = set()  # numbers
-    flags: set[bool] = set()
-    others: list[Any] = []
-    has_null = False
-    for element in operand:
-        _check_finite(element, path)
-        if element is None:
-            has_null = True
-        elif isinstance(element, bool):
-            flags.add(element)
-        elif isinstance(element, int | float):
-            values.add(element)
-        elif isinstance(element, str):
-            strings.add(element)
-            moment = _parse_datetime(element)
-            if moment is not None:
-                moments.add(moment)
-        else:
-            others.append(element)
-
-    def member(v: Any) -> bool:
-        if isinstance(v, str):
-            return v in strings
-        kind = type(v)
-        if kind is bool:
-            return v in flags
-        if kind is int or kind is float:
-            return v in values
-        if v is None or v is MISSING:
-            return has_null
-        if isinstance(v, datetime | date):
-            m = _moment(v)
-            return m is not None and m in moments
-        if _is_number(v):
-            return v in values
-        return any(_same(v, o) for o in others)
-
-    def run(v: Any, now: datetime) -> bool:
-        if _is_list(v):
-            return any(member(e) for e in v) or any(_same(list(v), o) for o in others)
-        return member(v)
-
-    return run
-
-
-def _op_in(op: str, operand: Any, path: str, spec: dict) -> _Test:
-    return _in(operand, path, op)
-
-
-def _op_nin(op: str, operand: Any, path: str, spec: dict) -> _Test:
-    inside = _in(operand, path, op)
-    return lambda v, now: not inside(v, now)
-
-
-def _op_exists(op: str, operand: Any, path: str, spec: dict) -> _Test:
-    if not isinstance(operand, bool):
-        raise ConditionError(path, f"$exists expects true or false, not {_kind(operand)}")
-    return lambda v, now: (v is not MISSING and v is not None) is operand
-
-
-_REGEX_FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE}
-
-
-def _op_regex(op: str, operand: Any, path: str, spec: dict) -> _Test:
-    if not isinstance(operand, str):
-        raise ConditionError(path, f"$regex expects a string, not {_kind(operand)}")
-    options = spec.get("$options", "")
-    if not isinstance(options, str) or any(c not in _REGEX_FLAGS for c in options):
-        raise ConditionError(
-            path.removesuffix("$regex") + "$options", "$options takes letters among i, m, s, x"
-        )
-    flags = 0
-    for letter in options:
-        flags |= _REGEX_FLAGS[letter]
-    try:
-        pattern = re.compile(operand, flags)
-    except re.error as error:
-        raise ConditionError(path, f"invalid regular expression {operand!r}: {error}") from None
-    search = pattern.search
-    return _each(lambda v, now: isinstance(v, str) and search(v) is not None)
-
-
-def _positive_days(operand: Any, path: str, op: str) -> timedelta:
-    if isinstance(operand, bool) or not isinstance(operand, int | float):
-        raise ConditionError(path, f"{op} expects a number of days, not {_kind(operand)}")
-    if not math.isfinite(operand) or operand <= 0:
-        raise ConditionError(path, f"{op} expects a positive number of days, not {operand}")
-    return timedelta(days=operand)
-
-
-def _op_within_days(op: str, operand: Any, path: str, spec: dict) -> _Test:
-    window = _positive_days(operand, path, op)
-
-    def within(v: Any, now: datetime) -> bool:
-        m = _moment(v)
-        return m is not None and now - window <= m <= now
-
-    return _each(within)
-
-
-def _op_not(op: str, operand: Any, path: str, spec: dict) -> _Test:
-    if not (isinstance(operand, dict) and operand and all(k.startswith("$") for k in operand)):
-        raise ConditionError(
-            path, 'on a field, $not takes an object of operators, e.g. {"$not": {"$gt": 5}}'
-        )
-    inner = _compile_spec(operand, path)
-    return lambda v, now: not inner(v, now)
-
-
-def _op_elem_match(op: str, operand: Any, path: str, spec: dict) -> _Test:
-    inner = _compile_node(operand, path, None)
-    return lambda v, now: _is_list(v) and any(inner(e, now) for e in v)
-
-
-_COUNT_BOUNDS = {
-    "eq": operator.eq,
-    "gt": operator.gt,
-    "gte": operator.ge,
-    "lt": operator.lt,
-    "lte": operator.le,
-}
-
-
-def _op_count(op: str, operand: Any, path: str, spec: dict) -> _Test:
-    if not isinstance(operand, dict):
-        raise ConditionError(path, f"$count expects an object, not {_kind(operand)}")
-    unknown = [k for k in operand if k != "where" and k not in _COUNT_BOUNDS]
-    if unknown:
-        raise ConditionError(
-            path, f"$count: unknown key {unknown[0]!r} (use where, eq, gt, gte, lt, lte)"
-        )
-    bounds = []
-    for key, bound in operand.items():
-        if key == "where":
-            continue
-        if isinstance(bound, bool) or not isinstance(bound, int) or bound < 0:
-            raise ConditionError(
-                _join(path, key), f"a count bound is a whole number >= 0, not {bound!r}"
-            )
-        bounds.append((_COUNT_BOUNDS[key], bound))
-    if not bounds:
-        raise ConditionError(path, "$count needs a bound: eq, gt, gte, lt or lte")
-    where = _compile_node(operand.get("where", {}), _join(path, "where"), None)
-
-    def count(v: Any, now: datetime) -> bool:
-        if v is MISSING or v is None:
-            n = 0
-        elif _is_list(v):
-            n = sum(1 for e in v if where(e, now))
-        else:
-            return False
-        return all(check(n, bound) for check, bound in bounds)
-
-    return count
-
-
-_FIELD_OPERATORS: dict[str, Callable[[str, Any, str, dict], _Test]] = {
-    "$eq": _op_eq,
-    "$ne": _op_ne,
-    "$gt": _op_compare,
-    "$gte": _op_compare,
-    "$lt": _op_compare,
-    "$lte": _op_compare,
-    "$in": _op_in,
-    "$nin": _op_nin,
-    "$exists": _op_exists,
-    "$regex": _op_regex,
-    "$not": _op_not,
-    "$within_days": _op_within_days,
-    "$elemMatch": _op_elem_match,
-    "$count": _op_count,
-}
-
-
 # --- the rules file schema ---------------------------------------------------------------
 
 
 def _utc(value: datetime | None) -> datetime | None:
-    return None if value is None else _aware(value)
+    return None if value is None else aware(value)
 
 
 def _id_from_number(value: Any) -> Any:
@@ -757,7 +255,7 @@ class Rule(_Model):
                 "bespoke_path",
                 "{message}",
                 {
-                    "path": _join("when", error.path) if error.path else "when",
+                    "path": join_path("when", error.path) if error.path else "when",
                     "message": error.message,
                 },
             ) from None
@@ -765,7 +263,7 @@ class Rule(_Model):
 
     def matches(self, document: Mapping[str, Any], now: datetime) -> bool:
         """Whether ``when`` holds for ``document`` (ignores the active window and slot)."""
-        return self._predicate(document, now)
+        return self._predicate(document, now) is True
 
     def is_active(self, now: datetime) -> bool:
         return self.active is None or self.active.contains(now)
@@ -804,7 +302,7 @@ def _location(loc: Sequence[Any]) -> str:
         ):
             continue  # the union's tag: the action's own fields follow
         else:
-            path = _join(path, str(part))
+            path = join_path(path, str(part))
     return path
 
 
@@ -815,7 +313,7 @@ def _problems(error: ValidationError, data: Any) -> list[str]:
         context = item.get("ctx") or {}
         path = _location(loc)
         if item["type"] == "bespoke_path":
-            path = _join(path, context["path"]) if path else context["path"]
+            path = join_path(path, context["path"]) if path else context["path"]
             message = context["message"]
         elif item["type"] == "extra_forbidden":
             message = "unknown field"
@@ -968,7 +466,7 @@ def _segment_names(node: Any, path: str) -> Iterator[tuple[str, str]]:
     if not isinstance(node, dict):
         return
     for key, value in node.items():
-        where = _join(path, key)
+        where = join_path(path, key)
         if key in SEGMENT_PATHS:
             yield from _literals(value, where)
         elif key in ("$and", "$or", "$nor") and isinstance(value, list):
@@ -985,7 +483,7 @@ def _literals(spec: Any, path: str) -> Iterator[tuple[str, str]]:
         yield from ((f"{path}[{i}]", v) for i, v in enumerate(spec) if isinstance(v, str))
     elif isinstance(spec, dict):
         for op, operand in spec.items():
-            where = _join(path, op)
+            where = join_path(path, op)
             if op in ("$eq", "$ne") and isinstance(operand, str):
                 yield where, operand
             elif op in ("$in", "$nin", "$all") and isinstance(operand, list):
@@ -1098,7 +596,7 @@ def evaluate(
     A rule whose condition raises (it should not: type mismatches are no match) is logged,
     listed in ``errors`` and treated as not matching.
     """
-    now = _aware(now)
+    now = aware(now)
     ordered = (
         rules.rules if isinstance(rules, RuleSet) else sorted(rules, key=lambda r: -r.priority)
     )
@@ -1262,7 +760,7 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float):
         return None if math.isnan(value) else value
     if isinstance(value, datetime):
-        return None if value != value else _aware(value)
+        return None if value != value else aware(value)
     if isinstance(value, date):
         return value
     if isinstance(value, Mapping):
@@ -1284,9 +782,9 @@ def _event_time(value: Any, where: str) -> datetime | None:
         value = value.astype("datetime64[us]").item()
         return None if value is None else value.replace(tzinfo=UTC)
     if isinstance(value, datetime):
-        return None if value != value else _aware(value)
+        return None if value != value else aware(value)
     if isinstance(value, str):
-        moment = _parse_datetime(value)
+        moment = parse_datetime(value)
         if moment is not None:
             return moment
         raise ValueError(f"{where}: {value!r} is not an ISO date-time")
@@ -1333,7 +831,7 @@ def profile_document(
     events is most of the cost of a request's rules); an event it cannot read then
     fails that rule, not the call. The service's events come from its own store.
     """
-    now = _aware(now)
+    now = aware(now)
     attributes = {str(k): _plain(v) for k, v in (profile_attributes or {}).items()}
     scored = {**_NO_SCORES, **{k: v for k, v in (scores or {}).items() if k in _NO_SCORES}}
     if lazy:

@@ -87,9 +87,11 @@ OPERATOR_CASES = [
     ({A + "missing": None}, True),
     ({A + "state": None}, False),
     ({A + "nan": {"$eq": 0}}, False),
-    ({A + "tags": "a"}, True),  # a list matches when an element does
-    ({A + "tags": "c"}, False),
-    ({A + "tags": ["a", "b"]}, True),  # or when it equals the whole list
+    # GrowthBook: a plain value equals a list only when it is an equal list
+    ({A + "tags": "a"}, False),
+    ({A + "tags": {"$elemMatch": {"$eq": "a"}}}, True),
+    ({A + "tags": {"$elemMatch": {"$eq": "c"}}}, False),
+    ({A + "tags": ["a", "b"]}, True),
     ({A + "tags": ["b", "a"]}, False),
     ({A + "joined": "2026-01-01"}, True),  # ISO text compares with date-times
     ({A + "joined_naive": {"$eq": "2026-01-01T00:00:00Z"}}, True),  # naive is UTC
@@ -98,7 +100,7 @@ OPERATOR_CASES = [
     ({A + "state": {"$ne": "CA"}}, True),
     ({A + "state": {"$ne": "NY"}}, False),
     ({A + "missing": {"$ne": "NY"}}, True),
-    ({A + "tags": {"$ne": "a"}}, False),
+    ({A + "tags": {"$ne": "a"}}, True),  # a list is not the string "a"
     ({A + "none": {"$ne": None}}, False),
     # comparisons
     ({A + "age": {"$gt": 18}}, True),
@@ -114,7 +116,7 @@ OPERATOR_CASES = [
     ({A + "nan": {"$lt": 100}}, False),
     ({A + "nan": {"$gte": 0}}, False),
     ({A + "flag": {"$gt": 0}}, False),
-    ({A + "tags": {"$gte": "b"}}, True),
+    ({A + "tags": {"$gte": "b"}}, False),  # GrowthBook orders two numbers or two strings only
     ({A + "zip": {"$gte": "10000"}}, True),
     ({A + "zip": {"$lt": "10000"}}, False),
     ({A + "joined": {"$gte": "2025-12-31"}}, True),
@@ -138,7 +140,17 @@ OPERATOR_CASES = [
     ({A + "missing": {"$in": ["NY"]}}, False),
     ({A + "tags": {"$in": ["b", "z"]}}, True),
     ({A + "tags": {"$in": ["z"]}}, False),
-    ({A + "tags": {"$in": [["a", "b"]]}}, True),
+    ({A + "tags": {"$in": [["a", "b"]]}}, False),  # lists inside $in never match (JS references)
+    ({A + "tags": {"$all": ["b", "a"]}}, True),
+    ({A + "tags": {"$all": ["a", "z"]}}, False),
+    ({A + "tags": {"$size": 2}}, True),
+    ({A + "tags": {"$size": {"$gt": 2}}}, False),
+    ({A + "tags.length": 2}, True),
+    ({A + "state": {"$ini": ["ny"]}}, True),
+    ({A + "state": {"$type": "string"}}, True),
+    ({A + "tags": {"$type": "array"}}, True),
+    ({A + "state": {"$regexi": "^n"}}, True),
+    ({A + "state": {"$notRegex": "^N"}}, False),
     ({A + "joined": {"$in": ["2026-01-01"]}}, True),
     ({A + "state": {"$nin": ["CA"]}}, True),
     ({A + "state": {"$nin": ["NY"]}}, False),
@@ -156,7 +168,8 @@ OPERATOR_CASES = [
     ({A + "state": {"$regex": "Y$"}}, True),
     ({A + "age": {"$regex": "2"}}, False),  # only strings
     ({A + "missing": {"$regex": ".*"}}, False),
-    ({A + "tags": {"$regex": "^b$"}}, True),
+    ({A + "tags": {"$regex": "^b$"}}, False),  # a list is not a string
+    ({A + "tags": {"$elemMatch": {"$regex": "^b$"}}}, True),
     # $not on a field, $not on a condition
     ({A + "age": {"$not": {"$lt": 18}}}, True),
     ({A + "missing": {"$not": {"$gt": 18}}}, True),
@@ -238,8 +251,6 @@ WEIRD_OPERATORS = [
     {"$eq": 5},
     {"$eq": True},
     {"$eq": None},
-    {"$eq": [1, 2]},
-    {"$eq": {"a": 1}},
     {"$ne": 5},
     {"$gt": 1},
     {"$lte": "2026-12-01"},
@@ -289,7 +300,10 @@ def test_within_days_boundaries() -> None:
     assert within(pd.Timestamp(NOW - timedelta(days=1)))
     assert within(date(2026, 11, 13))  # midnight UTC: 29.5 days before NOW
     assert not within(date(2026, 11, 12))  # 30.5 days
-    assert within([NOW - timedelta(days=90), NOW - timedelta(days=2)])  # any element
+    # GrowthBook semantics: a scalar operator does not look inside a list; $elemMatch does
+    assert not within([NOW - timedelta(days=90), NOW - timedelta(days=2)])
+    listed = {"attributes": {"t": [NOW - timedelta(days=90), NOW - timedelta(days=2)]}}
+    assert matches({A + "t": {"$elemMatch": {"$within_days": 30}}}, profile=listed)
     for nothing in (None, "garbage", 20261201, pd.NaT, [], True):
         assert not within(nothing), nothing
     assert not matches({A + "missing": {"$within_days": 30}})
@@ -345,7 +359,7 @@ def _events_profile() -> dict:
         ({"profile.last_event_at.rate": {"$within_days": 7}}, False),
         ({"profile.last_event_at.like": {"$within_days": 30}}, False),
         ({"profile.event_counts.rate": {"$gte": 2}}, True),
-        ({"profile.items": "3"}, True),
+        ({"profile.items": {"$in": ["3"]}}, True),
         ({"profile.events.0.type": "view"}, True),  # newest first
     ],
 )
@@ -373,8 +387,11 @@ def test_an_unknown_operator_names_the_rule_and_the_path() -> None:
     [
         ({A + "age": {"$gtt": 3}}, "when.profile.attributes.age: unknown operator $gtt"),
         ({"$gt": 3}, "when: $gt applies to a field"),
-        ({"$and": {A + "age": 1}}, "when.$and: $and takes a non-empty list of conditions"),
-        ({"$or": []}, "when.$or: $or takes a non-empty list of conditions"),
+        ({"$and": {A + "age": 1}}, "when.$and: $and takes a list of conditions"),
+        ({"$nor": "x"}, "when.$nor: $nor takes a list of conditions"),
+        ({A + "tags": {"$eq": ["a"]}}, "$eq compares scalars; a list or an object never matches"),
+        ({A + "age": {"$type": "int"}}, "$type expects one of array, boolean"),
+        ({A + "age": {"$vgt": [1]}}, "$vgt expects a version string, not a list"),
         ({"$or": ["x"]}, "when.$or[0]: a condition must be an object, not a string"),
         ({"$not": [1]}, "when.$not: a condition must be an object, not a list"),
         ({"profle.attributes.state": "NY"}, "when: unknown field 'profle.attributes.state'"),
@@ -423,7 +440,6 @@ def test_an_unknown_operator_names_the_rule_and_the_path() -> None:
             "when.profile.events.$elemMatch.type: unknown operator $bad",
         ),
         ({A + "age": {"$gt": 1, "plain": 2}}, "mixes operators and plain keys (plain)"),
-        ({A + "age": {"$not": 5}}, "on a field, $not takes an object of operators"),
         ({A + "age": {"$and": [{}]}}, "$and combines whole conditions"),
         ({"$where": "1"}, "when: unknown operator $where"),
     ],
@@ -1215,7 +1231,7 @@ def test_rules_read_a_persons_scores() -> None:
               "churn_probability": 0.8, "expected_value": 12.5}  # fmt: skip
     lapsed = rules.compile_condition({"profile.segment": "Lapsed one-time buyers",
                                 "profile.churn_probability": {"$gte": 0.5},
-                                "profile.segments": "Big spenders"})  # fmt: skip
+                                "profile.segments": {"$in": ["Big spenders"]}})  # fmt: skip
     for lazy in (False, True):
         document = rules.profile_document({}, [], now, lazy=lazy, scores=scores)
         assert lapsed({"profile": document}, now)
