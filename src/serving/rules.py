@@ -62,7 +62,6 @@ import json
 import logging
 import math
 import operator
-import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -98,6 +97,7 @@ from bespoke.serving.conditions import (
     join_path,
     parse_datetime,
 )
+from bespoke.serving.watched import WatchedFile, json_files
 
 __all__ = [
     "ROOTS",
@@ -391,7 +391,7 @@ class RuleSet:
         problems: list[str] = []
         rules: list[Rule] = []
         where: dict[str, str] = {}
-        files = _rule_files(folder)
+        files = json_files(folder)
         for file in files:
             try:
                 loaded = cls.load(file)
@@ -492,12 +492,6 @@ def _literals(spec: Any, path: str) -> Iterator[tuple[str, str]]:
                 )
             elif op in ("$elemMatch", "$not"):
                 yield from _literals(operand, where)
-
-
-def _rule_files(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.glob("*.json") if p.is_file() and not p.name.startswith((".", "~"))
-    )
 
 
 # --- decisions ---------------------------------------------------------------------------
@@ -971,15 +965,11 @@ def _from_events(
 # --- hot reload --------------------------------------------------------------------------
 
 
-class RulesFile:
-    """A rules file (or folder of ``*.json`` files) that reloads itself when it changes.
-
-    :meth:`current` checks the files' modification time, size and inode at most every
-    ``interval`` seconds and reloads when they changed. A change that does not validate
-    keeps the previous rules and sets :attr:`last_error` (cleared by the next good load),
-    so a typo never takes the service down. The first load must succeed (it raises
-    :class:`RulesError`). Safe to share between threads.
-    """
+class RulesFile(WatchedFile[RuleSet]):
+    """A rules file (or folder of ``*.json`` files) that reloads itself when it changes
+    (:class:`~bespoke.serving.watched.WatchedFile`): a change that does not validate keeps
+    the previous rules. ``segments``: the dataset's segment names (a rule naming another
+    one is refused)."""
 
     def __init__(
         self,
@@ -989,88 +979,16 @@ class RulesFile:
         clock: Callable[[], float] = time.monotonic,
         segments: Collection[str] | None = None,
     ) -> None:
-        self.path = Path(path)
-        self.interval = interval
-        #: The dataset's segment names: a rule naming another one is refused.
         self.segments = segments
-        self._clock = clock
-        self._lock = threading.Lock()
-        try:
-            signature = self._signature()
-        except OSError as error:
-            raise RulesError(str(path), [f"cannot read: {error.strerror or error}"]) from None
-        self._rules = RuleSet.load(self.path).check_segments(segments, str(self.path))
-        self._loaded_signature: Any = signature
-        self._failed_signature: Any = None
-        self._checked_at = clock()
-        self.last_error: str | None = None
-        self.generation = 1  # how many rule sets have been loaded
-        self.loaded_at = time.time()
-
-    def current(self) -> RuleSet:
-        """The rules now in force (reloaded first when the files changed)."""
-        if self._clock() - self._checked_at < self.interval:
-            return self._rules
-        with self._lock:
-            if self._clock() - self._checked_at >= self.interval:
-                self._refresh()
-        return self._rules
-
-    def reload(self) -> bool:
-        """Check now, whatever the interval; True when new rules were loaded."""
-        with self._lock:
-            return self._refresh()
-
-    def _signature(self) -> Any:
-        if self.path.is_dir():
-            return tuple(
-                (p.name, s.st_mtime_ns, s.st_size, s.st_ino)
-                for p in _rule_files(self.path)
-                for s in (p.stat(),)
-            )
-        s = self.path.stat()
-        return (s.st_mtime_ns, s.st_size, s.st_ino)
-
-    def _refresh(self) -> bool:
-        self._checked_at = self._clock()
-        try:
-            signature = self._signature()
-        except OSError as error:
-            if self._failed_signature != "unreadable":
-                logger.warning(
-                    "rules %s unreadable, keeping the previous ones: %s", self.path, error
-                )
-            self._failed_signature = "unreadable"
-            self.last_error = f"{self.path}: cannot read: {error.strerror or error}"
-            return False
-        if signature == self._loaded_signature:
-            self._failed_signature = None
-            self.last_error = None
-            return False
-        if signature == self._failed_signature:
-            return False
-        try:
-            rules = RuleSet.load(self.path).check_segments(self.segments, str(self.path))
-        except RulesError as error:
-            logger.warning("rules %s invalid, keeping the previous ones: %s", self.path, error)
-            self._failed_signature = signature
-            self.last_error = str(error)
-            return False
-        self._rules = rules
-        self._loaded_signature = signature
-        self._failed_signature = None
-        self.last_error = None
-        self.generation += 1
-        self.loaded_at = time.time()
-        logger.info("rules %s reloaded: %d rules", self.path, len(rules))
-        return True
+        super().__init__(
+            path,
+            lambda where: RuleSet.load(where).check_segments(segments, str(where)),
+            error=RulesError,
+            unreadable=lambda source, message: RulesError(source, [message]),
+            what="rules",
+            interval=interval,
+            clock=clock,
+        )
 
     def status(self) -> dict[str, Any]:
-        """For health and admin routes: what is loaded and the last problem."""
-        return {
-            "path": str(self.path),
-            "rules": len(self._rules),
-            "generation": self.generation,
-            "loaded_at": datetime.fromtimestamp(self.loaded_at, UTC).isoformat(),
-            "last_error": self.last_error,
-        }
+        return {**super().status(), "rules": len(self._value)}
