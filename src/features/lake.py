@@ -108,6 +108,8 @@ _VIEWS = {
     "items": _LATEST.replace("{key}", "item_id"),
     "items_history": "SELECT * FROM {raw}",
     "quarantine": "SELECT * FROM {raw}",
+    # A re-sent flush writes an exposure again: the earliest copy counts.
+    "exposures": "SELECT * FROM {raw} QUALIFY row_number() OVER (PARTITION BY dataset, exposure_id ORDER BY exposed_at, written_at) = 1",
 }
 _VIEW_TABLE = {
     "events": "events",
@@ -121,6 +123,7 @@ _VIEW_TABLE = {
     "items": "items",
     "items_history": "items",
     "quarantine": "quarantine",
+    "exposures": "exposures",
 }
 
 

@@ -346,6 +346,29 @@ class SegmentAssignment(BaseModel):
     written_at: datetime
 
 
+class Exposure(BaseModel):
+    """A person's first exposure to an experiment (one row of :data:`EXPOSURE_SCHEMA`):
+    the variant the service served them and how it hashed them. Analysis joins these to the
+    person's outcome events inside the attribution window after ``exposed_at``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: DatasetName
+    exposure_id: str = Field(
+        description="One per dataset, experiment and person (dedupes re-flushes)."
+    )
+    experiment: str
+    variant: str
+    variant_index: int
+    hash_version: int
+    person: str = Field(description="The id the person was hashed by: user id or anonymous id.")
+    anonymous: bool
+    forced: bool = Field(description="A QA override: never counted in analysis.")
+    exposed_at: datetime
+    run_id: str
+    written_at: datetime
+
+
 class IdentityRow(BaseModel):
     """One identifier of the identity graph (one row of :data:`IDENTITY_GRAPH_SCHEMA`):
     the person it belongs to and the evidence that put it there."""
@@ -485,6 +508,23 @@ SEGMENT_SCHEMA = pa.schema(
     ]
 )
 
+EXPOSURE_SCHEMA = pa.schema(
+    [
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("exposure_id", pa.string(), nullable=False),
+        pa.field("experiment", pa.string(), nullable=False),
+        pa.field("variant", pa.string(), nullable=False),
+        pa.field("variant_index", pa.int32(), nullable=False),
+        pa.field("hash_version", pa.int32(), nullable=False),
+        pa.field("person", pa.string(), nullable=False),
+        pa.field("anonymous", pa.bool_(), nullable=False),
+        pa.field("forced", pa.bool_(), nullable=False),
+        pa.field("exposed_at", _UTC_TS, nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("written_at", _UTC_TS, nullable=False),
+    ]
+)
+
 IDENTITY_GRAPH_SCHEMA = pa.schema(
     [
         pa.field("dataset", pa.string(), nullable=False),
@@ -537,6 +577,8 @@ TABLES: dict[str, tuple[type[BaseModel], pa.Schema]] = {
     "identity_links": (IdentityLink, IDENTITY_LINKS_SCHEMA),
     # Every segment assignment; the views give the latest and each one's validity.
     "segments": (SegmentAssignment, SEGMENT_SCHEMA),
+    # Every person's first exposure to each experiment (the view keeps one per person).
+    "exposures": (Exposure, EXPOSURE_SCHEMA),
 }
 
 

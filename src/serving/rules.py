@@ -575,6 +575,19 @@ class Decision:
         }
 
 
+def request_document(
+    profile: Mapping[str, Any] | None, context: Mapping[str, Any] | None, now: datetime
+) -> dict[str, Any]:
+    """What a condition reads for one request (rules and experiment targeting alike):
+    ``{"profile": …, "context": …, "now": …}``, the context's day and hour defaulted from
+    ``now`` (UTC) when the caller did not send its own."""
+    now = aware(now)
+    ctx = dict(context) if context else {}
+    ctx.setdefault("day_of_week", DAY_NAMES[now.weekday()])
+    ctx.setdefault("hour", now.hour)
+    return {"profile": profile if profile is not None else {}, "context": ctx, "now": now}
+
+
 def evaluate(
     rules: RuleSet | Iterable[Rule],
     profile: Mapping[str, Any] | None,
@@ -594,10 +607,7 @@ def evaluate(
     ordered = (
         rules.rules if isinstance(rules, RuleSet) else sorted(rules, key=lambda r: -r.priority)
     )
-    ctx = dict(context) if context else {}
-    ctx.setdefault("day_of_week", DAY_NAMES[now.weekday()])
-    ctx.setdefault("hour", now.hour)
-    document = {"profile": profile if profile is not None else {}, "context": ctx, "now": now}
+    document = request_document(profile, context, now)
 
     matched: list[str] = []
     content: dict[str, ContentBlock] = {}

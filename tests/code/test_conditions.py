@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from growthbook.core import evalCondition
 
+from bespoke.experiments import assignment
 from bespoke.serving.conditions import ConditionError, compile_condition, eval_condition
 from bespoke.serving.rules import eval_condition as rules_eval_condition
 
@@ -177,19 +178,47 @@ def test_strict_compilation_names_what_growthbook_would_silently_ignore() -> Non
 
 
 CASES = os.environ.get("BESPOKE_GROWTHBOOK_CASES")
-
-
-@pytest.mark.skipif(
+#: Where this evaluator follows GrowthBook's Python SDK 4.x rather than the JavaScript
+#: coercion the 0.5.4 cases expect: $gt/$gte/$lt/$lte order two numbers or two strings only,
+#: so a missing age is not "between -9 and 9" and "8" is not a number (README, Experiments).
+DELIBERATE = {
+    "missing attribute with comparison operators",
+    "comparing numbers and strings",
+    "comparing numbers and strings - v2",
+}
+needs_cases = pytest.mark.skipif(
     not CASES,
     reason="GrowthBook's cases.json is not on the package registries; "
     "set BESPOKE_GROWTHBOOK_CASES to a copy to run it",
 )
+
+
+def _cases() -> dict[str, Any]:
+    return json.loads(Path(str(CASES)).read_text())
+
+
+@needs_cases
 def test_growthbooks_published_eval_condition_cases() -> None:
-    cases = json.loads(Path(str(CASES)).read_text())["evalCondition"]
-    failed = []
+    cases = _cases()["evalCondition"]
+    failed = set()
     for case in cases:
         name, condition, attributes, expected = case[:4]
         groups = case[4] if len(case) > 4 else None
         if eval_condition(attributes, condition, groups) is not expected:
-            failed.append(name)
-    assert not failed, f"{len(failed)} of {len(cases)} cases differ: {failed}"
+            failed.add(name)
+    assert failed <= DELIBERATE, f"{len(failed)} of {len(cases)} cases differ: {failed}"
+
+
+@needs_cases
+def test_growthbooks_published_hashing_and_bucketing_cases() -> None:
+    cases = _cases()
+    for seed, value, version, expected in cases["hash"]:
+        assert assignment.hash(seed, value, version) == expected, (seed, value, version)
+    for name, (n, coverage, weights), expected in cases["getBucketRange"]:
+        got = assignment.bucket_ranges(n, coverage, weights)
+        flat = [bound for pair in got for bound in pair]
+        assert flat == pytest.approx([bound for pair in expected for bound in pair], abs=1e-6), name
+    for name, n, ranges, expected in cases["chooseVariation"]:
+        assert assignment.choose_variation(n, [tuple(r) for r in ranges]) == expected, name
+    for name, user, namespace, expected in cases["inNamespace"]:
+        assert assignment.in_namespace(user, tuple(namespace)) is expected, name
