@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import typing
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
+from bespoke.experiments.ledger import ExperimentLedger, Exposure
 from bespoke.features import collect, schema, sources
 from bespoke.features.lake import Lake
 from bespoke.identity.build import build_graph
 from bespoke.segments.train import write_assignments
+from bespoke.serving.db import Database
 
 
 @pytest.mark.parametrize("table", sorted(schema.TABLES))
@@ -49,7 +52,7 @@ def test_timestamps_in_the_lake_are_utc(table: str) -> None:
 
 
 def test_rows_written_to_the_lake_validate_against_their_models(
-    lake: Lake, key: bytes, mini_movielens
+    lake: Lake, key: bytes, mini_movielens, tmp_path: Path
 ) -> None:
     folder = mini_movielens(
         users=[(1, 24, "M", "technician", "85711"), (2, 53, "F", "other", "T8H1N")],
@@ -67,6 +70,10 @@ def test_rows_written_to_the_lake_validate_against_their_models(
     build_graph(lake, "mini", key)
     write_assignments(lake, "mini", pd.DataFrame({"segment": ["Active"], "rule_segments": [["All"]]},
                                                   index=["1"]), "1998-01-01", "segments-v1")  # fmt: skip
+    ledger = ExperimentLedger(Database(tmp_path / "online.sqlite"))
+    ledger.record([Exposure("mini", "ranker-on", "1", False, "control", 0, 2, False,
+                            datetime(2024, 1, 2, tzinfo=UTC))])  # fmt: skip
+    ledger.flush(lake)
     con = lake.connect()
     for table, (model, arrow) in schema.TABLES.items():
         rows = con.execute(f"SELECT {', '.join(arrow.names)} FROM {table}").to_arrow_table()
