@@ -94,6 +94,11 @@ class Settings(BaseSettings):
         default=None,
         description="The JSON rules: a file or a folder. Default the shipped src/serving/rules/.",
     )
+    experiments_path: Path | None = Field(
+        default=None,
+        description="The experiment definitions (a JSON file, hot-reloaded like the rules); "
+        "unset: no experiment runs and every answer is the control.",
+    )
     model_source: Literal["registry", "bento"] | None = Field(
         default=None,
         description="Where the service loads its models: the MLflow registry's @champion "
@@ -152,6 +157,7 @@ class Settings(BaseSettings):
         "mlflow_artifacts_dir",
         "reports_dir",
         "rules_path",
+        "experiments_path",
         "tuned_params_file",
     )
     @classmethod

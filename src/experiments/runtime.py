@@ -34,6 +34,7 @@ from bespoke.experiments.assignment import assign
 from bespoke.experiments.definitions import Experiment, ExperimentError, load_experiments
 from bespoke.experiments.ledger import ExperimentLedger, Exposure, State
 from bespoke.serving.conditions import compile_condition
+from bespoke.serving.rules import RulesError, RuleSet
 from bespoke.serving.watched import WatchedFile
 
 #: How long a worker trusts the states it read (a ramp or halt reaches every worker within).
@@ -138,6 +139,43 @@ class ExperimentsFile(WatchedFile[list[Experiment]]):
         return {**super().status(), "experiments": [e.key for e in self._value]}
 
 
+def reference_check(registry: Any, dataset: str) -> Callable[[list[Experiment], str], None]:
+    """A check for :class:`ExperimentsFile`: every pinned recommender version and family is
+    registered for ``dataset`` in ``registry`` (a :class:`~bespoke.training.registry.Registry`),
+    and every variant's rules file loads. Raises one ExperimentError listing each problem."""
+    def check(experiments: list[Experiment], source: str) -> None:
+        problems = []
+        for i, experiment in enumerate(experiments):
+            for j, variant in enumerate(experiment.variants):
+                where = f"experiments[{i}].variants[{j}].changes"
+                changes = variant.changes
+                if changes.recommender_version is not None and not registry.has_version(
+                    "recommender", dataset, changes.recommender_version
+                ):
+                    problems.append(
+                        f"{where}.recommender_version: version {changes.recommender_version} of "
+                        f"the {dataset} recommender is not registered"
+                    )
+                if (
+                    changes.recommender_family is not None
+                    and registry.latest_of_family("recommender", dataset, changes.recommender_family)
+                    is None
+                ):
+                    problems.append(
+                        f"{where}.recommender_family: no {changes.recommender_family!r} "
+                        f"recommender is registered for {dataset}"
+                    )
+                if changes.rules is not None:
+                    try:
+                        RuleSet.load(changes.rules)
+                    except RulesError as error:
+                        problems.append(f"{where}.rules: {error}")
+        if problems:
+            raise ExperimentError(source, problems)
+
+    return check
+
+
 class Experimenter:
     """Assignments for one dataset's requests, from a definitions file and the ledger."""
 
@@ -164,6 +202,15 @@ class Experimenter:
 
     def experiments(self) -> list[Experiment]:
         return self._experiments()
+
+    def config_version(self) -> tuple[Any, ...]:
+        """What assignments depend on besides the person: the definitions loaded and the
+        states in force (part of the service's answer-cache key)."""
+        states = self.states()
+        return (
+            id(self.experiments()),
+            tuple(sorted((k, s.coverage, s.status) for k, s in states.items())),
+        )
 
     def states(self) -> dict[str, State]:
         if self._clock() - self._states_at >= self._state_ttl_s:

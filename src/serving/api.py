@@ -123,6 +123,15 @@ Count = integer(1, 100)
 _Category = Annotated[str, StringConstraints(min_length=1, max_length=100)]
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
+_ExperimentKey = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
+#: A QA override: experiment key → the variant to serve (recorded as forced, left out of
+#: analysis; 404 naming ``force.<key>`` for an experiment or variant not defined). Only
+#: secret API keys reach these routes; a browser's publishable key may not.
+Force = Annotated[
+    dict[str, _ExperimentKey] | None,
+    Field(default=None, max_length=20,
+          description="QA override: {experiment key: variant key} served whatever the hash says."),
+]  # fmt: skip
 
 
 class RecommendRequest(IODescriptor):
@@ -139,6 +148,16 @@ class RecommendRequest(IODescriptor):
         description="Rerank the recommender's candidates with the @champion ranker "
         "(slower; /v1/personalize ranks its recommendation slots by default).",
     )
+    force: Force = None
+
+
+class ExperimentOut(BaseModel):
+    experiment: str
+    variant: str
+    in_experiment: bool = Field(description="False: the person gets the control without "
+                                "being part of the experiment (outside its coverage, or it is halted).")  # fmt: skip
+    forced: bool
+    hash_version: int
 
 
 class RecommendedItem(IODescriptor):
@@ -149,6 +168,7 @@ class RecommendedItem(IODescriptor):
 
 class RecommendResponse(IODescriptor):
     user_id: str | None
+    experiments: list[ExperimentOut]
     items: list[RecommendedItem]
     content: list[dict[str, Any]]
     rules: list[str]
@@ -172,6 +192,7 @@ class PersonalizeRequest(IODescriptor):
     slots: list[SlotRequest] = Field(min_length=1, max_length=20)
     context: Context = Field(default_factory=dict)
     exclude: list[Identifier] = Field(default_factory=list, max_length=1000)
+    force: Force = None
 
 
 class SlotOut(IODescriptor):
@@ -184,7 +205,10 @@ class SlotOut(IODescriptor):
 
 class PersonalizeResponse(IODescriptor):
     user_id: str | None
-    variant: str | None = Field(description="The experiment variant (none run yet).")
+    variant: str | None = Field(
+        description="The variant of the first experiment the person is in (none: control)."
+    )
+    experiments: list[ExperimentOut]
     slots: list[SlotOut]
     model_version: str
 
@@ -364,10 +388,10 @@ def _errors(*statuses: int) -> dict[str, Any]:
 _ROUTES: list[tuple[str, str, type[BaseModel] | None, type[BaseModel], str, tuple[int, ...]]] = [
     ("/v1/recommend", "post", RecommendRequest, RecommendResponse,
      "Recommendations for a person (the @champion recommender and the JSON rules).",
-     (401, 403, 413, 415, 422)),
+     (401, 403, 404, 413, 415, 422)),
     ("/v1/personalize", "post", PersonalizeRequest, PersonalizeResponse,
-     "Slots of recommendations and content for a person, with the experiment variant.",
-     (401, 403, 413, 415, 422)),
+     "Slots of recommendations and content for a person, with their experiment variants.",
+     (401, 403, 404, 413, 415, 422)),
     ("/v1/events", "post", EventsRequest, EventsResponse,
      f"Up to {MAX_EVENTS} events, stored durably and applied to profiles at once.",
      (401, 403, 413, 415, 422)),

@@ -8,13 +8,15 @@ fallback for people with no history — then applies the JSON rules.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+import threading
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
+from bespoke.experiments.runtime import Treatment
 from bespoke.features.build import Profile
 from bespoke.serving import rules as rules_engine
 from bespoke.training.base import Recommender
@@ -84,14 +86,6 @@ class SlotAnswer:
 UNRANKED = " (retrieval order: no ranker is @champion)"
 
 
-class Experiments:
-    """The hook experiments plug into: which variant a person sees. No experiment runs
-    until the experiments issue lands, so everyone gets ``None`` (the control)."""
-
-    def variant(self, person: str | None, context: Mapping[str, Any]) -> str | None:
-        return None
-
-
 class Engine:
     """Recommendations for one person from their live profile, with rules applied."""
 
@@ -100,10 +94,47 @@ class Engine:
         models: Models,
         item_categories: Mapping[str, Collection[str]],
         rules: rules_engine.RulesFile | None = None,
+        *,
+        load_variant: Callable[[Treatment], Models] | None = None,
     ) -> None:
         self.models = models
         self.item_categories = item_categories
         self.rules = rules
+        #: Loads the models an experiment variant pins (a recommender version or family).
+        self.load_variant = load_variant
+        self._variant_models: dict[tuple[str | None, str | None], Models] = {}
+        self._variant_rules: dict[str, rules_engine.RulesFile] = {}
+        self._lock = threading.Lock()
+
+    def _models_for(self, treatment: Treatment | None) -> Models:
+        """The champions, or the models a variant pins (loaded once, then kept)."""
+        if treatment is None or (
+            treatment.recommender_version is None and treatment.recommender_family is None
+        ):
+            return self.models
+        key = (treatment.recommender_version, treatment.recommender_family)
+        found = self._variant_models.get(key)
+        if found is None:
+            if self.load_variant is None:
+                raise RuntimeError("this engine cannot load an experiment variant's models")
+            with self._lock:
+                found = self._variant_models.get(key)
+                if found is None:
+                    found = self._variant_models[key] = self.load_variant(treatment)
+        return found
+
+    def _rules_for(self, treatment: Treatment | None) -> rules_engine.RulesFile | None:
+        """The rules in force, or the rules file a variant names (hot-reloaded too)."""
+        if treatment is None or treatment.rules is None:
+            return self.rules
+        found = self._variant_rules.get(treatment.rules)
+        if found is None:
+            with self._lock:
+                found = self._variant_rules.get(treatment.rules)
+                if found is None:
+                    found = rules_engine.RulesFile(treatment.rules)
+                    self._variant_rules[treatment.rules] = found
+        return found
 
     def recommend(
         self,
@@ -117,11 +148,18 @@ class Engine:
         now: datetime | None = None,
         slot: str | None = None,
         ranked: bool = True,
+        treatment: Treatment | None = None,
+        with_experiment_content: bool = True,
     ) -> Answer:
         """The top ``k`` for the person: the recommender's, reranked by the ranker when
-        ``ranked`` and one is loaded, then the rules."""
+        ``ranked`` and one is loaded, then the rules. An experiment's ``treatment`` may
+        pin other models, turn the ranker on or off, use other rules and add content."""
         now = now or datetime.now(UTC)
-        models = self.models  # one request, one set of models, whatever a swap does meanwhile
+        # one request, one set of models, whatever a swap does meanwhile
+        models = self._models_for(treatment)
+        if treatment is not None and treatment.ranker is not None:
+            ranked = treatment.ranker
+        rules = self._rules_for(treatment)
         seen = {str(item) for item in profile.items}
         excluded = seen | set(exclude)
         wanted = k * HEADROOM
@@ -138,8 +176,8 @@ class Engine:
             items, scores = [items[i] for i in keep], [scores[i] for i in keep]
         reasons = [reason] * len(items)
         answer = Answer(items=[], model_version=models.version)
-        if self.rules is not None:
-            decision = self._decision(profile, events, context, now, slot)
+        if rules is not None:
+            decision = self._decision(rules, profile, events, context, now, slot)
             ruled_items, ruled_scores, ruled_reasons = rules_engine.apply(
                 decision, items, scores, self.item_categories, exclude=excluded
             )
@@ -149,6 +187,8 @@ class Engine:
             items, scores = ruled_items, ruled_scores
             answer.content = _blocks(decision)
             answer.rules = list(decision.rule_ids)
+        if treatment is not None and with_experiment_content:
+            answer.content += list(treatment.content)
         answer.items = [
             Recommended(item, None if score is None else float(score), why)
             for item, score, why in zip(items[:k], scores[:k], reasons[:k], strict=True)
@@ -164,21 +204,25 @@ class Engine:
         context: Mapping[str, Any] | None = None,
         exclude: Collection[str] = (),
         now: datetime | None = None,
+        treatment: Treatment | None = None,
     ) -> list[SlotAnswer]:
         """Every slot of a page, in order. An item shown in one recommendation slot is
-        not repeated in a later one."""
+        not repeated in a later one. An experiment's content goes to the content slots."""
         now = now or datetime.now(UTC)
         shown = set(exclude)
         answers = []
+        rules = self._rules_for(treatment)
         for slot in slots:
             if slot.kind == "content":
-                decision = self._decision(profile, events, context, now, slot.id)
-                answers.append(SlotAnswer(slot.id, slot.kind, content=_blocks(decision),
+                decision = self._decision(rules, profile, events, context, now, slot.id)
+                extra = list(treatment.content) if treatment is not None else []
+                answers.append(SlotAnswer(slot.id, slot.kind, content=_blocks(decision) + extra,
                                           rules=list(decision.rule_ids)))  # fmt: skip
                 continue
             answer = self.recommend(profile, events, k=slot.k, context=context,
                                     exclude=shown, now=now, slot=slot.id,
-                                    ranked=slot.ranked)  # fmt: skip
+                                    ranked=slot.ranked, treatment=treatment,
+                                    with_experiment_content=False)  # fmt: skip
             shown |= {item.item_id for item in answer.items}
             answers.append(SlotAnswer(slot.id, slot.kind, answer.items, answer.content,
                                       answer.rules))  # fmt: skip
@@ -186,15 +230,23 @@ class Engine:
 
     def _decision(
         self,
+        rules: rules_engine.RulesFile | None,
         profile: Profile,
         events: Sequence[Mapping[str, Any]],
         context: Mapping[str, Any] | None,
         now: datetime,
         slot: str | None,
     ) -> rules_engine.Decision:
-        if self.rules is None:
+        if rules is None:
             return rules_engine.evaluate((), {}, dict(context or {}), now)
-        document = rules_engine.profile_document(
+        document = self.profile_document(profile, events, now)
+        return rules.current().evaluate(document, dict(context or {}), now, slot=slot)
+
+    def profile_document(
+        self, profile: Profile, events: Sequence[Mapping[str, Any]], now: datetime
+    ) -> Mapping[str, Any]:
+        """What conditions read of the person (rules and experiment targeting alike)."""
+        return rules_engine.profile_document(
             profile.attributes,
             events,
             now,
@@ -202,7 +254,6 @@ class Engine:
             lazy=True,
             scores=profile.scores,
         )
-        return self.rules.current().evaluate(document, dict(context or {}), now, slot=slot)
 
     def _candidates(
         self,

@@ -14,7 +14,8 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import to_json
 from starlette.responses import Response
 
+from bespoke.experiments.runtime import treatment
 from bespoke.features.schema import person_id_of
 from bespoke.serving.api import (
     MAX_EVENTS,
@@ -161,6 +163,46 @@ _SERVICE_CONFIG: dict[str, Any] = {
 
 # GET with the id in the path is a plain Starlette route mounted beside the BentoML
 # routes (which are POST bodies); the API-key middleware guards it as the rest.
+def _experimenter(settings: Any, dataset: str, store: Any, model_source: str) -> Any:
+    """The experiments of ``settings.experiments_path`` (None when unset). Variants may pin
+    only registered models (a Bento serves its packaged champions alone)."""
+    if settings.experiments_path is None:
+        return None
+    from bespoke.experiments.definitions import ExperimentError
+    from bespoke.experiments.ledger import ExperimentLedger
+    from bespoke.experiments.runtime import Experimenter, ExperimentsFile, reference_check
+    from bespoke.training.registry import Registry
+
+    if model_source == "registry":
+        check = reference_check(Registry(settings.mlflow_tracking_uri or ""), dataset)
+    else:
+
+        def check(experiments: list, source: str) -> None:
+            pinned = [e.key for e in experiments for v in e.variants
+                      if v.changes.recommender_version or v.changes.recommender_family]  # fmt: skip
+            if pinned:
+                raise ExperimentError(source, [f"{key}: a Bento serves only its packaged "
+                                               "models; no variant may pin another"
+                                               for key in pinned])  # fmt: skip
+
+    watched = ExperimentsFile(settings.experiments_path, check=check)
+    return Experimenter(watched, ExperimentLedger(store.database()), dataset)
+
+
+def _variant_models(settings: Any, dataset: str, chosen: Any, *, catalog: bool) -> Any:
+    """The models an experiment variant pins: its recommender version (or its family's
+    newest registered version) with the @champion ranker."""
+    from bespoke.serving.champions import champion_versions, load_from_registry
+    from bespoke.training.registry import Registry
+
+    uri = settings.mlflow_tracking_uri or ""
+    version = chosen.recommender_version or Registry(uri).latest_of_family(
+        "recommender", dataset, chosen.recommender_family
+    )
+    versions = {**champion_versions(uri, dataset), "recommender": version}
+    return load_from_registry(uri, dataset, versions, catalog=catalog)
+
+
 def _live_scorer(settings: Any, dataset: str) -> Any:
     """The dataset's segment, churn and value models for re-scoring people as their events
     arrive; none (nothing re-scored) where they are not trained or cannot be read."""
@@ -188,7 +230,7 @@ class Personalization:
             load_from_registry,
             model_source,
         )
-        from bespoke.serving.engine import Engine, Experiments
+        from bespoke.serving.engine import Engine
         from bespoke.serving.logs import configure_service_logging
         from bespoke.serving.rules import SHIPPED_RULES_DIR, RulesFile
         from bespoke.serving.store import open_store
@@ -225,8 +267,12 @@ class Personalization:
         self.scorer = _live_scorer(settings, self.dataset)
         segments = known_segments(self.scorer.segmenter, lake, self.dataset)
         rules = RulesFile(settings.rules_path or SHIPPED_RULES_DIR, segments=segments)
-        self.engine = Engine(models, categories, rules)
-        self.experiments = Experiments()
+        self.engine = Engine(
+            models, categories, rules,
+            load_variant=lambda treatment: _variant_models(settings, self.dataset, treatment,
+                                                           catalog=bool(item_events)),
+        )  # fmt: skip
+        self.experimenter = _experimenter(settings, self.dataset, self.store, self.model_source)
         self.cache: TTLCache = TTLCache(maxsize=50_000, ttl=60)
         if settings.webhook_url:
             from bespoke.serving.webhooks import deliver_every
@@ -245,8 +291,9 @@ class Personalization:
     def _key(self, kind: str, person: str | None, version: str | None, request: Any) -> str:
         """The answer cache's key: the route, the person and their profile's version, the
         models' version and every field of the (validated) request."""
+        experiments = self.experimenter.config_version() if self.experimenter else None
         fields = json.dumps(
-            [kind, person, version, self.engine.models.version, request.__dict__],
+            [kind, person, version, self.engine.models.version, experiments, request.__dict__],
             sort_keys=True,
             default=vars,  # nested request models (personalize's slots): their fields
         )
@@ -301,18 +348,25 @@ class Personalization:
         if cached is not None:
             return _answer(cached)
         snapshot = self._snapshot(person, anonymous)
-        answer = self.engine.recommend(
-            snapshot.profile,
-            snapshot.events,
-            k=request.k,
-            context=request.context,
-            exclude=request.exclude,
-            categories=request.categories,
-            now=datetime.now(UTC),
-            ranked=request.rank,
-        )
+        now = datetime.now(UTC)
+        assigned = self._assign(person, anonymous, snapshot, request, now)
+        if not isinstance(assigned, list):
+            return assigned  # an invalid QA override
+        with self._counting_errors(assigned):
+            answer = self.engine.recommend(
+                snapshot.profile,
+                snapshot.events,
+                k=request.k,
+                context=request.context,
+                exclude=request.exclude,
+                categories=request.categories,
+                now=now,
+                ranked=request.rank,
+                treatment=treatment(assigned) if assigned else None,
+            )
         body = _encode({
             "user_id": person,
+            "experiments": [a.as_dict() for a in assigned],
             "items": _items(answer.items),
             "content": answer.content,
             "rules": answer.rules,
@@ -335,23 +389,68 @@ class Personalization:
         if cached is not None:
             return _answer(cached)
         snapshot = self._snapshot(person, anonymous)
-        slots = self.engine.personalize(
-            snapshot.profile,
-            snapshot.events,
-            [Slot(s.id, s.kind, s.k, s.rank) for s in request.slots],
-            context=request.context,
-            exclude=request.exclude,
-            now=datetime.now(UTC),
-        )
+        now = datetime.now(UTC)
+        assigned = self._assign(person, anonymous, snapshot, request, now)
+        if not isinstance(assigned, list):
+            return assigned  # an invalid QA override
+        with self._counting_errors(assigned):
+            slots = self.engine.personalize(
+                snapshot.profile,
+                snapshot.events,
+                [Slot(s.id, s.kind, s.k, s.rank) for s in request.slots],
+                context=request.context,
+                exclude=request.exclude,
+                now=now,
+                treatment=treatment(assigned) if assigned else None,
+            )
+        entered = [a for a in assigned if a.in_experiment]
         body = _encode({
             "user_id": person,
-            "variant": self.experiments.variant(person, request.context),
+            "variant": entered[0].variant if entered else None,
+            "experiments": [a.as_dict() for a in assigned],
             "slots": [{"id": s.id, "kind": s.kind, "items": _items(s.items),
                        "content": s.content, "rules": s.rules} for s in slots],
             "model_version": self.engine.models.version,
         })  # fmt: skip
         self._keep("personalize", key, version, snapshot, request, body)
         return _answer(body)
+
+    def _assign(
+        self, person: str | None, anonymous: bool, snapshot: Any, request: Any, now: datetime
+    ) -> Any:
+        """The request's experiment assignments (new exposures stored before answering),
+        or a 404 answer naming a QA override's experiment or variant that does not exist."""
+        from bespoke.experiments.runtime import ForcedVariantError
+        from bespoke.serving.rules import request_document
+
+        force = getattr(request, "force", None)
+        if self.experimenter is None:
+            if force:
+                return _json({"error": "force: no experiments are configured"}, 404)
+            return []
+        document = request_document(
+            self.engine.profile_document(snapshot.profile, snapshot.events, now),
+            request.context,
+            now,
+        )
+        try:
+            return self.experimenter.assign(
+                person, anonymous=anonymous, document=document, now=now, force=force
+            )
+        except ForcedVariantError as error:  # well-formed, but naming nothing defined
+            return _json({"error": str(error)}, 404)
+
+    @contextmanager
+    def _counting_errors(self, assigned: list[Any]) -> Iterator[None]:
+        """Count a failed answer against the person's variants (a rollout guardrail)."""
+        try:
+            yield
+        except Exception:
+            if assigned and self.experimenter is not None:
+                self.experimenter.ledger.count_error(
+                    (a.experiment, a.variant) for a in assigned if a.in_experiment
+                )
+            raise
 
     @bentoml.api(route="/v1/events", input_spec=EventsRequest, output_spec=EventsResponse)
     def events(self, **request: Any) -> Any:

@@ -205,6 +205,32 @@ class Registry:
             versions[kind] = None if found is None else str(found.version)
         return versions
 
+    def has_version(self, kind: str, dataset: str, version: str) -> bool:
+        """Whether ``version`` of the kind's registered model exists."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_model_version(registered_name(kind, dataset), str(version))
+        except MlflowException:
+            return False
+        return True
+
+    def latest_of_family(self, kind: str, dataset: str, family: str) -> str | None:
+        """The newest registered version trained as ``family`` (its run's ``model`` tag),
+        or None: what an experiment variant naming a family serves."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            versions = self.client.search_model_versions(
+                f"name = '{registered_name(kind, dataset)}'"
+            )
+        except MlflowException:
+            return None
+        for found in sorted(versions, key=lambda v: -int(v.version)):
+            if self.client.get_run(found.run_id).data.tags.get("model") == family:
+                return str(found.version)
+        return None
+
     def champion_run(self, kind: str, dataset: str) -> tuple[Any, Any] | None:
         """``(model version, training run)`` of the ``@champion``; None without one."""
         version = self.champion(kind, dataset)
