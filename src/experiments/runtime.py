@@ -143,6 +143,7 @@ def reference_check(registry: Any, dataset: str) -> Callable[[list[Experiment], 
     """A check for :class:`ExperimentsFile`: every pinned recommender version and family is
     registered for ``dataset`` in ``registry`` (a :class:`~bespoke.training.registry.Registry`),
     and every variant's rules file loads. Raises one ExperimentError listing each problem."""
+
     def check(experiments: list[Experiment], source: str) -> None:
         problems = []
         for i, experiment in enumerate(experiments):
@@ -158,7 +159,9 @@ def reference_check(registry: Any, dataset: str) -> Callable[[list[Experiment], 
                     )
                 if (
                     changes.recommender_family is not None
-                    and registry.latest_of_family("recommender", dataset, changes.recommender_family)
+                    and registry.latest_of_family(
+                        "recommender", dataset, changes.recommender_family
+                    )
                     is None
                 ):
                     problems.append(
