@@ -209,3 +209,80 @@ def test_a_planted_harm_to_a_guardrail_metric_halts_the_ramp(
     assert list(failed) == ["guardrail metrics"]
     assert "revenue_per_user is worse in treatment" in failed["guardrail metrics"].detail
     assert ledger.state(experiment.key).coverage == 0.5
+
+
+def test_the_experiment_commands_ramp_halt_analyze_and_refuse_bad_input(
+    cdnow_lake, customers: pd.DataFrame, isolated_settings: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json as json_module
+
+    from typer.testing import CliRunner
+
+    from bespoke.cli import app
+    from bespoke.serving.store import open_store
+    from bespoke.settings import get_settings
+
+    source, _ = cdnow_lake
+    shutil.copytree(source.path(), isolated_settings / "lake")
+    spec = {"key": "cdnow-cli", "hypothesis": "A new recommender lifts CDNOW purchases",
+            "variants": [{"key": "control", "weight": 0.5}, {"key": "treatment", "weight": 0.5}],
+            "coverage": 0.5, "ramp": [0.5, 1.0], "primary_metric": "conversion",
+            "guardrail_metrics": ["revenue_per_user"], "minimum_detectable_effect": 0.05,
+            "attribution_window_days": 60}  # fmt: skip
+    path = isolated_settings / "experiments.json"
+    path.write_text(json_module.dumps({"version": 1, "experiments": [spec]}))
+    monkeypatch.setenv("BESPOKE_EXPERIMENTS_PATH", str(path))
+    monkeypatch.setenv("BESPOKE_SERVING_DATASET", "cdnow")
+    get_settings.cache_clear()
+    experiment = parse_experiments({"version": 1, "experiments": [spec]})[0]
+    ledger = ExperimentLedger(open_store(get_settings()).database())
+    variants = hashed(experiment, customers, coverage=0.5)
+    rows = [Exposure("cdnow", "cdnow-cli", p, False, experiment.variants[v].key, int(v), 2, False,
+                     pd.Timestamp(at).to_pydatetime())
+            for p, at, v in zip(customers["person"], customers["exposed_at"], variants, strict=True)
+            if v >= 0]  # fmt: skip
+    ledger.record(rows)  # as the service does; the commands flush them to the lake
+    runner = CliRunner()
+
+    def run(*args: str) -> tuple[int, str]:
+        result = runner.invoke(app, ["experiment", *args])
+        return result.exit_code, result.output
+
+    code, out = run("list")
+    assert code == 0 and "cdnow-cli" in out and "running" in out
+    code, out = run("ramp", "cdnow-cli", "--actor", "alice")
+    assert code == 0 and "cdnow-cli: ramped" in out and "0.5 → 1" in out, out
+    report = isolated_settings / "reports" / "cdnow-cli.html"
+    code, out = run("analyze", "cdnow-cli", "--out", str(report), "--as-of", "1997-09-30",
+                    "--json", str(report.with_suffix(".json")))  # fmt: skip
+    assert code == 0, out
+    page = report.read_text()
+    for part in ("Experiment cdnow-cli", "Sample ratio", "Sequential boundary", "By segment",
+                 "Rollout audit trail", "alice", "Plotly"):  # fmt: skip
+        assert part in page, part
+    figures = json_module.loads(report.with_suffix(".json").read_text())
+    assert figures["exposed"]["control"] + figures["exposed"]["treatment"] == len(rows)
+    code, out = run("status", "cdnow-cli")
+    assert code == 0 and "running at coverage 1" in out and "ramp" in out
+    # a planted mismatch: the scheduled check halts it and says so with exit code 3
+    extra = customers[variants < 0].iloc[:800]
+    ledger.record([Exposure("cdnow", "cdnow-cli", p, False, "control", 0, 2, False, START)
+                   for p in extra["person"]])  # fmt: skip
+    code, out = run("check", "--all", "--actor", "scheduler")
+    assert code == 3 and "cdnow-cli: halted" in out and "FAIL sample ratio" in out, out
+    code, out = run("ramp", "cdnow-cli")
+    assert code == 1 and "is halted" in out
+    # bad input: clear messages, nothing changed
+    for args, message in [
+        (("status", "nope"), "no experiment 'nope' is defined (defined: cdnow-cli)"),
+        (("analyze", "cdnow-cli", "--out", "x.html", "--as-of", "soon"), "--as-of: not an ISO"),
+        (("ramp",), "give an experiment key (or --all)"),
+    ]:
+        code, out = run(*args)
+        assert code == 1 and message in out, out
+    path.write_text(
+        json_module.dumps({"version": 1, "experiments": [{**spec, "primary_metric": "nps"}]})
+    )
+    code, out = run("list")
+    assert code == 1 and "experiments[0].primary_metric: unknown metric 'nps'" in out
+    assert ledger.state("cdnow-cli").status == "halted"
