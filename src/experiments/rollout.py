@@ -152,6 +152,26 @@ def _running(experiment: Experiment, state: State | None) -> None:
         )
 
 
+def _guarded(
+    experiment: Experiment,
+    ledger: ExperimentLedger,
+    lake: Lake,
+    dataset: str,
+    actor: str,
+    now: datetime,
+) -> tuple[float, list[Check], bool]:
+    """(coverage in force, checks, halted): the guardrails of a running experiment, which
+    halt it when one fails."""
+    state = ledger.state(experiment.key)
+    _running(experiment, state)
+    coverage = coverage_in_force(experiment, state)
+    checks = check_guardrails(experiment, ledger, lake, dataset, now=now)
+    halted = not all(c.passed for c in checks)
+    if halted:
+        _halt(experiment, ledger, coverage, checks, actor, now)
+    return coverage, checks, halted
+
+
 def ramp(
     experiment: Experiment,
     ledger: ExperimentLedger,
@@ -165,12 +185,8 @@ def ramp(
     now = now or datetime.now(UTC)
     if not experiment.ramp:
         raise RolloutError(f"experiment {experiment.key!r} has no ramp")
-    state = ledger.state(experiment.key)
-    _running(experiment, state)
-    before = coverage_in_force(experiment, state)
-    checks = check_guardrails(experiment, ledger, lake, dataset, now=now)
-    if not all(c.passed for c in checks):
-        _halt(experiment, ledger, before, checks, actor, now)
+    before, checks, halted = _guarded(experiment, ledger, lake, dataset, actor, now)
+    if halted:
         return Decision(experiment.key, "halted", before, before, checks)
     later = [step for step in experiment.ramp if step > before]
     if not later:
@@ -192,14 +208,8 @@ def check(
 ) -> Decision:
     """The guardrails without moving: halt if they fail."""
     now = now or datetime.now(UTC)
-    state = ledger.state(experiment.key)
-    _running(experiment, state)
-    coverage = coverage_in_force(experiment, state)
-    checks = check_guardrails(experiment, ledger, lake, dataset, now=now)
-    if not all(c.passed for c in checks):
-        _halt(experiment, ledger, coverage, checks, actor, now)
-        return Decision(experiment.key, "halted", coverage, coverage, checks)
-    return Decision(experiment.key, "checked", coverage, coverage, checks)
+    coverage, checks, halted = _guarded(experiment, ledger, lake, dataset, actor, now)
+    return Decision(experiment.key, "halted" if halted else "checked", coverage, coverage, checks)
 
 
 def stop(experiment: Experiment, ledger: ExperimentLedger, *, actor: str, reason: str) -> State:

@@ -16,6 +16,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -163,6 +164,18 @@ _SERVICE_CONFIG: dict[str, Any] = {
 
 # GET with the id in the path is a plain Starlette route mounted beside the BentoML
 # routes (which are POST bodies); the API-key middleware guards it as the rest.
+@dataclass(frozen=True)
+class _Prepared:
+    """What a model route computes from: who, the cache key, the profile, assignments."""
+
+    person: str | None
+    version: str | None
+    key: str
+    snapshot: Any
+    now: datetime
+    assigned: list[Any]
+
+
 def _experimenter(settings: Any, dataset: str, store: Any, model_source: str) -> Any:
     """The experiments of ``settings.experiments_path`` (None when unset). Variants may pin
     only registered models (a Bento serves its packaged champions alone)."""
@@ -344,14 +357,10 @@ class Personalization:
 
     def answer_recommend(self, request: RecommendRequest) -> Any:
         """``/v1/recommend`` for a validated request (also called by the Gateway)."""
-        person, anonymous, version, key, cached = self._lookup("recommend", request)
-        if cached is not None:
-            return _answer(cached)
-        snapshot = self._snapshot(person, anonymous)
-        now = datetime.now(UTC)
-        assigned = self._assign(person, anonymous, snapshot, request, now)
-        if not isinstance(assigned, list):
-            return assigned  # an invalid QA override
+        ready = self._prepare("recommend", request)
+        if not isinstance(ready, _Prepared):
+            return ready  # cached, or an invalid QA override
+        snapshot, assigned = ready.snapshot, ready.assigned
         with self._counting_errors(assigned):
             answer = self.engine.recommend(
                 snapshot.profile,
@@ -360,19 +369,19 @@ class Personalization:
                 context=request.context,
                 exclude=request.exclude,
                 categories=request.categories,
-                now=now,
+                now=ready.now,
                 ranked=request.rank,
                 treatment=treatment(assigned) if assigned else None,
             )
         body = _encode({
-            "user_id": person,
+            "user_id": ready.person,
             "experiments": [a.as_dict() for a in assigned],
             "items": _items(answer.items),
             "content": answer.content,
             "rules": answer.rules,
             "model_version": answer.model_version,
         })  # fmt: skip
-        self._keep("recommend", key, version, snapshot, request, body)
+        self._keep("recommend", ready.key, ready.version, snapshot, request, body)
         return _answer(body)
 
     @bentoml.api(
@@ -385,14 +394,10 @@ class Personalization:
         """``/v1/personalize`` for a validated request (also called by the Gateway)."""
         from bespoke.serving.engine import Slot
 
-        person, anonymous, version, key, cached = self._lookup("personalize", request)
-        if cached is not None:
-            return _answer(cached)
-        snapshot = self._snapshot(person, anonymous)
-        now = datetime.now(UTC)
-        assigned = self._assign(person, anonymous, snapshot, request, now)
-        if not isinstance(assigned, list):
-            return assigned  # an invalid QA override
+        ready = self._prepare("personalize", request)
+        if not isinstance(ready, _Prepared):
+            return ready  # cached, or an invalid QA override
+        snapshot, assigned = ready.snapshot, ready.assigned
         with self._counting_errors(assigned):
             slots = self.engine.personalize(
                 snapshot.profile,
@@ -400,20 +405,33 @@ class Personalization:
                 [Slot(s.id, s.kind, s.k, s.rank) for s in request.slots],
                 context=request.context,
                 exclude=request.exclude,
-                now=now,
+                now=ready.now,
                 treatment=treatment(assigned) if assigned else None,
             )
         entered = [a for a in assigned if a.in_experiment]
         body = _encode({
-            "user_id": person,
+            "user_id": ready.person,
             "variant": entered[0].variant if entered else None,
             "experiments": [a.as_dict() for a in assigned],
             "slots": [{"id": s.id, "kind": s.kind, "items": _items(s.items),
                        "content": s.content, "rules": s.rules} for s in slots],
             "model_version": self.engine.models.version,
         })  # fmt: skip
-        self._keep("personalize", key, version, snapshot, request, body)
+        self._keep("personalize", ready.key, ready.version, snapshot, request, body)
         return _answer(body)
+
+    def _prepare(self, kind: str, request: Any) -> Any:
+        """A cached answer or a refused QA override (a response), else what a model route
+        needs to answer: the person's snapshot and experiment assignments."""
+        person, anonymous, version, key, cached = self._lookup(kind, request)
+        if cached is not None:
+            return _answer(cached)
+        snapshot = self._snapshot(person, anonymous)
+        now = datetime.now(UTC)
+        assigned = self._assign(person, anonymous, snapshot, request, now)
+        if not isinstance(assigned, list):
+            return assigned
+        return _Prepared(person, version, key, snapshot, now, assigned)
 
     def _assign(
         self, person: str | None, anonymous: bool, snapshot: Any, request: Any, now: datetime
