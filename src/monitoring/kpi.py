@@ -21,10 +21,14 @@ Definitions (also written into the report):
   covers, so a week cut by the window's edge or the dataset's last day is never compared
   with a full one.
 
-Experiment variants: :class:`bespoke.serving.engine.Experiments` assigns them, but no
-experiment has run yet, so events carry no variant. Once events have a ``variant``
-column the report breaks every metric down by it (``--by variant``, and the "By
-experiment variant" section fills in on its own); until then that section says so.
+Experiment variants come from the lake's ``exposures`` view (each person's first exposure
+to an experiment, written there by ``bespoke experiment flush``), for one experiment: the
+``experiment`` option, by default the one exposed most recently in the dataset. An event
+counts in the variant its person (user id, or anonymous id for an anonymous exposure) was
+exposed to when it happened at or after that exposure, and as ``not exposed`` otherwise
+(before the exposure, or never exposed); QA overrides (forced exposures) are left out.
+Every metric is then broken down by variant (``--by variant``, and the "By experiment
+variant" section), control first; a dataset without exposures says so there.
 """
 
 from __future__ import annotations
@@ -58,8 +62,23 @@ MAX_LEVELS = 10
 #: 4.6 MB bundle this keeps a report under ~5 MB. Past it (a daily grain over years with
 #: many breakdowns) fewer levels per breakdown are drawn, and the report says so.
 MAX_POINTS = 60_000
-#: The events column experiments will fill; its breakdown appears once it exists.
+#: The breakdown by experiment variant (from the lake's exposures); it appears on its own
+#: once the dataset has exposures.
 VARIANT_COLUMN = "variant"
+#: The variant level of events before their person's exposure, or of people never exposed.
+NOT_EXPOSED = "not exposed"
+
+
+def no_exposures(dataset: str) -> str:
+    """What the report says when ``dataset`` has no exposures to break down by."""
+    return (
+        f"no experiment has exposures in {dataset!r} yet: run one (define it in the file "
+        "BESPOKE_EXPERIMENTS_PATH names, and the service assigns variants and records "
+        "exposures), then `bespoke experiment flush` (exposures reach the lake when the "
+        "ledger is flushed)"
+    )
+
+
 REPORT_FILE = "kpi.html"
 UNKNOWN = "unknown"
 
@@ -76,7 +95,7 @@ class Dimension:
     name: str
     title: str
     sql: str
-    needs: str = "events"  # "users" and "cohorts" add their join only when asked for
+    needs: str = "events"  # "users", "cohorts", "exposures" add their join only when asked
 
 
 def _age_band_sql() -> str:
@@ -111,7 +130,10 @@ def dimensions() -> dict[str, Dimension]:
             "cohort", "cohort (month of the person's first event)",
             "strftime(c.first_seen AT TIME ZONE 'UTC', '%Y-%m')", "cohorts",
         ),
-        Dimension(VARIANT_COLUMN, "experiment variant", f"e.{VARIANT_COLUMN}"),
+        Dimension(
+            VARIANT_COLUMN, "experiment variant",
+            f"coalesce(xu.variant, xa.variant, '{NOT_EXPOSED}')", "exposures",
+        ),
     ]  # fmt: skip
     return {d.name: d for d in found}
 
@@ -172,7 +194,16 @@ class KpiReport:
     """Labels of the previous and latest complete periods (None: fewer than two)."""
     has_revenue: bool
     has_variant: bool
+    """Whether the variant breakdown is there (the dataset has exposures)."""
     notes: list[str] = field(default_factory=list)
+    experiment: str | None = None
+    """The experiment whose variants the breakdown shows (None: no exposures)."""
+    variants: list[str] = field(default_factory=list)
+    """Its variants in variant index order (control first), forced exposures left out."""
+    experiments: list[str] = field(default_factory=list)
+    """Every experiment with exposures in the dataset, most recently exposed first."""
+    experiment_chosen: bool = False
+    """Whether ``experiment`` was asked for (else: the most recently exposed)."""
 
     @property
     def window_text(self) -> str:
@@ -183,6 +214,10 @@ class KpiReport:
     def levels(self, dimension: str) -> pd.DataFrame:
         """Window totals of each level of ``dimension``, largest first."""
         rows = self.series[(self.series.dimension == dimension) & self.series.period.isna()]
+        if dimension == VARIANT_COLUMN:  # control first, then the other variants, then the rest
+            order = {name: index for index, name in enumerate(self.variants)}
+            rank = rows.level.map(lambda level: order.get(level, len(order)))
+            return rows.assign(_rank=rank).sort_values(["_rank", "level"]).drop(columns="_rank")
         return rows.sort_values(["active_users", "level"], ascending=[False, True])
 
     def over_time(self, dimension: str = "all") -> pd.DataFrame:
@@ -266,10 +301,6 @@ def _window(text: str | None, first: datetime, last: datetime) -> tuple[Window, 
     return window, Window(start, end, f"{start:%Y-%m-%d}..{end - timedelta(days=1):%Y-%m-%d}")
 
 
-def _columns(con: duckdb.DuckDBPyConnection, view: str) -> set[str]:
-    return {row[0] for row in con.execute(f"DESCRIBE {view}").fetchall()}
-
-
 def _conversion(types: set[str], name: str | None) -> Conversion | None:
     # Chosen from the dataset's event types, not the window's: a window where nobody
     # bought shows a conversion rate of 0, not a different definition of converting.
@@ -284,6 +315,51 @@ def _conversion(types: set[str], name: str | None) -> Conversion | None:
     return next((c for c in CONVERSIONS.values() if c.event_type in types), None)
 
 
+@dataclass(frozen=True)
+class _Experiment:
+    """The experiment the variant breakdown shows, and what the dataset has."""
+
+    key: str | None
+    variants: list[str]
+    known: list[str]
+    chosen: bool
+
+
+def _experiment(con: duckdb.DuckDBPyConnection, dataset: str, key: str | None) -> _Experiment:
+    """The experiment ``key`` (default: the one with the latest exposure that is not a QA
+    override) with its variants in index order; a clear error for a key without exposures."""
+    rows = con.execute(
+        "SELECT experiment, max(exposed_at) FILTER (WHERE NOT forced) AS latest "
+        "FROM exposures WHERE dataset = $dataset GROUP BY experiment "
+        "ORDER BY latest DESC NULLS LAST, experiment",
+        {"dataset": dataset},
+    ).fetchall()
+    known = [row[0] for row in rows]
+    asked = key is not None
+    if asked and key not in known:
+        raise KpiError(
+            f"--experiment {key!r}: dataset {dataset!r} has no exposures to it; "
+            + (
+                f"it has exposures to {', '.join(repr(k) for k in known)}"
+                if known
+                else no_exposures(dataset)
+            )
+        )
+    if key is None:
+        key = next((name for name, latest in rows if latest is not None), None)
+    if key is None:
+        return _Experiment(None, [], known, False)
+    variants = [
+        row[0]
+        for row in con.execute(
+            "SELECT variant FROM exposures WHERE dataset = $dataset AND experiment = "
+            "$experiment AND NOT forced GROUP BY variant ORDER BY min(variant_index), variant",
+            {"dataset": dataset, "experiment": key},
+        ).fetchall()
+    ]
+    return _Experiment(key, variants, known, asked)
+
+
 def _aggregate_sql(grain: str, chosen: list[Dimension], conversion: Conversion | None) -> str:
     """One scan: each grouping set is a breakdown over time or its window total."""
     dims = [f"coalesce(CAST({d.sql} AS VARCHAR), '{UNKNOWN}') AS d_{d.name}" for d in chosen]
@@ -291,6 +367,21 @@ def _aggregate_sql(grain: str, chosen: list[Dimension], conversion: Conversion |
     if any(d.needs == "users" for d in chosen):
         joins.append(
             "LEFT JOIN (SELECT * FROM users WHERE dataset = $dataset) u ON u.user_id = e.user_id"
+        )
+    if any(d.needs == "exposures" for d in chosen):
+        # A person's exposure labels their events from its time on; one row per person
+        # and experiment in the view, so neither join multiplies events.
+        exposed = (
+            "(SELECT person, variant, exposed_at FROM exposures WHERE dataset = $dataset "
+            "AND experiment = $experiment AND NOT forced AND {} anonymous)"
+        )
+        joins.append(
+            f"LEFT JOIN {exposed.format('NOT')} xu "
+            "ON xu.person = e.user_id AND e.timestamp >= xu.exposed_at"
+        )
+        joins.append(
+            f"LEFT JOIN {exposed.format('')} xa "
+            "ON xa.person = e.anonymous_id AND e.timestamp >= xa.exposed_at"
         )
     if any(d.needs == "cohorts" for d in chosen):
         # A cohort is fixed by the person's first event ever, not the first in the window.
@@ -453,28 +544,32 @@ def compute_kpis(
     by: Sequence[str] | None = None,
     grain: str = "week",
     conversion: str | None = None,
+    experiment: str | None = None,
 ) -> KpiReport:
     """The KPIs of ``dataset`` over ``window`` (default: all of it) at ``grain``, overall,
     per event type and per breakdown in ``by`` (names of :func:`dimensions`; default
-    segment and channel), on a lake connection (:meth:`Lake.connect`).
+    segment and channel), on a lake connection (:meth:`Lake.connect`). When the dataset
+    has exposures, every metric is broken down by the variants of ``experiment`` too
+    (default: the experiment exposed most recently).
 
-    Raises :class:`KpiError` for an unknown dataset or breakdown, a bad or empty window."""
+    Raises :class:`KpiError` for an unknown dataset, breakdown or experiment, a bad or
+    empty window, or ``--by variant`` on a dataset without exposures."""
     names = _check_options(by, grain, conversion)
-    has_variant = VARIANT_COLUMN in _columns(con, "events")
+    first, last, types, undated = _span(con, dataset)
+    exp = _experiment(con, dataset, experiment)
+    has_variant = exp.key is not None
     if VARIANT_COLUMN in names and not has_variant:
-        raise KpiError(
-            "--by variant: the events carry no 'variant' column yet. No experiment has run "
-            "(bespoke.serving.engine.Experiments gives everyone the control); once events "
-            "record their variant, this breakdown and the report's variant section fill in"
-        )
+        raise KpiError(f"--by variant: {no_exposures(dataset)}")
     if has_variant and VARIANT_COLUMN not in names:
         names.append(VARIANT_COLUMN)
-    first, last, types, undated = _span(con, dataset)
     window_, observed = _window(window, first, last)
     chosen = [dimensions()[name] for name in names]
     conv = _conversion(types, conversion)
     sql = _aggregate_sql(grain, chosen, conv)
-    raw = con.execute(sql, {"dataset": dataset, "start": observed.start, "end": observed.end}).df()
+    params: dict[str, Any] = {"dataset": dataset, "start": observed.start, "end": observed.end}
+    if has_variant:
+        params["experiment"] = exp.key
+    raw = con.execute(sql, params).df()
     keys = ["event_type", *[f"d_{d.name}" for d in chosen]]
     has_revenue = bool(raw.revenue.notna().any())
     series = _reshape(raw, keys, observed, grain)
@@ -482,6 +577,8 @@ def compute_kpis(
     notes = _notes(series, names, conv, observed, window_, labels)
     if undated:
         notes.append(f"{undated:,} events without a timestamp are left out.")
+    if has_variant:
+        notes += _variant_notes(series, exp)
     return KpiReport(
         dataset=dataset,
         window=window_,
@@ -495,7 +592,26 @@ def compute_kpis(
         has_revenue=has_revenue,
         has_variant=has_variant,
         notes=notes,
+        experiment=exp.key,
+        variants=exp.variants,
+        experiments=exp.known,
+        experiment_chosen=exp.chosen,
     )
+
+
+def _variant_notes(series: pd.DataFrame, exp: _Experiment) -> list[str]:
+    levels = set(series[(series.dimension == VARIANT_COLUMN) & series.period.isna()].level)
+    if not exp.variants:
+        return [
+            f"Every exposure to experiment {exp.key!r} is a QA override (forced), which the "
+            f"report leaves out: every event is {NOT_EXPOSED!r}."
+        ]
+    if levels <= {NOT_EXPOSED}:
+        return [
+            f"No event of the window happened at or after an exposure to experiment "
+            f"{exp.key!r}: every event is {NOT_EXPOSED!r}."
+        ]
+    return []
 
 
 def _notes(
@@ -695,7 +811,9 @@ def _html_table(frame: pd.DataFrame, numeric_from: int = 1) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _levels_table(report: KpiReport, dimension: str) -> str:
+def levels_table(report: KpiReport, dimension: str) -> pd.DataFrame:
+    """Every metric of each level of ``dimension`` over the window, as text (for console
+    and HTML), in :meth:`KpiReport.levels` order."""
     import pandas as pd
 
     levels = report.levels(dimension)
@@ -711,7 +829,45 @@ def _levels_table(report: KpiReport, dimension: str) -> str:
         columns["revenue / active user"] = [
             format_value(v, "money") for v in levels.revenue_per_user
         ]
-    return _html_table(pd.DataFrame(columns))
+    return pd.DataFrame(columns)
+
+
+def _levels_table(report: KpiReport, dimension: str) -> str:
+    return _html_table(levels_table(report, dimension))
+
+
+def _variant_section(report: KpiReport, drawn: int) -> list[str]:
+    esc = html.escape
+    if not report.has_variant or report.experiment is None:
+        text = no_exposures(report.dataset)
+        return [
+            f'<section id="by-{VARIANT_COLUMN}"><h2>By experiment variant</h2>',
+            f'<p class="note">{esc(text[0].upper() + text[1:])}. This section then shows '
+            "every metric above per variant.</p></section>",
+        ]
+    key = esc(report.experiment)
+    others = [esc(k) for k in report.experiments if k != report.experiment]
+    if report.experiment_chosen:
+        which = "the experiment asked for"
+    else:
+        which = "the one exposed most recently"
+    if others:
+        which += "; <code>--experiment</code> picks another of " + ", ".join(
+            f"<code>{k}</code>" for k in others
+        )
+    return [
+        f'<section id="by-{VARIANT_COLUMN}"><h2>By experiment variant: <code>{key}</code></h2>',
+        f"<p>Experiment <code>{key}</code> ({which}). An event counts in the variant its "
+        "person (user id, or anonymous id for an anonymous exposure) was exposed to when it "
+        "happened at or after that first exposure, and as "
+        f"<em>{esc(NOT_EXPOSED)}</em> before it or when the person was never exposed; QA "
+        "overrides (forced exposures) are left out. A person active before and after their "
+        f"exposure counts in both <em>{esc(NOT_EXPOSED)}</em> and their variant, so active "
+        "users of the levels may add up to more than the total; events do add up.</p>",
+        _figure_block(_figure(report, VARIANT_COLUMN, drawn), f"fig-{VARIANT_COLUMN}"),
+        _levels_table(report, VARIANT_COLUMN),
+        "</section>",
+    ]
 
 
 def _figure_block(figure: go.Figure, target: str) -> str:
@@ -808,8 +964,9 @@ def render_html(report: KpiReport, generated_at: datetime | None = None) -> str:
         "covers; partial ones are shaded grey and left out of the period-over-period change."
         "</dd>",
         "<dt>breakdowns</dt><dd>a person counts in every level they had events in (channel, "
-        f"device) or in their one level (attributes); at most {drawn} levels are drawn, "
-        "the largest by active users; the table lists them all.</dd>",
+        "device, experiment variant) or in their one level (attributes); at most "
+        f"{drawn} levels are drawn, the largest by active users (variants: in their "
+        "order, control first); the table lists them all.</dd>",
         "</dl></section>",
         '<section id="overall"><h2>Engagement and conversion over time</h2>',
         _figure_block(_figure(report, "all"), "fig-all"),
@@ -826,20 +983,7 @@ def render_html(report: KpiReport, generated_at: datetime | None = None) -> str:
             _levels_table(report, name),
             "</details></section>",
         ]
-    sections.append(f'<section id="by-{VARIANT_COLUMN}"><h2>By experiment variant</h2>')
-    if report.has_variant:
-        sections += [
-            _figure_block(_figure(report, VARIANT_COLUMN, drawn), f"fig-{VARIANT_COLUMN}"),
-            _levels_table(report, VARIANT_COLUMN),
-        ]
-    else:
-        sections.append(
-            '<p class="note">No experiment has run yet: the events carry no '
-            "<code>variant</code> column (<code>bespoke.serving.engine.Experiments</code> "
-            "gives everyone the control). Once events record their variant, this section "
-            "shows every metric above per variant.</p>"
-        )
-    sections.append("</section>")
+    sections += _variant_section(report, drawn)
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f"<title>KPI report — {esc(report.dataset)}</title><style>{_CSS}</style>"
@@ -868,6 +1012,7 @@ def write_kpi_report(
     by: Sequence[str] | None = None,
     grain: str = "week",
     conversion: str | None = None,
+    experiment: str | None = None,
     out: Path | None = None,
 ) -> tuple[KpiReport, Path]:
     """Compute the KPIs (:func:`compute_kpis`) on the settings' lake and write the HTML to
@@ -881,8 +1026,9 @@ def write_kpi_report(
     con = Lake(settings.lake_url).connect()  # type: ignore[arg-type]
     try:
         report = compute_kpis(
-            con, dataset, window=window, by=by, grain=grain, conversion=conversion
-        )
+            con, dataset, window=window, by=by, grain=grain, conversion=conversion,
+            experiment=experiment,
+        )  # fmt: skip
     finally:
         con.close()
     write_html(path, render_html(report, now))

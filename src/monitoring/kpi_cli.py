@@ -4,7 +4,7 @@ follow the monitoring commands: 0 written, 2 bad input (nothing written)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -12,6 +12,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from bespoke.monitoring.apps import report_app
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 console = Console()
 errors = Console(stderr=True)
@@ -49,6 +52,16 @@ def report_kpi(
             "first of these the data holds.",
         ),
     ] = None,
+    experiment: Annotated[
+        str | None,
+        typer.Option(
+            "--experiment",
+            metavar="KEY",
+            help="The experiment whose variants the report breaks down by (from the lake's "
+            "exposures; see `bespoke experiment flush`); default: the one exposed most "
+            "recently in the dataset.",
+        ),
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -58,8 +71,14 @@ def report_kpi(
     ] = None,
 ) -> None:
     """Engagement and conversion over time, overall and by segment and channel (and by
-    experiment variant once events carry one): one self-contained HTML file."""
-    from bespoke.monitoring.kpi import KpiError, headline_table, write_kpi_report
+    experiment variant once the dataset has exposures): one self-contained HTML file."""
+    from bespoke.monitoring.kpi import (
+        VARIANT_COLUMN,
+        KpiError,
+        headline_table,
+        levels_table,
+        write_kpi_report,
+    )
     from bespoke.settings import get_settings
 
     try:
@@ -70,6 +89,7 @@ def report_kpi(
             by=by,
             grain=grain,
             conversion=conversion,
+            experiment=experiment,
             out=out,
         )
     except (KpiError, OSError) as error:  # OSError: the report's folder cannot be written
@@ -82,12 +102,14 @@ def report_kpi(
         title_justify="left",
         header_style="bold",
     )
-    for index, column in enumerate(frame.columns):
-        # Figures never wrap (a split number misreads); the metric names may.
-        table.add_column(str(column), justify="left" if index == 0 else "right", no_wrap=index > 0)
-    for row in frame.itertuples(index=False):
-        table.add_row(*map(str, row))
+    _add_rows(table, frame)
     console.print(table)
+    asked = {part.strip().lower() for text in by or [] for part in text.split(",")}
+    if VARIANT_COLUMN in asked and report.experiment is not None:
+        _print_levels(
+            levels_table(report, VARIANT_COLUMN),
+            f"by variant of experiment {report.experiment}, over the window",
+        )
     if report.conversion is not None:
         console.print(
             f"[dim]conversion: share of active users who {report.conversion.label}. "
@@ -97,3 +119,17 @@ def report_kpi(
     for note in report.notes:
         console.print(f"[dim]{note}[/]", highlight=False)
     console.print(f"[bold green]KPI report[/] {path}", highlight=False, soft_wrap=True)
+
+
+def _add_rows(table: Table, frame: pd.DataFrame) -> None:
+    for index, column in enumerate(frame.columns):
+        # Figures never wrap (a split number misreads); the metric names may.
+        table.add_column(str(column), justify="left" if index == 0 else "right", no_wrap=index > 0)
+    for row in frame.itertuples(index=False):
+        table.add_row(*map(str, row))
+
+
+def _print_levels(frame: pd.DataFrame, title: str) -> None:
+    table = Table(title=title, title_justify="left", header_style="bold")
+    _add_rows(table, frame)
+    console.print(table)

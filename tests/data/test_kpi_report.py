@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +18,12 @@ import pytest
 from typer.testing import CliRunner
 
 from bespoke.cli import app
+from bespoke.experiments.assignment import bucket_ranges, choose_many, hash_many
+from bespoke.experiments.ledger import ExperimentLedger, Exposure
 from bespoke.features import collect, sources
 from bespoke.features.lake import Lake
 from bespoke.monitoring.kpi import compute_kpis, render_html
+from bespoke.serving.db import Database
 from bespoke.settings import get_settings
 
 #: The report stays small enough to mail: Plotly's bundle (~4.6 MB) plus the figures.
@@ -98,7 +103,9 @@ def test_ml100k_report_matches_pandas(ml100k_lake, kpi, isolated_settings: Path)
     # MovieLens' conversion, stated with its reason.
     assert "share of active users who rated something 4 or more (of 5)" in page
     assert "there is no purchase to count" in page
-    assert "No experiment has run yet" in page
+    # No experiment has exposures in the lake: the variant section says how to get some.
+    assert "No experiment has exposures in &#x27;ml-100k&#x27; yet" in page
+    assert "exposures reach the lake when the ledger is flushed" in page
     # The console headline: the whole window, then the last two complete weeks.
     assert "100,000" in result.output and "943" in result.output
     assert "1998-04-06" in result.output and "1998-04-13" in result.output
@@ -174,23 +181,31 @@ def test_window_compares_complete_periods(ml100k_lake) -> None:
     assert previous.observed.label == "1998-02-22..1998-03-23"
 
 
-def test_variant_breakdown_once_events_carry_one(ml100k_lake) -> None:
-    """The documented hook: when events have a ``variant`` column (experiments will write
-    it), the report breaks every metric down by it without being asked."""
-    lake, _ = ml100k_lake
-    con = lake.connect()
-    con.execute(
-        "CREATE OR REPLACE VIEW events AS SELECT *, CAST(timestamp AS DATE) AS event_date, "
-        "CASE WHEN hash(user_id) % 2 = 0 THEN 'control' ELSE 'treatment' END AS variant "
-        "FROM _raw_events"
-    )
-    report = compute_kpis(con, "ml-100k", by=["channel"], grain="month")
-    assert report.by == ["channel", "variant"]
+def test_variant_breakdown_once_the_dataset_has_exposures(ml100k_lake, tmp_path: Path) -> None:
+    """Once exposures reach the lake (the ledger's flush), the report breaks every metric
+    down by variant without being asked; tests/data/test_kpi_variants.py checks the figures."""
+    source, _ = ml100k_lake
+    shutil.copytree(source.path(), tmp_path / "lake")
+    lake = Lake(str(tmp_path / "lake"))
+    people = [str(user) for user in range(1, 944)]
+    index = choose_many(hash_many("kpi-hook", people, 2), bucket_ranges(2, 1.0, [0.5, 0.5]))
+    start = datetime(1997, 9, 1, tzinfo=UTC)  # before every event: all of them are exposed
+    ledger = ExperimentLedger(Database(tmp_path / "online.sqlite"))
+    ledger.record([
+        Exposure("ml-100k", "kpi-hook", person, False, ("control", "treatment")[i], int(i), 2,
+                 False, start)
+        for person, i in zip(people, index, strict=True)
+    ])  # fmt: skip
+    ledger.flush(lake)
+    report = compute_kpis(lake.connect(), "ml-100k", by=["channel"], grain="month")
+    assert report.by == ["channel", "variant"] and report.experiment == "kpi-hook"
     levels = report.levels("variant")
-    assert set(levels.level) == {"control", "treatment"}
+    assert levels.level.tolist() == ["control", "treatment"]
     assert levels.active_users.sum() == 943  # a person is in one variant
+    assert levels.active_users.tolist() == [int((index == 0).sum()), int((index == 1).sum())]
     page = render_html(report)
-    assert 'id="fig-variant"' in page and "No experiment has run yet" not in page
+    assert 'id="fig-variant"' in page and "No experiment has exposures" not in page
+    assert "By experiment variant: <code>kpi-hook</code>" in page
 
 
 def _undated_lake(tmp_path: Path, write_csv) -> Lake:
@@ -212,7 +227,8 @@ ERRORS = [
     (["--dataset", "ml-100k", "--window", "yesterday"], "neither a date range"),
     (["--dataset", "ml-100k", "--by", "segment,colour"], "--by 'colour' is not a breakdown"),
     (["--dataset", "ml-100k", "--grain", "year"], "--grain 'year'"),
-    (["--dataset", "ml-100k", "--by", "variant"], "no 'variant' column"),
+    (["--dataset", "ml-100k", "--by", "variant"], "no experiment has exposures in 'ml-100k'"),
+    (["--dataset", "ml-100k", "--experiment", "nope"], "--experiment 'nope'"),
     (["--dataset", "ml-100k", "--conversion", "purchase"], "no 'purchase' events"),
 ]
 
