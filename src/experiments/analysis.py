@@ -218,6 +218,23 @@ def _metric_values(frame: pd.DataFrame, metric: str, suffix: str = "post") -> An
     return frame[f"revenue_{suffix}"].to_numpy(), frame[f"purchases_{suffix}"].to_numpy()
 
 
+#: What a metric needs in the window (for the note when nobody has it).
+_EVIDENCE = {
+    "conversion": "conversion",
+    "click_through": "click",
+    "events_per_user": "event",
+    "revenue_per_user": "purchase value",
+    "average_order_value": "purchase",
+}
+
+
+def _all_zero(metric: str, people: pd.DataFrame) -> bool:
+    values = _metric_values(people, metric)
+    if metric in RATIOS:
+        values = values[1]  # the purchases
+    return not np.asarray(values).any()
+
+
 def _compare(
     metric: str, control: pd.DataFrame, treatment: pd.DataFrame, alpha: float
 ) -> stats.Comparison:
@@ -284,9 +301,14 @@ def analyze(
             notes.append(f"variant {key!r}: fewer than 2 people in it or in the control")
             continue
         for metric in metrics:
+            if _all_zero(metric, control) and _all_zero(metric, treatment):
+                note = f"{metric}: nobody exposed has any {_EVIDENCE[metric]} in the window"
+                if note not in notes:
+                    notes.append(note)
+                continue
             try:
                 raw.append((metric, key, _compare(metric, control, treatment, alpha)))
-            except ValueError as error:  # e.g. no purchases at all for a ratio metric
+            except ValueError as error:  # e.g. a control without any purchase
                 notes.append(f"{metric} ({key}): not computed: {error}")
     adjusted = stats.adjust_p_values([c.p_value for _, _, c in raw], "holm") if raw else []
     results = []
@@ -301,7 +323,8 @@ def analyze(
             float(p), bool(comparison.difference < 0 and p < alpha),
         ))  # fmt: skip
     sequential = {
-        key: _sequential(frame, experiment, keys[0], key, alpha, as_of) for key in keys[1:]
+        key: _sequential(people, events, conversion, experiment, keys[0], key, alpha, as_of)
+        for key in keys[1:]
     }
     return Analysis(
         experiment, dataset, as_of, exposed, srm, results, sequential,
@@ -310,26 +333,31 @@ def analyze(
 
 
 def _sequential(
-    frame: pd.DataFrame,
+    people: pd.DataFrame,
+    events: pd.DataFrame,
+    conversion: tuple[str, ...],
     experiment: Experiment,
     control: str,
     variant: str,
     alpha: float,
     as_of: datetime,
 ) -> pd.DataFrame:
-    """The primary metric's mSPRT path, one look per day since the first exposure (people
-    exposed by that day, their outcomes so far)."""
+    """The primary metric's mSPRT path: one look per day from the first exposure until the
+    last attribution window closes (or ``as_of``), each with the people exposed by then and
+    their outcomes up to then — what someone looking that day saw."""
     metric = experiment.primary_metric
     if metric in RATIOS:
         metric = "revenue_per_user"  # the path of its numerator: a mean per person
-    exposed_at = pd.to_datetime(frame["exposed_at"], utc=True)
-    first = exposed_at.min().floor("D")
-    days = pd.date_range(first + pd.Timedelta(days=1), pd.Timestamp(as_of).ceil("D"), freq="D")
+    exposed_at = pd.to_datetime(people["exposed_at"], utc=True)
+    event_time = pd.to_datetime(events["timestamp"], utc=True)
+    window = pd.Timedelta(days=experiment.attribution_window_days)
+    end = min(pd.Timestamp(as_of), exposed_at.max() + window).ceil("D")
+    days = pd.date_range(exposed_at.min().floor("D") + pd.Timedelta(days=1), end, freq="D")
     if len(days) > MAX_LOOKS:
         days = days[np.linspace(0, len(days) - 1, MAX_LOOKS).round().astype(int)]
     rows = []
     for day in days:
-        seen = frame[exposed_at < day]
+        seen = _per_person(people[exposed_at < day], events[event_time < day], conversion)
         c = seen[seen["variant"] == control]
         t = seen[seen["variant"] == variant]
         if len(c) < 2 or len(t) < 2:

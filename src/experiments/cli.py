@@ -138,7 +138,8 @@ def _decide(verb: str, key: str | None, every: bool, file: Path | None, actor: s
     for experiment in _chosen(experiments, key, every):
         step = rollout.ramp if verb == "ramp" else rollout.check
         try:
-            decision = step(experiment, ledger, lake, settings.serving_dataset, actor=who)
+            dataset = experiment.dataset or settings.serving_dataset
+            decision = step(experiment, ledger, lake, dataset, actor=who)
         except rollout.RolloutError as error:
             if every:
                 errors.print(f"{experiment.key}: skipped: {escape(str(error))}")
@@ -236,8 +237,6 @@ def experiment_analyze(
 ) -> None:
     """Results per metric (lift, interval, p-value, chance to win), the sequential boundary,
     the sample-ratio check and the segment breakdown, as a self-contained HTML report."""
-    from dataclasses import asdict
-
     from bespoke.experiments.analysis import AnalysisError, analyze
     from bespoke.experiments.report import render_html
 
@@ -252,11 +251,12 @@ def experiment_analyze(
         moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     ledger.flush(lake)
     try:
-        analysis = analyze(lake, experiment, settings.serving_dataset, as_of=moment)
+        dataset = experiment.dataset or settings.serving_dataset
+        analysis = analyze(lake, experiment, dataset, as_of=moment)
     except AnalysisError as error:
         raise _fail(str(error)) from None
     state = ledger.state(key)
-    page = render_html(analysis, state=asdict(state) if state else None, audit=ledger.audit(key))
+    page = render_html(analysis, state=state, audit=ledger.audit(key))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page)
     if json_out is not None:

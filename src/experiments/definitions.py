@@ -38,6 +38,7 @@ from pydantic import (
     model_validator,
 )
 
+from bespoke.features.schema import DatasetName
 from bespoke.serving.rules import ConditionError, compile_condition
 
 #: What an experiment can be judged on (the analysis computes each from the lake).
@@ -95,6 +96,9 @@ class Namespace(_Model):
 class Experiment(_Model):
     key: Key
     hypothesis: str = Field(min_length=1)
+    dataset: DatasetName | None = Field(
+        default=None, description="The dataset it runs on (default: the one served)."
+    )
     variants: list[Variant] = Field(min_length=2, max_length=20)
     targeting: dict[str, Any] = Field(default_factory=dict)
     coverage: float = Field(default=1.0, ge=0, le=1)

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from bespoke.experiments.analysis import Analysis
+from bespoke.experiments.ledger import State
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;
@@ -104,7 +105,7 @@ def _sequential_figure(analysis: Analysis) -> str:
 def render_html(
     analysis: Analysis,
     *,
-    state: dict[str, Any] | None = None,
+    state: State | None = None,
     audit: list[dict[str, Any]] | None = None,
     generated_at: datetime | None = None,
 ) -> str:
@@ -138,8 +139,8 @@ def render_html(
          esc(str(e.get("reason") or ""))]
         for e in (audit or [])
     ]  # fmt: skip
-    status = (state or {}).get("status", "running")
-    coverage = (state or {}).get("coverage", experiment.coverage)
+    status = state.status if state is not None else "running"
+    coverage = state.coverage if state is not None else experiment.coverage
     sections = [
         f"<h1>Experiment {esc(experiment.key)}</h1>",
         f'<p class="meta">dataset {esc(analysis.dataset)} · as of {analysis.as_of:%Y-%m-%d %H:%M} '

@@ -204,7 +204,8 @@ class Experimenter:
         self._compiled: dict[int, Any] = {}
 
     def experiments(self) -> list[Experiment]:
-        return self._experiments()
+        """The experiments of this dataset (those naming another one are not served here)."""
+        return [e for e in self._experiments() if e.dataset in (None, self.dataset)]
 
     def config_version(self) -> tuple[Any, ...]:
         """What assignments depend on besides the person: the definitions loaded and the

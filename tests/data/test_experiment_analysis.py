@@ -51,8 +51,8 @@ def lake(cdnow_lake, tmp_path: Path) -> Lake:
 
 @pytest.fixture
 def customers(lake: Lake) -> pd.DataFrame:
-    """Every CDNOW customer with a purchase before the start, exposed at a real time: their
-    first purchase on or after 1997-03-01 (at the start when none)."""
+    """Every CDNOW customer who bought before 1997-04-01, exposed on 1997-03-01 (or at their
+    first purchase, when that came later in March)."""
     return (
         lake.connect()
         .execute(
@@ -128,6 +128,15 @@ def test_analysis_equals_the_statistics_engine_on_independent_outcomes(
     path = result.sequential["treatment"]
     assert (np.diff(path["p_value"].to_numpy()) <= 1e-12).all()
     assert path["people"].iloc[-1] == len(customers)
+    # each look saw only what had happened by its day: the last (after every window closed)
+    # equals the final comparison, an earlier one differs
+    assert path["difference"].iloc[-1] == pytest.approx(conversion.comparison.difference, abs=1e-12)
+    assert pd.Timestamp(path["day"].iloc[-1]) <= pd.Timestamp(
+        customers["exposed_at"].max()
+    ) + pd.Timedelta(days=61)
+    middle = path.iloc[len(path) // 2]
+    assert middle["people"] == len(customers)  # everyone was exposed by 1997-03-01
+    assert middle["difference"] != pytest.approx(conversion.comparison.difference, abs=1e-9)
     assert set(result.segments["variant"]) == {"control", "treatment"}
     assert result.as_dict()["results"][0]["metric"] == "conversion"
 
