@@ -1,0 +1,380 @@
+"""The one registry of every store that holds person data (PostHog keeps one too).
+
+Each :class:`PersonStore` declares what it covers (tables, files), and how it exports,
+deletes and verifies one person's data. A deletion, an export or a verification walks
+:func:`registry` — nothing else — so a store that is not registered is a store a deletion
+would miss: ``tests/code/test_privacy_registry.py`` fails when any table of the online
+store's database, the vault or the lake holds person data without a handler.
+
+Stores here:
+
+- **online** (the online store's SQLite file, shared with the experiment ledger and the
+  webhook outbox): every table with a person column, matched by the person's identifiers;
+  deletion runs with ``secure_delete`` (freed pages are zeroed), then the write-ahead log
+  is checkpointed and truncated and the file vacuumed, so no old copy of a row stays on
+  disk; verification counts rows and scans the bytes of the file and its log.
+- **lake**: every lake table with a person column; deletion rewrites each Parquet file that
+  holds the person's rows without them, atomically (a new file renamed over the old), so
+  a reader sees the old file or the new one, never a half-written one.
+- **vault**: the person's data keys are destroyed (crypto-shredding) and ciphertexts
+  dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bespoke.features.lake import TMP_SUFFIX, Lake
+from bespoke.features.schema import TABLES
+from bespoke.privacy.subjects import ANONYMOUS, USER, Subject
+from bespoke.serving.db import Database
+
+#: Identifiers shorter than this are not searched for as raw bytes (``"7"`` is in every
+#: file); the row-level checks cover them.
+MIN_SCANNED_LENGTH = 6
+
+
+class PersonStore(Protocol):
+    """A place that holds person data, and how to export, delete and verify it."""
+
+    name: str
+
+    def covers(self) -> set[str]:
+        """What it answers for: ``<store>:<table>`` names (the completeness test's unit)."""
+        ...
+
+    def export(self, subject: Subject) -> dict[str, list[dict[str, Any]]]: ...
+
+    def delete(self, subject: Subject) -> dict[str, int]:
+        """Erase the person; returns rows (or keys) removed per table."""
+        ...
+
+    def verify(self, subject: Subject) -> dict[str, int]:
+        """Traces of the person left, per table (and ``bytes:<file>``); all 0 after a
+        deletion."""
+        ...
+
+
+# --- the online store's SQLite file -------------------------------------------------------
+
+#: A column that names the person, by what it holds: a user id, an anonymous id, any
+#: identifier value (``subject``), an identifier type's values, or JSON with a user id.
+_ANY = "any"
+_JSON_USER = "json:user_id"
+
+#: Every table of the online store's file that holds person data, and its person columns.
+ONLINE_TABLES: dict[str, dict[str, str]] = {
+    "inbox": {"user_id": USER, "anonymous_id": ANONYMOUS, "subject": _ANY, "email_hash": "email",
+              "phone_hash": "phone", "device_id": "device_id", "crm_id": "crm_id"},
+    "profile_events": {"subject": _ANY},
+    "profiles": {"subject": _ANY},
+    "last_events": {"subject": _ANY},
+    "aliases": {"anonymous_id": ANONYMOUS, "user_id": USER},
+    "refused_aliases": {"anonymous_id": ANONYMOUS, "user_id": USER},
+    "person_identifiers": {"user_id": USER, "identifier": _ANY},
+    "person_scores": {"user_id": USER},
+    "person_counters": {"user_id": USER},
+    "attributes": {"user_id": USER},
+    "segment_changes": {"user_id": USER},
+    "outbox": {"payload": _JSON_USER},
+    "exposures": {"person": _ANY},
+}  # fmt: skip
+#: Tables of the same file that hold no person data, and why.
+ONLINE_NOT_PERSONAL: dict[str, str] = {
+    "flushed": "per-dataset watermarks of the inbox",
+    "api_keys": "API keys of applications (names and hashes), not of people",
+    "experiment_state": "each experiment's coverage and status",
+    "experiment_audit": "changes of experiments' state by operators, with aggregate evidence",
+    "experiment_errors": "failed answers counted per experiment and variant",
+    "sqlite_sequence": "SQLite's own counters",
+}
+
+
+def _values(subject: Subject, kind: str) -> list[str]:
+    if kind == _ANY:
+        return sorted(subject.ids)
+    if kind == _JSON_USER:
+        return sorted(subject.user_ids)
+    return sorted(subject.values_of(kind))
+
+
+def _where(columns: Mapping[str, str], subject: Subject) -> tuple[str, list[Any]]:
+    """A SQL condition matching the person's rows (``0`` when they have no such id)."""
+    parts, args = [], []
+    for column, kind in columns.items():
+        values = _values(subject, kind)
+        if not values:
+            continue
+        marks = ",".join("?" * len(values))
+        target = f"json_extract({column}, '$.user_id')" if kind == _JSON_USER else column
+        parts.append(f"{target} IN ({marks})")
+        args += values
+    return (" OR ".join(parts) or "0"), args
+
+
+def _dataset(con: Any, table: str) -> str:
+    columns = {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
+    return "dataset = ? AND " if "dataset" in columns else ""
+
+
+def scan_bytes(paths: Iterable[Path], needles: Iterable[str]) -> dict[str, int]:
+    """How many times each file holds any of ``needles`` (UTF-8 bytes), per file."""
+    wanted = [n.encode() for n in needles if len(n) >= MIN_SCANNED_LENGTH]
+    found = {}
+    for path in paths:
+        if not path.exists():
+            continue
+        data = path.read_bytes()
+        found[f"bytes:{path.name}"] = sum(data.count(n) for n in wanted)
+    return found
+
+
+@dataclass
+class OnlineStore:
+    """The online store's SQLite file (profiles, inbox, ledger, outbox)."""
+
+    database: Database
+    name: str = "online"
+
+    def _tables(self, con: Any) -> set[str]:
+        return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+    def covers(self) -> set[str]:
+        return {f"{self.name}:{t}" for t in ONLINE_TABLES}
+
+    def export(self, subject: Subject) -> dict[str, list[dict[str, Any]]]:
+        out = {}
+        with self.database.read() as con:
+            present = self._tables(con)
+            for table, columns in ONLINE_TABLES.items():
+                if table not in present:
+                    continue
+                where, args = _where(columns, subject)
+                scope = _dataset(con, table)
+                cursor = con.execute(
+                    f"SELECT * FROM {table} WHERE {scope}({where})",
+                    [subject.dataset] * bool(scope) + args,
+                )
+                names = [d[0] for d in cursor.description]
+                rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+                if rows:
+                    out[table] = rows
+        return out
+
+    def delete(self, subject: Subject) -> dict[str, int]:
+        removed = {}
+        con = self.database.connection()
+        con.execute("PRAGMA secure_delete = ON")  # freed pages are overwritten with zeros
+        with self.database.write() as con:
+            present = self._tables(con)
+            for table, columns in ONLINE_TABLES.items():
+                if table not in present:
+                    continue
+                where, args = _where(columns, subject)
+                scope = _dataset(con, table)
+                removed[table] = con.execute(
+                    f"DELETE FROM {table} WHERE {scope}({where})",
+                    [subject.dataset] * bool(scope) + args,
+                ).rowcount
+        # no old copy of a row may stay in the log or in free pages
+        self.database.checkpoint()
+        self.database.connection().execute("VACUUM")
+        self.database.checkpoint()
+        return removed
+
+    def verify(self, subject: Subject) -> dict[str, int]:
+        traces = {}
+        with self.database.read() as con:
+            present = self._tables(con)
+            for table, columns in ONLINE_TABLES.items():
+                if table not in present:
+                    continue
+                where, args = _where(columns, subject)
+                scope = _dataset(con, table)
+                traces[table] = con.execute(
+                    f"SELECT count(*) FROM {table} WHERE {scope}({where})",
+                    [subject.dataset] * bool(scope) + args,
+                ).fetchone()[0]
+        path = self.database.path
+        files = [path, path.with_name(path.name + "-wal")]
+        traces.update(scan_bytes(files, subject.ids))
+        return traces
+
+
+# --- the lake -------------------------------------------------------------------------------
+
+#: Every lake table that holds person data: a DuckDB condition over a row, given the lists
+#: ``$users``, ``$anons``, ``$typed`` (``type:value``), ``$persons`` and ``$ids``.
+LAKE_TABLES: dict[str, str] = {
+    "events": "user_id IN (SELECT unnest($users)) OR anonymous_id IN (SELECT unnest($anons)) "
+              "OR email_hash IN (SELECT unnest($ids)) OR phone_hash IN (SELECT unnest($ids)) "
+              "OR device_id IN (SELECT unnest($ids)) OR crm_id IN (SELECT unnest($ids))",
+    "users": "user_id IN (SELECT unnest($users))",
+    "quarantine": "json_extract_string(record, '$.user_id') IN (SELECT unnest($users)) "
+                  "OR json_extract_string(record, '$.anonymous_id') IN (SELECT unnest($anons))",
+    "identity_graph": "person_id IN (SELECT unnest($persons)) "
+                      "OR identifier_type || ':' || identifier IN (SELECT unnest($typed))",
+    "identity_links": "person_id IN (SELECT unnest($persons)) "
+                      "OR left_type || ':' || left_id IN (SELECT unnest($typed)) "
+                      "OR right_type || ':' || right_id IN (SELECT unnest($typed))",
+    "segments": "person IN (SELECT unnest($users)) OR person IN (SELECT unnest($persons))",
+    "exposures": "(NOT anonymous AND person IN (SELECT unnest($users))) "
+                 "OR (anonymous AND person IN (SELECT unnest($anons)))",
+}  # fmt: skip
+#: Lake tables without person data, and why.
+LAKE_NOT_PERSONAL: dict[str, str] = {"items": "the catalog"}
+
+
+def _parameters(subject: Subject, table: str) -> dict[str, list[str]]:
+    """The lists ``LAKE_TABLES[table]`` uses (DuckDB refuses parameters a query lacks)."""
+    lists = {
+        "users": sorted(subject.user_ids),
+        "anons": sorted(subject.anonymous_ids),
+        "typed": sorted(subject.typed),
+        "persons": sorted(subject.person_ids),
+        "ids": sorted(subject.ids),
+    }
+    return {name: values for name, values in lists.items() if f"${name}" in LAKE_TABLES[table]}
+
+
+@dataclass
+class LakeStore:
+    """The lake's tables (Parquet files on a local folder)."""
+
+    lake: Lake
+    name: str = "lake"
+
+    def covers(self) -> set[str]:
+        return {f"{self.name}:{t}" for t in LAKE_TABLES}
+
+    def _query(self, table: str, select: str, subject: Subject, group: str = "") -> Any:
+        """``SELECT select`` over the person's rows of ``table`` (None: it has no files)."""
+        files = self.lake.files(table, subject.dataset)
+        if not files:
+            return None
+        con = self.lake.connect()
+        source = f"read_parquet({files!r}, filename = true, union_by_name = true, hive_partitioning = false)"
+        return con.execute(
+            f"SELECT {select} FROM {source} WHERE dataset = $dataset AND ({LAKE_TABLES[table]}) "
+            f"{group}",
+            {"dataset": subject.dataset, **_parameters(subject, table)},
+        )
+
+    def export(self, subject: Subject) -> dict[str, list[dict[str, Any]]]:
+        out = {}
+        for table in LAKE_TABLES:
+            result = self._query(table, "* EXCLUDE (filename)", subject)
+            if result is None:
+                continue
+            rows = result.to_arrow_table().to_pylist()
+            if rows:
+                out[table] = rows
+        return out
+
+    def delete(self, subject: Subject) -> dict[str, int]:
+        removed = {}
+        for table in LAKE_TABLES:
+            result = self._query(table, "filename, count(*)", subject, group="GROUP BY filename")
+            if result is None:
+                continue
+            counts = dict(result.fetchall())
+            removed[table] = sum(counts.values())
+            for path in counts:
+                _rewrite_without(Path(path), table, subject, self.lake)
+        return removed
+
+    def verify(self, subject: Subject) -> dict[str, int]:
+        traces = {}
+        for table in LAKE_TABLES:
+            result = self._query(table, "count(*)", subject)
+            traces[table] = 0 if result is None else result.fetchone()[0]
+        return traces
+
+
+def _rewrite_without(path: Path, table: str, subject: Subject, lake: Lake) -> None:
+    """Write ``path`` again without the person's rows: a new file, then renamed over it."""
+    con = lake.connect()
+    keep = con.execute(
+        f"SELECT * FROM read_parquet('{path}', hive_partitioning = false) "
+        # NULL ids make the condition NULL, not false: such rows are someone else's
+        f"WHERE NOT coalesce(dataset = $dataset AND ({LAKE_TABLES[table]}), false)",
+        {"dataset": subject.dataset, **_parameters(subject, table)},
+    ).to_arrow_table()
+    schema = TABLES[table][1]
+    keep = keep.select([n for n in schema.names if n in keep.column_names])
+    temporary = path.with_name(path.name + TMP_SUFFIX)
+    pq.write_table(keep.cast(pa.schema([schema.field(n) for n in keep.column_names])), temporary)
+    with open(temporary, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+# --- the vault -----------------------------------------------------------------------------
+
+
+@dataclass
+class VaultStore:
+    """The PII vault: raw values, encrypted under one key per person."""
+
+    vault: Any  # bespoke.identity.vault.Vault
+    name: str = "vault"
+
+    def covers(self) -> set[str]:
+        return {
+            f"{self.name}:records",
+            f"{self.name}:subject_identifiers",
+            f"{self.name}:data_keys",
+        }
+
+    def _subjects(self, subject: Subject) -> list[str]:
+        return self.vault.subjects_of(sorted(subject.typed))
+
+    def export(self, subject: Subject) -> dict[str, list[dict[str, Any]]]:
+        records = []
+        for owner in self._subjects(subject):
+            for record_id, values in self.vault.get(owner).items():
+                records.append({"record_id": record_id, **values})
+        return {"records": records} if records else {}
+
+    def delete(self, subject: Subject) -> dict[str, int]:
+        return {"data_keys": sum(self.vault.destroy(owner) for owner in self._subjects(subject))}
+
+    def verify(self, subject: Subject) -> dict[str, int]:
+        return {"subject_identifiers": len(self._subjects(subject))}
+
+
+def registry(*, online: Database | None, lake: Lake | None, vault: Any | None) -> list[PersonStore]:
+    """Every store holding person data that this installation has."""
+    stores: list[PersonStore] = []
+    if online is not None:
+        stores.append(OnlineStore(online))
+    if lake is not None:
+        stores.append(LakeStore(lake))
+    if vault is not None:
+        stores.append(VaultStore(vault))
+    return stores
+
+
+def export_subject(subject: Subject, stores: Iterable[PersonStore]) -> dict[str, Any]:
+    """Everything held about the person (the right of access), from every store."""
+    return {
+        "subject": subject.as_dict(),
+        "stores": {store.name: store.export(subject) for store in stores},
+    }
+
+
+def as_json(document: Mapping[str, Any]) -> str:
+    return json.dumps(document, indent=2, default=str, sort_keys=True)

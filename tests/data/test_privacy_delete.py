@@ -1,0 +1,95 @@
+"""One real person erased from every registered store, and nobody else touched: ML-100K
+user 1 through batch ingestion (the lake), live events with a browser id that a login
+linked (the online store), an experiment (exposures in the ledger and the lake); then
+export, delete, verify zero traces (rows, and bytes on disk with the log), and checksums
+of every other person's rows unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bespoke.experiments.ledger import ExperimentLedger, Exposure
+from bespoke.features.lake import Lake
+from bespoke.features.schema import EventIn
+from bespoke.privacy.stores import ONLINE_TABLES, export_subject, registry
+from bespoke.privacy.subjects import resolve
+from bespoke.serving.store import SQLiteStore
+
+BROWSER = "browser-of-user-one-7f3a"
+
+
+def _event(user: str | None, anonymous: str | None, item: str, day: int) -> EventIn:
+    return EventIn.model_validate({
+        "user_id": user, "anonymous_id": anonymous, "event_type": "click", "item_id": item,
+        "consent": ["personalization"], "timestamp": datetime(1998, 5, day, tzinfo=UTC).isoformat(),
+    })  # fmt: skip
+
+
+def _checksums(lake: Lake, store: SQLiteStore, gone: set[str]) -> dict[str, str]:
+    """A digest of everyone else's rows, per lake table and online table."""
+    con = lake.connect()
+    out = {}
+    for table, where in (("events", "user_id"), ("users", "user_id"), ("exposures", "person")):
+        rows = con.execute(
+            f"SELECT * EXCLUDE (run_id) FROM {table} WHERE {where} NOT IN (SELECT unnest(?)) ORDER BY ALL",
+            [sorted(gone)],
+        ).fetchall()
+        out[f"lake:{table}"] = hashlib.sha256(repr(rows).encode()).hexdigest()
+    with store.database().read() as db:
+        for table in ONLINE_TABLES:
+            rows = sorted(map(repr, db.execute(f"SELECT * FROM {table}").fetchall()))
+            kept = [r for r in rows if not any(f"'{g}'" in r for g in gone)]
+            out[f"online:{table}"] = hashlib.sha256(repr(kept).encode()).hexdigest()
+    return out
+
+
+def test_a_person_is_erased_everywhere_and_nobody_else_changes(
+    ml100k_lake, tmp_path: Path, key: bytes
+) -> None:
+    source, _ = ml100k_lake
+    shutil.copytree(source.path(), tmp_path / "lake")
+    lake = Lake(str(tmp_path / "lake"))
+    store = SQLiteStore(f"sqlite:///{tmp_path / 'online.db'}", key)
+    # browsing before logging in, then the login links the browser to user 1
+    store.accept_events(
+        [_event(None, BROWSER, "50", 1), _event(None, BROWSER, "172", 1)], "ml-100k"
+    )
+    store.accept_events([_event("1", BROWSER, "181", 2), _event("2", None, "50", 2)], "ml-100k")
+    ledger = ExperimentLedger(store.database())
+    ledger.record([
+        Exposure("ml-100k", "ranker-on", person, False, "control", 0, 2, False,
+                 datetime(1998, 5, 1, tzinfo=UTC))
+        for person in ("1", "2", "3")
+    ])  # fmt: skip
+    ledger.flush(lake)
+    subject = resolve("ml-100k", lake=lake, online=store.database(), key=key, user_id="1")
+    assert subject.user_ids == {"1"} and subject.anonymous_ids == {BROWSER}
+    stores = registry(online=store.database(), lake=lake, vault=None)
+
+    exported = export_subject(subject, stores)
+    assert len(exported["stores"]["lake"]["events"]) == 272  # user 1's ratings in ML-100K
+    assert exported["stores"]["lake"]["users"][0]["user_id"] == "1"
+    assert len(exported["stores"]["online"]["inbox"]) == 3  # two before login, one after
+    assert exported["stores"]["online"]["exposures"][0]["person"] == "1"
+
+    before = _checksums(lake, store, {"1", BROWSER})
+    assert any(n for s in stores for n in s.verify(subject).values())
+    removed = {s.name: s.delete(subject) for s in stores}
+    assert removed["lake"]["events"] == 272 and removed["lake"]["exposures"] == 1
+    assert removed["online"]["inbox"] == 3 and removed["online"]["aliases"] == 1
+    traces = {s.name: s.verify(subject) for s in stores}
+    assert all(n == 0 for found in traces.values() for n in found.values()), traces
+    assert "bytes:online.db" in traces["online"]  # the file and its log were scanned
+    assert _checksums(lake, store, {"1", BROWSER}) == before
+    assert lake.check().healthy
+    # the service's reads agree: nothing left of them, everyone else intact
+    assert not store.profile("1", "ml-100k").known
+    assert not store.profile(BROWSER, "ml-100k", anonymous=True).known
+    assert store.profile("2", "ml-100k").known
+    # a second deletion finds nothing and changes nothing
+    again = {s.name: s.delete(subject) for s in stores}
+    assert all(n == 0 for found in again.values() for n in found.values())
+    assert _checksums(lake, store, {"1", BROWSER}) == before
