@@ -95,6 +95,8 @@ ONLINE_NOT_PERSONAL: dict[str, str] = {
     "experiment_audit": "changes of experiments' state by operators, with aggregate evidence",
     "experiment_errors": "failed answers counted per experiment and variant",
     "sqlite_sequence": "SQLite's own counters",
+    "privacy_requests": "deletion requests: keyed pseudonyms and per-store outcomes (the "
+    "identifiers a running one needs wait outside this file)",
 }
 
 

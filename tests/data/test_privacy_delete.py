@@ -7,6 +7,7 @@ of every other person's rows unchanged."""
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -93,3 +94,49 @@ def test_a_person_is_erased_everywhere_and_nobody_else_changes(
     again = {s.name: s.delete(subject) for s in stores}
     assert all(n == 0 for found in again.values() for n in found.values())
     assert _checksums(lake, store, {"1", BROWSER}) == before
+
+
+def test_a_deletion_request_is_recorded_resumes_after_a_failure_and_refuses_a_second_one(
+    ml100k_lake, tmp_path: Path, key: bytes
+) -> None:
+    import fcntl
+
+    import pytest
+
+    from bespoke.privacy.requests import DeletionBusy, Deletions
+
+    source, _ = ml100k_lake
+    shutil.copytree(source.path(), tmp_path / "lake")
+    lake = Lake(str(tmp_path / "lake"))
+    store = SQLiteStore(f"sqlite:///{tmp_path / 'online.db'}", key)
+    store.accept_events([_event("5", BROWSER, "50", 1)], "ml-100k")
+    subject = resolve("ml-100k", lake=lake, online=store.database(), key=key, user_id="5")
+    stores = registry(online=store.database(), lake=lake, vault=None)
+    deletions = Deletions(store.database(), key)
+    # one of their lake files is damaged: the online store is erased, the lake is not
+    (damaged, *_) = lake.files_holding("ml-100k", "5")
+    kept = tmp_path / "kept.parquet"
+    shutil.copy(damaged, kept)
+    Path(damaged).write_bytes(b"not parquet")
+    first = deletions.delete(subject, stores, named="user_id:5")
+    assert first.status == "partial"
+    assert first.results["online"]["verified"] and not first.results["lake"]["verified"]
+    assert "error" in first.results["lake"]
+    shutil.copy(kept, damaged)  # repaired (e.g. from a backup), the request is finished
+    (finished,) = deletions.resume(stores)
+    assert (finished.id, finished.status) == (first.id, "done")
+    assert all(n == 0 for s in stores for n in s.verify(subject).values())
+    # the identifiers waited outside the store, and are gone once done
+    assert not list((tmp_path / "online.db.privacy").glob("*"))
+    with store.database().read() as con:
+        (row,) = con.execute("SELECT target, pseudonyms FROM privacy_requests").fetchall()
+    assert "5" not in json.loads(row[1]) and BROWSER not in row[1]
+    # while one deletion holds the lock, another is refused and changes nothing
+    lock = (tmp_path / "online.db.privacy.lock").open("w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(DeletionBusy, match="another deletion is running"):
+            deletions.delete(subject, stores, named="user_id:5")
+    finally:
+        lock.close()
+    assert len(deletions.list()) == 1
