@@ -140,3 +140,51 @@ def test_a_deletion_request_is_recorded_resumes_after_a_failure_and_refuses_a_se
     finally:
         lock.close()
     assert len(deletions.list()) == 1
+
+
+def test_the_privacy_commands_export_delete_verify_and_refuse_bad_input(
+    ml100k_lake, isolated_settings: Path, monkeypatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from bespoke.cli import app
+    from bespoke.serving.store import open_store
+    from bespoke.settings import get_settings
+
+    source, _ = ml100k_lake
+    shutil.copytree(source.path(), isolated_settings / "lake")
+    monkeypatch.setenv("BESPOKE_HMAC_KEY", "k" * 32)
+    get_settings.cache_clear()
+    open_store(get_settings()).accept_events(
+        [_event(None, BROWSER, "50", 1), _event("9", BROWSER, "181", 2)], "ml-100k"
+    )
+    runner = CliRunner()
+
+    def run(*args: str) -> tuple[int, str]:
+        result = runner.invoke(app, ["privacy", *args])
+        return result.exit_code, result.output
+
+    out = isolated_settings / "export.json"
+    code, text = run("export", "--anonymous-id", BROWSER, "--out", str(out))
+    assert code == 0, text
+    exported = json.loads(out.read_text())
+    assert exported["subject"]["user_ids"] == ["9"]  # the browser's login found the user
+    assert len(exported["stores"]["lake"]["events"]) == 22  # user 9's ML-100K ratings
+    code, text = run("verify", "--user-id", "9")
+    assert code == 2 and "traces of" in text
+    code, text = run("delete", "--user-id", "9")
+    assert code == 0 and ": done" in text, text
+    code, text = run("verify", "--user-id", "9")
+    assert code == 0 and "0 traces" in text
+    code, text = run("requests")
+    assert (
+        code == 0 and ": done" in text and "lake: 23 removed, 0 traces" in text
+    )  # 22 events, 1 user
+    for args, message in [
+        (("delete", "--user-id", "9"), "no data is held about this person"),
+        (("delete",), "name the person by exactly one of"),
+        (("verify", "--user-id", "1", "--email", "a@b.c"), "exactly one of"),
+        (("export", "--user-id", "9", "--out", str(out)), "no data is held"),
+    ]:
+        code, text = run(*args)
+        assert code == 1 and message in text, text
