@@ -67,12 +67,13 @@ app.add_typer(webhooks_app, name="webhooks")
 from bespoke.experiments.cli import experiment_app  # noqa: E402
 from bespoke.monitoring import drift_cli, kpi_cli, quality_cli  # noqa: E402, F401
 from bespoke.monitoring.apps import monitor_app, report_app  # noqa: E402
-from bespoke.privacy.cli import privacy_app  # noqa: E402
+from bespoke.privacy.cli import audit_app, privacy_app  # noqa: E402
 
 app.add_typer(monitor_app, name="monitor")
 app.add_typer(report_app, name="report")
 app.add_typer(experiment_app, name="experiment")
 app.add_typer(privacy_app, name="privacy")
+app.add_typer(audit_app, name="audit")
 app.command("retrain")(quality_cli.retrain_command)
 
 console = Console()
@@ -1046,10 +1047,14 @@ def events_flush(
 
 
 def _keys() -> Any:
+    import getpass
+
+    from bespoke.privacy.audit import audit_log
     from bespoke.serving.keys import ApiKeys
     from bespoke.settings import get_settings
 
-    return ApiKeys(get_settings().online_store_url)
+    settings = get_settings()
+    return ApiKeys(settings.online_store_url, audit=audit_log(settings), actor=getpass.getuser())
 
 
 KeyNameOption = Annotated[str, typer.Option("--name", help="The key's name, e.g. the caller's.")]

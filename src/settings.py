@@ -209,6 +209,12 @@ class Settings(BaseSettings):
         return self.home / "vault"
 
     @property
+    def audit_file(self) -> Path:
+        """The hash-chained audit log (see ``bespoke.privacy.audit``); its head beside it."""
+        assert self.home is not None
+        return self.home / "audit" / "audit.jsonl"
+
+    @property
     def vault_key_file(self) -> Path:
         """The vault's master key, created on first use; kept apart from the vault."""
         return self.secrets_dir / "vault.key"

@@ -47,6 +47,7 @@ def _context(file: Path | None) -> tuple[Any, list[Any], Any, Any]:
     from bespoke.experiments.definitions import ExperimentError, load_experiments
     from bespoke.experiments.ledger import ExperimentLedger
     from bespoke.features.lake import Lake
+    from bespoke.privacy.audit import audit_log
     from bespoke.serving.store import open_store
     from bespoke.settings import get_settings
 
@@ -58,7 +59,7 @@ def _context(file: Path | None) -> tuple[Any, list[Any], Any, Any]:
         experiments = load_experiments(path)
     except ExperimentError as error:
         raise _fail(str(error)) from None
-    ledger = ExperimentLedger(open_store(settings).database())
+    ledger = ExperimentLedger(open_store(settings).database(), audit=audit_log(settings))
     return settings, experiments, ledger, Lake(settings.lake_url)
 
 

@@ -30,6 +30,7 @@ import pyarrow as pa
 
 from bespoke.features.lake import Lake
 from bespoke.features.schema import EXPOSURE_SCHEMA
+from bespoke.privacy.audit import AuditLog
 from bespoke.serving.db import Database
 
 Status = Literal["running", "halted", "stopped"]
@@ -109,8 +110,10 @@ def exposure_id(dataset: str, experiment: str, person: str, anonymous: bool) -> 
 class ExperimentLedger:
     """Experiment state, audit trail and exposures in ``database`` (the online store's)."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, *, audit: AuditLog | None = None) -> None:
         self.database = database
+        #: The installation's audit log: every change of state is recorded there too.
+        self.audit_log = audit
 
     def _ready(self) -> Database:
         self.database.ensure("experiments", _SCHEMA)
@@ -157,6 +160,10 @@ class ExperimentLedger:
                 "VALUES (?, ?, ?, ?, ?)",
                 (at, experiment, action, actor, json.dumps(record, default=str, sort_keys=True)),
             )
+        if self.audit_log is not None:
+            self.audit_log.append(f"experiment.{action}", actor=actor, detail={
+                "experiment": experiment, "coverage": coverage, "status": status,
+                "reason": reason})  # fmt: skip
         return State(experiment, coverage, status, reason, at)
 
     def audit(self, experiment: str | None = None) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ deletion ended partial, 4 another deletion is running (nothing changed)."""
 
 from __future__ import annotations
 
+import getpass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from bespoke.privacy.audit import audit_log, person_pseudonym
 
 privacy_app = typer.Typer(
     help="A person's data: export it, erase it everywhere, prove nothing is left.",
@@ -84,11 +87,17 @@ def privacy_export(
 ) -> None:
     """Everything held about a person, from every store, as JSON (the right of access)."""
     from bespoke.privacy.stores import as_json, export_subject
+    from bespoke.settings import get_settings
 
-    subject, stores, _ = _person(dataset, user_id, anonymous_id, email)
+    subject, stores, named = _person(dataset, user_id, anonymous_id, email)
     document = export_subject(subject, stores)
     if not any(document["stores"].values()):
         raise _fail("no data is held about this person")
+    settings = get_settings()
+    audit_log(settings).append(
+        "export", actor=getpass.getuser(),
+        person=person_pseudonym(settings.pseudonym_key(), subject.dataset, named),
+    )  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(as_json(document))
     counts = {name: sum(map(len, tables.values())) for name, tables in document["stores"].items()}
@@ -133,7 +142,8 @@ def privacy_delete(
     if not any(n for places in _traces(subject, stores).values() for n in places.values()):
         raise _fail("no data is held about this person")
     settings = get_settings()
-    deletions = Deletions(open_store(settings).database(), settings.pseudonym_key())
+    deletions = Deletions(open_store(settings).database(), settings.pseudonym_key(),
+                          audit=audit_log(settings), actor=getpass.getuser())  # fmt: skip
     try:
         request = deletions.delete(subject, stores, named=named)
     except DeletionBusy as error:
@@ -172,8 +182,10 @@ def privacy_resume() -> None:
     online = open_store(settings).database()
     stores = registry(online=online, lake=Lake(settings.lake_url),
                       vault=Vault.from_settings(settings))  # fmt: skip
+    deletions = Deletions(online, settings.pseudonym_key(), audit=audit_log(settings),
+                          actor=getpass.getuser())  # fmt: skip
     try:
-        finished = Deletions(online, settings.pseudonym_key()).resume(stores)
+        finished = deletions.resume(stores)
     except DeletionBusy as error:
         raise _fail(str(error), EXIT_BUSY) from None
     for request in finished:
@@ -193,3 +205,26 @@ def _print_request(request: Any) -> None:
             f"traces left: {outcome['traces']}" if outcome.get("traces") else "0 traces"
         )
         console.print(f"  {store}: {removed} removed, {escape(str(detail))}")
+
+
+audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Check the chain: exit 0 when whole, 2 naming the first entry edited, inserted or
+    removed."""
+    verdict = audit_log().verify()
+    if not verdict.ok:
+        raise _fail(f"the audit log is broken: {verdict.problem}", EXIT_PARTIAL)
+    console.print(f"the audit log is whole: {verdict.entries} entries")
+
+
+@audit_app.command("show")
+def audit_show(last: Annotated[int, typer.Option("--last", help="How many entries.")] = 20) -> None:
+    """The latest entries."""
+    table = Table("seq", "at", "action", "actor", "person", "detail", header_style="bold")
+    for entry in audit_log().entries()[-last:]:
+        table.add_row(str(entry["seq"]), entry["at"], entry["action"], entry["actor"],
+                      (entry["person"] or "")[:12], escape(str(entry["detail"]))[:80])  # fmt: skip
+    console.print(table)

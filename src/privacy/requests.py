@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bespoke.features.privacy import pseudonym
+from bespoke.privacy.audit import AuditLog, person_pseudonym
 from bespoke.privacy.stores import PersonStore
 from bespoke.privacy.subjects import Subject
 from bespoke.serving.db import Database
@@ -92,9 +93,14 @@ def _subject_of(text: str) -> Subject:
 class Deletions:
     """Deletion requests kept in the online store's file."""
 
-    def __init__(self, database: Database, key: bytes) -> None:
+    def __init__(
+        self, database: Database, key: bytes, *, audit: AuditLog | None = None, actor: str = ""
+    ) -> None:
         self.database = database
         self.key = key
+        #: Where each request's start and outcome are recorded (pseudonyms only).
+        self.audit = audit
+        self.actor = actor
 
     def _ready(self) -> Database:
         self.database.ensure("privacy_requests", _SCHEMA)
@@ -147,6 +153,10 @@ class Deletions:
                 request_id = uuid.uuid4().hex
                 now = _now()
                 self._keep_subject(request_id, subject)
+                if self.audit is not None:
+                    self.audit.append("deletion.received", actor=self.actor,
+                                      person=person_pseudonym(self.key, subject.dataset, named),
+                                      detail={"request": request_id})  # fmt: skip
                 with self._ready().write() as con:
                     con.execute(
                         "INSERT INTO privacy_requests VALUES (?, 'deletion', ?, ?, ?, "
@@ -203,6 +213,13 @@ class Deletions:
             self._update(request_id, "running", results)
         status: Status = "done" if all(r.get("verified") for r in results.values()) else "partial"
         self._update(request_id, status, results)
+        if self.audit is not None:
+            self.audit.append(f"deletion.{status}", actor=self.actor, detail={
+                "request": request_id,
+                "stores": {name: {"removed": sum((r.get("removed") or {}).values()),
+                                  "verified": bool(r.get("verified")), "error": r.get("error")}
+                           for name, r in results.items()},
+            })  # fmt: skip
         if status == "done":  # a partial one keeps them, for `resume` to finish it
             self._pending_file(request_id).unlink(missing_ok=True)
         found = self.get(request_id)

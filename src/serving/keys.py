@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from bespoke.privacy.audit import AuditLog
 from bespoke.serving.db import Database
 
 PREFIX = "bsk_"
@@ -63,8 +64,13 @@ class ApiKeys:
     """The API keys kept in a SQLite file (a ``sqlite:///`` URL, a path or a
     :class:`~bespoke.serving.db.Database`, e.g. the online store's ``db``)."""
 
-    def __init__(self, store: str | Path | Database) -> None:
+    def __init__(
+        self, store: str | Path | Database, *, audit: AuditLog | None = None, actor: str = ""
+    ) -> None:
         self._db = store if isinstance(store, Database) else Database(store)
+        #: Where creations and revocations are recorded (with ``actor``).
+        self.audit = audit
+        self.actor = actor
 
     def _database(self) -> Database:
         self._db.ensure("api-keys", _SCHEMA)
@@ -89,6 +95,8 @@ class ApiKeys:
                 "INSERT INTO api_keys (name, key_sha256, created_at) VALUES (?, ?, ?)",
                 (name, _hash(key), datetime.now(UTC).isoformat()),
             )
+        if self.audit is not None:
+            self.audit.append("api_key.created", actor=self.actor, detail={"name": name})
         return key
 
     def verify(self, key: str | None) -> KeyInfo | None:
@@ -119,6 +127,8 @@ class ApiKeys:
             ).fetchone()
         if row is None:
             raise KeyError(f"no API key named {name!r}")
+        if self.audit is not None:
+            self.audit.append("api_key.revoked", actor=self.actor, detail={"name": name})
         return _info(row)
 
     def list(self) -> list[KeyInfo]:
