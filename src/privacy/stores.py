@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -152,19 +152,26 @@ class OnlineStore:
     def covers(self) -> set[str]:
         return {f"{self.name}:{t}" for t in ONLINE_TABLES}
 
+    def _matching(self, con: Any, subject: Subject, verb: str) -> Iterator[tuple[str, Any]]:
+        """``verb FROM table WHERE <the person's rows>`` run on each present table."""
+        present = self._tables(con)
+        for table, columns in ONLINE_TABLES.items():
+            if table not in present:
+                continue
+            where, args = _where(columns, subject)
+            scope = _dataset(con, table)
+            yield (
+                table,
+                con.execute(
+                    f"{verb} FROM {table} WHERE {scope}({where})",
+                    [subject.dataset] * bool(scope) + args,
+                ),
+            )
+
     def export(self, subject: Subject) -> dict[str, list[dict[str, Any]]]:
         out = {}
         with self.database.read() as con:
-            present = self._tables(con)
-            for table, columns in ONLINE_TABLES.items():
-                if table not in present:
-                    continue
-                where, args = _where(columns, subject)
-                scope = _dataset(con, table)
-                cursor = con.execute(
-                    f"SELECT * FROM {table} WHERE {scope}({where})",
-                    [subject.dataset] * bool(scope) + args,
-                )
+            for table, cursor in self._matching(con, subject, "SELECT *"):
                 names = [d[0] for d in cursor.description]
                 rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
                 if rows:
@@ -172,20 +179,9 @@ class OnlineStore:
         return out
 
     def delete(self, subject: Subject) -> dict[str, int]:
-        removed = {}
-        con = self.database.connection()
-        con.execute("PRAGMA secure_delete = ON")  # freed pages are overwritten with zeros
+        self.database.connection().execute("PRAGMA secure_delete = ON")  # zero freed pages
         with self.database.write() as con:
-            present = self._tables(con)
-            for table, columns in ONLINE_TABLES.items():
-                if table not in present:
-                    continue
-                where, args = _where(columns, subject)
-                scope = _dataset(con, table)
-                removed[table] = con.execute(
-                    f"DELETE FROM {table} WHERE {scope}({where})",
-                    [subject.dataset] * bool(scope) + args,
-                ).rowcount
+            removed = {t: c.rowcount for t, c in self._matching(con, subject, "DELETE")}
         # no old copy of a row may stay in the log or in free pages
         self.database.checkpoint()
         self.database.connection().execute("VACUUM")
@@ -193,18 +189,10 @@ class OnlineStore:
         return removed
 
     def verify(self, subject: Subject) -> dict[str, int]:
-        traces = {}
         with self.database.read() as con:
-            present = self._tables(con)
-            for table, columns in ONLINE_TABLES.items():
-                if table not in present:
-                    continue
-                where, args = _where(columns, subject)
-                scope = _dataset(con, table)
-                traces[table] = con.execute(
-                    f"SELECT count(*) FROM {table} WHERE {scope}({where})",
-                    [subject.dataset] * bool(scope) + args,
-                ).fetchone()[0]
+            traces = {
+                t: c.fetchone()[0] for t, c in self._matching(con, subject, "SELECT count(*)")
+            }
         path = self.database.path
         files = [path, path.with_name(path.name + "-wal")]
         traces.update(scan_bytes(files, subject.ids))
