@@ -246,3 +246,15 @@ def test_an_experiments_file_reloads_and_keeps_the_last_good_version(tmp_path: P
     rewrite({"version": 1, "experiments": [experiment(key="ranker-on-2")]})
     assert [e.key for e in watched.current()] == ["ranker-on-2"]
     assert watched.last_error is None and watched.status()["experiments"] == ["ranker-on-2"]
+
+
+def test_an_experiment_naming_another_dataset_is_not_served_here(tmp_path: Path) -> None:
+    runner = experimenter(
+        tmp_path,
+        experiment(key="cdnow-only", coverage=1.0, ramp=[], dataset="cdnow"),
+        experiment(key="here", coverage=1.0, ramp=[], dataset="ml-100k"),
+    )
+    found = runner.assign("7", anonymous=False, document=document(), now=NOW)
+    assert [a.experiment for a in found] == ["here"]
+    with pytest.raises(ExperimentError, match=r"experiments\[0\]\.dataset"):
+        parse_experiments({"version": 1, "experiments": [experiment(dataset="Not a name!")]})
