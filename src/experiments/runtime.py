@@ -179,6 +179,16 @@ def reference_check(registry: Any, dataset: str) -> Callable[[list[Experiment], 
     return check
 
 
+def no_pinned_models(experiments: list[Experiment], source: str) -> None:
+    """The check for a service that serves a Bento's packaged models alone: no variant may
+    pin another recommender version or family."""
+    pinned = [e.key for e in experiments for v in e.variants
+              if v.changes.recommender_version or v.changes.recommender_family]  # fmt: skip
+    if pinned:
+        raise ExperimentError(source, [f"{key}: a Bento serves only its packaged models; no "
+                                       "variant may pin another" for key in pinned])  # fmt: skip
+
+
 class Experimenter:
     """Assignments for one dataset's requests, from a definitions file and the ledger."""
 
@@ -212,7 +222,7 @@ class Experimenter:
         states in force (part of the service's answer-cache key)."""
         states = self.states()
         return (
-            id(self.experiments()),
+            id(self._experiments()),  # the loaded list: the same object until a reload
             tuple(sorted((k, s.coverage, s.status) for k, s in states.items())),
         )
 

@@ -181,23 +181,20 @@ def _experimenter(settings: Any, dataset: str, store: Any, model_source: str) ->
     only registered models (a Bento serves its packaged champions alone)."""
     if settings.experiments_path is None:
         return None
-    from bespoke.experiments.definitions import ExperimentError
     from bespoke.experiments.ledger import ExperimentLedger
-    from bespoke.experiments.runtime import Experimenter, ExperimentsFile, reference_check
+    from bespoke.experiments.runtime import (
+        Experimenter,
+        ExperimentsFile,
+        no_pinned_models,
+        reference_check,
+    )
     from bespoke.training.registry import Registry
 
-    if model_source == "registry":
-        check = reference_check(Registry(settings.mlflow_tracking_uri or ""), dataset)
-    else:
-
-        def check(experiments: list, source: str) -> None:
-            pinned = [e.key for e in experiments for v in e.variants
-                      if v.changes.recommender_version or v.changes.recommender_family]  # fmt: skip
-            if pinned:
-                raise ExperimentError(source, [f"{key}: a Bento serves only its packaged "
-                                               "models; no variant may pin another"
-                                               for key in pinned])  # fmt: skip
-
+    check = (
+        reference_check(Registry(settings.mlflow_tracking_uri or ""), dataset)
+        if model_source == "registry"
+        else no_pinned_models
+    )
     watched = ExperimentsFile(settings.experiments_path, check=check)
     return Experimenter(watched, ExperimentLedger(store.database()), dataset)
 

@@ -258,3 +258,11 @@ def test_an_experiment_naming_another_dataset_is_not_served_here(tmp_path: Path)
     assert [a.experiment for a in found] == ["here"]
     with pytest.raises(ExperimentError, match=r"experiments\[0\]\.dataset"):
         parse_experiments({"version": 1, "experiments": [experiment(dataset="Not a name!")]})
+
+
+def test_the_configuration_version_changes_only_with_definitions_or_states(tmp_path: Path) -> None:
+    runner = experimenter(tmp_path, experiment(dataset="ml-100k"))
+    first = runner.config_version()
+    assert runner.config_version() == first  # the answer cache's key stays put
+    runner.ledger.change("ranker-on", coverage=0.5, status="running", action="ramp", actor="t")
+    assert runner.config_version() != first
