@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from bespoke.privacy.audit import audit_log, person_pseudonym
+from bespoke.privacy.audit import audit_log
 
 privacy_app = typer.Typer(
     help="A person's data: export it, erase it everywhere, prove nothing is left.",
@@ -42,39 +42,27 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code=code)
 
 
-def _person(
-    dataset: str | None, user_id: str | None, anonymous_id: str | None, email: str | None
-) -> tuple[Any, list[Any], str]:
-    """(subject, stores, what the person was named by) or a clear error."""
-    from bespoke.features.lake import Lake
-    from bespoke.identity.vault import Vault
-    from bespoke.privacy.stores import registry
-    from bespoke.privacy.subjects import SubjectError, resolve
-    from bespoke.serving.store import open_store
+def _installation() -> Any:
+    from bespoke.privacy.installation import Installation
     from bespoke.settings import get_settings
 
-    named = [(k, v) for k, v in (("user_id", user_id), ("anonymous_id", anonymous_id),
-                                 ("email", email)) if v]  # fmt: skip
-    if len(named) != 1:
-        raise _fail("name the person by exactly one of --user-id, --anonymous-id, --email")
-    settings = get_settings()
-    online = open_store(settings).database()
-    lake = Lake(settings.lake_url)
+    return Installation.from_settings(get_settings())
+
+
+def _person(
+    place: Any,
+    dataset: str | None,
+    user_id: str | None,
+    anonymous_id: str | None,
+    email: str | None,
+) -> tuple[Any, str]:
+    """(subject, what the person was named by) or a clear error."""
+    from bespoke.privacy.subjects import SubjectError
+
     try:
-        subject = resolve(
-            dataset or settings.serving_dataset, lake=lake, online=online,
-            key=settings.pseudonym_key(), user_id=user_id, anonymous_id=anonymous_id,
-            email=email,
-        )  # fmt: skip
+        return place.person(dataset, user_id=user_id, anonymous_id=anonymous_id, email=email)
     except SubjectError as error:
         raise _fail(str(error)) from None
-    stores = registry(online=online, lake=lake, vault=Vault.from_settings(settings))
-    kind, value = named[0]
-    return subject, stores, f"{kind}:{value}"
-
-
-def _traces(subject: Any, stores: list[Any]) -> dict[str, dict[str, int]]:
-    return {store.name: store.verify(subject) for store in stores}
 
 
 @privacy_app.command("export")
@@ -86,18 +74,15 @@ def privacy_export(
     dataset: DatasetOption = None,
 ) -> None:
     """Everything held about a person, from every store, as JSON (the right of access)."""
-    from bespoke.privacy.stores import as_json, export_subject
-    from bespoke.settings import get_settings
+    from bespoke.privacy.stores import as_json
+    from bespoke.privacy.subjects import SubjectError
 
-    subject, stores, named = _person(dataset, user_id, anonymous_id, email)
-    document = export_subject(subject, stores)
-    if not any(document["stores"].values()):
-        raise _fail("no data is held about this person")
-    settings = get_settings()
-    audit_log(settings).append(
-        "export", actor=getpass.getuser(),
-        person=person_pseudonym(settings.pseudonym_key(), subject.dataset, named),
-    )  # fmt: skip
+    place = _installation()
+    subject, named = _person(place, dataset, user_id, anonymous_id, email)
+    try:
+        document = place.export(subject, named, actor=getpass.getuser())
+    except SubjectError as error:
+        raise _fail(str(error)) from None
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(as_json(document))
     counts = {name: sum(map(len, tables.values())) for name, tables in document["stores"].items()}
@@ -113,12 +98,13 @@ def privacy_verify(
 ) -> None:
     """Traces of a person in every store (rows, and bytes of the online store's files);
     exit 0 when there are none, 2 otherwise."""
-    subject, stores, _ = _person(dataset, user_id, anonymous_id, email)
-    found = _traces(subject, stores)
+    place = _installation()
+    subject, _ = _person(place, dataset, user_id, anonymous_id, email)
+    found = place.traces(subject)
     table = Table("store", "where", "traces", header_style="bold")
     for name, places in found.items():
-        for place, count in places.items():
-            table.add_row(name, place, str(count))
+        for where, count in places.items():
+            table.add_row(name, where, str(count))
     console.print(table)
     total = sum(n for places in found.values() for n in places.values())
     console.print(f"{total} traces of {len(subject.typed)} identifiers")
@@ -134,18 +120,15 @@ def privacy_delete(
     dataset: DatasetOption = None,
 ) -> None:
     """Erase a person from every store, then verify 0 traces (resumes an unfinished one)."""
-    from bespoke.privacy.requests import DeletionBusy, Deletions
-    from bespoke.serving.store import open_store
-    from bespoke.settings import get_settings
+    from bespoke.privacy.requests import DeletionBusy
+    from bespoke.privacy.subjects import SubjectError
 
-    subject, stores, named = _person(dataset, user_id, anonymous_id, email)
-    if not any(n for places in _traces(subject, stores).values() for n in places.values()):
-        raise _fail("no data is held about this person")
-    settings = get_settings()
-    deletions = Deletions(open_store(settings).database(), settings.pseudonym_key(),
-                          audit=audit_log(settings), actor=getpass.getuser())  # fmt: skip
+    place = _installation()
+    subject, named = _person(place, dataset, user_id, anonymous_id, email)
     try:
-        request = deletions.delete(subject, stores, named=named)
+        request = place.delete(subject, named, actor=getpass.getuser())
+    except SubjectError as error:
+        raise _fail(str(error)) from None
     except DeletionBusy as error:
         raise _fail(str(error), EXIT_BUSY) from None
     _print_request(request)
@@ -156,12 +139,7 @@ def privacy_delete(
 @privacy_app.command("requests")
 def privacy_requests() -> None:
     """The deletion requests and their outcome per store."""
-    from bespoke.privacy.requests import Deletions
-    from bespoke.serving.store import open_store
-    from bespoke.settings import get_settings
-
-    settings = get_settings()
-    found = Deletions(open_store(settings).database(), settings.pseudonym_key()).list()
+    found = _installation().deletions(actor=getpass.getuser()).list()
     for request in found:
         _print_request(request)
     if not found:
@@ -171,21 +149,11 @@ def privacy_requests() -> None:
 @privacy_app.command("resume")
 def privacy_resume() -> None:
     """Finish the deletions a crash interrupted, and retry the partial ones."""
-    from bespoke.features.lake import Lake
-    from bespoke.identity.vault import Vault
-    from bespoke.privacy.requests import DeletionBusy, Deletions
-    from bespoke.privacy.stores import registry
-    from bespoke.serving.store import open_store
-    from bespoke.settings import get_settings
+    from bespoke.privacy.requests import DeletionBusy
 
-    settings = get_settings()
-    online = open_store(settings).database()
-    stores = registry(online=online, lake=Lake(settings.lake_url),
-                      vault=Vault.from_settings(settings))  # fmt: skip
-    deletions = Deletions(online, settings.pseudonym_key(), audit=audit_log(settings),
-                          actor=getpass.getuser())  # fmt: skip
+    place = _installation()
     try:
-        finished = deletions.resume(stores)
+        finished = place.deletions(actor=getpass.getuser()).resume(place.stores)
     except DeletionBusy as error:
         raise _fail(str(error), EXIT_BUSY) from None
     for request in finished:

@@ -1,0 +1,88 @@
+"""What a privacy request acts on in this installation: its stores, deletions and audit log.
+
+The command line (and, later, the service's privacy routes) only parse and print; naming
+the person, refusing a request about nobody, recording exports and deletions in the audit
+log happen here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from bespoke.features.lake import Lake
+from bespoke.privacy.audit import AuditLog, audit_log, person_pseudonym
+from bespoke.privacy.requests import DeletionRequest, Deletions
+from bespoke.privacy.stores import PersonStore, export_subject, registry
+from bespoke.privacy.subjects import Subject, SubjectError, resolve
+from bespoke.serving.db import Database
+from bespoke.settings import Settings
+
+
+@dataclass
+class Installation:
+    settings: Settings
+    online: Database
+    lake: Lake
+    stores: list[PersonStore]
+    audit: AuditLog
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Installation:
+        from bespoke.identity.vault import Vault
+        from bespoke.serving.store import open_store
+
+        online = open_store(settings).database()
+        lake = Lake(settings.lake_url)
+        stores = registry(online=online, lake=lake, vault=Vault.from_settings(settings))
+        return cls(settings, online, lake, stores, audit_log(settings))
+
+    def person(
+        self,
+        dataset: str | None = None,
+        *,
+        user_id: str | None = None,
+        anonymous_id: str | None = None,
+        email: str | None = None,
+    ) -> tuple[Subject, str]:
+        """(every identifier of the person named, what they were named by ``type:value``);
+        exactly one of the three must be given."""
+        named = [(k, v) for k, v in (("user_id", user_id), ("anonymous_id", anonymous_id),
+                                     ("email", email)) if v]  # fmt: skip
+        if len(named) != 1:
+            raise SubjectError(
+                "name the person by exactly one of: user id (--user-id), anonymous id "
+                "(--anonymous-id), e-mail (--email)"
+            )
+        subject = resolve(
+            dataset or self.settings.serving_dataset, lake=self.lake, online=self.online,
+            key=self.settings.pseudonym_key(), user_id=user_id, anonymous_id=anonymous_id,
+            email=email,
+        )  # fmt: skip
+        kind, value = named[0]
+        return subject, f"{kind}:{value}"
+
+    def traces(self, subject: Subject) -> dict[str, dict[str, int]]:
+        return {store.name: store.verify(subject) for store in self.stores}
+
+    def _held(self, subject: Subject) -> None:
+        if not any(n for places in self.traces(subject).values() for n in places.values()):
+            raise SubjectError("no data is held about this person")
+
+    def export(self, subject: Subject, named: str, *, actor: str) -> dict[str, Any]:
+        """Everything held about the person; the export is recorded in the audit log."""
+        document = export_subject(subject, self.stores)
+        if not any(document["stores"].values()):
+            raise SubjectError("no data is held about this person")
+        self.audit.append("export", actor=actor, person=person_pseudonym(
+            self.settings.pseudonym_key(), subject.dataset, named))  # fmt: skip
+        return document
+
+    def deletions(self, *, actor: str) -> Deletions:
+        return Deletions(self.online, self.settings.pseudonym_key(), audit=self.audit,
+                         actor=actor)  # fmt: skip
+
+    def delete(self, subject: Subject, named: str, *, actor: str) -> DeletionRequest:
+        """Erase the person everywhere (refused when nothing is held about them)."""
+        self._held(subject)
+        return self.deletions(actor=actor).delete(subject, self.stores, named=named)
