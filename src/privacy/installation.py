@@ -50,10 +50,7 @@ class Installation:
         named = [(k, v) for k, v in (("user_id", user_id), ("anonymous_id", anonymous_id),
                                      ("email", email)) if v]  # fmt: skip
         if len(named) != 1:
-            raise SubjectError(
-                "name the person by exactly one of: user id (--user-id), anonymous id "
-                "(--anonymous-id), e-mail (--email)"
-            )
+            raise SubjectError("name the person by exactly one of: user id, anonymous id, e-mail")
         subject = resolve(
             dataset or self.settings.serving_dataset, lake=self.lake, online=self.online,
             key=self.settings.pseudonym_key(), user_id=user_id, anonymous_id=anonymous_id,
