@@ -128,6 +128,7 @@ def _ingest(build: Callable[[], Any]) -> None:
     from bespoke.features.collect import ingest
     from bespoke.features.lake import Lake
     from bespoke.features.report import manifest_summary
+    from bespoke.privacy.gate import PersonGate
     from bespoke.settings import get_settings
 
     settings = get_settings()
@@ -135,7 +136,8 @@ def _ingest(build: Callable[[], Any]) -> None:
         batch = build()
         lake = Lake(settings.lake_url)
         with _progress() as update:
-            result = ingest(batch, lake, settings.pseudonym_key(), callback=update)
+            gate = PersonGate.from_settings(settings)
+            result = ingest(batch, lake, settings.pseudonym_key(), callback=update, gate=gate)
     console.print(
         f"[bold green]ingested[/] {batch.source} → dataset [bold]{result.dataset}[/] (run {result.run_id})"
     )

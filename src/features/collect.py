@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import duckdb
 import numpy as np
@@ -55,6 +55,13 @@ EVENT_INPUT_TYPES: dict[str, Any] = {
     "value": "float64",
     "quantity": "Int64",
 }
+
+
+class PersonGate(Protocol):
+    """Who may not be stored (``bespoke.privacy.gate.PersonGate``): per event row, why
+    (``consent_withdrawn``, ``erased``) or missing."""
+
+    def batch_reasons(self, dataset: str, events: pd.DataFrame) -> pd.Series: ...
 
 
 @dataclass
@@ -115,11 +122,14 @@ def ingest(
     *,
     now: datetime | None = None,
     callback: Callback | None = None,
+    gate: PersonGate | None = None,
 ) -> IngestResult:
-    """Validate, clean and add ``batch`` to ``lake`` in one run; see the module docstring."""
+    """Validate, clean and add ``batch`` to ``lake`` in one run; see the module docstring.
+    With a ``gate`` (``bespoke.privacy.gate.PersonGate``), events of people who withdrew
+    personalization, and erased people's old events, are left out and counted."""
     check_dataset_name(batch.dataset)
     now = now or datetime.now(UTC)
-    run = _Run(batch=batch, lake=lake, key=key, run_id=new_run_id(now), now=now)
+    run = _Run(batch=batch, lake=lake, key=key, run_id=new_run_id(now), now=now, gate=gate)
     progress = callback or (lambda stage, done, total: None)
     manifest: dict[str, Any] = {
         "run_id": run.run_id,
@@ -175,6 +185,7 @@ class _Run:
     key: bytes
     run_id: str
     now: datetime
+    gate: PersonGate | None = None
 
     def sql(self, con: duckdb.DuckDBPyConnection, query: str) -> duckdb.DuckDBPyConnection:
         """Run ``query`` with the run's parameters that it names: ``$dataset``,
@@ -338,6 +349,13 @@ def _prepare_events(con: duckdb.DuckDBPyConnection, raw: pd.DataFrame, run: _Run
     counts["excluded_no_consent"] = int((~allowed).sum())
     if counts["excluded_no_consent"]:
         df = df[allowed.to_numpy()]
+    counts["excluded_withdrawn"] = counts["excluded_erased"] = 0
+    if run.gate is not None and len(df):
+        reasons = run.gate.batch_reasons(batch.dataset, df)
+        counts["excluded_withdrawn"] = int((reasons == "consent_withdrawn").sum())
+        counts["excluded_erased"] = int((reasons == "erased").sum())
+        if counts["excluded_withdrawn"] or counts["excluded_erased"]:
+            df = df[reasons.isna().to_numpy()]
 
     std = _standard_events(df)
     profile = _Profile.of(std)
@@ -367,7 +385,10 @@ def _prepare_events(con: duckdb.DuckDBPyConnection, raw: pd.DataFrame, run: _Run
     if len(existing):
         good = good.filter(pc.invert(pc.is_in(good.column("event_id"), value_set=existing)))
     good = _impute_events(con, good, batch)
-    clean_rows = counts["read"] - counts["excluded_no_consent"] - flagged.num_rows
+    left_out = (
+        counts["excluded_no_consent"] + counts["excluded_withdrawn"] + counts["excluded_erased"]
+    )
+    clean_rows = counts["read"] - left_out - flagged.num_rows
     counts["already_present"] = clean_rows - good.num_rows
     counts["stored"] = good.num_rows
     counts["imputed"] = _imputed_counts(good)

@@ -88,6 +88,17 @@ LEFT JOIN (
     FROM ({_LATEST_GRAPH.replace("{raw}", "_raw_identity_graph")})
 ) g ON g.dataset = e.dataset AND g._identifier = e._identifier
 """
+#: The events of people not withheld: neither their ids nor their person (any event the
+#: identity graph gives them) is among ``_withheld``'s.
+_NOT_WITHHELD = f"""
+ev WHERE NOT EXISTS (SELECT 1 FROM _withheld w WHERE w.dataset = ev.dataset
+                  AND ((w.identifier_type = 'user_id' AND w.identifier = ev.user_id)
+                       OR (w.identifier_type = 'anonymous_id' AND w.identifier = ev.anonymous_id)))
+AND ev.person_id NOT IN (
+    SELECT g.person_id FROM ({_LATEST_GRAPH.replace("{raw}", "_raw_identity_graph")}) g
+    JOIN _withheld w ON w.dataset = g.dataset AND w.identifier_type = g.identifier_type
+                     AND w.identifier = g.identifier)
+"""
 #: Each person of the identity graph with their user id (a person has at most one).
 _PERSONS = f"""
 SELECT dataset, person_id, min(identifier) FILTER (WHERE identifier_type = 'user_id') AS user_id,
@@ -136,6 +147,11 @@ class Lake:
     """A handle on the lake at ``url``; opening it touches nothing."""
 
     url: str
+    #: People its ``events`` view leaves out: rows of (dataset, identifier_type
+    #: ``user_id``|``anonymous_id``, identifier), with every event of theirs the identity
+    #: graph links to them — those who withdrew the purpose this reader works for
+    #: (``bespoke.privacy.gate.consented_lake``). None: everyone.
+    withheld: pa.Table | None = field(default=None, repr=False)
     _fs: fsspec.AbstractFileSystem = field(init=False, repr=False)
     _root: str = field(init=False, repr=False)
 
@@ -217,6 +233,13 @@ class Lake:
         for view, sql in _VIEWS.items():
             con.execute(
                 f"CREATE OR REPLACE VIEW {view} AS " + sql.format(raw=f"_raw_{_VIEW_TABLE[view]}")
+            )
+        if self.withheld is not None and self.withheld.num_rows:
+            con.register("_withheld", self.withheld)
+            con.execute(
+                "CREATE OR REPLACE VIEW events AS SELECT * FROM ("
+                + _EVENTS.format(raw="_raw_events")
+                + f") {_NOT_WITHHELD}"
             )
         runs = pa.Table.from_pylist(
             [

@@ -11,7 +11,9 @@ Only one deletion runs at a time (a lock beside the online store's file): anothe
 refused with :class:`DeletionBusy` and changes nothing. The request's row keeps the keyed
 pseudonyms of the person's identifiers; the identifiers themselves, which a resumed run
 needs, wait in a file of their own beside the store (never in the store, whose bytes the
-verification scans) until the request is done, then that file is removed.
+verification scans) until the request is done, then that file is removed. Before any
+store is touched, the person's identifiers join the suppression list
+(:mod:`bespoke.privacy.suppression`), so that no source re-imported later brings them back.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from bespoke.features.privacy import pseudonym
 from bespoke.privacy.audit import AuditLog, person_pseudonym
 from bespoke.privacy.stores import PersonStore
 from bespoke.privacy.subjects import Subject
+from bespoke.privacy.suppression import SuppressionList
 from bespoke.serving.db import Database
 
 Status = Literal["received", "running", "done", "partial"]
@@ -198,6 +201,8 @@ class Deletions:
         subject = _subject_of(self._pending_file(request_id).read_text())
         results: dict[str, dict[str, Any]] = json.loads(results_text)
         self._update(request_id, "running", results)
+        # First, so that no import running meanwhile can bring the person back.
+        SuppressionList(self.database, self.key).add(subject.dataset, subject.typed)
         for store in stores:
             if results.get(store.name, {}).get("verified"):
                 continue

@@ -86,6 +86,7 @@ ONLINE_TABLES: dict[str, dict[str, str]] = {
     "segment_changes": {"user_id": USER},
     "outbox": {"payload": _JSON_USER},
     "exposures": {"person": _ANY},
+    "consent_ledger": {"identifier": _ANY},
 }  # fmt: skip
 #: Tables of the same file that hold no person data, and why.
 ONLINE_NOT_PERSONAL: dict[str, str] = {
@@ -95,6 +96,8 @@ ONLINE_NOT_PERSONAL: dict[str, str] = {
     "experiment_audit": "changes of experiments' state by operators, with aggregate evidence",
     "experiment_errors": "failed answers counted per experiment and variant",
     "sqlite_sequence": "SQLite's own counters",
+    "suppressed": "erased people's identifiers as keyed pseudonyms of a namespace of their "
+    "own, kept so that re-imported old data cannot bring them back",
     "privacy_requests": "deletion requests: keyed pseudonyms and per-store outcomes (the "
     "identifiers a running one needs wait outside this file)",
 }

@@ -18,6 +18,7 @@ from sklearn.metrics import roc_auc_score
 from bespoke.features.collect import new_run_id
 from bespoke.features.lake import Lake
 from bespoke.features.schema import SEGMENT_SCHEMA
+from bespoke.privacy.gate import consented_lake
 from bespoke.segments.behaviour import Segmenter
 from bespoke.segments.churn import ChurnModel, ValueModel, baseline_value, person_rows, recipe
 from bespoke.segments.features import load_person_events, person_features
@@ -121,7 +122,7 @@ def train_segments(
     it becomes ``@champion`` when it is the first or its bootstrap stability reaches
     :data:`MIN_STABILITY` (an unstable refit would relabel people at random)."""
     rules = load_rule_segments(rules_path) if rules_path else []
-    lake = Lake(settings.lake_url)
+    lake = consented_lake(settings)  # who withdrew personalization is left out
     events = load_person_events(lake, dataset)
     moment = pd.Timestamp(as_of)
     moment = moment.tz_localize("UTC") if moment.tzinfo is None else moment.tz_convert("UTC")
@@ -297,7 +298,7 @@ def train_churn(
         raise ValueError(f"the horizon must be a positive number of days, got {horizon_days}")
     moment = pd.Timestamp(as_of)
     moment = moment.tz_localize("UTC") if moment.tzinfo is None else moment.tz_convert("UTC")
-    events = load_person_events(Lake(settings.lake_url), dataset)
+    events = load_person_events(consented_lake(settings), dataset)
     cuts = training_cuts(moment, horizon_days)
     first_event = pd.to_datetime(events["timestamp"], utc=True).min()
     if cuts[0] <= first_event:

@@ -58,6 +58,8 @@ from bespoke.features.schema import (
     check_dataset_name,
     person_id_of,
 )
+from bespoke.privacy.gate import MESSAGES as GATE_MESSAGES
+from bespoke.privacy.gate import WITHDRAWN, PersonGate
 from bespoke.segments.features import load_person_events
 from bespoke.segments.live import Counters, LiveScorer, counters_from_events
 from bespoke.serving.db import Database
@@ -513,6 +515,10 @@ class SQLiteStore:
         """The store's database, its tables created (the webhook outbox lives there)."""
         return self._database()
 
+    def gate(self) -> PersonGate:
+        """The consent ledger and suppression list kept in this store's file."""
+        return PersonGate(self._database(), self._key)
+
     # --- live events ---------------------------------------------------------------------
 
     def accept_events(
@@ -538,8 +544,13 @@ class SQLiteStore:
         received = _micros(now or datetime.now(UTC))
         errors: list[ItemError] = []
         rows: list[tuple[Any, ...]] = []
+        gated = self.gate().live_reasons(dataset, events) if events else []
         for index, event in enumerate(events):
             problem = rejection(event)
+            if problem is None and gated[index] is not None:
+                named = "user_id" if event.user_id is not None else "anonymous_id"
+                problem = ("consent" if gated[index] == WITHDRAWN else named,
+                           GATE_MESSAGES[gated[index]])  # fmt: skip
             if problem is not None:
                 errors.append(ItemError(index=index, field=problem[0], message=problem[1]))
             else:
@@ -1161,7 +1172,7 @@ class SQLiteStore:
             for name in datasets:
                 while (part := self._pending_batch(name, chunk)) is not None:
                     batch, last_seq = part
-                    run = ingest(batch, lake, self._key)
+                    run = ingest(batch, lake, self._key, gate=self.gate())
                     with database.write() as con:
                         con.execute(
                             "INSERT INTO flushed (dataset, seq, at) VALUES (?, ?, ?) "

@@ -29,6 +29,7 @@ import pandas as pd
 
 from bespoke.features.build import FeatureBuilder, Histories, histories
 from bespoke.features.lake import Lake
+from bespoke.privacy.gate import consented_lake
 from bespoke.settings import Settings
 from bespoke.training import tracking
 from bespoke.training.base import Recommender
@@ -298,7 +299,7 @@ def train_ranker(
             name: tuned_params(source, dataset, protocol, name) for name in RETRIEVERS
         }
     data = data or prepare(
-        Lake(settings.lake_url), dataset, protocol, retriever_params, n_candidates
+        consented_lake(settings), dataset, protocol, retriever_params, n_candidates
     )
     with tracking.session(settings, experiment_name(KIND, dataset)) as experiment:
         mlflow.lightgbm.autolog(log_models=False, log_datasets=False, log_input_examples=False,

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from bespoke.features.lake import Lake
+from bespoke.privacy.gate import consented_lake
 from bespoke.settings import Settings
 from bespoke.training import tracking
 from bespoke.training.data import Interactions, load_interactions, load_item_text
@@ -75,7 +75,7 @@ def train_recommender(
 
     params = dict(params or {})
     model = family(model_name)(**params)  # unknown names and parameters fail here, early
-    lake = Lake(settings.lake_url)
+    lake = consented_lake(settings)  # who withdrew personalization is left out
     interactions = interactions or load_interactions(lake, dataset)
     split = make_split(interactions, protocol)
     extra = {"item_text": load_item_text(lake, dataset)} if model.needs_item_text() else {}
@@ -199,7 +199,7 @@ def compare_recommenders(
 ) -> pd.DataFrame:
     """Train each ``model name -> params`` on the same split; one row of held-out metrics
     per model, with whether it became ``@champion``."""
-    interactions = load_interactions(Lake(settings.lake_url), dataset)
+    interactions = load_interactions(consented_lake(settings), dataset)
     rows = []
     for name, params in candidates.items():
         result = train_recommender(

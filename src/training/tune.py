@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bespoke.features.lake import Lake
+from bespoke.privacy.gate import consented_lake
 from bespoke.settings import Settings
 from bespoke.training import ranking, tracking
 from bespoke.training.data import Interactions, load_interactions
@@ -144,7 +144,7 @@ def tune_recommender(
             f"no search space for {model_name!r}; tunable: {', '.join(sorted(SEARCH_SPACES))}"
         )
     if split is None:
-        interactions = interactions or load_interactions(Lake(settings.lake_url), dataset)
+        interactions = interactions or load_interactions(consented_lake(settings), dataset)
         split = make_split(interactions, protocol)
     inner = validation(split)  # tuning sees only the outer training part
     storage = study_storage(settings)
@@ -296,7 +296,7 @@ def ranker_data(
         name: tuned_params(source, dataset, protocol, name) for name in ranking.RETRIEVERS
     }
     return ranking.prepare(
-        Lake(settings.lake_url),
+        consented_lake(settings),
         dataset,
         protocol,
         retrievers,

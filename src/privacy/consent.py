@@ -1,0 +1,317 @@
+"""The consent ledger: per person and purpose, every grant and withdrawal, and their source.
+
+A person decides per purpose (:class:`~bespoke.features.schema.ConsentPurpose`:
+personalization, analytics, marketing, …); each decision is one row of the ledger — when
+it was made, what it said, where it came from (the API, an event, an import, a
+consent-management platform's signal, the command line) — and rows are never updated, so
+the ledger is its own history. A person's **state** for a purpose is their latest
+decision across every identifier they are known by: a user id, and the anonymous ids the
+online store's aliases link to it (a withdrawal made while browsing anonymously holds
+after logging in, and a later grant on the account overrides it).
+
+The ledger lives in the online store's SQLite file, beside the profiles it governs, so
+the service checks it in the same place it reads a profile. :mod:`bespoke.privacy.gate`
+enforces it: live and batch ingestion, training sets and features, serving.
+
+A purpose without any decision has no state (``None``): what an event's own ``consent``
+field says applies then, as it always has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from bespoke.features.schema import ConsentPurpose
+from bespoke.serving.db import Database
+
+USER = "user_id"
+ANONYMOUS = "anonymous_id"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS consent_ledger (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    dataset TEXT NOT NULL,
+    identifier_type TEXT NOT NULL,
+    identifier TEXT NOT NULL,
+    purpose TEXT NOT NULL,
+    granted INTEGER NOT NULL,
+    decided_at INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    detail TEXT,
+    recorded_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS consent_subject
+    ON consent_ledger (dataset, identifier_type, identifier, purpose)
+"""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _micros(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        raise ValueError("a consent decision's time needs a time zone")
+    return int((moment - _EPOCH).total_seconds() * 1_000_000)
+
+
+def _moment(micros: int) -> datetime:
+    return datetime.fromtimestamp(micros / 1_000_000, UTC)
+
+
+class ConsentSource(StrEnum):
+    """Where a decision came from."""
+
+    API = "api"
+    EVENT = "event"
+    IMPORT = "import"
+    #: A consent-management platform's signal (a CMP callback, a TCF string).
+    CMP = "cmp"
+    CLI = "cli"
+
+
+class ConsentError(ValueError):
+    """A decision that cannot be recorded (no person named, no purpose, a naive time)."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One grant or withdrawal, as recorded."""
+
+    purpose: ConsentPurpose
+    granted: bool
+    decided_at: datetime
+    source: ConsentSource
+    identifier_type: str
+    identifier: str
+    detail: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "purpose": self.purpose.value,
+            "granted": self.granted,
+            "decided_at": self.decided_at.isoformat(),
+            "source": self.source.value,
+            "identifier_type": self.identifier_type,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True)
+class Withdrawn:
+    """Who withdrew one purpose in one dataset: their user ids and anonymous ids (a
+    user's aliased anonymous ids included)."""
+
+    dataset: str
+    purpose: ConsentPurpose
+    user_ids: frozenset[str] = frozenset()
+    anonymous_ids: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.user_ids or self.anonymous_ids)
+
+
+class ConsentLedger:
+    """The ledger in the online store's ``database``; opening it touches nothing."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def _ready(self) -> Database:
+        self.database.ensure("consent", _SCHEMA)
+        return self.database
+
+    # --- writing -------------------------------------------------------------------------
+
+    def record(
+        self,
+        dataset: str,
+        purposes: dict[ConsentPurpose, bool],
+        *,
+        source: ConsentSource,
+        user_id: str | None = None,
+        anonymous_id: str | None = None,
+        decided_at: datetime | None = None,
+        detail: str | None = None,
+        now: datetime | None = None,
+    ) -> list[Decision]:
+        """Record the person's decisions (purpose → granted), all in one transaction, under
+        the id that names them (a user id when both are given: an anonymous id given with
+        it is linked by identify, not here)."""
+        if not purposes:
+            raise ConsentError("purposes: say which purposes are granted or withdrawn")
+        if user_id:
+            kind, value = USER, user_id
+        elif anonymous_id:
+            kind, value = ANONYMOUS, anonymous_id
+        else:
+            raise ConsentError("name the person: user_id or anonymous_id")
+        recorded = now or datetime.now(UTC)
+        decided = decided_at or recorded
+        try:
+            stamp = _micros(decided)
+        except ValueError as error:
+            raise ConsentError(f"decided_at: {error}") from None
+        rows = [
+            (dataset, kind, value, ConsentPurpose(p).value, int(bool(g)), stamp,
+             ConsentSource(source).value, detail, _micros(recorded))
+            for p, g in sorted(purposes.items())
+        ]  # fmt: skip
+        with self._ready().write() as con:
+            con.executemany(
+                "INSERT INTO consent_ledger (dataset, identifier_type, identifier, purpose, "
+                "granted, decided_at, source, detail, recorded_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
+        return [
+            Decision(ConsentPurpose(p), bool(g), decided, ConsentSource(source), kind, value,
+                     detail)
+            for p, g in sorted(purposes.items())
+        ]  # fmt: skip
+
+    # --- reading -------------------------------------------------------------------------
+
+    def _identities(
+        self, con: Any, dataset: str, user_ids: Iterable[str], anonymous_ids: Iterable[str]
+    ) -> tuple[set[str], set[str]]:
+        """The ids that name the same person: the users of the anonymous ids, and every
+        anonymous id of those users."""
+        users, anons = set(user_ids), set(anonymous_ids)
+        if not _has_aliases(con):
+            return users, anons
+        if anons:
+            marks = ",".join("?" * len(anons))
+            users |= {r[0] for r in con.execute(
+                f"SELECT user_id FROM aliases WHERE dataset = ? AND anonymous_id IN ({marks})",
+                [dataset, *sorted(anons)])}  # fmt: skip
+        if users:
+            marks = ",".join("?" * len(users))
+            anons |= {r[0] for r in con.execute(
+                f"SELECT anonymous_id FROM aliases WHERE dataset = ? AND user_id IN ({marks})",
+                [dataset, *sorted(users)])}  # fmt: skip
+        return users, anons
+
+    def history(
+        self, dataset: str, *, user_id: str | None = None, anonymous_id: str | None = None
+    ) -> list[Decision]:
+        """Every decision of the person, oldest first (by when it was made, then recorded)."""
+        with self._ready().read() as con:
+            users, anons = self._identities(
+                con, dataset, [user_id] if user_id else [], [anonymous_id] if anonymous_id else []
+            )
+            rows = self._rows(con, dataset, users, anons)
+        return [
+            Decision(ConsentPurpose(p), bool(g), _moment(at), ConsentSource(s), kind, ident, d)
+            for kind, ident, p, g, at, s, d in rows
+        ]
+
+    @staticmethod
+    def _rows(con: Any, dataset: str, users: set[str], anons: set[str]) -> list[tuple]:
+        parts, args = [], [dataset]
+        for kind, values in ((USER, users), (ANONYMOUS, anons)):
+            if values:
+                parts.append(
+                    f"(identifier_type = ? AND identifier IN ({','.join('?' * len(values))}))"
+                )
+                args += [kind, *sorted(values)]
+        if not parts:
+            return []
+        return con.execute(
+            "SELECT identifier_type, identifier, purpose, granted, decided_at, source, detail "
+            f"FROM consent_ledger WHERE dataset = ? AND ({' OR '.join(parts)}) "
+            "ORDER BY decided_at, seq",
+            args,
+        ).fetchall()
+
+    def state(
+        self, dataset: str, *, user_id: str | None = None, anonymous_id: str | None = None
+    ) -> dict[ConsentPurpose, Decision]:
+        """The person's latest decision per purpose (purposes never decided are absent)."""
+        latest: dict[ConsentPurpose, Decision] = {}
+        for decision in self.history(dataset, user_id=user_id, anonymous_id=anonymous_id):
+            latest[decision.purpose] = decision  # oldest first: the last one wins
+        return latest
+
+    def allows(
+        self,
+        dataset: str,
+        purpose: ConsentPurpose,
+        *,
+        user_id: str | None = None,
+        anonymous_id: str | None = None,
+    ) -> bool | None:
+        """The person's state for ``purpose``: granted, withdrawn, or None (never decided)."""
+        if not (user_id or anonymous_id):
+            return None
+        decision = self.state(dataset, user_id=user_id, anonymous_id=anonymous_id).get(purpose)
+        return None if decision is None else decision.granted
+
+    def withdrawn(self, dataset: str, purpose: ConsentPurpose) -> Withdrawn:
+        """Everyone whose latest decision for ``purpose`` withdraws it. A person is their
+        user id where an alias links an anonymous id to one."""
+        with self._ready().read() as con:
+            aliased = (
+                "(SELECT user_id FROM aliases a WHERE a.dataset = c.dataset "
+                "AND a.anonymous_id = c.identifier)"
+                if _has_aliases(con)
+                else "NULL"
+            )
+            rows = con.execute(
+                f"SELECT CASE WHEN identifier_type = ? THEN identifier ELSE {aliased} END, "
+                "identifier, granted FROM consent_ledger c WHERE dataset = ? AND purpose = ? "
+                "ORDER BY decided_at, seq",
+                [USER, dataset, ConsentPurpose(purpose).value],
+            ).fetchall()
+            latest: dict[tuple[str, str], bool] = {}
+            for user, identifier, granted in rows:  # oldest first: the last one wins
+                latest[(USER, user) if user else (ANONYMOUS, identifier)] = bool(granted)
+            users = {v for (k, v), g in latest.items() if not g and k == USER}
+            anons = {v for (k, v), g in latest.items() if not g and k == ANONYMOUS}
+            if users or anons:
+                users, anons = self._identities(con, dataset, users, anons)
+        return Withdrawn(dataset, ConsentPurpose(purpose), frozenset(users), frozenset(anons))
+
+    def datasets(self) -> list[str]:
+        """The datasets with any decision recorded."""
+        with self._ready().read() as con:
+            return [r[0] for r in con.execute("SELECT DISTINCT dataset FROM consent_ledger")]
+
+    def people(self, dataset: str) -> int:
+        """How many identifiers have any decision recorded."""
+        with self._ready().read() as con:
+            return con.execute(
+                "SELECT count(DISTINCT identifier_type || ':' || identifier) FROM consent_ledger "
+                "WHERE dataset = ?",
+                [dataset],
+            ).fetchone()[0]
+
+
+def _has_aliases(con: Any) -> bool:
+    """Whether the online store has linked any anonymous id yet (its table exists)."""
+    return bool(con.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'aliases'").fetchone())  # fmt: skip
+
+
+def parse_purposes(spec: Sequence[str]) -> dict[ConsentPurpose, bool]:
+    """``["personalization=false", "marketing=true"]`` (or ``+marketing``/``-analytics``) as
+    purpose → granted; an unknown purpose or value raises :class:`ConsentError` naming it."""
+    out: dict[ConsentPurpose, bool] = {}
+    known = ", ".join(p.value for p in ConsentPurpose)
+    for item in spec:
+        text = item.strip()
+        if text[:1] in "+-" and "=" not in text:
+            name, value = text[1:], "true" if text[0] == "+" else "false"
+        elif "=" in text:
+            name, value = (s.strip() for s in text.split("=", 1))
+        else:
+            raise ConsentError(f"{item!r}: write purpose=true|false (or +purpose / -purpose)")
+        try:
+            purpose = ConsentPurpose(name.lower())
+        except ValueError:
+            raise ConsentError(f"{name!r} is not a purpose; known: {known}") from None
+        if value.lower() not in {"true", "false"}:
+            raise ConsentError(f"{item!r}: the value must be true or false")
+        out[purpose] = value.lower() == "true"
+    return out
