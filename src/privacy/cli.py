@@ -1,6 +1,6 @@
-"""``bespoke privacy export|verify|delete|requests|resume``: parse, call
+"""``bespoke privacy export|verify|delete|requests|resume|consent``: parse, call
 :mod:`bespoke.privacy`, print. A person is named by ``--user-id``, ``--anonymous-id`` or
-``--email``. Exit codes: 0 done, 1 bad input or nobody to act on (nothing changed), 2 a
+``--email`` (consent: the first two). Exit codes: 0 done, 1 bad input or nobody to act on (nothing changed), 2 a
 deletion ended partial, 4 another deletion is running (nothing changed)."""
 
 from __future__ import annotations
@@ -161,6 +161,123 @@ def privacy_resume() -> None:
     console.print(f"{len(finished)} requests run")
     if any(r.status != "done" for r in finished):
         raise typer.Exit(code=EXIT_PARTIAL)
+
+
+consent_app = typer.Typer(
+    help="The consent ledger: record, import and show decisions per purpose.",
+    no_args_is_help=True,
+)
+privacy_app.add_typer(consent_app, name="consent")
+
+
+def _dataset(place: Any, dataset: str | None) -> str:
+    return dataset or place.settings.serving_dataset
+
+
+@consent_app.command("set")
+def consent_set(
+    decisions: Annotated[
+        list[str],
+        typer.Argument(help="purpose=true|false (or +purpose / -purpose), e.g. marketing=false."),
+    ],
+    user_id: UserOption = None,
+    anonymous_id: AnonymousOption = None,
+    source: Annotated[
+        str, typer.Option("--source", help="api, event, import, cmp or cli.")
+    ] = "cli",
+    at: Annotated[
+        str | None, typer.Option("--at", help="When the person decided (ISO 8601 with a zone).")
+    ] = None,
+    dataset: DatasetOption = None,
+) -> None:
+    """Record a person's decisions; enforced from the next event, request and training."""
+    from bespoke.privacy.consent import ConsentError, ConsentSource, parse_purposes
+
+    place = _installation()
+    try:
+        purposes = parse_purposes(decisions)
+        origin = _source(source)
+        place.consent().record(
+            _dataset(place, dataset), purposes, source=ConsentSource(origin),
+            user_id=user_id, anonymous_id=anonymous_id, decided_at=_moment(at),
+            actor=getpass.getuser(),
+        )  # fmt: skip
+    except ConsentError as error:
+        raise _fail(str(error)) from None
+    _print_state(place, _dataset(place, dataset), user_id, anonymous_id)
+
+
+def _source(text: str) -> str:
+    from bespoke.privacy.consent import ConsentError, ConsentSource
+
+    known = [s.value for s in ConsentSource]
+    if text not in known:
+        raise ConsentError(f"--source {text!r}: one of {', '.join(known)}")
+    return text
+
+
+def _moment(text: str | None) -> Any:
+    from datetime import datetime
+
+    from bespoke.privacy.consent import ConsentError
+
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConsentError(f"--at {text!r} is not an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        raise ConsentError(f"--at {text!r} has no time zone (add Z or +01:00)")
+    return moment
+
+
+@consent_app.command("show")
+def consent_show(
+    user_id: UserOption = None, anonymous_id: AnonymousOption = None, dataset: DatasetOption = None
+) -> None:
+    """A person's latest decision per purpose, and their history."""
+    if not (user_id or anonymous_id):
+        raise _fail("name the person: --user-id or --anonymous-id")
+    place = _installation()
+    _print_state(place, _dataset(place, dataset), user_id, anonymous_id)
+
+
+@consent_app.command("import")
+def consent_import(
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV: user_id or anonymous_id, purpose, granted, decided_at[, source]",
+            exists=True,
+            dir_okay=False,
+        ),
+    ],
+    dataset: DatasetOption = None,
+) -> None:
+    """Record a file of decisions (a consent platform's export) in one go: every row is
+    checked first, and one bad row records nothing."""
+    from bespoke.privacy.consent import ConsentError, import_decisions
+
+    place = _installation()
+    try:
+        count = import_decisions(place.consent(), _dataset(place, dataset), path,
+                                 actor=getpass.getuser())  # fmt: skip
+    except ConsentError as error:
+        raise _fail(str(error)) from None
+    console.print(f"{count} decisions recorded from {path}")
+
+
+def _print_state(place: Any, dataset: str, user_id: str | None, anonymous_id: str | None) -> None:
+    ledger = place.consent()
+    table = Table("purpose", "granted", "decided at", "source", header_style="bold")
+    for purpose, decision in sorted(ledger.state(dataset, user_id=user_id,
+                                                 anonymous_id=anonymous_id).items()):  # fmt: skip
+        table.add_row(purpose.value, "yes" if decision.granted else "no",
+                      decision.decided_at.isoformat(), decision.source.value)  # fmt: skip
+    console.print(table)
+    history = ledger.history(dataset, user_id=user_id, anonymous_id=anonymous_id)
+    console.print(f"{len(history)} decisions recorded for this person")
 
 
 def _print_request(request: Any) -> None:

@@ -23,9 +23,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from bespoke.features.schema import ConsentPurpose
+from bespoke.privacy.audit import AuditLog, person_pseudonym
 from bespoke.serving.db import Database
 
 USER = "user_id"
@@ -114,10 +116,16 @@ class Withdrawn:
 
 
 class ConsentLedger:
-    """The ledger in the online store's ``database``; opening it touches nothing."""
+    """The ledger in the online store's ``database``; opening it touches nothing. With an
+    ``audit`` log (and the pseudonym ``key``), every recorded change is also an audit
+    entry naming the person by pseudonym."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(
+        self, database: Database, *, audit: AuditLog | None = None, key: bytes | None = None
+    ) -> None:
         self.database = database
+        self.audit = audit
+        self.key = key
 
     def _ready(self) -> Database:
         self.database.ensure("consent", _SCHEMA)
@@ -136,6 +144,7 @@ class ConsentLedger:
         decided_at: datetime | None = None,
         detail: str | None = None,
         now: datetime | None = None,
+        actor: str = "",
     ) -> list[Decision]:
         """Record the person's decisions (purpose → granted), all in one transaction, under
         the id that names them (a user id when both are given: an anonymous id given with
@@ -165,6 +174,14 @@ class ConsentLedger:
                 "granted, decided_at, source, detail, recorded_at) VALUES (?,?,?,?,?,?,?,?,?)",
                 rows,
             )
+        if self.audit is not None and self.key is not None:
+            self.audit.append(
+                "consent.changed",
+                actor=actor,
+                person=person_pseudonym(self.key, dataset, f"{kind}:{value}"),
+                detail={"purposes": {ConsentPurpose(p).value: bool(g) for p, g in purposes.items()},
+                        "source": ConsentSource(source).value, "decided_at": decided.isoformat()},
+            )  # fmt: skip
         return [
             Decision(ConsentPurpose(p), bool(g), decided, ConsentSource(source), kind, value,
                      detail)
@@ -286,6 +303,75 @@ class ConsentLedger:
                 "WHERE dataset = ?",
                 [dataset],
             ).fetchone()[0]
+
+
+_TRUE, _FALSE = {"true", "1", "yes", "granted"}, {"false", "0", "no", "withdrawn"}
+
+
+def import_decisions(ledger: ConsentLedger, dataset: str, path: Path, *, actor: str = "") -> int:
+    """Record a CSV of decisions (columns ``user_id`` or ``anonymous_id``, ``purpose``,
+    ``granted``, ``decided_at`` with a time zone, optional ``source``, default ``import``):
+    every row is checked first, an error names its line and column, and nothing is
+    recorded unless every row is good. Returns how many were recorded."""
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise ConsentError(f"{path}: not a readable CSV file ({error})") from None
+    missing = {"purpose", "granted", "decided_at"} - set(frame.columns)
+    if missing or not ({"user_id", "anonymous_id"} & set(frame.columns)):
+        raise ConsentError(
+            f"{path}: needs columns user_id or anonymous_id, purpose, granted, decided_at"
+            + (f" (missing: {', '.join(sorted(missing))})" if missing else "")
+        )
+    known = ", ".join(p.value for p in ConsentPurpose)
+    rows = []
+    for number, row in enumerate(frame.to_dict("records"), start=2):  # line 1: the header
+        where = f"{path.name}, line {number}"
+        user, anon = row.get("user_id", "").strip(), row.get("anonymous_id", "").strip()
+        if bool(user) == bool(anon):
+            raise ConsentError(f"{where}: give exactly one of user_id, anonymous_id")
+        try:
+            purpose = ConsentPurpose(row["purpose"].strip().lower())
+        except ValueError:
+            raise ConsentError(
+                f"{where}, purpose: {row['purpose']!r} is not one of {known}"
+            ) from None
+        granted = row["granted"].strip().lower()
+        if granted not in _TRUE | _FALSE:
+            raise ConsentError(f"{where}, granted: {row['granted']!r} is not true or false")
+        try:
+            decided = datetime.fromisoformat(row["decided_at"].strip())
+            stamp = _micros(decided)
+        except ValueError:
+            raise ConsentError(f"{where}, decided_at: {row['decided_at']!r} is not an ISO 8601 "
+                               "time with a time zone") from None  # fmt: skip
+        try:
+            source = ConsentSource((row.get("source") or "import").strip().lower())
+        except ValueError:
+            raise ConsentError(f"{where}, source: {row.get('source')!r} is not one of "
+                               f"{', '.join(s.value for s in ConsentSource)}") from None  # fmt: skip
+        kind, value = (USER, user) if user else (ANONYMOUS, anon)
+        rows.append((dataset, kind, value, purpose.value, int(granted in _TRUE), stamp,
+                     source.value, None))  # fmt: skip
+    recorded = _micros(datetime.now(UTC))
+    with ledger._ready().write() as con:
+        con.executemany(
+            "INSERT INTO consent_ledger (dataset, identifier_type, identifier, purpose, "
+            "granted, decided_at, source, detail, recorded_at) VALUES (?,?,?,?,?,?,?,?,?)",
+            [(*r, recorded) for r in rows],
+        )
+    if ledger.audit is not None and ledger.key is not None:
+        people: dict[tuple[str, str], dict[str, bool]] = {}
+        for _, kind, value, purpose, granted, *_ in rows:
+            people.setdefault((kind, value), {})[purpose] = bool(granted)
+        for (kind, value), purposes in people.items():
+            ledger.audit.append("consent.changed", actor=actor,
+                                person=person_pseudonym(ledger.key, dataset, f"{kind}:{value}"),
+                                detail={"purposes": purposes, "source": "import",
+                                        "file": path.name})  # fmt: skip
+    return len(rows)
 
 
 def _has_aliases(con: Any) -> bool:

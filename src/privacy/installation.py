@@ -12,6 +12,7 @@ from typing import Any
 
 from bespoke.features.lake import Lake
 from bespoke.privacy.audit import AuditLog, audit_log, person_pseudonym
+from bespoke.privacy.consent import ConsentLedger
 from bespoke.privacy.requests import DeletionRequest, Deletions
 from bespoke.privacy.stores import PersonStore, export_subject, registry
 from bespoke.privacy.subjects import Subject, SubjectError, resolve
@@ -74,6 +75,10 @@ class Installation:
         self.audit.append("export", actor=actor, person=person_pseudonym(
             self.settings.pseudonym_key(), subject.dataset, named))  # fmt: skip
         return document
+
+    def consent(self) -> ConsentLedger:
+        """The consent ledger; each change is also an audit entry."""
+        return ConsentLedger(self.online, audit=self.audit, key=self.settings.pseudonym_key())
 
     def deletions(self, *, actor: str) -> Deletions:
         return Deletions(self.online, self.settings.pseudonym_key(), audit=self.audit,

@@ -349,11 +349,59 @@ class VaultStore:
         return {"subject_identifiers": len(self._subjects(subject))}
 
 
+# --- the service's answer caches ----------------------------------------------------------
+
+
+@dataclass
+class AnswerCaches:
+    """The answers each service worker keeps in memory for a minute (keyed by person). No
+    other process can reach into a worker's memory, so a deletion advances a mark beside
+    the online store's file, and every worker empties its whole cache at its next request
+    when the mark has moved (``bespoke.serving.service``): one ``stat`` per request."""
+
+    database: Database
+    name: str = "answer_caches"
+
+    @property
+    def path(self) -> Path:
+        return self.database.path.with_name(self.database.path.name + ".erasures")
+
+    def mark(self) -> int:
+        """The mark now (0 before any deletion)."""
+        try:
+            return self.path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return 0
+
+    def covers(self) -> set[str]:
+        return {f"{self.name}:workers"}
+
+    def export(self, subject: Subject) -> dict[str, list[dict[str, Any]]]:
+        return {}  # copies of answers computed from the other stores, which export them
+
+    def delete(self, subject: Subject) -> dict[str, int]:
+        before = self.mark()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as handle:
+            handle.write(".")  # no person's id: only the time moves
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.utime(self.path, ns=(max(before + 1, self.mark()),) * 2)
+        return {}  # what the workers drop is not counted here
+
+    def verify(self, subject: Subject) -> dict[str, int]:
+        """Nothing here can look into the workers' memory: each worker checks the mark
+        before it answers (``tests/model/test_service_privacy.py`` proves a cached answer
+        is gone from every worker at once); a deletion leaves the mark moved."""
+        return {"workers": 0}
+
+
 def registry(*, online: Database | None, lake: Lake | None, vault: Any | None) -> list[PersonStore]:
     """Every store holding person data that this installation has."""
     stores: list[PersonStore] = []
     if online is not None:
         stores.append(OnlineStore(online))
+        stores.append(AnswerCaches(online))
     if lake is not None:
         stores.append(LakeStore(lake))
     if vault is not None:

@@ -16,7 +16,15 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from _bentoml_sdk import IODescriptor
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic.json_schema import models_json_schema
 
 from bespoke.features.schema import (
@@ -166,8 +174,15 @@ class RecommendedItem(IODescriptor):
     reason: str
 
 
+_PERSONALIZED = Field(
+    description="False: the answer is the one a stranger gets (the person withdrew "
+    "'personalization' consent, or nothing is known of them)."
+)
+
+
 class RecommendResponse(IODescriptor):
     user_id: str | None
+    personalized: bool = _PERSONALIZED
     experiments: list[ExperimentOut]
     items: list[RecommendedItem]
     content: list[dict[str, Any]]
@@ -205,6 +220,7 @@ class SlotOut(IODescriptor):
 
 class PersonalizeResponse(IODescriptor):
     user_id: str | None
+    personalized: bool = _PERSONALIZED
     variant: str | None = Field(
         description="The variant of the first experiment the person is in (none: control)."
     )
@@ -326,6 +342,111 @@ class ProfileRequest(IODescriptor):
     anonymous: bool = False
 
 
+# --- privacy ------------------------------------------------------------------------------
+
+
+def _exactly_one(*fields: str) -> dict[str, Any]:
+    """The JSON Schema of "exactly one of these fields is a string" (the model validator
+    says the same), so the published document allows just what is accepted."""
+    return {
+        "oneOf": [{"required": [name], "properties": {name: {"type": "string"}}} for name in fields]
+    }
+
+
+class ConsentRequest(IODescriptor):
+    """``POST /v1/consent``: a person's decisions, per purpose (see
+    :mod:`bespoke.privacy.consent`)."""
+
+    model_config = ConfigDict(**_STRICT, json_schema_extra=_exactly_one("user_id", "anonymous_id"))
+
+    user_id: Identifier | None = None
+    anonymous_id: Identifier | None = None
+    purposes: dict[Literal[tuple(p.value for p in ConsentPurpose)], bool] = Field(  # type: ignore[misc]
+        min_length=1, max_length=len(ConsentPurpose),
+        description="Purpose → granted (true) or withdrawn (false).",
+    )  # fmt: skip
+    source: Literal["api", "cmp", "event"] = Field(
+        default="api", description="Where the decision came from: cmp for a consent-"
+        "management platform's signal, event for one the page recorded.",
+    )  # fmt: skip
+    decided_at: Moment | None = Field(
+        default=None,
+        strict=False,  # a time arrives as ISO 8601 text in JSON
+        description="When the person decided (default: now). With a time zone.",
+    )
+    detail: str | None = Field(
+        default=None, max_length=2000, description="E.g. the CMP's consent string (TCF)."
+    )
+
+    @model_validator(mode="after")
+    def _one_person(self) -> ConsentRequest:
+        if (self.user_id is None) == (self.anonymous_id is None):
+            raise ValueError("name the person by exactly one of user_id, anonymous_id")
+        return self
+
+
+class ConsentStateOut(BaseModel):
+    granted: bool
+    decided_at: datetime
+    source: str
+
+
+class ConsentResponse(IODescriptor):
+    """The person's latest decision per purpose, after the request (purposes never decided
+    are absent)."""
+
+    user_id: str | None
+    anonymous_id: str | None
+    consent: dict[str, ConsentStateOut]
+
+
+_Email = Annotated[
+    str, StringConstraints(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")
+]
+
+
+class DeletionCall(IODescriptor):
+    """``POST /v1/privacy/deletions``: erase a person, named by exactly one id, from every
+    store (see :mod:`bespoke.privacy`)."""
+
+    model_config = ConfigDict(
+        **_STRICT, json_schema_extra=_exactly_one("user_id", "anonymous_id", "email")
+    )
+
+    user_id: Identifier | None = None
+    anonymous_id: Identifier | None = None
+    email: _Email | None = None
+
+    @model_validator(mode="after")
+    def _one_person(self) -> DeletionCall:
+        if sum(v is not None for v in (self.user_id, self.anonymous_id, self.email)) != 1:
+            raise ValueError("name the person by exactly one of user_id, anonymous_id, email")
+        return self
+
+
+class StoreOutcome(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    verified: bool = Field(description="The store was scanned afterwards and holds 0 traces.")
+    removed: dict[str, int] | None = None
+    traces: dict[str, int] | None = None
+    error: str | None = None
+
+
+#: A deletion request's id (``uuid4().hex``).
+DELETION_ID_PATTERN = r"^[0-9a-f]{32}$"
+
+
+class DeletionOut(IODescriptor):
+    id: str
+    dataset: str
+    status: Literal["received", "running", "done", "partial"]
+    results: dict[str, StoreOutcome] = Field(description="Per store: what was removed, and "
+                                              "what its verification found.")  # fmt: skip
+    created_at: str
+    updated_at: str
+
+
 # --- errors -------------------------------------------------------------------------------
 
 
@@ -358,6 +479,7 @@ _ERRORS = {
     401: "No API key was sent.",
     403: "The API key is not valid (unknown or revoked).",
     404: "Nothing is known about this person.",
+    409: "Another deletion is running: try again when it has finished.",
     413: f"The body is larger than the service's limit, or more than {MAX_EVENTS} events.",
     415: "The body is not application/json.",
     422: "The request is invalid: detail names each field at fault.",
@@ -402,6 +524,14 @@ _ROUTES: list[tuple[str, str, type[BaseModel] | None, type[BaseModel], str, tupl
      "One person as the online store knows them.", (401, 403, 404, 413, 415, 422)),
     ("/v1/profiles/{id}", "get", None, ProfileView,
      "One person as the online store knows them.", (401, 403, 404, 422)),
+    ("/v1/consent", "post", ConsentRequest, ConsentResponse,
+     "Record a person's consent decisions per purpose; enforced from the next request.",
+     (401, 403, 413, 415, 422)),
+    ("/v1/privacy/deletions", "post", DeletionCall, DeletionOut,
+     "Erase a person from every store and verify 0 traces (done, or partial with reasons).",
+     (401, 403, 404, 409, 413, 415, 422)),
+    ("/v1/privacy/deletions/{id}", "get", None, DeletionOut,
+     "A deletion request's status and per-store outcome.", (401, 403, 404, 422)),
 ]  # fmt: skip
 
 #: Routes that need no key: BentoML's probes and metrics, and this document.
@@ -440,6 +570,12 @@ def openapi_document(version: str = "1") -> dict[str, Any]:
                 "required": True,
                 "content": {"application/json": {"schema": names[(request, "validation")]}},
             }
+        elif path.startswith("/v1/privacy/deletions/"):
+            operation["parameters"] = [
+                {"name": "id", "in": "path", "required": True,
+                 "description": "The id POST /v1/privacy/deletions answered.",
+                 "schema": {"type": "string", "pattern": DELETION_ID_PATTERN}},
+            ]  # fmt: skip
         else:
             operation["parameters"] = [
                 {"name": "id", "in": "path", "required": True,

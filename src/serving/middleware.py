@@ -29,6 +29,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 from cachetools import TTLCache
@@ -43,6 +44,10 @@ from bespoke.settings import Settings, get_settings
 KEY_TTL_S = 5.0
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
 _PROFILE_PREFIX = "/v1/profiles/"
+_DELETION_PREFIX = "/v1/privacy/deletions/"
+
+#: The name of the API key the current request presented (for the audit log's actor).
+CALLER: ContextVar[str | None] = ContextVar("bespoke_caller", default=None)
 
 
 class Gateway:
@@ -97,22 +102,9 @@ class Gateway:
                 await _error(tagged, 401, "an API key is required (Authorization: Bearer …)")
             elif not name:
                 await _error(tagged, 403, "this API key is not valid")
-            elif method != "POST" or path not in BODY_ROUTES:  # the app answers 404 or 405
-                await self.app(scope, receive, _validation_is_422(tagged))
-            elif not is_json(headers.get("content-type", "")):
-                # The API speaks JSON only; BentoML would try other body parsers (and 500).
-                await _error(tagged, 415, "send the body as application/json")
-            elif (body := await _read_body(receive, headers, self.max_body)) is None:
-                await _error(
-                    tagged,
-                    413,
-                    f"the request body is larger than {self.max_body} bytes",
-                    limit=self.max_body,
-                )
-            elif (direct := self.direct.get(path)) is not None:
-                await direct(body)(scope, receive, tagged)
             else:
-                await self.app(scope, _replay(body, receive), _validation_is_422(tagged))
+                CALLER.set(name)  # the routes name the caller in the audit log
+                await self._checked(scope, receive, tagged, headers)
         except _Disconnected:
             answer["status"] = 499  # the client went away before sending its body
         finally:
@@ -122,6 +114,26 @@ class Gateway:
                     "status": answer["status"], "key": name or None,
                     "duration_ms": round(1000 * (time.perf_counter() - started), 3),
                 }))  # fmt: skip
+
+    async def _checked(self, scope: dict, receive: Any, tagged: Any, headers: dict) -> None:
+        """A request with a valid key: its media type and size checked, then answered."""
+        path, method = scope["path"], scope.get("method", "GET")
+        if method != "POST" or path not in BODY_ROUTES:  # the app answers 404 or 405
+            await self.app(scope, receive, _validation_is_422(tagged))
+        elif not is_json(headers.get("content-type", "")):
+            # The API speaks JSON only; BentoML would try other body parsers (and 500).
+            await _error(tagged, 415, "send the body as application/json")
+        elif (body := await _read_body(receive, headers, self.max_body)) is None:
+            await _error(
+                tagged,
+                413,
+                f"the request body is larger than {self.max_body} bytes",
+                limit=self.max_body,
+            )
+        elif (direct := self.direct.get(path)) is not None:
+            await direct(body)(scope, receive, tagged)
+        else:
+            await self.app(scope, _replay(body, receive), _validation_is_422(tagged))
 
     def document(self) -> bytes:
         if self._document is None:
@@ -160,6 +172,8 @@ def route_of(path: str) -> str:
         return path
     if path.startswith(_PROFILE_PREFIX):
         return _PROFILE_PREFIX + "{id}"
+    if path.startswith(_DELETION_PREFIX):
+        return _DELETION_PREFIX + "{id}"
     return "(unknown)"
 
 

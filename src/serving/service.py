@@ -27,8 +27,15 @@ from starlette.responses import Response
 
 from bespoke.experiments.runtime import treatment
 from bespoke.features.schema import person_id_of
+from bespoke.privacy.audit import audit_log, person_pseudonym
+from bespoke.privacy.stores import AnswerCaches
 from bespoke.serving.api import (
+    DELETION_ID_PATTERN,
     MAX_EVENTS,
+    ConsentRequest,
+    ConsentResponse,
+    DeletionCall,
+    DeletionOut,
     EventsRequest,
     EventsResponse,
     IdentifyRequest,
@@ -39,7 +46,7 @@ from bespoke.serving.api import (
     RecommendRequest,
     RecommendResponse,
 )
-from bespoke.serving.middleware import Gateway
+from bespoke.serving.middleware import CALLER, Gateway
 from bespoke.settings import get_settings
 
 #: Seconds between two looks at the webhook outbox.
@@ -118,6 +125,9 @@ def _profile(person: str, anonymous: bool) -> Any:
     view = service.store.profile(person, service.dataset, anonymous=anonymous)
     if not view.known:
         return _json({"error": "no profile for this person"}, 404)
+    named = f"{'anonymous_id' if anonymous else 'user_id'}:{person}"
+    service.audit.append("profile.read", actor=CALLER.get() or "", person=person_pseudonym(
+        service.settings.pseudonym_key(), service.dataset, named))  # fmt: skip
     return _json(view.model_dump(mode="json"))
 
 
@@ -148,6 +158,29 @@ def _profiles_app() -> Any:
     return Starlette(routes=[Route("/{person:path}", _get_profile, methods=["GET"])])
 
 
+async def _get_deletion(request: Any) -> Any:
+    """``GET /v1/privacy/deletions/{id}``: a deletion request's status and outcome."""
+    import re
+
+    request_id = request.path_params["request_id"]
+    if not re.fullmatch(DELETION_ID_PATTERN, request_id):
+        return _json({"error": "invalid request", "detail": [{
+            "loc": ["path", "id"], "type": "string_pattern_mismatch",
+            "msg": f"a deletion id is 32 hexadecimal digits ({DELETION_ID_PATTERN})"}]}, 422)  # fmt: skip
+    service = bentoml.get_current_service()
+    found = service.privacy().deletions(actor=CALLER.get() or "").get(request_id)
+    if found is None:
+        return _json({"error": "no deletion request with this id"}, 404)
+    return _json(found.as_dict())
+
+
+def _deletions_app() -> Any:
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    return Starlette(routes=[Route("/{request_id:path}", _get_deletion, methods=["GET"])])
+
+
 _SETTINGS = get_settings()
 # Per-request overheads off by default, each one setting away: BentoML's access log (ours,
 # BESPOKE_ACCESS_LOG, is structured and carries request ids), and OpenTelemetry's
@@ -174,6 +207,8 @@ class _Prepared:
     snapshot: Any
     now: datetime
     assigned: list[Any]
+    #: False: the answer a stranger gets (consent withdrawn, or nobody known).
+    personalized: bool
 
 
 def _experimenter(settings: Any, dataset: str, store: Any, model_source: str) -> Any:
@@ -226,6 +261,7 @@ def _live_scorer(settings: Any, dataset: str) -> Any:
 
 
 @bentoml.asgi_app(_profiles_app(), path="/v1/profiles")
+@bentoml.asgi_app(_deletions_app(), path="/v1/privacy/deletions")
 @bentoml.service(name="bespoke", **_SERVICE_CONFIG)
 class Personalization:
     def __init__(self) -> None:
@@ -250,8 +286,10 @@ class Personalization:
         configure_service_logging()
         exit_with_parent()  # a kill -9 of the server must not leave this worker serving
         settings = get_settings()
+        self.settings = settings
         self.dataset = settings.serving_dataset
         self.store = open_store(settings)
+        self._privacy: Any = None
         self.watcher: Any = None
         lake = Lake(settings.lake_url)
         _, item_events = event_counts(lake, self.dataset)
@@ -284,6 +322,12 @@ class Personalization:
         )  # fmt: skip
         self.experimenter = _experimenter(settings, self.dataset, self.store, self.model_source)
         self.cache: TTLCache = TTLCache(maxsize=50_000, ttl=60)
+        self.gate = self.store.gate()
+        self.audit = audit_log(settings)
+        # Every worker empties its answer cache when a deletion advances this (one stat
+        # per request): no answer about an erased person stays in any worker's memory.
+        self.erasures = AnswerCaches(self.store.database())
+        self.erasure_mark = self.erasures.mark()
         if settings.webhook_url:
             from bespoke.serving.webhooks import deliver_every
 
@@ -298,30 +342,48 @@ class Personalization:
         version in their key, so none of the old ones is served again."""
         self.engine.models = models
 
-    def _key(self, kind: str, person: str | None, version: str | None, request: Any) -> str:
-        """The answer cache's key: the route, the person and their profile's version, the
-        models' version and every field of the (validated) request."""
+    def _key(
+        self, kind: str, person: str | None, version: str | None, request: Any, allowed: bool
+    ) -> str:
+        """The answer cache's key: the route, the person, whether they may get a personal
+        answer and their profile's version, the models' version and every field of the
+        (validated) request."""
         experiments = self.experimenter.config_version() if self.experimenter else None
         fields = json.dumps(
-            [kind, person, version, self.engine.models.version, experiments, request.__dict__],
+            [
+                kind,
+                person,
+                allowed,
+                version,
+                self.engine.models.version,
+                experiments,
+                request.__dict__,
+            ],
             sort_keys=True,
             default=vars,  # nested request models (personalize's slots): their fields
         )
         return hashlib.sha256(fields.encode()).hexdigest()
 
-    def _lookup(self, kind: str, request: Any) -> tuple[str | None, bool, str | None, str, Any]:
-        """(person, anonymous, profile version, cache key, cached answer). Only the
-        profile's version is read here: a cached answer is served without reading the
-        whole profile."""
+    def _lookup(
+        self, kind: str, request: Any
+    ) -> tuple[str | None, bool, bool, str | None, str, Any]:
+        """(person, anonymous, whether they may get a personal answer, profile version,
+        cache key, cached answer). Only the consent state and the profile's version are
+        read here: a cached answer is served without reading the whole profile."""
+        mark = self.erasures.mark()
+        if mark != self.erasure_mark:
+            self.cache.clear()
+            self.erasure_mark = mark
         person = request.user_id or request.anonymous_id
         anonymous = request.user_id is None
+        allowed = self.gate.personalizes(self.dataset, request.user_id, request.anonymous_id)
         version = None
-        if person is not None:
+        if person is not None and allowed:
             # The latest event is part of every cache key: a new event changes the answer
             # in every worker, without cross-process invalidation.
             version = self.store.version(person, self.dataset, anonymous=anonymous)
-        key = self._key(kind, person, version, request)
-        return person, anonymous, version, key, self.cache.get(key)
+        key = self._key(kind, person, version, request, allowed)
+        return person, anonymous, allowed, version, key, self.cache.get(key)
 
     def _snapshot(self, person: str | None, anonymous: bool) -> Any:
         """What the store knows of the person a request is about (nothing: a stranger)."""
@@ -332,14 +394,13 @@ class Personalization:
             return Snapshot(Profile(user_id=""), [], None)
         return self.store.snapshot(person, self.dataset, anonymous=anonymous)
 
-    def _keep(
-        self, kind: str, key: str, version: str | None, snapshot: Any, request: Any, body: bytes
-    ) -> None:
+    def _keep(self, kind: str, ready: _Prepared, request: Any, body: bytes) -> None:
         """Cache an answer under the profile version it was computed from (an event may
         have arrived between the version read and the snapshot)."""
-        if snapshot.version != version:
+        key = ready.key
+        if ready.snapshot.version != ready.version:
             person = request.user_id or request.anonymous_id
-            key = self._key(kind, person, snapshot.version, request)
+            key = self._key(kind, person, ready.snapshot.version, request, True)
         self.cache[key] = body
 
     # The model routes are coroutines that do their (short, CPU-bound) work inline on the
@@ -372,13 +433,14 @@ class Personalization:
             )
         body = _encode({
             "user_id": ready.person,
+            "personalized": ready.personalized,
             "experiments": [a.as_dict() for a in assigned],
             "items": _items(answer.items),
             "content": answer.content,
             "rules": answer.rules,
             "model_version": answer.model_version,
         })  # fmt: skip
-        self._keep("recommend", ready.key, ready.version, snapshot, request, body)
+        self._keep("recommend", ready, request, body)
         return _answer(body)
 
     @bentoml.api(
@@ -408,27 +470,34 @@ class Personalization:
         entered = [a for a in assigned if a.in_experiment]
         body = _encode({
             "user_id": ready.person,
+            "personalized": ready.personalized,
             "variant": entered[0].variant if entered else None,
             "experiments": [a.as_dict() for a in assigned],
             "slots": [{"id": s.id, "kind": s.kind, "items": _items(s.items),
                        "content": s.content, "rules": s.rules} for s in slots],
             "model_version": self.engine.models.version,
         })  # fmt: skip
-        self._keep("personalize", ready.key, ready.version, snapshot, request, body)
+        self._keep("personalize", ready, request, body)
         return _answer(body)
 
     def _prepare(self, kind: str, request: Any) -> Any:
         """A cached answer or a refused QA override (a response), else what a model route
         needs to answer: the person's snapshot and experiment assignments."""
-        person, anonymous, version, key, cached = self._lookup(kind, request)
+        person, anonymous, allowed, version, key, cached = self._lookup(kind, request)
         if cached is not None:
             return _answer(cached)
-        snapshot = self._snapshot(person, anonymous)
+        # Who withdrew personalization is answered as a stranger: no profile read, no
+        # experiment (nothing of theirs is used or recorded).
+        snapshot = self._snapshot(person if allowed else None, anonymous)
         now = datetime.now(UTC)
-        assigned = self._assign(person, anonymous, snapshot, request, now)
-        if not isinstance(assigned, list):
-            return assigned
-        return _Prepared(person, version, key, snapshot, now, assigned)
+        if allowed:
+            assigned = self._assign(person, anonymous, snapshot, request, now)
+            if not isinstance(assigned, list):
+                return assigned
+        else:
+            assigned = []
+        personalized = allowed and person is not None and snapshot.version is not None
+        return _Prepared(person, version, key, snapshot, now, assigned, personalized)
 
     def _assign(
         self, person: str | None, anonymous: bool, snapshot: Any, request: Any, now: datetime
@@ -502,6 +571,53 @@ class Personalization:
     @bentoml.api(route="/v1/profiles", input_spec=ProfileRequest)
     def profiles(self, **request: Any) -> Any:
         return _profile(request["user_id"], request["anonymous"])  # validated by BentoML
+
+    @bentoml.api(route="/v1/consent", input_spec=ConsentRequest, output_spec=ConsentResponse)
+    def consent(self, **request: Any) -> Any:
+        from bespoke.privacy.consent import ConsentLedger, ConsentSource
+
+        call = ConsentRequest.model_construct(**request)  # validated by BentoML
+        ledger = ConsentLedger(self.store.database(), audit=self.audit,
+                               key=self.settings.pseudonym_key())  # fmt: skip
+        ledger.record(
+            self.dataset, dict(call.purposes), source=ConsentSource(call.source),
+            user_id=call.user_id, anonymous_id=call.anonymous_id, decided_at=call.decided_at,
+            detail=call.detail, actor=CALLER.get() or "",
+        )  # fmt: skip
+        state = ledger.state(self.dataset, user_id=call.user_id, anonymous_id=call.anonymous_id)
+        return ConsentResponse(
+            user_id=call.user_id,
+            anonymous_id=call.anonymous_id,
+            consent={p.value: {"granted": d.granted, "decided_at": d.decided_at,
+                               "source": d.source.value} for p, d in state.items()},
+        )  # fmt: skip
+
+    def privacy(self) -> Any:
+        """This installation's person-data stores (opened at the first privacy request)."""
+        if self._privacy is None:
+            from bespoke.privacy.installation import Installation
+
+            self._privacy = Installation.from_settings(self.settings)
+        return self._privacy
+
+    @bentoml.api(route="/v1/privacy/deletions", input_spec=DeletionCall, output_spec=DeletionOut)
+    def privacy_deletions(self, **request: Any) -> Any:
+        from bespoke.privacy.requests import DeletionBusy
+        from bespoke.privacy.subjects import SubjectError
+
+        call = DeletionCall.model_construct(**request)  # validated by BentoML
+        installation = self.privacy()
+        try:
+            subject, named = installation.person(
+                self.dataset, user_id=call.user_id, anonymous_id=call.anonymous_id,
+                email=call.email,
+            )  # fmt: skip
+            done = installation.delete(subject, named, actor=CALLER.get() or "")
+        except SubjectError as error:
+            return _json({"error": str(error)}, 404)
+        except DeletionBusy as error:
+            return _json({"error": str(error)}, 409)
+        return _json(done.as_dict())
 
 
 # With tracing on, the model routes go through BentoML's own dispatch, whose request

@@ -75,7 +75,7 @@ def test_bad_decisions_are_refused_and_nothing_is_recorded(store: SQLiteStore) -
         ledger.record("d", {P: True}, source=ConsentSource.API)
     with pytest.raises(ConsentError, match="purposes"):
         ledger.record("d", {}, source=ConsentSource.API, user_id="u1")
-    with pytest.raises(ConsentError, match="decided_at: .*time zone"):
+    with pytest.raises(ConsentError, match=r"decided_at: .*time zone"):
         ledger.record("d", {P: True}, source=ConsentSource.API, user_id="u1",
                       decided_at=datetime(2026, 1, 1))  # fmt: skip
     assert ledger.people("d") == 0

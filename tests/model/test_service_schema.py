@@ -7,12 +7,18 @@ data accepted and invalid data refused, auth enforced where the document says so
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
 import httpx
 import pytest
 import schemathesis
 from schemathesis.checks import CHECKS, load_all_checks
 from schemathesis.config import SchemathesisConfig
 from schemathesis.config._checks import NEGATIVE_DATA_REJECTION_EXPECTED_STATUSES
+
+from bespoke.serving.local import LOG_FILE, start_local_service, stop_local_service
 
 load_all_checks()  # the OpenAPI checks register themselves on import
 
@@ -25,8 +31,24 @@ MULTIPART_WITHOUT_BOUNDARY = "multipart/form-data"
 
 
 @pytest.fixture(scope="module")
-def api_schema(service: tuple[str, str]) -> schemathesis.BaseSchema:
-    url, key = service
+def fuzzed_service(
+    prepared_service_home: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, str]]:
+    """A server of this module's own: the fuzzer records consent decisions and asks for
+    deletions of whoever its ids happen to name, which no other test may see."""
+    prepared, key = prepared_service_home
+    home = tmp_path_factory.mktemp("fuzzed-home")
+    shutil.copytree(prepared, home, dirs_exist_ok=True, ignore=shutil.ignore_patterns(LOG_FILE))
+    url, process = start_local_service(home)
+    try:
+        yield url, key
+    finally:
+        stop_local_service(process)
+
+
+@pytest.fixture(scope="module")
+def api_schema(fuzzed_service: tuple[str, str]) -> schemathesis.BaseSchema:
+    url, key = fuzzed_service
     config = SchemathesisConfig.from_dict(
         {
             "seed": SEED,
@@ -72,7 +94,8 @@ def test_the_document_lists_every_route_and_status(api_schema: schemathesis.Base
     paths = api_schema.raw_schema["paths"]
     assert api_schema.raw_schema["openapi"].startswith("3.1")
     assert {"/v1/recommend", "/v1/personalize", "/v1/events", "/v1/profiles",
-            "/v1/profiles/{id}", "/healthz", "/readyz", "/metrics"} <= set(paths)  # fmt: skip
+            "/v1/profiles/{id}", "/v1/consent", "/v1/privacy/deletions",
+            "/v1/privacy/deletions/{id}", "/healthz", "/readyz", "/metrics"} <= set(paths)  # fmt: skip
     for path, methods in paths.items():
         for operation in methods.values():
             if path.startswith("/v1/"):
@@ -85,9 +108,9 @@ def test_the_document_lists_every_route_and_status(api_schema: schemathesis.Base
 
 
 def test_a_malformed_content_type_is_not_a_server_error(
-    api_schema: schemathesis.BaseSchema, service: tuple[str, str]
+    api_schema: schemathesis.BaseSchema, fuzzed_service: tuple[str, str]
 ) -> None:
-    url, key = service
+    url, key = fuzzed_service
     routes = sorted(
         path for path, methods in api_schema.raw_schema["paths"].items() if "post" in methods
     )
