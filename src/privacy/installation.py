@@ -7,17 +7,25 @@ log happen here.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bespoke.features.lake import Lake
 from bespoke.privacy.audit import AuditLog, audit_log, person_pseudonym
 from bespoke.privacy.consent import ConsentLedger
 from bespoke.privacy.requests import DeletionRequest, Deletions
-from bespoke.privacy.stores import PersonStore, export_subject, registry
+from bespoke.privacy.stores import ModelStore, PersonStore, export_subject, registry
 from bespoke.privacy.subjects import Subject, SubjectError, resolve
 from bespoke.serving.db import Database
 from bespoke.settings import Settings
+
+
+def bentoml_home() -> Path:
+    """BentoML's home (its model store and Bentos): ``BENTOML_HOME``, BentoML's default
+    otherwise."""
+    return Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml").expanduser()
 
 
 @dataclass
@@ -35,7 +43,10 @@ class Installation:
 
         online = open_store(settings).database()
         lake = Lake(settings.lake_url)
-        stores = registry(online=online, lake=lake, vault=Vault.from_settings(settings))
+        stores = registry(
+            online=online, lake=lake, vault=Vault.from_settings(settings),
+            models=ModelStore.of(settings.mlflow_artifacts_dir, bentoml_home()),
+        )  # fmt: skip
         return cls(settings, online, lake, stores, audit_log(settings))
 
     def person(

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bespoke.features.lake import TMP_SUFFIX, Lake
@@ -396,7 +397,146 @@ class AnswerCaches:
         return {"workers": 0}
 
 
-def registry(*, online: Database | None, lake: Lake | None, vault: Any | None) -> list[PersonStore]:
+# --- models that embed histories ----------------------------------------------------------
+
+#: The files of a logged model that hold people, by what they are.
+_EXAMPLES = {"input_example.json", "serving_input_example.json"}
+#: What an erased person's id becomes in a model's input example.
+EXAMPLE_PLACEHOLDER = "example-user"
+
+
+@dataclass
+class ModelStore:
+    """Models that embed people: every recommender's saved state (its user index, the
+    items each user was seen with, per-user factors), the ranker's stored histories
+    (Parquet with a ``user_id`` column) and the input examples MLflow keeps with a model
+    (a user id). Both copies are covered: the MLflow artifact store and BentoML's model
+    store and Bentos (``bespoke-*``). A deletion re-exports each file without the person,
+    atomically, in place: the version keeps serving, now without them."""
+
+    roots: list[Path]
+    name: str = "models"
+
+    @classmethod
+    def of(cls, mlflow_artifacts: Path | None, bentoml_home: Path | None) -> ModelStore:
+        roots = [mlflow_artifacts] if mlflow_artifacts else []
+        if bentoml_home is not None:
+            for part in ("models", "bentos"):
+                folder = bentoml_home / part
+                if folder.is_dir():
+                    roots += sorted(folder.glob("bespoke*"))
+        return cls(roots)
+
+    def covers(self) -> set[str]:
+        return {f"{self.name}:{kind}" for kind in ("user_index", "histories", "input_examples")}
+
+    def _files(self) -> Iterator[tuple[str, Path]]:
+        from bespoke.training.base import STATE_FILE
+
+        for root in self.roots:
+            if not root.is_dir():
+                continue
+            for path in sorted(root.rglob("*")):
+                if path.is_symlink() or not path.is_file():
+                    continue
+                if path.name == STATE_FILE:
+                    yield "user_index", path
+                elif path.suffix == ".parquet" and "user_id" in pq.read_schema(path).names:
+                    yield "histories", path
+                elif path.name in _EXAMPLES:
+                    yield "input_examples", path
+
+    def _count(self, kind: str, path: Path, users: list[str]) -> int:
+        from bespoke.training.base import saved_users
+
+        if kind == "user_index":
+            return saved_users(path, users)
+        if kind == "histories":
+            column = pq.read_table(path, columns=["user_id"]).column("user_id").cast(pa.string())
+            return pc.sum(pc.is_in(column, value_set=pa.array(users))).as_py() or 0
+        return sum(1 for _ in _example_rows(json.loads(path.read_text()), users))
+
+    def export(self, subject: Subject) -> dict[str, list[dict[str, Any]]]:
+        users = sorted(subject.user_ids)
+        out: dict[str, list[dict[str, Any]]] = {}
+        if not users:
+            return out
+        for kind, path in self._files():
+            if count := self._count(kind, path, users):
+                out.setdefault(kind, []).append({"file": str(path), "entries": count})
+        return out
+
+    def delete(self, subject: Subject) -> dict[str, int]:
+        from bespoke.training.base import remove_saved_users
+
+        users = sorted(subject.user_ids)
+        removed = dict.fromkeys(("user_index", "histories", "input_examples"), 0)
+        if not users:
+            return removed
+        for kind, path in self._files():
+            if kind == "user_index":
+                removed[kind] += remove_saved_users(path, users)
+            elif kind == "histories" and (count := self._count(kind, path, users)):
+                table = pq.read_table(path)
+                mine = pc.is_in(
+                    table.column("user_id").cast(pa.string()), value_set=pa.array(users)
+                )
+                kept = table.filter(pc.invert(mine))
+                sink = pa.BufferOutputStream()
+                pq.write_table(kept, sink)
+                _replace(path, sink.getvalue().to_pybytes())
+                removed[kind] += count
+            elif kind == "input_examples":
+                document = json.loads(path.read_text())
+                rows = list(_example_rows(document, users))
+                for row, position in rows:
+                    row[position] = EXAMPLE_PLACEHOLDER
+                if rows:
+                    _replace(path, json.dumps(document).encode())
+                removed[kind] += len(rows)
+        return removed
+
+    def verify(self, subject: Subject) -> dict[str, int]:
+        users = sorted(subject.user_ids)
+        traces = dict.fromkeys(("user_index", "histories", "input_examples"), 0)
+        if users:
+            for kind, path in self._files():
+                traces[kind] += self._count(kind, path, users)
+        return traces
+
+
+def _example_rows(document: Any, users: list[str]) -> Iterator[tuple[list[Any], int]]:
+    """(row, position) of each user id of ``users`` in an MLflow input example (pandas
+    ``split`` orient, at the top or under ``dataframe_split``)."""
+    if isinstance(document, dict):
+        columns, data = document.get("columns"), document.get("data")
+        if isinstance(columns, list) and "user_id" in columns and isinstance(data, list):
+            position = columns.index("user_id")
+            for row in data:
+                if isinstance(row, list) and len(row) > position and str(row[position]) in users:
+                    yield row, position
+        for value in document.values():
+            if isinstance(value, dict | list):
+                yield from _example_rows(value, users)
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file, then rename it over ``path``."""
+    temporary = path.with_name(path.name + TMP_SUFFIX)
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def registry(
+    *,
+    online: Database | None,
+    lake: Lake | None,
+    vault: Any | None,
+    models: ModelStore | None = None,
+) -> list[PersonStore]:
     """Every store holding person data that this installation has."""
     stores: list[PersonStore] = []
     if online is not None:
@@ -406,6 +546,8 @@ def registry(*, online: Database | None, lake: Lake | None, vault: Any | None) -
         stores.append(LakeStore(lake))
     if vault is not None:
         stores.append(VaultStore(vault))
+    if models is not None:
+        stores.append(models)
     return stores
 
 

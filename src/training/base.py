@@ -255,6 +255,46 @@ class Recommender:
         """Rebuild anything derived from the state arrays (e.g. a library's model)."""
 
 
+STATE_FILE = _STATE_FILE
+
+
+def saved_users(state_file: Path, user_ids: Iterable[str]) -> int:
+    """How many of ``user_ids`` a saved model's state (:meth:`Recommender.save`) holds."""
+    with np.load(state_file, allow_pickle=False) as arrays:
+        return int(np.isin(arrays["user_ids"].astype(str), list(user_ids)).sum())
+
+
+def remove_saved_users(state_file: Path, user_ids: Iterable[str]) -> int:
+    """Write a saved model's state again without ``user_ids``: their index entries, the
+    items they were seen with and every per-user array (``user_*`` with a row per user,
+    such as ALS's factors); item-side state is left as it is. The new file replaces the
+    old one atomically. Returns how many users were removed."""
+    import os
+
+    with np.load(state_file, allow_pickle=False) as stored:
+        arrays = {name: stored[name] for name in stored.files}
+    users = arrays["user_ids"].astype(str)
+    drop = np.isin(users, list(user_ids))
+    if not drop.any():
+        return 0
+    keep = np.flatnonzero(~drop)
+    indices = arrays["seen_indices"]
+    seen = sp.csr_matrix(
+        (np.ones(len(indices), np.float32), indices, arrays["seen_indptr"]),
+        shape=(len(users), len(arrays["item_ids"])),
+    )[keep]
+    arrays["seen_indptr"], arrays["seen_indices"] = seen.indptr, seen.indices
+    for name, values in arrays.items():
+        if name.startswith("user_") and values.ndim and values.shape[0] == len(users):
+            arrays[name] = values[keep]
+    temporary = state_file.with_name(state_file.stem + ".tmp.npz")
+    np.savez(temporary, **arrays)
+    with open(temporary, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temporary, state_file)
+    return int(drop.sum())
+
+
 #: id(item index array) -> (a weak reference to it, its id -> position mapping): a live
 #: request looks up a handful of ids, and building a hash table over the whole catalog
 #: each time would cost more than the lookups.

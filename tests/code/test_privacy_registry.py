@@ -14,6 +14,8 @@ from pathlib import Path
 from bespoke.experiments.ledger import ExperimentLedger
 from bespoke.features.schema import TABLES, EventIn
 from bespoke.identity.vault import Vault
+from bespoke.privacy.consent import ConsentLedger
+from bespoke.privacy.requests import Deletions
 from bespoke.privacy.stores import (
     LAKE_NOT_PERSONAL,
     LAKE_TABLES,
@@ -22,6 +24,7 @@ from bespoke.privacy.stores import (
     OnlineStore,
     VaultStore,
 )
+from bespoke.privacy.suppression import SuppressionList
 from bespoke.serving.keys import ApiKeys
 from bespoke.serving.store import SQLiteStore
 from bespoke.settings import get_settings
@@ -49,6 +52,9 @@ def _online_database(tmp_path: Path, key: bytes):
     ledger = ExperimentLedger(store.database())
     ledger.states()
     ledger.errors("x")
+    ConsentLedger(store.database()).people("ml-100k")
+    SuppressionList(store.database(), key).count("ml-100k")
+    Deletions(store.database(), key).list()
     return store.database()
 
 
