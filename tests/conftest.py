@@ -56,6 +56,9 @@ def isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """
     home = tmp_path / "home"
     monkeypatch.setenv("BESPOKE_HOME", str(home))
+    # BentoML's model store is a person-data store a deletion rewrites: never the
+    # developer's own.
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
     for name in _STATE_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import yaml
 
+from bespoke.privacy.stores import ModelStore
 from bespoke.serving.local import service_environment, start_local_service, stop_local_service
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,6 +49,13 @@ def test_make_bento_builds_offline_and_the_bento_serves(
         "bespoke-ranker-ml-100k:v1",
         "bespoke-recommender-ml-100k:v1",
     ]
+    # The exported models embed people: the privacy registry reaches them in BentoML's
+    # model store (a built Bento refers to them there; archives taken out with `bentoml
+    # export` are outside the installation).
+    held = [path.relative_to(bentoml_home).parts[:2] for kind, path
+            in ModelStore.of(None, bentoml_home)._files() if kind == "user_index"]  # fmt: skip
+    assert sorted(set(held)) == [("models", "bespoke-ranker-ml-100k"),
+                                 ("models", "bespoke-recommender-ml-100k")]  # fmt: skip
     requirements = (bento / "env" / "python" / "requirements.txt").read_text()
     assert re.search(r"^bentoml==", requirements, re.M)
     assert not re.search(r"^(pytest|schemathesis|ruff)==", requirements, re.M)  # no dev tools
