@@ -40,8 +40,10 @@ def _checksums(lake: Lake, store: SQLiteStore, gone: set[str]) -> dict[str, str]
         ).fetchall()
         out[f"lake:{table}"] = hashlib.sha256(repr(rows).encode()).hexdigest()
     with store.database().read() as db:
+        present = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         for table in ONLINE_TABLES:
-            rows = sorted(map(repr, db.execute(f"SELECT * FROM {table}").fetchall()))
+            found = db.execute(f"SELECT * FROM {table}").fetchall() if table in present else []
+            rows = sorted(map(repr, found))
             kept = [r for r in rows if not any(f"'{g}'" in r for g in gone)]
             out[f"online:{table}"] = hashlib.sha256(repr(kept).encode()).hexdigest()
     return out
@@ -188,3 +190,75 @@ def test_the_privacy_commands_export_delete_verify_and_refuse_bad_input(
     ]:
         code, text = run(*args)
         assert code == 1 and message in text, text
+
+
+def test_a_deletion_killed_mid_run_resumes_to_zero_traces_and_loses_nobody_else(
+    ml100k_lake, isolated_settings: Path, monkeypatch
+) -> None:
+    """``kill -9`` of a real ``bespoke privacy delete`` process as soon as its request is
+    running; ``bespoke privacy resume`` then finishes it: 0 traces of the person, everyone
+    else's rows as they were, the lake healthy."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from typer.testing import CliRunner
+
+    from bespoke.cli import app
+    from bespoke.serving.store import open_store
+    from bespoke.settings import get_settings
+
+    source, _ = ml100k_lake
+    shutil.copytree(source.path(), isolated_settings / "lake")
+    monkeypatch.setenv("BESPOKE_HMAC_KEY", "k" * 32)
+    get_settings.cache_clear()
+    settings = get_settings()
+    store = open_store(settings)
+    store.accept_events([_event(None, BROWSER, "50", 1), _event("13", BROWSER, "181", 2),
+                         _event("14", None, "181", 2)], "ml-100k")  # fmt: skip
+    lake = Lake(settings.lake_url)
+    gone = {"13", BROWSER}
+    before = _checksums(lake, store, gone)
+    command = [
+        str(Path(sys.executable).with_name("bespoke")),
+        "privacy",
+        "delete",
+        "--user-id",
+        "13",
+    ]
+    process = subprocess.Popen(command, env=os.environ.copy(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    status = None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with store.database().read() as con:
+                row = con.execute("SELECT status FROM privacy_requests").fetchone()
+        except Exception:  # the table is not there yet
+            row = None
+        if row is not None and row[0] == "running":
+            os.kill(process.pid, signal.SIGKILL)
+            status = "running"
+            break
+        time.sleep(0.005)
+    process.wait(timeout=30)
+    assert status == "running" and process.returncode == -signal.SIGKILL
+    with store.database().read() as con:
+        assert con.execute("SELECT status FROM privacy_requests").fetchone()[0] == "running"
+
+    result = CliRunner().invoke(app, ["privacy", "resume"])
+    assert result.exit_code == 0 and ": done" in result.output, result.output
+    result = CliRunner().invoke(app, ["privacy", "verify", "--user-id", "14"])
+    assert result.exit_code == 2  # someone else is still there
+    assert _checksums(lake, store, gone) == before
+    assert lake.check().healthy
+    assert not store.profile("13", "ml-100k").known and store.profile("14", "ml-100k").known
+    from bespoke.privacy.installation import Installation
+    from bespoke.privacy.subjects import Subject
+
+    place = Installation.from_settings(settings)
+    subject = Subject("ml-100k", frozenset({"13"}), frozenset({BROWSER}))
+    traces = place.traces(subject)
+    assert all(n == 0 for found in traces.values() for n in found.values()), traces
