@@ -21,7 +21,7 @@ import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -82,27 +82,43 @@ class AuditLog:
         at: datetime | None = None,
     ) -> dict[str, Any]:
         """Add one entry (durably: fsynced, then the head moves)."""
+        return self.extend([(action, person, detail)], actor=actor, at=at)[0]
+
+    def extend(
+        self,
+        items: Sequence[tuple[str, str | None, Mapping[str, Any] | None]],
+        *,
+        actor: str,
+        at: datetime | None = None,
+    ) -> list[dict[str, Any]]:
+        """Add ``(action, person, detail)`` entries, chained in order, with one write and
+        one fsync (a batch of a thousand people is one append)."""
         with self._locked():
             seq, previous = self._head()
-            entry: dict[str, Any] = {
-                "seq": seq + 1,
-                "at": (at or datetime.now(UTC)).isoformat(),
-                "action": action,
-                "actor": actor,
-                "person": person,
-                "detail": dict(detail or {}),
-                "prev": previous,
-            }
-            entry["hash"] = _digest(entry)
-            line = json.dumps(entry, sort_keys=True, default=str) + "\n"
+            moment = (at or datetime.now(UTC)).isoformat()
+            entries, lines = [], []
+            for action, person, detail in items:
+                seq += 1
+                entry: dict[str, Any] = {
+                    "seq": seq,
+                    "at": moment,
+                    "action": action,
+                    "actor": actor,
+                    "person": person,
+                    "detail": dict(detail or {}),
+                    "prev": previous,
+                }
+                entry["hash"] = previous = _digest(entry)
+                entries.append(entry)
+                lines.append(json.dumps(entry, sort_keys=True, default=str) + "\n")
             with self.path.open("a") as handle:
-                handle.write(line)
+                handle.write("".join(lines))
                 handle.flush()
                 os.fsync(handle.fileno())
             temporary = self.head_path.with_suffix(".tmp")
-            temporary.write_text(json.dumps({"seq": entry["seq"], "hash": entry["hash"]}))
+            temporary.write_text(json.dumps({"seq": seq, "hash": previous}))
             os.replace(temporary, self.head_path)
-            return entry
+            return entries
 
     def entries(self) -> list[dict[str, Any]]:
         if not self.path.exists():

@@ -17,7 +17,7 @@ from bespoke.privacy.audit import AuditLog, audit_log, person_pseudonym
 from bespoke.privacy.consent import ConsentLedger
 from bespoke.privacy.requests import DeletionRequest, Deletions
 from bespoke.privacy.stores import ModelStore, PersonStore, export_subject, registry
-from bespoke.privacy.subjects import Subject, SubjectError, resolve
+from bespoke.privacy.subjects import Subject, SubjectError, resolve, resolve_all
 from bespoke.serving.db import Database
 from bespoke.settings import Settings
 
@@ -99,3 +99,17 @@ class Installation:
         """Erase the person everywhere (refused when nothing is held about them)."""
         self._held(subject)
         return self.deletions(actor=actor).delete(subject, self.stores, named=named)
+
+    def delete_many(
+        self, named: list[tuple[str, str]], dataset: str | None = None, *, actor: str
+    ) -> DeletionRequest:
+        """Erase everyone named (``(user_id|anonymous_id|email, value)``) in one request:
+        each store rewritten once for all of them (refused when nothing is held about
+        any of them)."""
+        if not named:
+            raise SubjectError("name at least one person")
+        subject = resolve_all(dataset or self.settings.serving_dataset, named, lake=self.lake,
+                              online=self.online, key=self.settings.pseudonym_key())  # fmt: skip
+        self._held(subject)
+        names = sorted({f"{kind}:{value}" for kind, value in named})
+        return self.deletions(actor=actor).delete(subject, self.stores, named=names)

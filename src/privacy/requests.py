@@ -140,11 +140,13 @@ class Deletions:
         return [_request(r) for r in rows]
 
     def delete(
-        self, subject: Subject, stores: Sequence[PersonStore], *, named: str
+        self, subject: Subject, stores: Sequence[PersonStore], *, named: str | Sequence[str]
     ) -> DeletionRequest:
         """Erase ``subject`` from ``stores``: a new request, or the unfinished one for the
-        same person resumed. ``named`` is what the caller named the person by."""
-        target = pseudonym(self.key, "privacy", f"{subject.dataset}:{named}")
+        same person (or batch) resumed. ``named`` is what the caller named the person by
+        (``type:value``), or each person of a batch."""
+        names = [named] if isinstance(named, str) else sorted(named)
+        target = pseudonym(self.key, "privacy", f"{subject.dataset}:{chr(10).join(names)}")
         with self._exclusive():
             with self._ready().read() as con:
                 row = con.execute(
@@ -157,9 +159,11 @@ class Deletions:
                 now = _now()
                 self._keep_subject(request_id, subject)
                 if self.audit is not None:
-                    self.audit.append("deletion.received", actor=self.actor,
-                                      person=person_pseudonym(self.key, subject.dataset, named),
-                                      detail={"request": request_id})  # fmt: skip
+                    self.audit.extend(
+                        [("deletion.received", person_pseudonym(self.key, subject.dataset, name),
+                          {"request": request_id, "people": len(names)}) for name in names],
+                        actor=self.actor,
+                    )  # fmt: skip
                 with self._ready().write() as con:
                     con.execute(
                         "INSERT INTO privacy_requests VALUES (?, 'deletion', ?, ?, ?, "

@@ -80,15 +80,31 @@ def resolve(
     email: str | None = None,
 ) -> Subject:
     """Every identifier of the person named (see the module docstring)."""
-    typed: set[str] = set()
-    if user_id:
-        typed.add(f"{USER}:{user_id}")
-    if anonymous_id:
-        typed.add(f"{ANONYMOUS}:{anonymous_id}")
-    if email:
-        typed.add(f"email:{pseudonym(key, 'email', email)}")
-    if not typed:
+    named = [(kind, value) for kind, value in
+             ((USER, user_id), (ANONYMOUS, anonymous_id), ("email", email)) if value]  # fmt: skip
+    if not named:
         raise SubjectError("name the person: user_id, anonymous_id or email")
+    return resolve_all(dataset, named, lake=lake, online=online, key=key)
+
+
+def resolve_all(
+    dataset: str,
+    named: list[tuple[str, str]],
+    *,
+    lake: Lake,
+    online: Database | None,
+    key: bytes,
+) -> Subject:
+    """Every identifier of everyone named, as ``(user_id|anonymous_id|email, value)``:
+    one subject for a batch (the links are followed for all of them at once)."""
+    typed: set[str] = set()
+    for kind, value in named:
+        if kind == "email":
+            typed.add(f"email:{pseudonym(key, 'email', value)}")
+        elif kind in (USER, ANONYMOUS):
+            typed.add(f"{kind}:{value}")
+        else:
+            raise SubjectError(f"{kind!r}: name a person by user_id, anonymous_id or email")
     persons: set[str] = set()
     con = lake.connect()
     while True:
