@@ -118,15 +118,31 @@ def privacy_delete(
     anonymous_id: AnonymousOption = None,
     email: EmailOption = None,
     dataset: DatasetOption = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file",
+            help="Erase everyone listed: one per line, a user id or "
+            "user_id:ID, anonymous_id:ID, email:ADDRESS.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
 ) -> None:
-    """Erase a person from every store, then verify 0 traces (resumes an unfinished one)."""
+    """Erase a person (or everyone in --file, in one request) from every store, then
+    verify 0 traces (resumes an unfinished one)."""
     from bespoke.privacy.requests import DeletionBusy
     from bespoke.privacy.subjects import SubjectError
 
     place = _installation()
-    subject, named = _person(place, dataset, user_id, anonymous_id, email)
     try:
-        request = place.delete(subject, named, actor=getpass.getuser())
+        if file is not None:
+            if user_id or anonymous_id or email:
+                raise SubjectError("name people either in --file or by one option, not both")
+            request = place.delete_many(_listed(file), dataset, actor=getpass.getuser())
+        else:
+            subject, named = _person(place, dataset, user_id, anonymous_id, email)
+            request = place.delete(subject, named, actor=getpass.getuser())
     except SubjectError as error:
         raise _fail(str(error)) from None
     except DeletionBusy as error:
@@ -278,6 +294,24 @@ def _print_state(place: Any, dataset: str, user_id: str | None, anonymous_id: st
     console.print(table)
     history = ledger.history(dataset, user_id=user_id, anonymous_id=anonymous_id)
     console.print(f"{len(history)} decisions recorded for this person")
+
+
+def _listed(path: Path) -> list[tuple[str, str]]:
+    """The people a --file names, as (kind, value); a bad line is an error naming it."""
+    from bespoke.privacy.subjects import SubjectError
+
+    kinds = {"user_id", "anonymous_id", "email"}
+    people = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        kind, _, value = text.partition(":") if ":" in text else ("user_id", "", text)
+        if kind not in kinds or not value.strip():
+            raise SubjectError(f"{path.name}, line {number}: write ID or user_id:ID, "
+                               "anonymous_id:ID, email:ADDRESS")  # fmt: skip
+        people.append((kind, value.strip()))
+    return people
 
 
 def _print_request(request: Any) -> None:

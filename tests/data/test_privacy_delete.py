@@ -190,6 +190,20 @@ def test_the_privacy_commands_export_delete_verify_and_refuse_bad_input(
     ]:
         code, text = run(*args)
         assert code == 1 and message in text, text
+    # a batch: one request, every store rewritten once for all of them
+    listed = isolated_settings / "erase.txt"
+    listed.write_text(
+        "# erasure requests of the week\n10\nuser_id:11\n\nanonymous_id:nobody-seen-1\n"
+    )
+    code, text = run("delete", "--file", str(listed))
+    assert code == 0 and ": done" in text and "lake: 367 removed" in text, (
+        text
+    )  # 184 + 181 ratings, 2 users
+    for user in ("10", "11"):
+        assert run("verify", "--user-id", user)[0] == 0
+    listed.write_text("10\nphone:555\n")
+    code, text = run("delete", "--file", str(listed))
+    assert code == 1 and "erase.txt, line 2" in text, text
 
 
 def test_a_deletion_killed_mid_run_resumes_to_zero_traces_and_loses_nobody_else(
