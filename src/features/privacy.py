@@ -3,12 +3,17 @@
 A pseudonym is ``HMAC-SHA256(key, normalised value)`` in hex. The same person gets the
 same pseudonym in every source (so identities can be stitched later), nobody without the
 key can reverse or recompute it, and rotating the key unlinks every stored pseudonym.
+
+IP addresses are truncated before they are pseudonymised (data minimisation): an IPv4
+address to its /24 network, an IPv6 one to its /48, so the pseudonym says where a visit
+came from to the level of a network, never which machine.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import re
 
 import pandas as pd
@@ -27,7 +32,26 @@ def normalise(kind: str, value: str) -> str:
         return _NOT_DIGITS.sub("", value)
     if kind == "zip":
         return value.upper().replace(" ", "")
+    if kind == "ip":
+        return truncated_ip(value)
     return value
+
+
+#: The prefix an IP address keeps: its network, not the machine.
+IPV4_PREFIX, IPV6_PREFIX = 24, 48
+
+
+def truncated_ip(value: str) -> str:
+    """The network of an IP address (``203.0.113.77`` → ``203.0.113.0``, an IPv6 one to
+    its /48); a value that is no IP address is kept as it was sent, lower-cased."""
+    try:
+        address = ipaddress.ip_address(value.strip())
+    except ValueError:
+        return value.strip().lower()
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    prefix = IPV4_PREFIX if address.version == 4 else IPV6_PREFIX
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False).network_address)
 
 
 def pseudonym(key: bytes, kind: str, value: str) -> str:

@@ -56,6 +56,16 @@ def test_trivially_different_spellings_get_the_same_pseudonym(
     assert len({privacy.pseudonym(key, kind, s) for s in spellings}) == 1
 
 
+def test_ip_addresses_are_truncated_to_their_network_before_pseudonymisation(key: bytes) -> None:
+    assert privacy.truncated_ip(" 203.0.113.77 ") == "203.0.113.0"
+    assert privacy.truncated_ip("2001:db8:abcd:12:1:2:3:4") == "2001:db8:abcd::"
+    assert privacy.truncated_ip("::ffff:198.51.100.9") == "198.51.100.0"  # IPv4 in IPv6
+    assert privacy.truncated_ip("Not-An-IP") == "not-an-ip"
+    same = {privacy.pseudonym(key, "ip", ip) for ip in ("203.0.113.77", "203.0.113.1")}
+    assert len(same) == 1  # one network, one pseudonym: the machine is not recorded
+    assert privacy.pseudonym(key, "ip", "203.0.114.77") not in same
+
+
 def test_different_values_get_different_pseudonyms(key: bytes) -> None:
     assert privacy.pseudonym(key, "email", "a@b.com") != privacy.pseudonym(key, "email", "b@b.com")
     # only the local part's case is normalised, not its characters
