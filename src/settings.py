@@ -36,6 +36,15 @@ def find_project_root(start: Path | None = None) -> Path:
     return here
 
 
+#: Retention of the tables that only help operate the product; behaviour itself (the
+#: lake's events) is kept until the installation sets a period for it.
+DEFAULT_RETENTION_DAYS = {
+    "lake:quarantine": 90,
+    "online:refused_aliases": 90,
+    "online:segment_changes": 365,
+}
+
+
 class Settings(BaseSettings):
     """Where Bespoke keeps its state and which secrets it uses."""
 
@@ -141,6 +150,14 @@ class Settings(BaseSettings):
     )
     webhook_timeout_s: float = Field(
         default=5.0, gt=0, description="Seconds a webhook receiver has to answer."
+    )
+    retention_days: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_RETENTION_DAYS),
+        description=(
+            "How many days person data is kept, per table (bespoke privacy retention "
+            'deletes older rows), as JSON, e.g. {"lake:events": 730, "lake:quarantine": 90}. '
+            "A table not named is kept as long as it is not erased."
+        ),
     )
     hmac_key: SecretStr | None = Field(
         default=None,

@@ -296,6 +296,41 @@ def _print_state(place: Any, dataset: str, user_id: str | None, anonymous_id: st
     console.print(f"{len(history)} decisions recorded for this person")
 
 
+@privacy_app.command("retention")
+def privacy_retention(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count what would be deleted; change nothing.")
+    ] = False,
+    every: Annotated[
+        float | None,
+        typer.Option("--every", help="Run again every SECONDS until interrupted.", min=1.0),
+    ] = None,
+) -> None:
+    """Delete person data older than each table's retention period (BESPOKE_RETENTION_DAYS,
+    e.g. '{"lake:events": 730}'); scheduled with --every or by cron."""
+    import time
+
+    from bespoke.privacy.retention import RetentionError, enforce
+
+    place = _installation()
+    periods = place.settings.retention_days
+    while True:
+        try:
+            removed = enforce(periods, lake=place.lake, online=place.online, audit=place.audit,
+                              actor=getpass.getuser(), dry_run=dry_run)  # fmt: skip
+        except RetentionError as error:
+            raise _fail(str(error)) from None
+        table = Table(
+            "table", "days", "would delete" if dry_run else "deleted", header_style="bold"
+        )
+        for name, rows in removed.items():
+            table.add_row(name, str(periods[name]), str(rows))
+        console.print(table)
+        if every is None:
+            return
+        time.sleep(every)
+
+
 def _listed(path: Path) -> list[tuple[str, str]]:
     """The people a --file names, as (kind, value); a bad line is an error naming it."""
     from bespoke.privacy.subjects import SubjectError

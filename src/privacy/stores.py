@@ -281,8 +281,9 @@ class LakeStore:
                 continue
             counts = dict(result.fetchall())
             removed[table] = sum(counts.values())
+            con = self.lake.connect() if counts else None
             for path in counts:
-                _rewrite_without(Path(path), table, subject, self.lake)
+                _rewrite_without(Path(path), table, subject, self.lake, con)
         return removed
 
     def verify(self, subject: Subject) -> dict[str, int]:
@@ -293,15 +294,35 @@ class LakeStore:
         return traces
 
 
-def _rewrite_without(path: Path, table: str, subject: Subject, lake: Lake) -> None:
+def _rewrite_without(path: Path, table: str, subject: Subject, lake: Lake, con: Any = None) -> None:
     """Write ``path`` again without the person's rows: a new file, then renamed over it."""
-    con = lake.connect()
+    # NULL ids make the condition NULL, not false: such rows are someone else's
+    rewrite_parquet(
+        path, table, f"coalesce(dataset = $dataset AND ({LAKE_TABLES[table]}), false)",
+        {"dataset": subject.dataset, **_parameters(subject, table)}, lake, con,
+    )  # fmt: skip
+
+
+def rewrite_parquet(
+    path: Path,
+    table: str,
+    drop: str,
+    parameters: Mapping[str, Any],
+    lake: Lake,
+    con: Any = None,
+) -> int:
+    """Write the lake file ``path`` of ``table`` again without the rows where the DuckDB
+    condition ``drop`` holds: a new file, fsynced, then renamed over the old one, so a
+    reader sees the old file or the new one. Returns the rows dropped. ``con``: a lake
+    connection to reuse over many files."""
+    con = con or lake.connect()
+    source = f"read_parquet('{path}', hive_partitioning = false)"
     keep = con.execute(
-        f"SELECT * FROM read_parquet('{path}', hive_partitioning = false) "
-        # NULL ids make the condition NULL, not false: such rows are someone else's
-        f"WHERE NOT coalesce(dataset = $dataset AND ({LAKE_TABLES[table]}), false)",
-        {"dataset": subject.dataset, **_parameters(subject, table)},
+        f"SELECT * FROM {source} WHERE NOT ({drop})", dict(parameters)
     ).to_arrow_table()
+    total = pq.ParquetFile(path).metadata.num_rows
+    if keep.num_rows == total:
+        return 0
     schema = TABLES[table][1]
     keep = keep.select([n for n in schema.names if n in keep.column_names])
     temporary = path.with_name(path.name + TMP_SUFFIX)
@@ -314,6 +335,7 @@ def _rewrite_without(path: Path, table: str, subject: Subject, lake: Lake) -> No
         os.fsync(directory)
     finally:
         os.close(directory)
+    return total - keep.num_rows
 
 
 # --- the vault -----------------------------------------------------------------------------
