@@ -16,7 +16,7 @@ from bespoke.features.lake import Lake
 from bespoke.privacy.audit import AuditLog, audit_log, person_pseudonym
 from bespoke.privacy.consent import ConsentLedger
 from bespoke.privacy.requests import DeletionRequest, Deletions
-from bespoke.privacy.stores import ModelStore, PersonStore, export_subject, registry
+from bespoke.privacy.stores import FileStore, ModelStore, PersonStore, export_subject, registry
 from bespoke.privacy.subjects import Subject, SubjectError, resolve, resolve_all
 from bespoke.serving.db import Database
 from bespoke.settings import Settings
@@ -46,6 +46,11 @@ class Installation:
         stores = registry(
             online=online, lake=lake, vault=Vault.from_settings(settings),
             models=ModelStore.of(settings.mlflow_artifacts_dir, bentoml_home()),
+            files=[
+                FileStore("logs", [settings.home / "service.log", settings.home / "logs"],
+                          patterns=("*.log", "*.jsonl")),
+                FileStore("reports", [settings.reports_dir]),
+            ],
         )  # fmt: skip
         return cls(settings, online, lake, stores, audit_log(settings))
 

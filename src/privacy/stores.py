@@ -552,12 +552,143 @@ def _replace(path: Path, data: bytes) -> None:
     os.replace(temporary, path)
 
 
+# --- logs and reports ---------------------------------------------------------------------
+
+#: Fields that name a person in a structured log line, a JSON report or a CSV export.
+PERSON_FIELDS = frozenset({"user_id", "anonymous_id", "person", "person_id", "subject"})
+
+
+@dataclass
+class FileStore:
+    """Files that may name people: the service's and jobs' logs (``*.log``, ``*.jsonl``)
+    and the reports folder (HTML, JSON, CSV). Structured content is read as such — a log
+    line or JSON object naming the person in a person field, a CSV row with them in a
+    person column — and any file is also searched for the person's longer identifiers as
+    text. A deletion drops those lines, objects and rows (each file rewritten atomically),
+    and removes a report file that names them in free text (reports are recomputed)."""
+
+    name: str
+    roots: list[Path]
+    patterns: tuple[str, ...] = ("*.log", "*.jsonl", "*.json", "*.csv", "*.html")
+
+    def covers(self) -> set[str]:
+        return {f"{self.name}:files"}
+
+    def _files(self) -> Iterator[Path]:
+        for root in self.roots:
+            if root.is_file():
+                yield root
+            elif root.is_dir():
+                for pattern in self.patterns:
+                    yield from (p for p in sorted(root.rglob(pattern)) if p.is_file())
+
+    def _scan(self, path: Path, subject: Subject) -> tuple[int, str | None]:
+        """(entries naming the person, the file's text without them — None: remove the
+        file)."""
+        ids = subject.ids
+        long_ids = [i for i in ids if len(i) >= MIN_SCANNED_LENGTH]
+        text = path.read_text(errors="replace")
+        if path.suffix in {".log", ".jsonl"}:
+            lines = text.splitlines(keepends=True)
+            kept = [line for line in lines if not _names(line, ids, long_ids)]
+            return len(lines) - len(kept), "".join(kept)
+        if path.suffix == ".csv":
+            import csv
+            import io
+
+            rows = list(csv.reader(io.StringIO(text)))
+            if not rows:
+                return 0, text
+            columns = [i for i, c in enumerate(rows[0]) if c in PERSON_FIELDS]
+            kept = [rows[0]] + [r for r in rows[1:] if not any(
+                i < len(r) and r[i] in ids for i in columns) and not any(x in ",".join(r) for x in long_ids)]  # fmt: skip
+            out = io.StringIO()
+            csv.writer(out, lineterminator="\n").writerows(kept)
+            return len(rows) - len(kept), out.getvalue()
+        if path.suffix == ".json":
+            try:
+                document = json.loads(text)
+            except ValueError:
+                document = None
+            if isinstance(document, dict) and any(
+                str(document.get(f)) in ids for f in PERSON_FIELDS if f in document
+            ):
+                return 1, None  # the whole file is about them
+            if document is not None:
+                found = _drop_people(document, ids)
+                rest = json.dumps(document, indent=2)
+                extra = sum(rest.count(x) for x in long_ids)
+                return found + extra, (None if extra else rest)
+        found = sum(text.count(x) for x in long_ids)
+        return found, (None if found else text)
+
+    def export(self, subject: Subject) -> dict[str, list[dict[str, Any]]]:
+        files = [{"file": str(p), "entries": n} for p in self._files()
+                 if (n := self._scan(p, subject)[0])]  # fmt: skip
+        return {"files": files} if files else {}
+
+    def delete(self, subject: Subject) -> dict[str, int]:
+        removed = 0
+        for path in list(self._files()):
+            count, rest = self._scan(path, subject)
+            if not count:
+                continue
+            removed += count
+            if rest is None:
+                path.unlink()
+            else:
+                _replace(path, rest.encode())
+        return {"files": removed}
+
+    def verify(self, subject: Subject) -> dict[str, int]:
+        return {"files": sum(self._scan(p, subject)[0] for p in self._files())}
+
+
+def _names(line: str, ids: frozenset[str], long_ids: list[str]) -> bool:
+    """Whether a log line names the person: a person field of a JSON line, or one of
+    their longer ids anywhere in it."""
+    if any(x in line for x in long_ids):
+        return True
+    if line.lstrip().startswith("{"):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return False
+        return isinstance(record, dict) and _drop_people(dict(record), ids) > 0
+    return False
+
+
+def _drop_people(document: Any, ids: frozenset[str]) -> int:
+    """Remove, in place, every object of ``document`` with a person field naming one of
+    ``ids`` from the list holding it; returns how many objects name them (an object at
+    the top counts without being removable)."""
+    found = 0
+    if isinstance(document, dict):
+        if any(str(document.get(f)) in ids for f in PERSON_FIELDS if f in document):
+            return 1
+        for value in document.values():
+            found += _drop_people(value, ids)
+    elif isinstance(document, list):
+        keep = []
+        for item in document:
+            if isinstance(item, dict) and any(
+                str(item.get(f)) in ids for f in PERSON_FIELDS if f in item
+            ):
+                found += 1
+            else:
+                found += _drop_people(item, ids)
+                keep.append(item)
+        document[:] = keep
+    return found
+
+
 def registry(
     *,
     online: Database | None,
     lake: Lake | None,
     vault: Any | None,
     models: ModelStore | None = None,
+    files: Iterable[FileStore] = (),
 ) -> list[PersonStore]:
     """Every store holding person data that this installation has."""
     stores: list[PersonStore] = []
@@ -570,6 +701,7 @@ def registry(
         stores.append(VaultStore(vault))
     if models is not None:
         stores.append(models)
+    stores.extend(files)
     return stores
 
 
