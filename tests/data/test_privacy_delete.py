@@ -1,6 +1,7 @@
 """One real person erased from every registered store, and nobody else touched: ML-100K
 user 1 through batch ingestion (the lake), live events with a browser id that a login
-linked (the online store), an experiment (exposures in the ledger and the lake); then
+linked (the online store), an experiment (exposures in the ledger and the lake), segment
+assignments (the lake; trained models are erased in tests/model/test_privacy_models.py); then
 export, delete, verify zero traces (rows, and bytes on disk with the log), and checksums
 of every other person's rows unchanged."""
 
@@ -12,11 +13,14 @@ import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pandas as pd
+
 from bespoke.experiments.ledger import ExperimentLedger, Exposure
 from bespoke.features.lake import Lake
 from bespoke.features.schema import EventIn
 from bespoke.privacy.stores import ONLINE_TABLES, export_subject, registry
 from bespoke.privacy.subjects import resolve
+from bespoke.segments.train import write_assignments
 from bespoke.serving.store import SQLiteStore
 
 BROWSER = "browser-of-user-one-7f3a"
@@ -33,7 +37,8 @@ def _checksums(lake: Lake, store: SQLiteStore, gone: set[str]) -> dict[str, str]
     """A digest of everyone else's rows, per lake table and online table."""
     con = lake.connect()
     out = {}
-    for table, where in (("events", "user_id"), ("users", "user_id"), ("exposures", "person")):
+    for table, where in (("events", "user_id"), ("users", "user_id"), ("exposures", "person"),
+                         ("segments", "person")):  # fmt: skip
         rows = con.execute(
             f"SELECT * EXCLUDE (run_id) FROM {table} WHERE {where} NOT IN (SELECT unnest(?)) ORDER BY ALL",
             [sorted(gone)],
@@ -68,6 +73,12 @@ def test_a_person_is_erased_everywhere_and_nobody_else_changes(
         for person in ("1", "2", "3")
     ])  # fmt: skip
     ledger.flush(lake)
+    # everyone's segment, kept in the lake as the segment job keeps it
+    counts = lake.connect().execute(
+        "SELECT user_id, count(*) AS n FROM events GROUP BY user_id").df().set_index("user_id")  # fmt: skip
+    segments = pd.DataFrame({"segment": ["heavy" if n > 100 else "light" for n in counts["n"]]},
+                            index=counts.index)  # fmt: skip
+    assert write_assignments(lake, "ml-100k", segments, "1998-04-23", "test") == 943
     subject = resolve("ml-100k", lake=lake, online=store.database(), key=key, user_id="1")
     assert subject.user_ids == {"1"} and subject.anonymous_ids == {BROWSER}
     stores = registry(online=store.database(), lake=lake, vault=None)
@@ -82,6 +93,7 @@ def test_a_person_is_erased_everywhere_and_nobody_else_changes(
     assert any(n for s in stores for n in s.verify(subject).values())
     removed = {s.name: s.delete(subject) for s in stores}
     assert removed["lake"]["events"] == 272 and removed["lake"]["exposures"] == 1
+    assert removed["lake"]["segments"] == 1
     assert removed["online"]["inbox"] == 3 and removed["online"]["aliases"] == 1
     traces = {s.name: s.verify(subject) for s in stores}
     assert all(n == 0 for found in traces.values() for n in found.values()), traces
