@@ -55,6 +55,20 @@ def _path(loc: tuple[str | int, ...]) -> str:
     )
 
 
+def operations_log() -> logging.Logger:
+    """The service's own ``bespoke.*`` loggers at INFO on stderr (the service's log):
+    champion swaps, reloads after an erasure, live scoring turned off. Idempotent."""
+    logger = logging.getLogger("bespoke")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(RedactValidationInput())
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
+
+
 def access_log() -> logging.Logger:
     """The access logger: one JSON line per request on stderr (the service's log)."""
     logger = logging.getLogger(ACCESS_LOGGER)
@@ -70,6 +84,7 @@ def access_log() -> logging.Logger:
 def configure_service_logging() -> None:
     """Redact validation inputs on the loggers that log route exceptions and on every
     handler present (BentoML's own included). Idempotent."""
+    operations_log()
     redact = RedactValidationInput()
     loggers = [logging.getLogger(name) for name in _EXCEPTION_LOGGERS]
     loggers += [logging.getLogger(), logging.getLogger("bentoml")]

@@ -297,10 +297,15 @@ class Personalization:
         # the registry's @champions, followed as they move.
         self.model_source = model_source(settings, in_bento=Personalization.bento is not None)
         if self.model_source == "bento":
-            models = load_from_bento(self.dataset)
+            self._load_models = lambda: load_from_bento(self.dataset)
+            models = self._load_models()
         else:
             uri = settings.mlflow_tracking_uri or ""
             versions = champion_versions(uri, self.dataset)
+            self._load_models = lambda: load_from_registry(
+                uri, self.dataset, self.watcher.current if self.watcher else versions,
+                catalog=bool(item_events),
+            )  # fmt: skip
             models = load_from_registry(uri, self.dataset, versions, catalog=bool(item_events))
             interval = settings.model_poll_s
             if interval > 0:
@@ -342,6 +347,15 @@ class Personalization:
         version in their key, so none of the old ones is served again."""
         self.engine.models = models
 
+    def _reload_after_erasure(self) -> None:
+        """Load the served models again from their files, which a deletion re-exported
+        without the person: the copy in this worker's memory still holds them."""
+        try:
+            self._swap(self._load_models())
+            logging.getLogger(__name__).info("models reloaded after an erasure")
+        except Exception as error:  # keep serving; the files are what a restart loads
+            logging.getLogger(__name__).warning("reloading models after an erasure: %r", error)
+
     def _key(
         self, kind: str, person: str | None, version: str | None, request: Any, allowed: bool
     ) -> str:
@@ -372,8 +386,9 @@ class Personalization:
         read here: a cached answer is served without reading the whole profile."""
         mark = self.erasures.mark()
         if mark != self.erasure_mark:
-            self.cache.clear()
             self.erasure_mark = mark
+            self.cache.clear()
+            threading.Thread(target=self._reload_after_erasure, daemon=True).start()
         person = request.user_id or request.anonymous_id
         anonymous = request.user_id is None
         allowed = self.gate.personalizes(self.dataset, request.user_id, request.anonymous_id)

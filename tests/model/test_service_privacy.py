@@ -8,12 +8,13 @@ the caller's key name and pseudonyms only."""
 from __future__ import annotations
 
 import fcntl
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
 from bespoke.privacy.audit import AuditLog
-from bespoke.serving.local import start_local_service, stop_local_service
+from bespoke.serving.local import LOG_FILE, start_local_service, stop_local_service
 
 CONSENT = ["personalization"]
 
@@ -102,6 +103,14 @@ def test_consent_and_erasure_through_the_service(service_home) -> None:
             )
         again = _post(url, "/v1/privacy/deletions", {"user_id": "2"}, key)
         assert again.status_code == 404  # nothing is held about them any more
+        # each worker that answered since loaded its models again from the re-exported
+        # files (its copy in memory still held them)
+        log = home / LOG_FILE
+        deadline = time.monotonic() + 60
+        while log.read_text().count("models reloaded after an erasure") < 1:
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            _recommend(url, key, None)
+            time.sleep(0.5)
     finally:
         stop_local_service(process)
 
