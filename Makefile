@@ -73,3 +73,4 @@ bench: setup  ## run the benchmarks; JSON results and tables under bench/results
 	@$(UV) run --locked python bench/segments.py --out bench/results/segments.json
 	@$(UV) run --locked python bench/online_store.py --out bench/results/online_store.json
 	@$(UV) run --locked python bench/experiments.py --out bench/results/experiments.json
+	@$(UV) run --locked python bench/privacy.py --out bench/results/privacy.json
