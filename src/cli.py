@@ -786,12 +786,19 @@ def models_promote(
     version: Annotated[str, typer.Option("--version", help="Model version to make @champion.")],
     kind: Annotated[str, typer.Option("--kind", help="recommender or ranker.")] = "recommender",
 ) -> None:
-    """Make a version ``@champion`` by hand, overriding the gate."""
+    """Make a version ``@champion`` by hand, overriding the gate (recorded in the audit
+    log)."""
+    import getpass
+
+    from bespoke.privacy.audit import audit_log
     from bespoke.settings import get_settings
     from bespoke.training.registry import Registry
 
+    settings = get_settings()
     with _clear_errors():
-        Registry.of(get_settings()).promote(kind, dataset, version)
+        Registry.of(settings).promote(kind, dataset, version)
+    audit_log(settings).append("model.promoted", actor=getpass.getuser(), detail={
+        "kind": kind, "dataset": dataset, "version": version, "by": "hand"})  # fmt: skip
     console.print(f"{kind} version {version} is now @champion")
 
 

@@ -57,3 +57,25 @@ def test_model_files_naming_people_are_handled_and_a_person_is_re_exported_out(
     examples = [p for p in handled if p.suffix == ".json"]
     assert all(EXAMPLE_PLACEHOLDER in p.read_text() for p in examples)
     assert store.delete(person) == dict.fromkeys(found, 0)  # idempotent
+
+
+def test_a_manual_promotion_is_in_the_audit_log(service_home, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from bespoke.cli import app
+    from bespoke.privacy.audit import audit_log
+    from bespoke.serving.local import service_environment
+    from bespoke.settings import get_settings
+
+    home, _ = service_home
+    for name, value in service_environment(home).items():
+        if name.startswith("BESPOKE_"):
+            monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    result = CliRunner().invoke(
+        app, ["models", "promote", "--dataset", "ml-100k", "--version", "1", "--kind", "ranker"]
+    )
+    assert result.exit_code == 0, result.output
+    (entry,) = [e for e in audit_log().entries() if e["action"] == "model.promoted"]
+    assert entry["detail"] == {"kind": "ranker", "dataset": "ml-100k", "version": "1", "by": "hand"}
+    assert audit_log().verify().ok
