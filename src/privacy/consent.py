@@ -190,8 +190,9 @@ class ConsentLedger:
 
     # --- reading -------------------------------------------------------------------------
 
+    @staticmethod
     def _identities(
-        self, con: Any, dataset: str, user_ids: Iterable[str], anonymous_ids: Iterable[str]
+        con: Any, dataset: str, user_ids: Iterable[str], anonymous_ids: Iterable[str]
     ) -> tuple[set[str], set[str]]:
         """The ids that name the same person: the users of the anonymous ids, and every
         anonymous id of those users."""
@@ -264,6 +265,22 @@ class ConsentLedger:
             return None
         decision = self.state(dataset, user_id=user_id, anonymous_id=anonymous_id).get(purpose)
         return None if decision is None else decision.granted
+
+    @classmethod
+    def allows_in(
+        cls, con: Any, dataset: str, purpose: ConsentPurpose, *, user_id: str
+    ) -> bool | None:
+        """:meth:`allows` for a user, on a connection already inside a transaction (the
+        online store's own writes); None also when no ledger exists yet."""
+        if not con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                           "AND name = 'consent_ledger'").fetchone():  # fmt: skip
+            return None
+        users, anons = cls._identities(con, dataset, [user_id], [])
+        latest = None
+        for _, _, p, granted, *_ in cls._rows(con, dataset, users, anons):
+            if p == ConsentPurpose(purpose).value:
+                latest = bool(granted)
+        return latest
 
     def withdrawn(self, dataset: str, purpose: ConsentPurpose) -> Withdrawn:
         """Everyone whose latest decision for ``purpose`` withdraws it. A person is their

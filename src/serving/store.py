@@ -54,10 +54,12 @@ from bespoke.features.schema import (
     PERSONALIZATION,
     TEXT,
     Channel,
+    ConsentPurpose,
     EventIn,
     check_dataset_name,
     person_id_of,
 )
+from bespoke.privacy.consent import ConsentLedger
 from bespoke.privacy.gate import MESSAGES as GATE_MESSAGES
 from bespoke.privacy.gate import WITHDRAWN, PersonGate
 from bespoke.segments.features import load_person_events
@@ -65,6 +67,8 @@ from bespoke.segments.live import Counters, LiveScorer, counters_from_events
 from bespoke.serving.db import Database
 from bespoke.serving.webhooks import enqueue_webhook
 from bespoke.settings import SQLITE_PREFIX, Settings, get_settings
+
+MARKETING = ConsentPurpose.MARKETING
 
 #: The most events one request may send (the service answers 413 above it); a batch of
 #: this size is one transaction.
@@ -641,7 +645,11 @@ class SQLiteStore:
                 "recorded_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (dataset, user, old, scores.segment, at, received),
             )
-            if scorer.notify:
+            # the webhook feeds marketing tools: not for who withdrew marketing
+            if (
+                scorer.notify
+                and ConsentLedger.allows_in(con, dataset, MARKETING, user_id=user) is not False
+            ):
                 enqueue_webhook(con, dataset, "segment_changed", {
                     "dataset": dataset, "user_id": user, "from": old, "to": scores.segment,
                     "at": change.at.isoformat(), "churn_probability": scores.churn_probability,
