@@ -28,7 +28,7 @@ from typing import Any
 
 from bespoke.features.schema import ConsentPurpose
 from bespoke.privacy.audit import AuditLog, person_pseudonym
-from bespoke.serving.db import Database
+from bespoke.serving.db import Database, table_exists
 
 USER = "user_id"
 ANONYMOUS = "anonymous_id"
@@ -197,7 +197,7 @@ class ConsentLedger:
         """The ids that name the same person: the users of the anonymous ids, and every
         anonymous id of those users."""
         users, anons = set(user_ids), set(anonymous_ids)
-        if not _has_aliases(con):
+        if not table_exists(con, "aliases"):
             return users, anons
         if anons:
             marks = ",".join("?" * len(anons))
@@ -272,8 +272,7 @@ class ConsentLedger:
     ) -> bool | None:
         """:meth:`allows` for a user, on a connection already inside a transaction (the
         online store's own writes); None also when no ledger exists yet."""
-        if not con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
-                           "AND name = 'consent_ledger'").fetchone():  # fmt: skip
+        if not table_exists(con, "consent_ledger"):
             return None
         users, anons = cls._identities(con, dataset, [user_id], [])
         latest = None
@@ -289,7 +288,7 @@ class ConsentLedger:
             aliased = (
                 "(SELECT user_id FROM aliases a WHERE a.dataset = c.dataset "
                 "AND a.anonymous_id = c.identifier)"
-                if _has_aliases(con)
+                if table_exists(con, "aliases")
                 else "NULL"
             )
             rows = con.execute(
@@ -389,12 +388,6 @@ def import_decisions(ledger: ConsentLedger, dataset: str, path: Path, *, actor: 
                                 detail={"purposes": purposes, "source": "import",
                                         "file": path.name})  # fmt: skip
     return len(rows)
-
-
-def _has_aliases(con: Any) -> bool:
-    """Whether the online store has linked any anonymous id yet (its table exists)."""
-    return bool(con.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'aliases'").fetchone())  # fmt: skip
 
 
 def parse_purposes(spec: Sequence[str]) -> dict[ConsentPurpose, bool]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from bespoke.features.lake import Lake
 from bespoke.privacy.audit import AuditLog
 from bespoke.privacy.stores import rewrite_parquet
-from bespoke.serving.db import Database
+from bespoke.serving.db import Database, table_exists
 
 #: Each eligible table and the time that ages its rows (lake: SQL over the row; online:
 #: a column of microseconds since the epoch).
@@ -108,11 +108,8 @@ def _lake(lake: Lake, table: str, column: str, cutoff: datetime, dry_run: bool) 
 def _online(database: Database, table: str, column: str, cutoff: datetime, dry_run: bool) -> int:
     micros = int((cutoff - _EPOCH).total_seconds() * 1_000_000)
     with database.read() as con:
-        present = con.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
-        ).fetchone()
-    if not present:
-        return 0
+        if not table_exists(con, table):
+            return 0
     if dry_run:
         with database.read() as con:
             return con.execute(

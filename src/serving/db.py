@@ -61,6 +61,17 @@ def sqlite_path(url: str | Path) -> Path:
     return Path(text).expanduser().resolve()
 
 
+def table_exists(con: sqlite3.Connection, name: str) -> bool:
+    """Whether the file behind ``con`` has the table ``name`` (stores create theirs on
+    first use, so a reader may come first)."""
+    return (
+        con.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        ).fetchone()
+        is not None
+    )
+
+
 class Database:
     """A SQLite file with per-process, per-thread connections in WAL mode."""
 
