@@ -338,6 +338,15 @@ class Lake:
         with self._lock():
             return self._recover_locked()
 
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """The writers' lock, with what crashed writers left settled first: for rewriting
+        files in place (an erasure, retention), so no ingestion runs meanwhile and no
+        leftover of an old write keeps rows the rewrite removed."""
+        with self._lock():
+            self._recover_locked()
+            yield
+
     def _recover_locked(self) -> LakeHealth:
         leftovers = self.temporary_files()
         if not leftovers:

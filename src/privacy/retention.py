@@ -98,11 +98,12 @@ def _lake(lake: Lake, table: str, column: str, cutoff: datetime, dry_run: bool) 
             )
             .fetchone()[0]
         )
-    con = lake.connect()
-    return sum(
-        rewrite_parquet(Path(path), table, condition, {"cutoff": cutoff}, lake, con)
-        for path in files
-    )
+    with lake.exclusive():
+        con = lake.connect()
+        return sum(
+            rewrite_parquet(Path(path), table, condition, {"cutoff": cutoff}, lake, con)
+            for path in lake.files(table)
+        )
 
 
 def _online(database: Database, table: str, column: str, cutoff: datetime, dry_run: bool) -> int:

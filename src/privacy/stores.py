@@ -275,15 +275,18 @@ class LakeStore:
 
     def delete(self, subject: Subject) -> dict[str, int]:
         removed = {}
-        for table in LAKE_TABLES:
-            result = self._query(table, "filename, count(*)", subject, group="GROUP BY filename")
-            if result is None:
-                continue
-            counts = dict(result.fetchall())
-            removed[table] = sum(counts.values())
-            con = self.lake.connect() if counts else None
-            for path in counts:
-                _rewrite_without(Path(path), table, subject, self.lake, con)
+        with self.lake.exclusive():  # no ingestion meanwhile; crashed writes settled
+            for table in LAKE_TABLES:
+                result = self._query(
+                    table, "filename, count(*)", subject, group="GROUP BY filename"
+                )
+                if result is None:
+                    continue
+                counts = dict(result.fetchall())
+                removed[table] = sum(counts.values())
+                con = self.lake.connect() if counts else None
+                for path in counts:
+                    _rewrite_without(Path(path), table, subject, self.lake, con)
         return removed
 
     def verify(self, subject: Subject) -> dict[str, int]:
@@ -291,7 +294,31 @@ class LakeStore:
         for table in LAKE_TABLES:
             result = self._query(table, "count(*)", subject)
             traces[table] = 0 if result is None else result.fetchone()[0]
+        # files under a temporary name (a write in progress, or a crashed one's): readers
+        # never see them, but they are on disk
+        traces["leftovers"] = sum(
+            self._leftover(Path(p), subject) for p in self.lake.temporary_files()
+        )
         return traces
+
+    def _leftover(self, path: Path, subject: Subject) -> int:
+        """Rows of the person in a temporary lake file (its bytes searched for their longer
+        ids when it cannot be read as Parquet)."""
+        table = path.relative_to(Path(self.lake.path())).parts[0] if self.lake.is_local else ""
+        if table not in LAKE_TABLES:
+            return 0
+        try:
+            return (
+                self.lake.connect()
+                .execute(
+                    f"SELECT count(*) FROM read_parquet('{path}', hive_partitioning = false) "
+                    f"WHERE dataset = $dataset AND ({LAKE_TABLES[table]})",
+                    {"dataset": subject.dataset, **_parameters(subject, table)},
+                )
+                .fetchone()[0]
+            )
+        except Exception:  # a half-written file
+            return sum(scan_bytes([path], subject.ids).values())
 
 
 def _rewrite_without(path: Path, table: str, subject: Subject, lake: Lake, con: Any = None) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from bespoke.experiments.ledger import ExperimentLedger, Exposure
-from bespoke.features.lake import Lake
+from bespoke.features.lake import TMP_SUFFIX, Lake
 from bespoke.features.schema import EventIn
 from bespoke.privacy.stores import ONLINE_TABLES, export_subject, registry
 from bespoke.privacy.subjects import resolve
@@ -89,8 +89,12 @@ def test_a_person_is_erased_everywhere_and_nobody_else_changes(
     assert len(exported["stores"]["online"]["inbox"]) == 3  # two before login, one after
     assert exported["stores"]["online"]["exposures"][0]["person"] == "1"
 
+    # a crashed writer left a copy of one of their files under a temporary name
+    (held, *_) = lake.files_holding("ml-100k", "1")
+    shutil.copy(held, held + TMP_SUFFIX)
     before = _checksums(lake, store, {"1", BROWSER})
     assert any(n for s in stores for n in s.verify(subject).values())
+    assert stores[-1].verify(subject)["leftovers"] > 0  # found on disk, though no reader sees it
     removed = {s.name: s.delete(subject) for s in stores}
     assert removed["lake"]["events"] == 272 and removed["lake"]["exposures"] == 1
     assert removed["lake"]["segments"] == 1
