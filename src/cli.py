@@ -299,7 +299,7 @@ def data_report(dataset: DatasetOption = None) -> None:
         if not report.imputed.empty
         else "Imputed values: none"
     )
-    console.print(_table("Kept out for lack of personalization consent", report.consent))
+    console.print(_table("Kept out: no consent, consent withdrawn, erased", report.consent))
 
 
 @data_app.command("doctor")

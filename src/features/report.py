@@ -23,7 +23,8 @@ class DataReport:
     imputed: pd.DataFrame
     """Per dataset, table and field: stored rows whose value was imputed."""
     consent: pd.DataFrame
-    """Per dataset and source: events kept out for lack of personalization consent."""
+    """Per dataset and source: events kept out for lack of personalization consent, a
+    withdrawal, or an erasure."""
 
 
 def data_report(lake: Lake, dataset: str | None = None) -> DataReport:
@@ -76,7 +77,7 @@ def data_report(lake: Lake, dataset: str | None = None) -> DataReport:
         {
             "dataset": r["dataset"],
             "source": r["source"],
-            "excluded_no_consent": r.get("events", {}).get("excluded_no_consent", 0),
+            **{k: r.get("events", {}).get(k, 0) for k in EXCLUDED},
         }
         for r in runs
         if "events" in r
@@ -84,11 +85,19 @@ def data_report(lake: Lake, dataset: str | None = None) -> DataReport:
     consent = (
         pd.DataFrame(consent_rows).groupby(["dataset", "source"], as_index=False).sum()
         if consent_rows
-        else pd.DataFrame(columns=["dataset", "source", "excluded_no_consent"])
+        else pd.DataFrame(columns=["dataset", "source", *EXCLUDED])
     )
     return DataReport(
         events=events, tables=tables, quarantine=quarantine, imputed=imputed, consent=consent
     )
+
+
+#: Events kept out of the lake before cleaning, and why (ingestion's manifest keys).
+EXCLUDED = {
+    "excluded_no_consent": "without consent",
+    "excluded_withdrawn": "of people who withdrew personalization",
+    "excluded_erased": "of erased people (suppressed)",
+}
 
 
 def manifest_summary(manifest: dict) -> str:
@@ -99,10 +108,8 @@ def manifest_summary(manifest: dict) -> str:
         if not counts:
             continue
         quarantined = sum(counts.get("quarantined", {}).values())
-        extra = (
-            f", {counts['excluded_no_consent']} without consent"
-            if counts.get("excluded_no_consent")
-            else ""
+        extra = "".join(
+            f", {counts[key]} {why}" for key, why in EXCLUDED.items() if counts.get(key)
         )
         lines.append(
             f"{entity}: {counts['read']} read, {counts['stored']} stored, "

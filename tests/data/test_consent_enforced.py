@@ -11,6 +11,7 @@ import pytest
 
 from bespoke.features.collect import ingest
 from bespoke.features.lake import Lake
+from bespoke.features.report import data_report, manifest_summary
 from bespoke.features.schema import ConsentPurpose
 from bespoke.features.sources import movielens_100k
 from bespoke.privacy.consent import ConsentLedger, ConsentSource
@@ -63,6 +64,11 @@ def test_a_batch_import_leaves_out_who_withdrew_and_who_was_erased(
     assert counts["excluded_withdrawn"] == 54  # user 3's ratings
     assert counts["excluded_erased"] == 175  # user 5's, all from 1997-98
     assert counts["stored"] == 100_000 - 54 - 175
+    summary = manifest_summary(result.manifest)
+    assert "54 of people who withdrew personalization" in summary
+    assert "175 of erased people (suppressed)" in summary
+    consent = data_report(lake, "ml-100k").consent.iloc[0]
+    assert (consent["excluded_withdrawn"], consent["excluded_erased"]) == (54, 175)
     stored = {
         r[0] for r in lake.connect().execute("SELECT DISTINCT user_id FROM events").fetchall()
     }
