@@ -50,6 +50,37 @@ CREATE INDEX IF NOT EXISTS consent_subject
     ON consent_ledger (dataset, identifier_type, identifier, purpose)
 """
 
+#: A person's latest decision for a purpose across the ids the aliases link (the same
+#: identities as :meth:`ConsentLedger._identities`), in one query.
+_LATEST_DECISION = """
+WITH users(id) AS (
+    SELECT :user WHERE :user IS NOT NULL
+    UNION SELECT user_id FROM aliases WHERE dataset = :dataset AND anonymous_id = :anon
+), anons(id) AS (
+    SELECT :anon WHERE :anon IS NOT NULL
+    UNION SELECT anonymous_id FROM aliases
+    WHERE dataset = :dataset AND user_id IN (SELECT id FROM users)
+)
+SELECT granted, decided_at, seq FROM consent_ledger
+WHERE dataset = :dataset AND identifier_type = :user_type
+  AND identifier IN (SELECT id FROM users) AND purpose = :purpose
+UNION ALL
+SELECT granted, decided_at, seq FROM consent_ledger
+WHERE dataset = :dataset AND identifier_type = :anon_type
+  AND identifier IN (SELECT id FROM anons) AND purpose = :purpose
+ORDER BY decided_at DESC, seq DESC LIMIT 1
+"""
+#: The same before the online store has linked anyone.
+_LATEST_DECISION_UNLINKED = """
+SELECT granted, decided_at, seq FROM consent_ledger
+WHERE dataset = :dataset AND identifier_type = :user_type AND identifier = :user
+  AND purpose = :purpose
+UNION ALL
+SELECT granted, decided_at, seq FROM consent_ledger
+WHERE dataset = :dataset AND identifier_type = :anon_type AND identifier = :anon
+  AND purpose = :purpose
+ORDER BY decided_at DESC, seq DESC LIMIT 1
+"""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -260,26 +291,32 @@ class ConsentLedger:
         user_id: str | None = None,
         anonymous_id: str | None = None,
     ) -> bool | None:
-        """The person's state for ``purpose``: granted, withdrawn, or None (never decided)."""
+        """The person's state for ``purpose``: granted, withdrawn, or None (never decided).
+        One indexed query: the service asks it on every request."""
         if not (user_id or anonymous_id):
             return None
-        decision = self.state(dataset, user_id=user_id, anonymous_id=anonymous_id).get(purpose)
-        return None if decision is None else decision.granted
+        return self.allows_in(self._ready().connection(), dataset, purpose,
+                              user_id=user_id, anonymous_id=anonymous_id)  # fmt: skip
 
-    @classmethod
+    @staticmethod
     def allows_in(
-        cls, con: Any, dataset: str, purpose: ConsentPurpose, *, user_id: str
+        con: Any,
+        dataset: str,
+        purpose: ConsentPurpose,
+        *,
+        user_id: str | None = None,
+        anonymous_id: str | None = None,
     ) -> bool | None:
-        """:meth:`allows` for a user, on a connection already inside a transaction (the
+        """:meth:`allows` on a given connection, which may be inside a transaction (the
         online store's own writes); None also when no ledger exists yet."""
         if not table_exists(con, "consent_ledger"):
             return None
-        users, anons = cls._identities(con, dataset, [user_id], [])
-        latest = None
-        for _, _, p, granted, *_ in cls._rows(con, dataset, users, anons):
-            if p == ConsentPurpose(purpose).value:
-                latest = bool(granted)
-        return latest
+        query = _LATEST_DECISION if table_exists(con, "aliases") else _LATEST_DECISION_UNLINKED
+        row = con.execute(query, {
+            "dataset": dataset, "purpose": ConsentPurpose(purpose).value,
+            "user": user_id, "anon": anonymous_id, "user_type": USER, "anon_type": ANONYMOUS,
+        }).fetchone()  # fmt: skip
+        return None if row is None else bool(row[0])
 
     def withdrawn(self, dataset: str, purpose: ConsentPurpose) -> Withdrawn:
         """Everyone whose latest decision for ``purpose`` withdraws it. A person is their
