@@ -199,25 +199,34 @@ class ConsentLedger:
              ConsentSource(source).value, detail, _micros(recorded))
             for p, g in sorted(purposes.items())
         ]  # fmt: skip
+        self._write(rows, actor=actor, context={"source": ConsentSource(source).value,
+                                                "decided_at": decided.isoformat()})  # fmt: skip
+        return [
+            Decision(ConsentPurpose(p), bool(g), decided, ConsentSource(source), kind, value,
+                     detail)
+            for p, g in sorted(purposes.items())
+        ]  # fmt: skip
+
+    def _write(self, rows: list[tuple[Any, ...]], *, actor: str, context: dict[str, Any]) -> None:
+        """Insert ledger rows in one transaction, then one audit entry per person (their
+        purposes, and ``context``), appended together."""
         with self._ready().write() as con:
             con.executemany(
                 "INSERT INTO consent_ledger (dataset, identifier_type, identifier, purpose, "
                 "granted, decided_at, source, detail, recorded_at) VALUES (?,?,?,?,?,?,?,?,?)",
                 rows,
             )
-        if self.audit is not None and self.key is not None:
-            self.audit.append(
-                "consent.changed",
-                actor=actor,
-                person=person_pseudonym(self.key, dataset, f"{kind}:{value}"),
-                detail={"purposes": {ConsentPurpose(p).value: bool(g) for p, g in purposes.items()},
-                        "source": ConsentSource(source).value, "decided_at": decided.isoformat()},
-            )  # fmt: skip
-        return [
-            Decision(ConsentPurpose(p), bool(g), decided, ConsentSource(source), kind, value,
-                     detail)
-            for p, g in sorted(purposes.items())
-        ]  # fmt: skip
+        if self.audit is None or self.key is None:
+            return
+        people: dict[tuple[str, str, str], dict[str, bool]] = {}
+        for dataset, kind, value, purpose, granted, *_ in rows:
+            people.setdefault((dataset, kind, value), {})[purpose] = bool(granted)
+        self.audit.extend(
+            [("consent.changed", person_pseudonym(self.key, dataset, f"{kind}:{value}"),
+              {"purposes": purposes, **context})
+             for (dataset, kind, value), purposes in people.items()],
+            actor=actor,
+        )  # fmt: skip
 
     # --- reading -------------------------------------------------------------------------
 
@@ -409,21 +418,8 @@ def import_decisions(ledger: ConsentLedger, dataset: str, path: Path, *, actor: 
         rows.append((dataset, kind, value, purpose.value, int(granted in _TRUE), stamp,
                      source.value, None))  # fmt: skip
     recorded = _micros(datetime.now(UTC))
-    with ledger._ready().write() as con:
-        con.executemany(
-            "INSERT INTO consent_ledger (dataset, identifier_type, identifier, purpose, "
-            "granted, decided_at, source, detail, recorded_at) VALUES (?,?,?,?,?,?,?,?,?)",
-            [(*r, recorded) for r in rows],
-        )
-    if ledger.audit is not None and ledger.key is not None:
-        people: dict[tuple[str, str], dict[str, bool]] = {}
-        for _, kind, value, purpose, granted, *_ in rows:
-            people.setdefault((kind, value), {})[purpose] = bool(granted)
-        for (kind, value), purposes in people.items():
-            ledger.audit.append("consent.changed", actor=actor,
-                                person=person_pseudonym(ledger.key, dataset, f"{kind}:{value}"),
-                                detail={"purposes": purposes, "source": "import",
-                                        "file": path.name})  # fmt: skip
+    ledger._write([(*r, recorded) for r in rows], actor=actor,
+                  context={"source": "import", "file": path.name})  # fmt: skip
     return len(rows)
 
 

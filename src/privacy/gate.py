@@ -29,7 +29,7 @@ from bespoke.features.privacy import pseudonym
 from bespoke.features.schema import PERSONALIZATION, ConsentPurpose, EventIn
 from bespoke.privacy.consent import ConsentLedger
 from bespoke.privacy.suppression import SuppressionList
-from bespoke.serving.db import Database
+from bespoke.serving.db import Database, sqlite_path
 from bespoke.settings import Settings
 
 #: Why an event was left out, as ingestion counts and per-item errors name it.
@@ -59,8 +59,6 @@ class PersonGate:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PersonGate:
-        from bespoke.serving.db import sqlite_path
-
         return cls(Database(sqlite_path(settings.online_store_url)), settings.pseudonym_key())
 
     def live_reasons(self, dataset: str, events: Sequence[EventIn]) -> list[str | None]:
