@@ -143,8 +143,14 @@ def run(datasets_dir: Path, console: Console) -> dict[str, Any]:
 
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bespoke-privacy-bench-") as scratch:
-        home = Path(scratch) / "home"
-        os.environ["BESPOKE_HOME"] = str(home)
+        # Everything under the scratch folder (lake, online store, MLflow artifacts,
+        # reports, BentoML's store): the erasures rewrite what they find there.
+        os.environ["BESPOKE_ROOT"] = scratch
+        for name in ("BESPOKE_HOME", "BESPOKE_LAKE_URL", "BESPOKE_ONLINE_STORE_URL",
+                     "BESPOKE_MLFLOW_TRACKING_URI", "BESPOKE_MLFLOW_ARTIFACTS_DIR",
+                     "BESPOKE_REPORTS_DIR"):  # fmt: skip
+            os.environ.pop(name, None)
+        home = Path(scratch)
         os.environ["BENTOML_HOME"] = str(Path(scratch) / "bentoml")
         os.environ.setdefault("BESPOKE_HMAC_KEY", "bench-privacy-key-0123456789abcdef")
         get_settings.cache_clear()

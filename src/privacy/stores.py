@@ -479,14 +479,20 @@ class ModelStore:
     def covers(self) -> set[str]:
         return {f"{self.name}:{kind}" for kind in ("user_index", "histories", "input_examples")}
 
-    def _files(self) -> Iterator[tuple[str, Path]]:
+    def _files(self, dataset: str | None = None) -> Iterator[tuple[str, Path]]:
+        """The model files that can hold people: of ``dataset``'s models only (an MLflow
+        experiment or a registered/BentoML model named after it), or of every model."""
         from bespoke.training.base import STATE_FILE
 
+        folders = _model_folders(dataset) if dataset is not None else None
         for root in self.roots:
             if not root.is_dir():
                 continue
             for path in sorted(root.rglob("*")):
                 if path.is_symlink() or not path.is_file():
+                    continue
+                named = (root.name, *path.relative_to(root).parts[:2])
+                if folders is not None and folders.isdisjoint(named):
                     continue
                 if path.name == STATE_FILE:
                     yield "user_index", path
@@ -510,7 +516,7 @@ class ModelStore:
         out: dict[str, list[dict[str, Any]]] = {}
         if not users:
             return out
-        for kind, path in self._files():
+        for kind, path in self._files(subject.dataset):
             if count := self._count(kind, path, users):
                 out.setdefault(kind, []).append({"file": str(path), "entries": count})
         return out
@@ -522,7 +528,7 @@ class ModelStore:
         removed = dict.fromkeys(("user_index", "histories", "input_examples"), 0)
         if not users:
             return removed
-        for kind, path in self._files():
+        for kind, path in self._files(subject.dataset):
             if kind == "user_index":
                 removed[kind] += remove_saved_users(path, users)
             elif kind == "histories" and (count := self._count(kind, path, users)):
@@ -549,9 +555,22 @@ class ModelStore:
         users = sorted(subject.user_ids)
         traces = dict.fromkeys(("user_index", "histories", "input_examples"), 0)
         if users:
-            for kind, path in self._files():
+            for kind, path in self._files(subject.dataset):
                 traces[kind] += self._count(kind, path, users)
         return traces
+
+
+def _model_folders(dataset: str) -> set[str]:
+    """The folder names a dataset's models are kept under: its MLflow experiments and its
+    registered (and BentoML) model names."""
+    from typing import get_args
+
+    from bespoke.training.registry import Kind, experiment_name, registered_name
+
+    kinds = get_args(Kind)
+    return {experiment_name(k, dataset) for k in kinds} | {
+        registered_name(k, dataset) for k in kinds
+    }
 
 
 def _example_rows(document: Any, users: list[str]) -> Iterator[tuple[list[Any], int]]:

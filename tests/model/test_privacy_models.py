@@ -39,6 +39,9 @@ def test_model_files_naming_people_are_handled_and_a_person_is_re_exported_out(
     before = {p: _load(p) for p in states}
     answers = {p: m.recommend(["4", "5"], k=10)[0].tolist() for p, m in before.items()}
     person = Subject("ml-100k", user_ids=frozenset({"1"}))  # user 1 is every example's user
+    # the same id in another dataset is another person: these models are not theirs
+    assert store.verify(Subject("ml-1m", user_ids=frozenset({"1"}))) == dict.fromkeys(
+        ("user_index", "histories", "input_examples"), 0)  # fmt: skip
     found = store.verify(person)
     assert found["user_index"] == len(states) and found["histories"] > 0
     assert found["input_examples"] == 4  # two models, two examples each
