@@ -17,6 +17,9 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 HMAC_KEY_FILE = "hmac.key"
+#: Under the secrets folder: the keys of HMAC key rotations, ``v2.key``, ``v3.key``… (see
+#: ``bespoke.privacy.rotation``).
+KEY_ROTATIONS_DIR = "hmac-rotations"
 #: A SQLite URL is this prefix and a path (``sqlite:////abs/path`` is absolute, as in
 #: SQLAlchemy and MLflow).
 SQLITE_PREFIX = "sqlite:///"
@@ -43,6 +46,27 @@ DEFAULT_RETENTION_DAYS = {
     "online:refused_aliases": 90,
     "online:segment_changes": 365,
 }
+
+
+class PseudonymKey(bytes):
+    """The HMAC key of pseudonyms (the bytes: version 1's key) with the keys of its
+    rotations, oldest first. A pseudonym under version *n* is version *n-1*'s pseudonym
+    keyed again with rotation *n*'s key, so that rotating re-keys stored pseudonyms without
+    the raw values they came from (``bespoke.features.privacy.pseudonym``)."""
+
+    rotations: tuple[bytes, ...]
+
+    def __new__(cls, base: bytes, rotations: tuple[bytes, ...] = ()) -> PseudonymKey:
+        key = super().__new__(cls, base)
+        key.rotations = tuple(rotations)
+        return key
+
+    @property
+    def version(self) -> int:
+        return 1 + len(self.rotations)
+
+    def __reduce__(self) -> tuple[type, tuple[bytes, tuple[bytes, ...]]]:
+        return (PseudonymKey, (bytes(self), self.rotations))
 
 
 class Settings(BaseSettings):
@@ -241,11 +265,19 @@ class Settings(BaseSettings):
         """Where the generated key is kept when ``hmac_key`` is unset."""
         return self.secrets_dir / HMAC_KEY_FILE
 
-    def pseudonym_key(self) -> bytes:
-        """The HMAC key, creating and keeping a random one on first use when none is set."""
+    @property
+    def key_rotations_dir(self) -> Path:
+        """The keys of completed HMAC key rotations (``v2.key``…) and a running one's."""
+        return self.secrets_dir / KEY_ROTATIONS_DIR
+
+    def pseudonym_key(self) -> PseudonymKey:
+        """The HMAC key, creating and keeping a random one on first use when none is set,
+        with the keys of every completed rotation."""
         if self.hmac_key is not None:
-            return self.hmac_key.get_secret_value().encode()
-        return kept_secret(self.hmac_key_file).encode()
+            base = self.hmac_key.get_secret_value().encode()
+        else:
+            base = kept_secret(self.hmac_key_file).encode()
+        return PseudonymKey(base, rotation_keys(self.key_rotations_dir))
 
     def webhook_key(self) -> bytes:
         """The webhook signing key, creating and keeping a random one when none is set."""
@@ -276,6 +308,23 @@ def kept_secret(path: Path) -> str:
             with os.fdopen(fd, "w") as handle:
                 handle.write(secrets.token_hex(32))
     return path.read_text().strip()
+
+
+def rotation_keys(folder: Path) -> tuple[bytes, ...]:
+    """The keys of completed rotations kept in ``folder`` (``v2.key``, ``v3.key``…), in
+    version order; they must run without a gap from version 2."""
+    found = {}
+    if folder.is_dir():
+        for path in folder.glob("v*.key"):
+            number = path.stem[1:]
+            if number.isdigit():
+                found[int(number)] = path.read_text().strip().encode()
+    if sorted(found) != list(range(2, 2 + len(found))):
+        raise RuntimeError(
+            f"the HMAC key rotations in {folder} skip a version ({sorted(found)}): "
+            "every version from v2 on must be there"
+        )
+    return tuple(found[v] for v in sorted(found))
 
 
 @lru_cache(maxsize=1)

@@ -154,6 +154,8 @@ class Lake:
     withheld: pa.Table | None = field(default=None, repr=False)
     _fs: fsspec.AbstractFileSystem = field(init=False, repr=False)
     _root: str = field(init=False, repr=False)
+    #: How deep this handle is inside :meth:`exclusive` (it may be entered again).
+    _exclusive_depth: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._fs, self._root = fsspec.core.url_to_fs(self.url)
@@ -342,10 +344,23 @@ class Lake:
     def exclusive(self) -> Iterator[None]:
         """The writers' lock, with what crashed writers left settled first: for rewriting
         files in place (an erasure, retention), so no ingestion runs meanwhile and no
-        leftover of an old write keeps rows the rewrite removed."""
+        leftover of an old write keeps rows the rewrite removed. Entered again through the
+        same handle (a key rotation holds it around every store's rewrite), it holds the
+        lock it has."""
+        if self._exclusive_depth:
+            self._exclusive_depth += 1
+            try:
+                yield
+            finally:
+                self._exclusive_depth -= 1
+            return
         with self._lock():
             self._recover_locked()
-            yield
+            self._exclusive_depth = 1
+            try:
+                yield
+            finally:
+                self._exclusive_depth = 0
 
     def _recover_locked(self) -> LakeHealth:
         leftovers = self.temporary_files()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +155,25 @@ class Vault:
                 wanted,
             ).fetchall()
         return sorted(r[0] for r in rows)
+
+    def identifiers(self) -> list[str]:
+        """Every identifier (``type:pseudonym``) some subject's key covers."""
+        with self._connect("keys.db", _KEYS_SCHEMA) as keys:
+            rows = keys.execute("SELECT DISTINCT identifier FROM subject_identifiers").fetchall()
+        return sorted(r[0] for r in rows)
+
+    def rename_identifiers(self, renamed: Callable[[str], str]) -> int:
+        """Rename every covered identifier (an HMAC key rotation re-keys the pseudonyms);
+        subjects and ciphertexts stay as they are (a subject is bound to its records).
+        Returns how many changed."""
+        with self._connect("keys.db", _KEYS_SCHEMA) as keys:
+            rows = keys.execute("SELECT identifier, subject FROM subject_identifiers").fetchall()
+            moved = [(renamed(i), s, i) for i, s in rows if renamed(i) != i]
+            keys.executemany(
+                "UPDATE subject_identifiers SET identifier = ? WHERE subject = ? AND identifier = ?",
+                [(new, subject, old) for new, subject, old in moved],
+            )
+        return len(moved)
 
     def destroy(self, subject: str) -> bool:
         """Destroy ``subject``'s data key (crypto-shredding) and drop its ciphertexts;

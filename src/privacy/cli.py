@@ -1,4 +1,4 @@
-"""``bespoke privacy export|verify|delete|requests|resume|consent``: parse, call
+"""``bespoke privacy export|verify|delete|requests|resume|consent|retention|rotate-key``: parse, call
 :mod:`bespoke.privacy`, print. A person is named by ``--user-id``, ``--anonymous-id`` or
 ``--email`` (consent: the first two). Exit codes: 0 done, 1 bad input or nobody to act on (nothing changed), 2 a
 deletion ended partial, 4 another deletion is running (nothing changed)."""
@@ -329,6 +329,40 @@ def privacy_retention(
         if every is None:
             return
         time.sleep(every)
+
+
+@privacy_app.command("rotate-key")
+def privacy_rotate_key(
+    yes: Annotated[
+        bool,
+        typer.Option("--yes", help="Confirm that the service and scheduled jobs are stopped."),
+    ] = False,
+) -> None:
+    """Rotate the HMAC key of pseudonyms: a new key version, every stored pseudonym
+    re-keyed in every store so that joins with new data hold; run again to finish an
+    interrupted rotation. Stop the service and scheduled jobs first (they keep the key
+    they started with) and start them after."""
+    from bespoke.privacy.requests import DeletionBusy
+    from bespoke.privacy.rotation import RotationError, rotate
+
+    if not yes:
+        raise _fail("stop the service and scheduled jobs, then run again with --yes")
+    place = _installation()
+    try:
+        done = rotate(place, actor=getpass.getuser())
+    except DeletionBusy as error:
+        raise _fail(str(error), EXIT_BUSY) from None
+    except RotationError as error:
+        raise _fail(str(error)) from None
+    table = Table("store", "values re-keyed", header_style="bold")
+    for store, counts in done.changed.items():
+        table.add_row(store, str(sum(counts.values())))
+    console.print(table)
+    verb = "finished the interrupted rotation" if done.resumed else "rotated"
+    console.print(
+        f"{verb}: key version {done.from_version} → {done.to_version}, "
+        f"{done.pseudonyms} pseudonyms re-keyed; start the service and jobs again"
+    )
 
 
 def _listed(path: Path) -> list[tuple[str, str]]:

@@ -110,7 +110,8 @@ class Deletions:
         return self.database
 
     @contextmanager
-    def _exclusive(self) -> Iterator[None]:
+    def exclusive(self) -> Iterator[None]:
+        """Held while a deletion (or a key rotation) runs; a second one is refused."""
         path = self.database.path.with_name(self.database.path.name + ".privacy.lock")
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w") as handle:
@@ -147,7 +148,7 @@ class Deletions:
         (``type:value``), or each person of a batch."""
         names = [named] if isinstance(named, str) else sorted(named)
         target = pseudonym(self.key, "privacy", f"{subject.dataset}:{chr(10).join(names)}")
-        with self._exclusive():
+        with self.exclusive():
             with self._ready().read() as con:
                 row = con.execute(
                     "SELECT id FROM privacy_requests WHERE target = ? AND status IN "
@@ -177,7 +178,7 @@ class Deletions:
 
     def resume(self, stores: Sequence[PersonStore]) -> list[DeletionRequest]:
         """Finish every request a crash interrupted, and retry the partial ones."""
-        with self._exclusive():
+        with self.exclusive():
             with self._ready().read() as con:
                 ids = [r[0] for r in con.execute(
                     "SELECT id FROM privacy_requests WHERE status IN "

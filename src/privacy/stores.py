@@ -27,13 +27,14 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bespoke.features.lake import TMP_SUFFIX, Lake
+from bespoke.features.privacy import PSEUDONYM_KINDS, Rekeying
 from bespoke.features.schema import TABLES
 from bespoke.privacy.subjects import ANONYMOUS, USER, Subject
 from bespoke.serving.db import Database
@@ -62,6 +63,40 @@ class PersonStore(Protocol):
         """Traces of the person left, per table (and ``bytes:<file>``); all 0 after a
         deletion."""
         ...
+
+    def rekey(self, rekeying: Rekeying) -> dict[str, int]:
+        """Replace every old pseudonym held by new ones (an HMAC key rotation,
+        ``bespoke.privacy.rotation``); how many values changed, per table or kind. Applying
+        it again changes nothing more."""
+        ...
+
+
+@runtime_checkable
+class PseudonymSource(Protocol):
+    """A store where pseudonyms are first written (the others hold copies of them)."""
+
+    def pseudonyms(self) -> dict[str, str]:
+        """Every pseudonym held, with its kind (``email``, ``phone``, ``ip``, ``zip``)."""
+        ...
+
+
+def _pseudonym_columns(names: list[str]) -> list[tuple[str, str]]:
+    """(value column, its kind — a literal ``'kind'`` or the column naming the type) for
+    each column of a table that can hold pseudonyms: ``email_hash``…, ``identifier`` with
+    ``identifier_type``, ``left_id`` with ``left_type``."""
+    out = []
+    for name in names:
+        if name.endswith("_hash") and name.removesuffix("_hash") in PSEUDONYM_KINDS:
+            out.append((name, f"'{name.removesuffix('_hash')}'"))
+        elif name == "identifier" and "identifier_type" in names:
+            out.append((name, "identifier_type"))
+        elif name.endswith("_id") and f"{name.removesuffix('_id')}_type" in names:
+            out.append((name, f"{name.removesuffix('_id')}_type"))
+    return out
+
+
+def _kinds_sql() -> str:
+    return ", ".join(f"'{k}'" for k in PSEUDONYM_KINDS)
 
 
 # --- the online store's SQLite file -------------------------------------------------------
@@ -98,7 +133,8 @@ ONLINE_NOT_PERSONAL: dict[str, str] = {
     "experiment_errors": "failed answers counted per experiment and variant",
     "sqlite_sequence": "SQLite's own counters",
     "suppressed": "erased people's identifiers as keyed pseudonyms of a namespace of their "
-    "own, kept so that re-imported old data cannot bring them back",
+    "own (and sealed, for a key rotation), kept so that re-imported old data cannot bring "
+    "them back",
     "privacy_requests": "deletion requests: keyed pseudonyms and per-store outcomes (the "
     "identifiers a running one needs wait outside this file)",
 }
@@ -202,6 +238,44 @@ class OnlineStore:
         traces.update(scan_bytes(files, subject.ids))
         return traces
 
+    def pseudonyms(self) -> dict[str, str]:
+        found: dict[str, str] = {}
+        with self.database.read() as con:
+            present = self._tables(con)
+            for table in ONLINE_TABLES:
+                if table not in present:
+                    continue
+                names = [r[1] for r in con.execute(f"PRAGMA table_info({table})")]
+                for column, kind in _pseudonym_columns(names):
+                    found.update(con.execute(
+                        f"SELECT DISTINCT {column}, {kind} FROM {table} "
+                        f"WHERE {column} IS NOT NULL AND {kind} IN ({_kinds_sql()})"
+                    ).fetchall())  # fmt: skip
+        return found
+
+    def rekey(self, rekeying: Rekeying) -> dict[str, int]:
+        def rekeyed(value: Any) -> Any:
+            return rekeying.text(value) if isinstance(value, str) else value
+
+        changed = {}
+        self.database.connection().execute("PRAGMA secure_delete = ON")
+        with self.database.write() as con:
+            con.create_function("rekeyed", 1, rekeyed, deterministic=True)
+            present = self._tables(con)
+            for table in ONLINE_TABLES:
+                if table not in present:
+                    continue
+                text = [r[1] for r in con.execute(f"PRAGMA table_info({table})")
+                        if r[2].upper() in ("TEXT", "")]  # fmt: skip
+                sets = ", ".join(f"{c} = rekeyed({c})" for c in text)
+                moved = " OR ".join(f"{c} IS NOT rekeyed({c})" for c in text)
+                changed[table] = con.execute(f"UPDATE {table} SET {sets} WHERE {moved}").rowcount
+        # no old pseudonym may stay in the log or in free pages
+        self.database.checkpoint()
+        self.database.connection().execute("VACUUM")
+        self.database.checkpoint()
+        return changed
+
 
 # --- the lake -------------------------------------------------------------------------------
 
@@ -301,6 +375,22 @@ class LakeStore:
         )
         return traces
 
+    def pseudonyms(self) -> dict[str, str]:
+        return _lake_pseudonyms(self.lake)
+
+    def rekey(self, rekeying: Rekeying) -> dict[str, int]:
+        changed = {}
+        with self.lake.exclusive():  # no ingestion meanwhile; crashed writes settled
+            for table in LAKE_TABLES:
+                changed[table] = 0
+                for name in self.lake.files(table):
+                    path = Path(name)
+                    rekeyed, moved = rekeying.table(pq.ParquetFile(path).read())
+                    if moved:
+                        _replace_parquet(path, rekeyed)
+                        changed[table] += moved
+        return changed
+
     def _leftover(self, path: Path, subject: Subject) -> int:
         """Rows of the person in a temporary lake file (its bytes searched for their longer
         ids when it cannot be read as Parquet)."""
@@ -319,6 +409,46 @@ class LakeStore:
             )
         except Exception:  # a half-written file
             return sum(scan_bytes([path], subject.ids).values())
+
+
+def _lake_pseudonyms(lake: Lake) -> dict[str, str]:
+    """Every pseudonym the lake's person tables hold (quarantined records' included)."""
+    found: dict[str, str] = {}
+    con = lake.connect()
+    for table in LAKE_TABLES:
+        files = lake.files(table)
+        if not files:
+            continue
+        source = f"read_parquet({files!r}, union_by_name = true, hive_partitioning = false)"
+        names = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()]
+        for column, kind in _pseudonym_columns(names):
+            found.update(con.execute(
+                f"SELECT DISTINCT {column}, {kind} FROM {source} "
+                f"WHERE {column} IS NOT NULL AND {kind} IN ({_kinds_sql()})"
+            ).fetchall())  # fmt: skip
+        if "record" in names:  # a quarantined row, as JSON
+            for kind in PSEUDONYM_KINDS:
+                pattern = f'"{kind}_hash": *"([0-9a-f]{{64}})"'
+                found.update(con.execute(
+                    f"SELECT DISTINCT unnest(regexp_extract_all(record, '{pattern}', 1)), "
+                    f"'{kind}' FROM {source}"
+                ).fetchall())  # fmt: skip
+    return found
+
+
+def _replace_parquet(path: Path, table: pa.Table) -> None:
+    """Write ``table`` to a new file beside ``path``, fsynced, then rename it over
+    ``path`` (a reader sees the old file or the new one)."""
+    temporary = path.with_name(path.name + TMP_SUFFIX)
+    pq.write_table(table, temporary)
+    with open(temporary, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def _rewrite_without(path: Path, table: str, subject: Subject, lake: Lake, con: Any = None) -> None:
@@ -352,16 +482,7 @@ def rewrite_parquet(
         return 0
     schema = TABLES[table][1]
     keep = keep.select([n for n in schema.names if n in keep.column_names])
-    temporary = path.with_name(path.name + TMP_SUFFIX)
-    pq.write_table(keep.cast(pa.schema([schema.field(n) for n in keep.column_names])), temporary)
-    with open(temporary, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    _replace_parquet(path, keep.cast(pa.schema([schema.field(n) for n in keep.column_names])))
     return total - keep.num_rows
 
 
@@ -398,6 +519,13 @@ class VaultStore:
     def verify(self, subject: Subject) -> dict[str, int]:
         return {"subject_identifiers": len(self._subjects(subject))}
 
+    def pseudonyms(self) -> dict[str, str]:
+        pairs = (i.split(":", 1) for i in self.vault.identifiers())
+        return {value: kind for kind, value in pairs if kind in PSEUDONYM_KINDS}
+
+    def rekey(self, rekeying: Rekeying) -> dict[str, int]:
+        return {"subject_identifiers": self.vault.rename_identifiers(rekeying.text)}
+
 
 # --- the service's answer caches ----------------------------------------------------------
 
@@ -430,6 +558,14 @@ class AnswerCaches:
         return {}  # copies of answers computed from the other stores, which export them
 
     def delete(self, subject: Subject) -> dict[str, int]:
+        self._advance()
+        return {}  # what the workers drop is not counted here
+
+    def rekey(self, rekeying: Rekeying) -> dict[str, int]:
+        self._advance()  # cached answers were computed under the old pseudonyms
+        return {}
+
+    def _advance(self) -> None:
         before = self.mark()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as handle:
@@ -437,7 +573,6 @@ class AnswerCaches:
             handle.flush()
             os.fsync(handle.fileno())
         os.utime(self.path, ns=(max(before + 1, self.mark()),) * 2)
-        return {}  # what the workers drop is not counted here
 
     def verify(self, subject: Subject) -> dict[str, int]:
         """Nothing here can look into the workers' memory: each worker checks the mark
@@ -550,6 +685,28 @@ class ModelStore:
                     _replace(path, json.dumps(document).encode())
                 removed[kind] += len(rows)
         return removed
+
+    def rekey(self, rekeying: Rekeying) -> dict[str, int]:
+        """User ids keyed on an e-mail pseudonym, in every model file (all datasets)."""
+        from bespoke.training.base import rename_saved_users
+
+        changed = dict.fromkeys(("user_index", "histories", "input_examples"), 0)
+        for kind, path in self._files():
+            if kind == "user_index":
+                changed[kind] += rename_saved_users(path, rekeying.text)
+            elif kind == "histories":
+                table, moved = rekeying.table(pq.read_table(path))
+                if moved:
+                    sink = pa.BufferOutputStream()
+                    pq.write_table(table, sink)
+                    _replace(path, sink.getvalue().to_pybytes())
+                    changed[kind] += moved
+            else:
+                text = path.read_text()
+                if (rekeyed := rekeying.text(text)) != text:
+                    _replace(path, rekeyed.encode())
+                    changed[kind] += 1
+        return changed
 
     def verify(self, subject: Subject) -> dict[str, int]:
         users = sorted(subject.user_ids)
@@ -688,6 +845,15 @@ class FileStore:
 
     def verify(self, subject: Subject) -> dict[str, int]:
         return {"files": sum(self._scan(p, subject)[0] for p in self._files())}
+
+    def rekey(self, rekeying: Rekeying) -> dict[str, int]:
+        changed = 0
+        for path in list(self._files()):
+            text = path.read_text(errors="replace")
+            if (rekeyed := rekeying.text(text)) != text:
+                _replace(path, rekeyed.encode())
+                changed += 1
+        return {"files": changed}
 
 
 def _names(line: str, ids: frozenset[str], long_ids: list[str]) -> bool:

@@ -9,27 +9,42 @@ other store's pseudonym, e-mail pseudonyms included, can be found in it) with th
 the erasure. Ingestion, live and batch, leaves out events whose identifier is on the list
 and which happened before that time; what the person does after it is new data, gated by
 consent like anyone's.
+
+An HMAC key rotation must carry the list over, but a pseudonym of an e-mail pseudonym
+cannot be re-keyed without that e-mail pseudonym. Each entry therefore also keeps its
+identifier sealed (AES-GCM under a key derived from the installation's HMAC key, which no
+rotation changes): the rotation opens it, re-keys it like every stored pseudonym and
+writes the entry again (:meth:`SuppressionList.rekey`). The sealed bytes hold no
+identifier a trace scan could find.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
 import pandas as pd
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from bespoke.features.privacy import pseudonym
+from bespoke.features.privacy import PSEUDONYM_KINDS, Rekeying, pseudonym, rekeyed
 from bespoke.features.schema import IDENTIFIER_COLUMNS
 from bespoke.serving.db import Database
+from bespoke.settings import PseudonymKey
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS suppressed (
     dataset TEXT NOT NULL,
     pseudonym TEXT NOT NULL,
     erased_at INTEGER NOT NULL,
+    sealed BLOB,                 -- the identifier, sealed (nonce + AES-GCM)
+    key_version INTEGER,         -- the HMAC key version of the pseudonym (NULL: 1)
     PRIMARY KEY (dataset, pseudonym)
 ) WITHOUT ROWID
 """
+_ADDED = {"suppressed": {"sealed": "BLOB", "key_version": "INTEGER"}}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 #: Event columns by the identifier type they hold (``email_hash`` holds ``email``).
@@ -48,24 +63,76 @@ class SuppressionList:
         self.key = key
 
     def _ready(self) -> Database:
-        self.database.ensure("suppressed", _SCHEMA)
+        self.database.ensure("suppressed", _SCHEMA, _ADDED)
         return self.database
 
     def pseudonym(self, dataset: str, identifier_type: str, value: str) -> str:
         return pseudonym(self.key, "suppressed", f"{dataset}:{identifier_type}:{value}")
 
+    def _cipher(self) -> AESGCM:
+        # from version 1's key, which rotations keep: entries stay openable after one
+        derived = HKDF(hashes.SHA256(), 32, salt=None, info=b"bespoke suppression seal")
+        return AESGCM(derived.derive(bytes(self.key)))
+
+    def _seal(self, dataset: str, identifier: str) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + self._cipher().encrypt(nonce, identifier.encode(), dataset.encode())
+
+    def _open(self, dataset: str, sealed: bytes) -> str:
+        return self._cipher().decrypt(sealed[:12], sealed[12:], dataset.encode()).decode()
+
+    def rekey(self, rekeying: Rekeying, new_key: PseudonymKey) -> dict[str, int]:
+        """Write every entry again under ``new_key`` (the key after a rotation), its
+        identifier re-keyed by ``rekeying``. An entry made before entries were sealed
+        can only follow the rotation when its identifier is no pseudonym (a user id):
+        it is re-keyed as a pseudonym of the old key; returns how many were of each."""
+        after = SuppressionList(self.database, new_key)
+        with self._ready().write() as con:
+            rows = con.execute(
+                "SELECT dataset, pseudonym, erased_at, sealed FROM suppressed"
+            ).fetchall()
+            renewed, unsealed = [], 0
+            for dataset, old, erased_at, sealed in rows:
+                if sealed is None:
+                    unsealed += 1
+                    renewed.append((dataset, rekeyed(new_key.rotations[-1], old), erased_at, None))
+                    continue
+                kind, value = self._open(dataset, sealed).split(":", 1)
+                # an erased person's e-mail pseudonym is held nowhere else, so it is not in
+                # the map: it is re-keyed here
+                value = (rekeyed(new_key.rotations[-1], value) if kind in PSEUDONYM_KINDS
+                         else rekeying.text(value))  # fmt: skip
+                renewed.append((dataset, after.pseudonym(dataset, kind, value), erased_at,
+                                after._seal(dataset, f"{kind}:{value}"), new_key.version))  # fmt: skip
+            con.executemany(
+                "DELETE FROM suppressed WHERE dataset = ? AND pseudonym = ?",
+                [(dataset, old) for dataset, old, *_ in rows],
+            )
+            con.executemany(
+                "INSERT INTO suppressed (dataset, pseudonym, erased_at, sealed, key_version) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (dataset, pseudonym) DO UPDATE SET "
+                "erased_at = max(erased_at, excluded.erased_at)",
+                renewed,
+            )
+        return {"sealed": len(rows) - unsealed, "unsealed": unsealed}
+
     def add(self, dataset: str, typed: Iterable[str], erased_at: datetime | None = None) -> int:
         """Suppress each ``type:value`` identifier from ``erased_at`` back (a later erasure
         of the same identifier moves the time forward); returns how many were new."""
         stamp = _micros(erased_at or datetime.now(UTC))
+        version = getattr(self.key, "version", 1)
         rows = [
-            (dataset, self.pseudonym(dataset, *item.split(":", 1)), stamp) for item in sorted(typed)
-        ]
+            (dataset, self.pseudonym(dataset, *item.split(":", 1)), stamp,
+             self._seal(dataset, item), version)
+            for item in sorted(typed)
+        ]  # fmt: skip
         with self._ready().write() as con:
             before = con.total_changes
             con.executemany(
-                "INSERT INTO suppressed VALUES (?, ?, ?) ON CONFLICT (dataset, pseudonym) "
-                "DO UPDATE SET erased_at = max(erased_at, excluded.erased_at)",
+                "INSERT INTO suppressed (dataset, pseudonym, erased_at, sealed, key_version) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (dataset, pseudonym) "
+                "DO UPDATE SET erased_at = max(erased_at, excluded.erased_at), "
+                "sealed = excluded.sealed, key_version = excluded.key_version",
                 rows,
             )
             new = con.total_changes - before

@@ -264,6 +264,28 @@ def saved_users(state_file: Path, user_ids: Iterable[str]) -> int:
         return int(np.isin(arrays["user_ids"].astype(str), list(user_ids)).sum())
 
 
+def rename_saved_users(state_file: Path, renamed: Callable[[str], str]) -> int:
+    """Write a saved model's state again with its user ids renamed (an HMAC key rotation
+    re-keys ids that are e-mail pseudonyms); the new file replaces the old one
+    atomically. Returns how many were renamed (0: the file is left untouched)."""
+    import os
+
+    with np.load(state_file, allow_pickle=False) as stored:
+        arrays = {name: stored[name] for name in stored.files}
+    users = arrays["user_ids"].astype(str)
+    new = np.array([renamed(u) for u in users], dtype=str) if len(users) else users
+    moved = int((new != users).sum())
+    if not moved:
+        return 0
+    arrays["user_ids"] = new
+    temporary = state_file.with_name(state_file.stem + ".tmp.npz")
+    np.savez(temporary, **arrays)
+    with open(temporary, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temporary, state_file)
+    return moved
+
+
 def remove_saved_users(state_file: Path, user_ids: Iterable[str]) -> int:
     """Write a saved model's state again without ``user_ids``: their index entries, the
     items they were seen with and every per-user array (``user_*`` with a row per user,
