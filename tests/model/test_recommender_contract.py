@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bespoke.training.als import ALS
-from bespoke.training.base import NotFittedError, Recommender
+from bespoke.training.base import STATE_FILE, NotFittedError, Recommender, rename_saved_users
 from bespoke.training.bpr import BPR
 from bespoke.training.content import ContentBased
 from bespoke.training.data import Interactions, load_interactions, load_item_text
@@ -143,6 +143,22 @@ class RecommenderContract:
             fitted.recommend_from_history(["1", "2"], k=10)[1],
             loaded.recommend_from_history(["1", "2"], k=10)[1],
         )
+
+    def test_a_renamed_user_keeps_their_recommendations(
+        self, fitted: Recommender, tmp_path: Path
+    ) -> None:
+        """A key rotation renames user ids that are e-mail pseudonyms in saved states
+        (every state file of the model, a hybrid's components' too)."""
+        folder = fitted.save(tmp_path / "model")
+        new_name = "e" * 64
+        renamed = [rename_saved_users(state, lambda u: new_name if u == USERS[0] else u)
+                   for state in sorted(folder.rglob(STATE_FILE))]  # fmt: skip
+        assert renamed and all(n == 1 for n in renamed)
+        loaded = type(fitted).load(folder)
+        assert USERS[0] not in set(loaded.user_ids_) and new_name in set(loaded.user_ids_)
+        before = fitted.recommend([USERS[0]], k=10)
+        after = loaded.recommend([new_name], k=10)
+        np.testing.assert_array_equal(before[0], after[0])
 
     def test_the_callback_hears_each_round_and_an_iterative_fit_stops_when_asked(
         self, interactions: Interactions, fit_kwargs: dict[str, Any]
