@@ -80,6 +80,32 @@ class RankingSet:
         )
 
 
+def centered_steps(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centred isotonic regression (Oron & Flournoy, 2017) from an isotonic fit's
+    thresholds: each flat step becomes one point at its centre, and probabilities are
+    interpolated between the centres. Still monotone and as well calibrated, but strictly
+    increasing, so items the ranker orders get distinct probabilities (a step function
+    gave whole runs of ranked items the same one)."""
+    if len(x) < 2:
+        return x, y
+    starts = np.flatnonzero(np.r_[True, np.diff(y) != 0])
+    ends = np.r_[starts[1:], len(y)] - 1
+    return (x[starts] + x[ends]) / 2.0, y[starts]
+
+
+def _interpolated(raw: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Linear between the points, extended past the outer ones along the outer segments
+    (so the highest scores stay apart too), kept within [0, 1]."""
+    out = np.interp(raw, x, y)
+    if len(x) >= 2:
+        low, high = raw < x[0], raw > x[-1]
+        first = (y[1] - y[0]) / (x[1] - x[0])
+        last = (y[-1] - y[-2]) / (x[-1] - x[-2])
+        out[low] = y[0] + first * (raw[low] - x[0])
+        out[high] = y[-1] + last * (raw[high] - x[-1])
+    return np.clip(out, 0.0, 1.0)
+
+
 class Ranker:
     """LightGBM with a binary (click-through) or lambdarank objective; probabilities are
     calibrated (isotonic, or Platt scaling) on the validation rows."""
@@ -204,8 +230,9 @@ class Ranker:
 
             iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
             iso.fit(raw, labels)
-            self.calibration_x_ = np.asarray(iso.X_thresholds_, np.float64)
-            self.calibration_y_ = np.asarray(iso.y_thresholds_, np.float64)
+            self.calibration_x_, self.calibration_y_ = centered_steps(
+                np.asarray(iso.X_thresholds_, np.float64), np.asarray(iso.y_thresholds_, np.float64)
+            )
         elif self.calibration == "platt":
             from sklearn.linear_model import LogisticRegression
 
@@ -230,7 +257,8 @@ class Ranker:
         """Probabilities from raw scores (the calibration learnt at fit time)."""
         self._check_fitted()
         if self.calibration == "isotonic":
-            return np.interp(raw, self.calibration_x_, self.calibration_y_)
+            return _interpolated(np.asarray(raw, np.float64), self.calibration_x_,
+                                 self.calibration_y_)  # fmt: skip
         slope, intercept = self.calibration_x_[0], self.calibration_y_[0]
         return 1.0 / (1.0 + np.exp(-(slope * raw + intercept)))
 

@@ -289,6 +289,26 @@ def test_reranking_reorders_the_retrieved_candidates(pipeline, data) -> None:
         assert not set(top[row]) & set(seen)
     # and the reranked order is not simply the retrieval order
     assert (top != candidates[:, :10]).any()
+    # probabilities shown to callers are as distinct as the raw scores that order them
+    for row in range(len(batch)):
+        real = candidates[row] >= 0
+        assert len(np.unique(probability[row][real])) == len(np.unique(raw[row][real]))
+        order = np.argsort(-raw[row][real], kind="stable")
+        assert (np.diff(probability[row][real][order]) <= 0).all()
+
+
+def test_centred_isotonic_calibration_is_strictly_increasing_between_its_steps() -> None:
+    from bespoke.training.ranker import _interpolated, centered_steps
+
+    x = np.array([0.0, 1.0, 1.0, 2.0, 3.0, 4.0])
+    y = np.array([0.1, 0.1, 0.2, 0.2, 0.2, 0.6])
+    cx, cy = centered_steps(x, y)
+    np.testing.assert_allclose(cx, [0.5, 2.0, 4.0])
+    np.testing.assert_allclose(cy, [0.1, 0.2, 0.6])
+    raw = np.linspace(-1.0, 6.0, 50)
+    shown = _interpolated(raw, cx, cy)
+    assert (np.diff(shown[(shown > 0) & (shown < 1)]) > 0).all()
+    assert shown.min() >= 0.0 and shown.max() <= 1.0
 
 
 def test_recommend_for_live_profiles(pipeline, data) -> None:
