@@ -142,6 +142,17 @@ Force = Annotated[
 ]  # fmt: skip
 
 
+#: The catalog fields an answer can carry with each item.
+ItemField = Literal["title", "categories", "url", "release_year"]
+CATALOG_FIELDS: tuple[str, ...] = ("title", "categories", "url", "release_year")
+Fields = Annotated[
+    list[ItemField] | None,
+    Field(default=None, max_length=len(CATALOG_FIELDS),
+          description="The catalog fields each item carries (default: every one the catalog "
+          "has; [] for none), so that a page or an e-mail needs no second look-up."),
+]  # fmt: skip
+
+
 class RecommendRequest(IODescriptor):
     model_config = _STRICT
 
@@ -157,6 +168,7 @@ class RecommendRequest(IODescriptor):
         "(slower; /v1/personalize ranks its recommendation slots by default).",
     )
     force: Force = None
+    fields: Fields = None
 
 
 class ExperimentOut(BaseModel):
@@ -170,8 +182,15 @@ class ExperimentOut(BaseModel):
 
 class RecommendedItem(IODescriptor):
     item_id: str
-    score: float | None
+    score: float | None = Field(
+        description="Higher first; distinct wherever the order is (a ranked slot's: the "
+        "calibrated click probability)."
+    )
     reason: str
+    title: str | None = Field(default=None, description="From the catalog (when asked).")
+    categories: list[str] | None = Field(default=None, description="The catalog's genres.")
+    url: str | None = Field(default=None, description="The item's page, when the catalog has one.")
+    release_year: int | None = None
 
 
 _PERSONALIZED = Field(
@@ -208,6 +227,7 @@ class PersonalizeRequest(IODescriptor):
     context: Context = Field(default_factory=dict)
     exclude: list[Identifier] = Field(default_factory=list, max_length=1000)
     force: Force = None
+    fields: Fields = None
 
 
 class SlotOut(IODescriptor):

@@ -30,6 +30,7 @@ from bespoke.features.schema import person_id_of
 from bespoke.privacy.audit import audit_log, person_pseudonym
 from bespoke.privacy.stores import AnswerCaches
 from bespoke.serving.api import (
+    CATALOG_FIELDS,
     DELETION_ID_PATTERN,
     MAX_EVENTS,
     ConsentRequest,
@@ -69,9 +70,35 @@ def _encode(answer: dict[str, Any]) -> bytes:
     return to_json(answer, inf_nan_mode="null")
 
 
-def _items(items: Any) -> list[dict[str, Any]]:
-    """The engine's items as ``RecommendedItem`` fields."""
-    return [{"item_id": i.item_id, "score": i.score, "reason": i.reason} for i in items]
+def _items(
+    items: Any, catalog: dict[str, dict[str, Any]], fields: list[str] | None
+) -> list[dict[str, Any]]:
+    """The engine's items as ``RecommendedItem`` fields, with the catalog ``fields`` asked
+    (None: all it has) that the catalog holds for each item."""
+    wanted = CATALOG_FIELDS if fields is None else fields
+    out = []
+    for item in items:
+        known = catalog.get(item.item_id, {})
+        out.append({"item_id": item.item_id, "score": item.score, "reason": item.reason,
+                    **{f: known[f] for f in wanted if f in known}})  # fmt: skip
+    return out
+
+
+def catalog_fields(catalog: Any) -> dict[str, dict[str, Any]]:
+    """Per item id, the catalog fields an answer carries (missing values left out)."""
+    out: dict[str, dict[str, Any]] = {}
+    for row in catalog.itertuples(index=False):
+        fields: dict[str, Any] = {}
+        if isinstance(row.title, str):
+            fields["title"] = row.title
+        genres = row.genres if row.genres is not None else []
+        fields["categories"] = [str(g) for g in genres]
+        if isinstance(getattr(row, "url", None), str):
+            fields["url"] = row.url
+        if getattr(row, "release_year", None) is not None and row.release_year == row.release_year:
+            fields["release_year"] = int(row.release_year)
+        out[str(row.item_id)] = fields
+    return out
 
 
 #: Where BentoML logs a route's exception (the logs module redacts validation inputs there).
@@ -313,6 +340,7 @@ class Personalization:
                     uri, self.dataset, versions, self._swap, interval
                 ).start()
         catalog = load_catalog(lake, self.dataset)
+        self.catalog = catalog_fields(catalog)
         categories = {
             str(item): [str(g) for g in (genres if genres is not None else [])]
             for item, genres in zip(catalog["item_id"], catalog["genres"], strict=True)
@@ -450,7 +478,7 @@ class Personalization:
             "user_id": ready.person,
             "personalized": ready.personalized,
             "experiments": [a.as_dict() for a in assigned],
-            "items": _items(answer.items),
+            "items": _items(answer.items, self.catalog, request.fields),
             "content": answer.content,
             "rules": answer.rules,
             "model_version": answer.model_version,
@@ -488,7 +516,8 @@ class Personalization:
             "personalized": ready.personalized,
             "variant": entered[0].variant if entered else None,
             "experiments": [a.as_dict() for a in assigned],
-            "slots": [{"id": s.id, "kind": s.kind, "items": _items(s.items),
+            "slots": [{"id": s.id, "kind": s.kind,
+                       "items": _items(s.items, self.catalog, request.fields),
                        "content": s.content, "rules": s.rules} for s in slots],
             "model_version": self.engine.models.version,
         })  # fmt: skip

@@ -200,12 +200,12 @@ def event_counts(lake: Lake, dataset: str) -> tuple[int, int]:
 
 
 def load_catalog(lake: Lake, dataset: str) -> pd.DataFrame:
-    """The dataset's catalog (``item_id``, ``title``, ``release_year``, ``genres``);
-    empty when the source has none."""
+    """The dataset's catalog (``item_id``, ``title``, ``release_year``, ``genres``,
+    ``url``); empty when the source has none."""
     return (
         lake.connect()
         .execute(
-            "SELECT item_id, title, release_year, genres FROM items WHERE dataset = ? "
+            "SELECT item_id, title, release_year, genres, url FROM items WHERE dataset = ? "
             "ORDER BY item_id",
             [dataset],
         )

@@ -169,3 +169,30 @@ def test_the_round_trip_shows_a_page_change_after_two_events(service_home) -> No
     assert len(after) == 5 and not set(rated) & set(after)
     keys = ApiKeys(settings.online_store_url or "").list()
     assert [k.active for k in keys if k.name.startswith("round-trip-")] == [False]
+
+
+def test_answers_carry_the_catalog_fields_a_page_renders_and_distinct_ranked_scores(
+    service,
+) -> None:
+    url, key = service
+    body = {"user_id": "1", "slots": [{"id": "top", "k": 8}], "context": WEEKDAY}
+    page = _post(url, "/v1/personalize", body, key).json()
+    items = page["slots"][0]["items"]
+    assert len(items) == 8
+    stranger = _post(url, "/v1/recommend", {"user_id": "nobody", "k": 50}, key).json()["items"]
+    assert all(item["title"] and item["categories"] and item["url"] for item in items)
+    assert all(isinstance(item["release_year"], int) for item in items)
+    # ML-100K's catalog: item 50 is Star Wars (1977), a popular fallback for a stranger
+    star_wars = [item for item in stranger if item["item_id"] == "50"]
+    assert star_wars and star_wars[0]["title"].startswith("Star Wars")
+    assert "Sci-Fi" in star_wars[0]["categories"] and star_wars[0]["release_year"] == 1977
+    # ranked: the calibrated probabilities are as distinct as the order
+    scores = [item["score"] for item in items]
+    assert scores == sorted(scores, reverse=True) and len(set(scores)) == len(scores)
+    # only the fields asked for; none at all
+    only = _post(url, "/v1/recommend", {"user_id": "1", "k": 3, "fields": ["title"]}, key).json()
+    assert all(set(item) == {"item_id", "score", "reason", "title"} for item in only["items"])
+    bare = _post(url, "/v1/recommend", {"user_id": "1", "k": 3, "fields": []}, key).json()
+    assert all(set(item) == {"item_id", "score", "reason"} for item in bare["items"])
+    bad = _post(url, "/v1/recommend", {"user_id": "1", "fields": ["price"]}, key)
+    assert bad.status_code == 422 and "fields" in bad.text
