@@ -1070,11 +1070,37 @@ KeyNameOption = Annotated[str, typer.Option("--name", help="The key's name, e.g.
 
 
 @keys_app.command("create")
-def keys_create(name: KeyNameOption) -> None:
+def keys_create(
+    name: KeyNameOption,
+    publishable: Annotated[
+        bool,
+        typer.Option(
+            "--publishable",
+            help="A key for web pages (bespoke.js): events, "
+            "identify, consent and personalize for the browser's own anonymous id.",
+        ),
+    ] = False,
+    origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--origin",
+            help="A publishable key's allowed page origin, e.g. "
+            "https://shop.example (repeat for more).",
+        ),
+    ] = None,
+    client_rate: Annotated[
+        int, typer.Option("--client-rate", help="Publishable: requests a minute per client.")
+    ] = 300,
+    key_rate: Annotated[
+        int, typer.Option("--key-rate", help="Publishable: requests a minute in all.")
+    ] = 30_000,
+) -> None:
     """Create a key; it is printed once (only its hash is kept)."""
     with _clear_errors():
-        key = _keys().create(name)
-    errors.print(f"API key {name!r} (shown once; only its SHA-256 hash is stored):")
+        key = _keys().create(name, publishable=publishable, origins=origin or [],
+                             client_rate=client_rate, key_rate=key_rate)  # fmt: skip
+    kind = "publishable key" if publishable else "API key"
+    errors.print(f"{kind} {name!r} (shown once; only its SHA-256 hash is stored):")
     print(key)
 
 
@@ -1086,10 +1112,11 @@ def keys_list() -> None:
     if not keys:
         console.print("No API keys yet: create one with `bespoke keys create --name NAME`.")
         return
-    table = Table("name", "created", "revoked", header_style="bold")
+    table = Table("name", "kind", "origins", "created", "revoked", header_style="bold")
     for info in keys:
         revoked = f"{info.revoked_at:%Y-%m-%d %H:%M:%S}" if info.revoked_at else ""
-        table.add_row(info.name, f"{info.created_at:%Y-%m-%d %H:%M:%S}", revoked)
+        table.add_row(info.name, info.kind, " ".join(info.origins),
+                      f"{info.created_at:%Y-%m-%d %H:%M:%S}", revoked)  # fmt: skip
     console.print(table)
 
 

@@ -117,6 +117,10 @@ class EventType(StrEnum):
     SIGNUP = "signup"
     #: A person made themselves known: the event carries the ids it joins (``identify``).
     IDENTIFY = "identify"
+    #: How far down a page the person scrolled (``value``: 25, 50, 75 or 100 per cent).
+    SCROLL = "scroll"
+    #: A form of the page was submitted (``context.page`` says which page).
+    FORM_SUBMIT = "form_submit"
 
 
 #: Event types whose ``value`` is money: negative amounts are anomalies for them.

@@ -497,12 +497,14 @@ class ErrorResponse(BaseModel):
 _REF = "#/components/schemas/{model}"
 _ERRORS = {
     401: "No API key was sent.",
-    403: "The API key is not valid (unknown or revoked).",
+    403: "The API key is not valid (unknown or revoked), or a publishable key asked for "
+    "what it may not (another origin or route, a user_id, a forced variant).",
     404: "Nothing is known about this person.",
     409: "Another deletion is running: try again when it has finished.",
     413: f"The body is larger than the service's limit, or more than {MAX_EVENTS} events.",
     415: "The body is not application/json.",
     422: "The request is invalid: detail names each field at fault.",
+    429: "A publishable key's rate for this client, or in all, is used up: see Retry-After.",
 }
 _REQUEST_ID = {
     "X-Request-ID": {
@@ -533,20 +535,20 @@ _ROUTES: list[tuple[str, str, type[BaseModel] | None, type[BaseModel], str, tupl
      (401, 403, 404, 413, 415, 422)),
     ("/v1/personalize", "post", PersonalizeRequest, PersonalizeResponse,
      "Slots of recommendations and content for a person, with their experiment variants.",
-     (401, 403, 404, 413, 415, 422)),
+     (401, 403, 404, 413, 415, 422, 429)),
     ("/v1/events", "post", EventsRequest, EventsResponse,
      f"Up to {MAX_EVENTS} events, stored durably and applied to profiles at once.",
-     (401, 403, 413, 415, 422)),
+     (401, 403, 413, 415, 422, 429)),
     ("/v1/identify", "post", IdentifyRequest, IdentifyResponse,
      "A person makes themselves known: their anonymous history becomes theirs at once.",
-     (401, 403, 413, 415, 422)),
+     (401, 403, 413, 415, 422, 429)),
     ("/v1/profiles", "post", ProfileRequest, ProfileView,
      "One person as the online store knows them.", (401, 403, 404, 413, 415, 422)),
     ("/v1/profiles/{id}", "get", None, ProfileView,
      "One person as the online store knows them.", (401, 403, 404, 422)),
     ("/v1/consent", "post", ConsentRequest, ConsentResponse,
      "Record a person's consent decisions per purpose; enforced from the next request.",
-     (401, 403, 413, 415, 422)),
+     (401, 403, 413, 415, 422, 429)),
     ("/v1/privacy/deletions", "post", DeletionCall, DeletionOut,
      "Erase a person from every store and verify 0 traces (done, or partial with reasons).",
      (401, 403, 404, 409, 413, 415, 422)),
@@ -562,6 +564,8 @@ OPEN_ROUTES = {
     "/metrics": "Prometheus metrics.",
     "/docs.json": "This document.",
 }
+#: Path prefixes that need no key: the browser SDK and the demo storefront (static files).
+OPEN_PREFIXES = ("/sdk/", "/demo")
 #: Every route path the service answers (templates for those with parameters).
 ROUTE_PATHS = frozenset({path for path, *_ in _ROUTES} | set(OPEN_ROUTES))
 #: The routes that take a JSON body (POST).

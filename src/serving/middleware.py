@@ -7,6 +7,14 @@ In order, for each request:
 2. Every other route needs a valid API key: ``Authorization: Bearer <key>`` or
    ``X-API-Key: <key>``. When both are sent the Bearer key is the one checked; a blank
    header counts as absent. 401 without a key, 403 with an unknown or revoked one.
+   A *publishable* key (``bpk_``, meant for web pages; it may also come as ``?key=`` for
+   ``navigator.sendBeacon``, which cannot set headers) works only from a page of an origin
+   it lists (403 otherwise; answers carry the CORS headers for that origin, and preflight
+   requests are answered for the origins of active publishable keys), only on
+   :data:`PUBLISHABLE_ROUTES`, only about the browser's own anonymous id (no ``user_id``
+   to personalize or consent for, no forced variant: 403 naming the field), within its
+   rate per client and in all (429 with ``Retry-After``). Its events may come as
+   ``text/plain`` (a beacon's type).
 3. A POST body of a route that takes one must be ``application/json`` (415) and at most
    ``BESPOKE_SERVING_MAX_BODY_BYTES`` (413, naming the limit): it is read here, up to the
    limit, before any route sees it.
@@ -31,11 +39,24 @@ import uuid
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import Any
+from urllib.parse import parse_qsl
 
 from cachetools import TTLCache
 
-from bespoke.serving.api import BODY_ROUTES, OPEN_ROUTES, ROUTE_PATHS, openapi_document
-from bespoke.serving.keys import ApiKeys
+from bespoke.serving.api import (
+    BODY_ROUTES,
+    OPEN_PREFIXES,
+    OPEN_ROUTES,
+    ROUTE_PATHS,
+    openapi_document,
+)
+from bespoke.serving.keys import (
+    CLIENT_RATE_PER_MINUTE,
+    KEY_RATE_PER_MINUTE,
+    PUBLISHABLE_PREFIX,
+    ApiKeys,
+    KeyInfo,
+)
 from bespoke.serving.logs import access_log
 from bespoke.settings import Settings, get_settings
 
@@ -48,6 +69,33 @@ _DELETION_PREFIX = "/v1/privacy/deletions/"
 
 #: The name of the API key the current request presented (for the audit log's actor).
 CALLER: ContextVar[str | None] = ContextVar("bespoke_caller", default=None)
+
+#: The routes a publishable key may call.
+PUBLISHABLE_ROUTES = frozenset({"/v1/events", "/v1/identify", "/v1/consent", "/v1/personalize"})
+#: How long the origins of publishable keys are trusted for preflights without asking again.
+ORIGINS_TTL_S = 5.0
+_ALLOWED_HEADERS = b"content-type, x-api-key, authorization, x-request-id"
+
+
+class RateLimits:
+    """Requests counted in one-minute windows per publishable key and per (key, client),
+    in this worker's memory (each worker counts its own share)."""
+
+    def __init__(self) -> None:
+        self.counts: TTLCache = TTLCache(maxsize=200_000, ttl=120)
+
+    def take(
+        self, key: str, client: str, client_rate: int, key_rate: int, now: float | None = None
+    ) -> float | None:
+        """Count one request; the seconds to wait when it is over a limit (not counted)."""
+        now = time.time() if now is None else now
+        window = int(now // 60)
+        mine, everyone = (key, client, window), (key, window)
+        if self.counts.get(mine, 0) >= client_rate or self.counts.get(everyone, 0) >= key_rate:
+            return 60.0 - now % 60
+        self.counts[mine] = self.counts.get(mine, 0) + 1
+        self.counts[everyone] = self.counts.get(everyone, 0) + 1
+        return None
 
 
 class Gateway:
@@ -66,6 +114,8 @@ class Gateway:
         self.direct = dict(direct or {})
         self.keys = ApiKeys(settings.online_store_url or "")
         self.verified: TTLCache = TTLCache(maxsize=1024, ttl=KEY_TTL_S)
+        self.origins: TTLCache = TTLCache(maxsize=1, ttl=ORIGINS_TTL_S)
+        self.limits = RateLimits()
         self.max_body = settings.serving_max_body_bytes
         self.log = access_log() if settings.access_log else None
         self._document: bytes | None = None
@@ -90,18 +140,24 @@ class Gateway:
 
         name: str | None = None
         try:
-            if path in OPEN_ROUTES:
+            if path in OPEN_ROUTES or path.startswith(OPEN_PREFIXES):
                 if path == "/docs.json" and method == "GET":
                     await _respond(tagged, 200, self.document())
                 else:
                     await self.app(scope, receive, tagged)
                 return
-            key = presented_key(headers)
-            name = None if key is None else self._key_name(key)
+            if method == "OPTIONS" and "access-control-request-method" in headers:
+                await self._preflight(tagged, headers.get("origin", ""))
+                return
+            key = presented_key(headers) or _query_key(scope)
+            info = None if key is None else self._key_info(key)
+            name = None if info is None else info.name
             if key is None:
                 await _error(tagged, 401, "an API key is required (Authorization: Bearer …)")
-            elif not name:
+            elif info is None:
                 await _error(tagged, 403, "this API key is not valid")
+            elif info.publishable:
+                await self._publishable(scope, receive, tagged, headers, info)
             else:
                 CALLER.set(name)  # the routes name the caller in the audit log
                 await self._checked(scope, receive, tagged, headers)
@@ -115,8 +171,16 @@ class Gateway:
                     "duration_ms": round(1000 * (time.perf_counter() - started), 3),
                 }))  # fmt: skip
 
-    async def _checked(self, scope: dict, receive: Any, tagged: Any, headers: dict) -> None:
-        """A request with a valid key: its media type and size checked, then answered."""
+    async def _checked(
+        self,
+        scope: dict,
+        receive: Any,
+        tagged: Any,
+        headers: dict,
+        inspect: Callable[[bytes], tuple[int, str, str] | None] | None = None,
+    ) -> None:
+        """A request with a valid key: its media type and size checked (and its body by
+        ``inspect``: a refusal's status, message and field), then answered."""
         path, method = scope["path"], scope.get("method", "GET")
         if method != "POST" or path not in BODY_ROUTES:  # the app answers 404 or 405
             await self.app(scope, receive, _validation_is_422(tagged))
@@ -130,26 +194,134 @@ class Gateway:
                 f"the request body is larger than {self.max_body} bytes",
                 limit=self.max_body,
             )
+        elif inspect is not None and (refused := inspect(body)) is not None:
+            status, message, field = refused
+            await _error(tagged, status, message, field=field)
         elif (direct := self.direct.get(path)) is not None:
             await direct(body)(scope, receive, tagged)
         else:
             await self.app(scope, _replay(body, receive), _validation_is_422(tagged))
+
+    async def _publishable(
+        self, scope: dict, receive: Any, tagged: Any, headers: dict, info: KeyInfo
+    ) -> None:
+        """A publishable key's request: from an allowed origin, to an allowed route,
+        within its rates, about the browser's own anonymous id."""
+        path = scope["path"]
+        origin = headers.get("origin", "")
+        if not origin:
+            await _error(tagged, 403, "a publishable key works from a web page of an allowed "
+                         "origin; this request names no Origin")  # fmt: skip
+            return
+        if origin.lower() not in info.origins:
+            await _error(tagged, 403, f"origin {origin!r} is not allowed for this key")
+            return
+        send = _with_cors(tagged, origin)
+        if path not in PUBLISHABLE_ROUTES:
+            await _error(send, 403, f"a publishable key cannot call {route_of(path)}")
+            return
+        client = (scope.get("client") or ("unknown", 0))[0]
+        wait = self.limits.take(info.name, client, info.client_rate or CLIENT_RATE_PER_MINUTE,
+                                info.key_rate or KEY_RATE_PER_MINUTE)  # fmt: skip
+        if wait is not None:
+            await _respond(send, 429, json.dumps({
+                "error": "too many requests for this key from this client; retry later",
+                "retry_after_s": round(wait, 1)}).encode(),
+                extra=[(b"retry-after", str(int(wait) + 1).encode())])  # fmt: skip
+            return
+        CALLER.set(info.name)
+        if path == "/v1/events" and headers.get("content-type", "").startswith("text/plain"):
+            # navigator.sendBeacon's body: JSON all the same
+            headers = {**headers, "content-type": "application/json"}
+            scope = {**scope, "headers": [
+                (k, v) for k, v in scope["headers"] if k.lower() != b"content-type"
+            ] + [(b"content-type", b"application/json")]}  # fmt: skip
+        await self._checked(scope, receive, send, headers, inspect=_own_anonymous_id(path))
+
+    async def _preflight(self, send: Any, origin: str) -> None:
+        """A browser asking whether a page of ``origin`` may call: yes for the origins of
+        active publishable keys (the preflight carries no key)."""
+        allowed = self.origins.get("all")
+        if allowed is None:
+            allowed = self.origins["all"] = self.keys.origins()
+        if origin.lower() not in allowed:
+            await _error(send, 403, f"origin {origin!r} is not allowed")
+            return
+        await send({"type": "http.response.start", "status": 204, "headers": [
+            (b"access-control-allow-origin", origin.encode()),
+            (b"access-control-allow-methods", b"POST, GET, OPTIONS"),
+            (b"access-control-allow-headers", _ALLOWED_HEADERS),
+            (b"access-control-max-age", b"600"),
+            (b"vary", b"Origin"),
+        ]})  # fmt: skip
+        await send({"type": "http.response.body", "body": b""})
 
     def document(self) -> bytes:
         if self._document is None:
             self._document = json.dumps(openapi_document()).encode()
         return self._document
 
-    def _key_name(self, key: str) -> str:
-        """The key's name; ``""`` when it is not valid."""
+    def _key_info(self, key: str) -> KeyInfo | None:
+        """The key's information; None when it is not valid."""
         digest = hashlib.sha256(key.encode()).hexdigest()
-        name = self.verified.get(digest)
-        if name is None:
+        info = self.verified.get(digest)
+        if info is None:
             info = self.keys.verify(key)
-            name = info.name if info is not None else ""
-            if name:
-                self.verified[digest] = name
-        return name
+            if info is not None:
+                self.verified[digest] = info
+        return info
+
+
+def _query_key(scope: dict) -> str | None:
+    """A publishable key sent as ``?key=`` (a beacon cannot set headers); a secret key is
+    never taken from a URL (URLs end up in logs)."""
+    for name, value in parse_qsl(scope.get("query_string", b"").decode("latin-1")):
+        if name == "key" and value.startswith(PUBLISHABLE_PREFIX):
+            return value
+    return None
+
+
+def _own_anonymous_id(path: str) -> Callable[[bytes], tuple[int, str, str] | None]:
+    """What a publishable key may send to ``path``: requests about the browser's own
+    anonymous id (refusals: status, message, field)."""
+
+    def inspect(body: bytes) -> tuple[int, str, str] | None:
+        try:
+            document = json.loads(body)
+        except ValueError:
+            return None  # the route's validation names what is wrong
+        if not isinstance(document, dict):
+            return None
+        if path in ("/v1/personalize", "/v1/consent"):
+            if document.get("force"):
+                return 403, "a publishable key cannot force a variant", "force"
+            if document.get("user_id") is not None:
+                return (403, "a publishable key acts only for the browser's own anonymous_id, "
+                        "not a user_id", "user_id")  # fmt: skip
+        # personalize without one is a stranger's answer; these record something of theirs
+        if path in ("/v1/consent", "/v1/identify") and not document.get("anonymous_id"):
+            return 422, "anonymous_id is required with a publishable key", "anonymous_id"
+        if path == "/v1/events" and isinstance(document.get("events"), list):
+            for index, event in enumerate(document["events"]):
+                if isinstance(event, dict) and not event.get("anonymous_id"):
+                    return (422, "every event sent with a publishable key carries the "
+                            "browser's anonymous_id", f"events[{index}].anonymous_id")  # fmt: skip
+        return None
+
+    return inspect
+
+
+def _with_cors(send: Any, origin: str) -> Any:
+    """``send`` with the CORS headers that let a page of ``origin`` read the answer."""
+
+    async def wrapped(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []),
+                (b"access-control-allow-origin", origin.encode()), (b"vary", b"Origin"),
+                (b"access-control-expose-headers", b"x-request-id, retry-after")]}  # fmt: skip
+        await send(message)
+
+    return wrapped
 
 
 def presented_key(headers: dict[str, str]) -> str | None:
@@ -174,6 +346,8 @@ def route_of(path: str) -> str:
         return _PROFILE_PREFIX + "{id}"
     if path.startswith(_DELETION_PREFIX):
         return _DELETION_PREFIX + "{id}"
+    if path.startswith(OPEN_PREFIXES):
+        return path.split("?", 1)[0][:100]
     return "(unknown)"
 
 
@@ -252,10 +426,13 @@ async def _error(send: Any, status: int, message: str, **extra: Any) -> None:
     await _respond(send, status, json.dumps({"error": message, **extra}).encode())
 
 
-async def _respond(send: Any, status: int, payload: bytes) -> None:
+async def _respond(
+    send: Any, status: int, payload: bytes, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(payload)).encode()),
+        *(extra or []),
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})

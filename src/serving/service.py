@@ -25,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import to_json
 from starlette.responses import Response
 
+from bespoke.channels.web import demo_app, sdk_app
 from bespoke.experiments.runtime import treatment
 from bespoke.features.schema import person_id_of
 from bespoke.privacy.audit import audit_log, person_pseudonym
@@ -287,6 +288,8 @@ def _live_scorer(settings: Any, dataset: str) -> Any:
         return LiveScorer()
 
 
+@bentoml.asgi_app(sdk_app(), path="/sdk")
+@bentoml.asgi_app(demo_app(lambda: bentoml.get_current_service().catalog), path="/demo")
 @bentoml.asgi_app(_profiles_app(), path="/v1/profiles")
 @bentoml.asgi_app(_deletions_app(), path="/v1/privacy/deletions")
 @bentoml.service(name="bespoke", **_SERVICE_CONFIG)
