@@ -85,8 +85,9 @@ def test_a_page_key_can_never_read_a_profile_force_a_variant_or_act_for_a_user(s
     key = served["page"]
     refused = {
         "profile": _post(served, "/v1/profiles", {"user_id": "1"}, key),
-        "profile by path": httpx.get(f"{served['url']}/v1/profiles/1",
-                                     headers={"X-API-Key": key, "Origin": SHOP}),  # fmt: skip
+        "profile by path": httpx.get(
+            f"{served['url']}/v1/profiles/1", headers={"X-API-Key": key, "Origin": SHOP}
+        ),
         "recommend": _post(served, "/v1/recommend", {"user_id": "1"}, key),
         "deletion": _post(served, "/v1/privacy/deletions", {"user_id": "1"}, key),
     }
