@@ -50,7 +50,11 @@ bento: setup  ## build the service's Bento offline (bentofile.yaml), into the Be
 		&& cd "$$ctx" && $(UV) run --project "$(CURDIR)" --locked \
 			sh -c 'PATH="$$(dirname "$$UV"):$$PATH" exec bentoml build .'
 
-test: setup  ## run the tests (code, data, notebooks)
+# System packages a test needs (a headless Chromium) are installed by the project's own
+# script where the machine allows it (root with apt-get); elsewhere those tests skip,
+# printing why.
+test: setup  ## run the tests (code, data, browser, notebooks)
+	@scripts/test-system-packages
 	@$(UV) run --locked pytest -n $(PYTEST_WORKERS) --nbmake tests notebooks
 
 lint: setup  ## ruff lint and format check

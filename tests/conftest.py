@@ -8,6 +8,7 @@ fails the tests that need it instead of skipping them, so CI cannot pass without
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import io
 import os
@@ -250,3 +251,36 @@ def mini_movielens(tmp_path: Path) -> Callable[..., Path]:
         return folder
 
     return build
+
+
+# --- the service's prepared home (tests/model, tests/browser) -----------------------------
+
+_KEY_FILE = "test-api-key"
+
+
+def _prepared_home(folder: Path, datasets_dir: Path) -> Path:
+    """``folder/home`` prepared once (the key kept beside it), whoever asks first."""
+    from bespoke.serving.local import prepare_local_home
+
+    home = folder / "home"
+    with (folder / "home.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (folder / _KEY_FILE).exists():
+            key = prepare_local_home(home, datasets_dir / "ml-100k", key_name="tests")
+            (folder / _KEY_FILE).write_text(key)
+    return home
+
+
+@pytest.fixture(scope="session")
+def prepared_service_home(
+    tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path
+) -> tuple[Path, str]:
+    """``(home, api_key)``: ML-100K ingested, EASE and ranker ``@champion`` models, an API
+    key; prepared once per run and shared (under xdist the first worker prepares it behind
+    a file lock), so copy it before serving it."""
+    # Under xdist the parent of each worker's base folder belongs to this run alone.
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "service-prepared"
+    shared.mkdir(exist_ok=True)
+    home = _prepared_home(shared, datasets_dir)
+    return home, (shared / _KEY_FILE).read_text()

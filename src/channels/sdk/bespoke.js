@@ -301,10 +301,11 @@
     return node;
   }
 
-  /** Fill every [data-bespoke-slot] of the page from /v1/personalize. */
+  /** Fill every [data-bespoke-slot] of the page from /v1/personalize: for the person once
+   * they consented, a stranger's answer (no id sent) once they declined, nothing before. */
   function render(options) {
     var elements = document.querySelectorAll(config.slotSelector);
-    if (!elements.length) return Promise.resolve(null);
+    if (!elements.length || state.consent === null) return Promise.resolve(null);
     var slots = [];
     for (var i = 0; i < elements.length; i++) {
       var el = elements[i];
