@@ -123,6 +123,7 @@ ONLINE_TABLES: dict[str, dict[str, str]] = {
     "outbox": {"payload": _JSON_USER},
     "exposures": {"person": _ANY},
     "consent_ledger": {"identifier": _ANY},
+    "campaign_sends": {"user_id": USER},
 }  # fmt: skip
 #: Tables of the same file that hold no person data, and why.
 ONLINE_NOT_PERSONAL: dict[str, str] = {
@@ -137,6 +138,7 @@ ONLINE_NOT_PERSONAL: dict[str, str] = {
     "them back",
     "privacy_requests": "deletion requests: keyed pseudonyms and per-store outcomes (the "
     "identifiers a running one needs wait outside this file)",
+    "campaign_runs": "each campaign run's folder and count (the e-mails in it: campaigns)",
 }
 
 
@@ -894,6 +896,81 @@ def _drop_people(document: Any, ids: frozenset[str]) -> int:
     return found
 
 
+# --- rendered e-mail campaigns ------------------------------------------------------------
+
+
+@dataclass
+class CampaignFiles:
+    """The e-mails campaigns rendered (``bespoke.channels.campaigns``): every run's folder
+    (listed in the online store's ``campaign_runs``) holds one file per person and a
+    ``manifest.jsonl`` naming who got which file. A deletion removes the person's e-mails
+    and their manifest lines (each manifest rewritten atomically)."""
+
+    database: Database
+    name: str = "campaigns"
+
+    def covers(self) -> set[str]:
+        return {f"{self.name}:emails", f"{self.name}:manifests"}
+
+    def _manifests(self) -> list[Path]:
+        with self.database.read() as con:
+            if not con.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'campaign_runs'"
+            ).fetchone():
+                return []
+            folders = [
+                Path(r[0]) for r in con.execute("SELECT DISTINCT out_dir FROM campaign_runs")
+            ]
+        return [f / "manifest.jsonl" for f in folders if (f / "manifest.jsonl").is_file()]
+
+    def _entries(self, subject: Subject) -> Iterator[tuple[Path, list[str], list[int]]]:
+        """Per manifest: its lines, and the positions of the person's."""
+        users = subject.user_ids
+        for manifest in self._manifests():
+            lines = manifest.read_text().splitlines(keepends=True)
+            mine = [i for i, line in enumerate(lines)
+                    if json.loads(line).get("user_id") in users]  # fmt: skip
+            yield manifest, lines, mine
+
+    def export(self, subject: Subject) -> dict[str, list[dict[str, Any]]]:
+        rows = [json.loads(lines[i]) | {"folder": str(m.parent)}
+                for m, lines, mine in self._entries(subject) for i in mine]  # fmt: skip
+        return {"emails": rows} if rows else {}
+
+    def delete(self, subject: Subject) -> dict[str, int]:
+        removed = {"emails": 0, "manifests": 0}
+        for manifest, lines, mine in self._entries(subject):
+            if not mine:
+                continue
+            for i in mine:
+                email = manifest.parent / json.loads(lines[i])["file"]
+                if email.exists():
+                    email.unlink()
+                    removed["emails"] += 1
+            kept = [line for i, line in enumerate(lines) if i not in set(mine)]
+            _replace(manifest, "".join(kept).encode())
+            removed["manifests"] += len(mine)
+        return removed
+
+    def verify(self, subject: Subject) -> dict[str, int]:
+        traces = {"emails": 0, "manifests": 0}
+        for manifest, lines, mine in self._entries(subject):
+            traces["manifests"] += len(mine)
+            traces["emails"] += sum(
+                (manifest.parent / json.loads(lines[i])["file"]).exists() for i in mine
+            )
+        return traces
+
+    def rekey(self, rekeying: Rekeying) -> dict[str, int]:
+        changed = 0
+        for manifest in self._manifests():
+            text = manifest.read_text()
+            if (rekeyed := rekeying.text(text)) != text:
+                _replace(manifest, rekeyed.encode())
+                changed += 1
+        return {"manifests": changed}
+
+
 def registry(
     *,
     online: Database | None,
@@ -907,6 +984,7 @@ def registry(
     if online is not None:
         stores.append(OnlineStore(online))
         stores.append(AnswerCaches(online))
+        stores.append(CampaignFiles(online))
     if lake is not None:
         stores.append(LakeStore(lake))
     if vault is not None:

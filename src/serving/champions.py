@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bespoke.serving.engine import Models
+from bespoke.serving.engine import Engine, Models
 from bespoke.settings import Settings
 from bespoke.training.registry import ARTIFACTS, KINDS, Registry, load_native, registered_name
 
@@ -202,3 +202,30 @@ class ChampionWatcher:
             except Exception as error:  # keep serving the models we have
                 self.last_error = repr(error)
                 logger.warning("champion check failed, keeping the current models: %r", error)
+
+
+def engine_for(settings: Settings, dataset: str) -> tuple[Engine, Any]:
+    """The engine the service answers with (the ``@champion`` models, the catalog's
+    categories, the rules file), for a job that fills pages or e-mails outside the service
+    (campaigns); and the catalog. No experiment variants: a job serves the control."""
+    from bespoke.features.lake import Lake
+    from bespoke.segments.live import LiveScorer, known_segments
+    from bespoke.serving.rules import SHIPPED_RULES_DIR, RulesFile
+    from bespoke.training.data import event_counts, load_catalog
+
+    lake = Lake(settings.lake_url or "")
+    _, item_events = event_counts(lake, dataset)
+    models = load_from_registry(settings.mlflow_tracking_uri or "", dataset,
+                                catalog=bool(item_events))  # fmt: skip
+    catalog = load_catalog(lake, dataset)
+    categories = {
+        str(item): [str(g) for g in (genres if genres is not None else [])]
+        for item, genres in zip(catalog["item_id"], catalog["genres"], strict=True)
+    }
+    try:
+        segmenter = LiveScorer.load(settings, dataset).segmenter
+    except Exception:  # no segment model: the rules name no behavioural segment
+        segmenter = None
+    rules = RulesFile(settings.rules_path or SHIPPED_RULES_DIR,
+                      segments=known_segments(segmenter, lake, dataset))  # fmt: skip
+    return Engine(models, categories, rules), catalog

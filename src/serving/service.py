@@ -85,23 +85,6 @@ def _items(
     return out
 
 
-def catalog_fields(catalog: Any) -> dict[str, dict[str, Any]]:
-    """Per item id, the catalog fields an answer carries (missing values left out)."""
-    out: dict[str, dict[str, Any]] = {}
-    for row in catalog.itertuples(index=False):
-        fields: dict[str, Any] = {}
-        if isinstance(row.title, str):
-            fields["title"] = row.title
-        genres = row.genres if row.genres is not None else []
-        fields["categories"] = [str(g) for g in genres]
-        if isinstance(getattr(row, "url", None), str):
-            fields["url"] = row.url
-        if getattr(row, "release_year", None) is not None and row.release_year == row.release_year:
-            fields["release_year"] = int(row.release_year)
-        out[str(row.item_id)] = fields
-    return out
-
-
 #: Where BentoML logs a route's exception (the logs module redacts validation inputs there).
 _ROUTE_ERRORS = logging.getLogger("bentoml._internal.server.http_app")
 _SERVER_HEADER = "BentoML Service/bespoke"
@@ -311,7 +294,7 @@ class Personalization:
         from bespoke.serving.rules import SHIPPED_RULES_DIR, RulesFile
         from bespoke.serving.store import open_store
         from bespoke.serving.watchdog import exit_with_parent
-        from bespoke.training.data import event_counts, load_catalog
+        from bespoke.training.data import catalog_fields, event_counts, load_catalog
 
         configure_service_logging()
         exit_with_parent()  # a kill -9 of the server must not leave this worker serving

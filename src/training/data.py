@@ -8,7 +8,7 @@ anything and a model's indices mean the same items everywhere.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -211,6 +211,23 @@ def load_catalog(lake: Lake, dataset: str) -> pd.DataFrame:
         )
         .df()
     )
+
+
+def catalog_fields(catalog: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Per item id, the catalog fields an answer carries (missing values left out)."""
+    out: dict[str, dict[str, Any]] = {}
+    for row in catalog.itertuples(index=False):
+        fields: dict[str, Any] = {}
+        if isinstance(row.title, str):
+            fields["title"] = row.title
+        genres = row.genres if row.genres is not None else []
+        fields["categories"] = [str(g) for g in genres]
+        if isinstance(getattr(row, "url", None), str):
+            fields["url"] = row.url
+        if getattr(row, "release_year", None) is not None and row.release_year == row.release_year:
+            fields["release_year"] = int(row.release_year)
+        out[str(row.item_id)] = fields
+    return out
 
 
 def interactions_frame(interactions: Interactions) -> pd.DataFrame:

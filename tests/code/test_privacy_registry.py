@@ -11,6 +11,7 @@ from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bespoke.channels.campaigns import CampaignSends
 from bespoke.experiments.ledger import ExperimentLedger
 from bespoke.features.schema import TABLES, EventIn
 from bespoke.identity.vault import Vault
@@ -54,6 +55,7 @@ def _online_database(tmp_path: Path, key: bytes):
     ledger.errors("x")
     ConsentLedger(store.database()).people("ml-100k")
     SuppressionList(store.database(), key).count("ml-100k")
+    CampaignSends(store.database()).recent("ml-100k", datetime.now(UTC))
     Deletions(store.database(), key).list()
     return store.database()
 

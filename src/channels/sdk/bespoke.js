@@ -15,7 +15,8 @@
   var config = {
     api: "",
     key: "",
-    flushMs: 1000,
+    flushMs: 50,  // events of one burst leave together; a click reaches the profile at once
+    retryMs: 1000,
     batchSize: 20,
     maxRetries: 6,
     autocapture: true,
@@ -213,7 +214,8 @@
       }
     }).then(function () {
       state.inFlight = null;
-      var delay = state.retries ? Math.min(30000, config.flushMs * Math.pow(2, state.retries)) : 0;
+      // backoff after a failure: 2 s, 4 s, … up to 30 s
+      var delay = state.retries ? Math.min(30000, config.retryMs * Math.pow(2, state.retries)) : 0;
       schedule(state.queue.length >= config.batchSize && !state.retries ? 0 : Math.max(delay, config.flushMs));
     });
     return state.inFlight;
