@@ -175,6 +175,22 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(
         default=5.0, gt=0, description="Seconds a webhook receiver has to answer."
     )
+    cart_abandon_minutes: float = Field(
+        default=30.0, gt=0,
+        description="An add-to-cart with no purchase after it for this long is announced by "
+        "the cart_abandoned webhook (once per cart).",
+    )  # fmt: skip
+    churn_alert_threshold: float = Field(
+        default=0.5, gt=0, lt=1,
+        description="A person's live churn probability crossing this (up or down) is announced "
+        "by the churn_crossed webhook.",
+    )  # fmt: skip
+    inbound_webhooks_path: Path | None = Field(
+        default=None,
+        description="A JSON file of the commerce platforms that may POST orders to "
+        "/v1/webhooks/<source>: each one's signature scheme, secret and field mapping "
+        "(see bespoke.channels.inbound). Unset: the route answers 404.",
+    )
     retention_days: dict[str, int] = Field(
         default_factory=lambda: dict(DEFAULT_RETENTION_DAYS),
         description=(
@@ -200,6 +216,7 @@ class Settings(BaseSettings):
         "rules_path",
         "experiments_path",
         "tuned_params_file",
+        "inbound_webhooks_path",
     )
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:

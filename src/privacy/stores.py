@@ -124,6 +124,7 @@ ONLINE_TABLES: dict[str, dict[str, str]] = {
     "exposures": {"person": _ANY},
     "consent_ledger": {"identifier": _ANY},
     "campaign_sends": {"user_id": USER},
+    "cart_alerts": {"subject": _ANY},
 }  # fmt: skip
 #: Tables of the same file that hold no person data, and why.
 ONLINE_NOT_PERSONAL: dict[str, str] = {

@@ -185,12 +185,15 @@ class LiveScorer:
         clv: ValueModel | None = None,
         *,
         notify: bool = False,
+        churn_threshold: float | None = None,
     ) -> None:
         self.segmenter = segmenter
         self.churn = churn
         self.clv = clv
-        #: Whether a change of segment is also queued for the outgoing webhook.
+        #: Whether a change of segment (and a churn probability crossing
+        #: ``churn_threshold``) is also queued for the outgoing webhook.
         self.notify = notify
+        self.churn_threshold = churn_threshold
 
     @classmethod
     def load(cls, settings: Settings, dataset: str) -> LiveScorer:
@@ -210,7 +213,7 @@ class LiveScorer:
         segmenter = segments and segments.model
         return cls(
             segmenter, churn and churn.model, clv and clv.model,
-            notify=bool(settings.webhook_url),
+            notify=bool(settings.webhook_url), churn_threshold=settings.churn_alert_threshold,
         )  # fmt: skip
 
     @property

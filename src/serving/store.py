@@ -620,7 +620,8 @@ class SQLiteStore:
             )
             scores = scorer.score(counters, at)
             before = con.execute(
-                "SELECT segment FROM person_scores WHERE dataset = ? AND user_id = ?",
+                "SELECT segment, churn_probability FROM person_scores "
+                "WHERE dataset = ? AND user_id = ?",
                 (dataset, user),
             ).fetchone()
             con.execute(
@@ -635,25 +636,35 @@ class SQLiteStore:
                  scores.expected_value, received),
             )  # fmt: skip
             old = before[0] if before else None
-            if scores.segment is None or scores.segment == old:
-                continue
-            change = SegmentChange(user_id=user, from_segment=old, to_segment=scores.segment,
-                                   at=_moment(at))  # fmt: skip
-            changes.append(change)
-            con.execute(
-                "INSERT INTO segment_changes (dataset, user_id, from_segment, to_segment, at, "
-                "recorded_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (dataset, user, old, scores.segment, at, received),
+            # the webhooks feed marketing tools: not for who withdrew marketing
+            notify = scorer.notify and (
+                ConsentLedger.allows_in(con, dataset, MARKETING, user_id=user) is not False
             )
-            # the webhook feeds marketing tools: not for who withdrew marketing
+            if scores.segment is not None and scores.segment != old:
+                change = SegmentChange(user_id=user, from_segment=old, to_segment=scores.segment,
+                                       at=_moment(at))  # fmt: skip
+                changes.append(change)
+                con.execute(
+                    "INSERT INTO segment_changes (dataset, user_id, from_segment, to_segment, "
+                    "at, recorded_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (dataset, user, old, scores.segment, at, received),
+                )
+                if notify:
+                    enqueue_webhook(con, dataset, "segment_changed", {
+                        "dataset": dataset, "user_id": user, "from": old, "to": scores.segment,
+                        "at": change.at.isoformat(), "churn_probability": scores.churn_probability,
+                        "expected_value": scores.expected_value,
+                    }, received)  # fmt: skip
+            was, now_p = (before[1] if before else None), scores.churn_probability
+            threshold = scorer.churn_threshold
             if (
-                scorer.notify
-                and ConsentLedger.allows_in(con, dataset, MARKETING, user_id=user) is not False
-            ):
-                enqueue_webhook(con, dataset, "segment_changed", {
-                    "dataset": dataset, "user_id": user, "from": old, "to": scores.segment,
-                    "at": change.at.isoformat(), "churn_probability": scores.churn_probability,
-                    "expected_value": scores.expected_value,
+                notify and threshold is not None and was is not None and now_p is not None
+                and (was < threshold) != (now_p < threshold)
+            ):  # fmt: skip
+                enqueue_webhook(con, dataset, "churn_crossed", {
+                    "dataset": dataset, "user_id": user, "threshold": threshold,
+                    "from": was, "to": now_p, "direction": "up" if now_p >= threshold else "down",
+                    "at": _moment(at).isoformat(), "segment": scores.segment or old,
                 }, received)  # fmt: skip
         return changes
 

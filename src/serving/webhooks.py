@@ -14,7 +14,14 @@ rolled back. :func:`deliver_due` POSTs what is due to ``Settings.webhook_url``:
 A 2xx answer delivers it; anything else (another status, a timeout, a refused connection)
 schedules a retry after ``webhook_backoff_s`` × 2^(attempts − 1); after
 ``webhook_max_attempts`` it is dead-lettered (kept with its last error, never deleted) until
-``bespoke webhooks retry`` queues it again.
+``bespoke webhooks retry`` queues it again; ``bespoke webhooks replay`` sends delivered or
+dead ones again (a receiver that lost them), with the same id.
+
+Topics: ``segment_changed`` and ``churn_crossed`` (the live churn probability crossed
+``Settings.churn_alert_threshold``), queued with the event that caused them;
+``cart_abandoned`` (an add-to-cart with no purchase for ``Settings.cart_abandon_minutes``),
+found by :func:`queue_abandoned_carts`, which the service runs before each delivery round.
+None is queued for a person who withdrew the marketing purpose.
 """
 
 from __future__ import annotations
@@ -32,7 +39,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from bespoke.serving.db import Database
+from bespoke.features.schema import ConsentPurpose
+from bespoke.privacy.consent import ConsentLedger
+from bespoke.serving.db import Database, table_exists
 from bespoke.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -192,6 +201,108 @@ def retry(db: Database, ident: int) -> None:
         )
 
 
+def replay(
+    db: Database,
+    ids: list[int] | None = None,
+    *,
+    topic: str | None = None,
+    since_us: int | None = None,
+    status: str | None = None,
+) -> list[int]:
+    """Send webhooks again: those of ``ids``, or every delivered or dead one matching
+    ``topic``, ``since_us`` (created at or after) and ``status``. Their attempts start over
+    and their id stays (a receiver de-duplicates by it). Returns the ids queued; an id
+    that is not in the outbox, or still pending, is an error and nothing is queued."""
+    with db.write() as con:
+        if ids:
+            marks = ",".join("?" * len(ids))
+            found = dict(con.execute(
+                f"SELECT id, status FROM outbox WHERE id IN ({marks})", ids).fetchall())  # fmt: skip
+            missing = sorted(set(ids) - set(found))
+            if missing:
+                raise ValueError(f"no webhook {', '.join(map(str, missing))} in the outbox")
+            waiting = sorted(i for i, state in found.items() if state == "pending")
+            if waiting:
+                raise ValueError(f"webhook {', '.join(map(str, waiting))} is still pending")
+            chosen = sorted(found)
+        else:
+            chosen = [r[0] for r in con.execute(
+                "SELECT id FROM outbox WHERE status IN ('delivered', 'dead') "
+                "AND (? IS NULL OR topic = ?) AND (? IS NULL OR created_at >= ?) "
+                "AND (? IS NULL OR status = ?) ORDER BY id",
+                (topic, topic, since_us, since_us, status, status)).fetchall()]  # fmt: skip
+        con.executemany(
+            "UPDATE outbox SET status = 'pending', attempts = 0, next_at = ?, last_error = NULL "
+            "WHERE id = ?",
+            [(_now_us(), ident) for ident in chosen],
+        )
+    return chosen
+
+
+_CART_SCHEMA = """
+CREATE TABLE IF NOT EXISTS cart_alerts (
+    dataset TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    added_at INTEGER NOT NULL,   -- the cart's last add-to-cart (event time, microseconds)
+    alerted_at INTEGER NOT NULL,
+    PRIMARY KEY (dataset, kind, subject, added_at)
+) WITHOUT ROWID
+"""
+#: How far back an add-to-cart is looked for: older carts were someone else's business.
+CART_LOOKBACK_US = 24 * 3600 * 1_000_000
+
+
+def queue_abandoned_carts(db: Database, minutes: float, *, now_us: int | None = None) -> int:
+    """Queue ``cart_abandoned`` for each person (user or anonymous visitor) whose last
+    add-to-cart is more than ``minutes`` old (and less than a day, or twice ``minutes``),
+    with no purchase since; once per cart. Returns how many were queued."""
+    db.ensure("cart-alerts", _CART_SCHEMA)
+    now = now_us if now_us is not None else _now_us()
+    cutoff = now - int(minutes * 60e6)
+    oldest = now - max(CART_LOOKBACK_US, 2 * int(minutes * 60e6))
+    queued = 0
+    with db.write() as con:
+        if not table_exists(con, "profile_events"):
+            return 0
+        carts = con.execute(
+            "SELECT dataset, kind, subject, max(timestamp) FROM profile_events "
+            "WHERE event_type = 'add_to_cart' AND timestamp BETWEEN ? AND ? "
+            "GROUP BY dataset, kind, subject HAVING max(timestamp) <= ?",
+            (oldest, now, cutoff),
+        ).fetchall()
+        for dataset, kind, subject, added in carts:
+            bought = con.execute(
+                "SELECT max(timestamp) FROM profile_events WHERE dataset = ? AND kind = ? "
+                "AND subject = ? AND event_type = 'purchase'", (dataset, kind, subject),
+            ).fetchone()[0]  # fmt: skip
+            told = con.execute(
+                "SELECT 1 FROM cart_alerts WHERE dataset = ? AND kind = ? AND subject = ? "
+                "AND added_at = ?", (dataset, kind, subject, added),
+            ).fetchone()  # fmt: skip
+            if told or (bought is not None and bought >= added):
+                continue
+            ids = {"user_id": subject} if kind == "u" else {"anonymous_id": subject}
+            con.execute("INSERT INTO cart_alerts VALUES (?, ?, ?, ?, ?)",
+                        (dataset, kind, subject, added, now))  # fmt: skip
+            marketing = ConsentPurpose.MARKETING
+            if ConsentLedger.allows_in(con, dataset, marketing, **ids) is False:
+                continue
+            items = con.execute(
+                "SELECT item_id, value, timestamp FROM profile_events WHERE dataset = ? "
+                "AND kind = ? AND subject = ? AND event_type = 'add_to_cart' AND timestamp > ? "
+                "ORDER BY timestamp", (dataset, kind, subject, bought or -(2**62)),
+            ).fetchall()  # fmt: skip
+            enqueue_webhook(con, dataset, "cart_abandoned", {
+                "dataset": dataset, **ids,
+                "items": [{"item_id": i, "value": v} for i, v, _ in items],
+                "added_at": datetime.fromtimestamp(added / 1e6, UTC).isoformat(),
+                "minutes": minutes,
+            }, now)  # fmt: skip
+            queued += 1
+    return queued
+
+
 def deliver_every(
     db: Database,
     settings: Settings,
@@ -203,6 +314,7 @@ def deliver_every(
     """Deliver what is due every ``seconds`` until ``stop()`` (the service's thread)."""
     while not stop():
         try:
+            queue_abandoned_carts(db, settings.cart_abandon_minutes)
             deliver_due(db, settings)
         except sqlite3.Error as error:  # busy or closing: the next round tries again
             logger.warning("webhook delivery failed this round: %s", error)

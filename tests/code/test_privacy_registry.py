@@ -28,6 +28,7 @@ from bespoke.privacy.stores import (
 from bespoke.privacy.suppression import SuppressionList
 from bespoke.serving.keys import ApiKeys
 from bespoke.serving.store import SQLiteStore
+from bespoke.serving.webhooks import queue_abandoned_carts
 from bespoke.settings import get_settings
 
 #: Column names that hold a person's identifier wherever they appear.
@@ -56,6 +57,7 @@ def _online_database(tmp_path: Path, key: bytes):
     ConsentLedger(store.database()).people("ml-100k")
     SuppressionList(store.database(), key).count("ml-100k")
     CampaignSends(store.database()).recent("ml-100k", datetime.now(UTC))
+    queue_abandoned_carts(store.database(), 30)
     Deletions(store.database(), key).list()
     return store.database()
 

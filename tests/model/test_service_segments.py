@@ -28,6 +28,8 @@ from bespoke.serving.local import (
 from bespoke.serving.webhooks import ID_HEADER, SIGNATURE_HEADER, verify
 
 AS_OF = "1998-06-30"
+#: The churn alert threshold: the lapsed customer starts above it (asserted below).
+THRESHOLD = 0.8
 
 
 class _Receiver(BaseHTTPRequestHandler):
@@ -89,7 +91,7 @@ def test_a_lapsed_customer_who_buys_again(cdnow_home: tuple[Path, str, str]) -> 
     url, process = start_local_service(home, env={
         "BESPOKE_SERVING_DATASET": "cdnow", "BESPOKE_RULES_PATH": str(home / "rules"),
         "BESPOKE_WEBHOOK_URL": f"http://127.0.0.1:{receiver.server_port}/hooks",
-        "BESPOKE_WEBHOOK_BACKOFF_S": "0.2",
+        "BESPOKE_WEBHOOK_BACKOFF_S": "0.2", "BESPOKE_CHURN_ALERT_THRESHOLD": str(THRESHOLD),
     })  # fmt: skip
     try:
         page = {"user_id": person, "slots": [{"id": "hero", "kind": "content"},
@@ -122,10 +124,15 @@ def test_a_lapsed_customer_who_buys_again(cdnow_home: tuple[Path, str, str]) -> 
         page_after = _post(url, "/v1/personalize", page, key).json()
         assert page_after["slots"][0]["content"] == []  # no longer lapsed: no win-back
 
+        # the churn probability crossing the alert threshold is a webhook of its own
+        crossed = after["churn_probability"] < THRESHOLD
+        wanted = 3 if crossed else 2  # segment_changed (failed once, then sent), churn_crossed
         deadline = time.monotonic() + 30
-        while len(_Receiver.received) < 2 and time.monotonic() < deadline:
+        while len(_Receiver.received) < wanted and time.monotonic() < deadline:
             time.sleep(0.1)
-        (first_headers, first, failed), (headers, body, status) = _Receiver.received[:2]
+        hooks = [(h, body, status, json.loads(body)) for h, body, status in _Receiver.received]
+        segment = [x for x in hooks if x[3]["topic"] == "segment_changed"]
+        (first_headers, first, failed, _), (headers, body, status, hook) = segment[:2]
         assert (failed, status) == (503, 200)
         assert (
             first == body and first_headers[ID_HEADER] == headers[ID_HEADER]
@@ -133,10 +140,17 @@ def test_a_lapsed_customer_who_buys_again(cdnow_home: tuple[Path, str, str]) -> 
         secret = local_settings(home).webhook_key()
         assert verify(secret, headers[SIGNATURE_HEADER], body)
         assert not verify(b"another key", headers[SIGNATURE_HEADER], body)
-        hook = json.loads(body)
-        assert hook["topic"] == "segment_changed"  # the first one sent: not the quiet one's
         assert hook["data"]["user_id"] == person and hook["data"]["from"] == lapsed
-        assert hook["data"]["to"] == changes[0]["to"]
+        assert hook["data"]["to"] == changes[0]["to"]  # and not the quiet one's
+        churn = [x[3]["data"] for x in hooks if x[3]["topic"] == "churn_crossed"]
+        if crossed:
+            assert churn == [{
+                "dataset": "cdnow", "user_id": person, "threshold": THRESHOLD,
+                "from": pytest.approx(churn_before), "to": pytest.approx(after["churn_probability"]),
+                "direction": "down", "at": "1998-07-01T15:00:00+00:00", "segment": changes[0]["to"],
+            }]  # fmt: skip
+        else:
+            assert churn == []
     finally:
         stop_local_service(process)
         receiver.shutdown()
