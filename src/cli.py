@@ -1247,6 +1247,44 @@ def webhooks_retry(ident: Annotated[int, typer.Argument(help="The dead webhook's
     console.print(f"webhook {ident} queued again")
 
 
+@webhooks_app.command("replay")
+def webhooks_replay(
+    ids: Annotated[
+        list[int] | None, typer.Argument(help="Webhook ids (default: by filter).")
+    ] = None,
+    topic: Annotated[str | None, typer.Option("--topic", help="Only this topic.")] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Only those created at or after (ISO time).")
+    ] = None,
+    status: Annotated[
+        str | None, typer.Option("--status", help="delivered or dead (default: both).")
+    ] = None,
+) -> None:
+    """Send delivered or dead webhooks again (a receiver that lost them), with their ids."""
+    from datetime import datetime
+
+    from bespoke.serving.webhooks import replay
+
+    if status not in (None, "delivered", "dead"):
+        raise _fail(f"--status must be delivered or dead, not {status!r}")
+    since_us = None
+    if since is not None:
+        try:
+            moment = datetime.fromisoformat(since)
+        except ValueError:
+            raise _fail(
+                f"--since is an ISO time such as 2026-12-01T00:00:00Z, not {since!r}"
+            ) from None
+        if moment.tzinfo is None:
+            raise _fail("--since needs a time zone (e.g. Z)")
+        since_us = int(moment.timestamp() * 1_000_000)
+    if not ids and topic is None and since is None and status is None:
+        raise _fail("name webhook ids, or choose them with --topic, --since or --status")
+    with _clear_errors():
+        queued = replay(_outbox_db(), ids or None, topic=topic, since_us=since_us, status=status)
+    console.print(f"{len(queued)} webhooks queued again: {', '.join(map(str, queued)) or '-'}")
+
+
 @app.command("settings")
 def show_settings() -> None:
     """The settings in force (secrets hidden) and where they come from."""

@@ -120,3 +120,68 @@ def test_the_cli_lists_and_retries(tmp_path: Path, receiver: str, monkeypatch) -
     assert "1 delivered" in runner.invoke(app, ["webhooks", "deliver"]).output
     bad = runner.invoke(app, ["webhooks", "list", "--status", "lost"])
     assert bad.exit_code != 0 and "--status" in bad.output
+
+
+def test_a_delivered_webhook_is_replayed_with_its_id(
+    tmp_path: Path, receiver: str, monkeypatch
+) -> None:
+    _setup(tmp_path / "home", receiver, at=time.time_ns() // 1000)
+    monkeypatch.setenv("BESPOKE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("BESPOKE_WEBHOOK_URL", receiver)
+    runner = CliRunner()
+    assert "1 delivered" in runner.invoke(app, ["webhooks", "deliver"]).output
+    pending = runner.invoke(app, ["webhooks", "replay"])
+    assert pending.exit_code == 1 and "--topic" in pending.output  # says how to choose
+    assert runner.invoke(app, ["webhooks", "replay", "7"]).exit_code == 1  # no such webhook
+    assert runner.invoke(app, ["webhooks", "replay", "--since", "yesterday"]).exit_code == 1
+    again = runner.invoke(app, ["webhooks", "replay", "--topic", "segment_changed"])
+    assert again.exit_code == 0 and "1 webhooks queued again: 1" in again.output
+    assert runner.invoke(app, ["webhooks", "replay", "1"]).exit_code == 1  # pending already
+    assert "1 delivered" in runner.invoke(app, ["webhooks", "deliver"]).output
+    assert len(_Answers.seen) == 2
+    assert _Answers.seen[0][1] == _Answers.seen[1][1]  # the same webhook (same id and body)
+
+
+def test_an_abandoned_cart_is_announced_once_and_a_bought_one_never(
+    tmp_path: Path, receiver: str
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from bespoke.features.schema import ConsentPurpose, EventIn
+    from bespoke.privacy.consent import ConsentLedger, ConsentSource
+    from bespoke.serving.webhooks import queue_abandoned_carts
+
+    store, settings = _setup(tmp_path, receiver)
+    with store.database().write() as con:
+        con.execute("DELETE FROM outbox")
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+    def event(kind: str, item: str, minutes_ago: float, **ids: str) -> EventIn:
+        return EventIn.model_validate({**ids, "event_type": kind, "item_id": item, "value": 9.5,
+            "consent": ["personalization"], "timestamp": (now - timedelta(minutes=minutes_ago)).isoformat()})  # fmt: skip
+
+    store.accept_events([
+        event("add_to_cart", "50", 45, anonymous_id="browser-a"),
+        event("add_to_cart", "172", 40, anonymous_id="browser-a"),   # abandoned
+        event("add_to_cart", "1", 50, user_id="buyer"),
+        event("purchase", "1", 35, user_id="buyer"),                 # bought
+        event("add_to_cart", "7", 5, user_id="browsing"),            # not yet
+        event("add_to_cart", "9", 45, user_id="no-marketing"),       # withdrew marketing
+        event("add_to_cart", "3", 60 * 24 * 30, user_id="long-ago"),  # old history
+    ], "ml-100k")  # fmt: skip
+    ConsentLedger(store.database()).record(
+        "ml-100k", {ConsentPurpose.MARKETING: False}, source=ConsentSource.API,
+        user_id="no-marketing")  # fmt: skip
+    at = int(now.timestamp() * 1_000_000)
+    assert queue_abandoned_carts(store.database(), 30, now_us=at) == 1
+    assert queue_abandoned_carts(store.database(), 30, now_us=at + 60_000_000) == 0  # once
+    (hook,) = outbox(store.database())
+    assert hook["topic"] == "cart_abandoned"
+    assert hook["data"]["anonymous_id"] == "browser-a"
+    assert [i["item_id"] for i in hook["data"]["items"]] == ["50", "172"]
+    assert deliver_due(store.database(), settings, now_us=at).delivered == 1
+    header, body = _Answers.seen[-1]
+    assert verify(b"s3cret", header, body)
+    # a later add-to-cart is a new cart: announced once it is abandoned too
+    store.accept_events([event("add_to_cart", "181", -10, anonymous_id="browser-a")], "ml-100k")
+    assert queue_abandoned_carts(store.database(), 30, now_us=at + 50 * 60_000_000) == 1
