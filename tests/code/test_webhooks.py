@@ -182,6 +182,12 @@ def test_an_abandoned_cart_is_announced_once_and_a_bought_one_never(
     assert deliver_due(store.database(), settings, now_us=at).delivered == 1
     header, body = _Answers.seen[-1]
     assert verify(b"s3cret", header, body)
-    # a later add-to-cart is a new cart: announced once it is abandoned too
+    # a later add-to-cart renews the cart (what was never bought stays in it): announced
+    # again once abandoned (as is, by
+    # then, the one added 5 minutes before `now`)
     store.accept_events([event("add_to_cart", "181", -10, anonymous_id="browser-a")], "ml-100k")
-    assert queue_abandoned_carts(store.database(), 30, now_us=at + 50 * 60_000_000) == 1
+    assert queue_abandoned_carts(store.database(), 30, now_us=at + 50 * 60_000_000) == 2
+    carts = {h["data"].get("anonymous_id") or h["data"]["user_id"]: h["data"]["items"]
+             for h in outbox(store.database()) if h["id"] > hook["id"]}  # fmt: skip
+    assert carts == {"browser-a": [{"item_id": i, "value": 9.5} for i in ("50", "172", "181")],
+                     "browsing": [{"item_id": "7", "value": 9.5}]}  # fmt: skip
