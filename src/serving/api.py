@@ -564,8 +564,9 @@ OPEN_ROUTES = {
     "/metrics": "Prometheus metrics.",
     "/docs.json": "This document.",
 }
-#: Path prefixes that need no key: the browser SDK and the demo storefront (static files).
-OPEN_PREFIXES = ("/sdk/", "/demo")
+#: Path prefixes that need no key: the browser SDK and the demo storefront (static files),
+#: and inbound webhooks (their signature is their credential).
+OPEN_PREFIXES = ("/sdk/", "/demo", "/v1/webhooks/")
 #: Every route path the service answers (templates for those with parameters).
 ROUTE_PATHS = frozenset({path for path, *_ in _ROUTES} | set(OPEN_ROUTES))
 #: The routes that take a JSON body (POST).

@@ -346,6 +346,8 @@ def route_of(path: str) -> str:
         return _PROFILE_PREFIX + "{id}"
     if path.startswith(_DELETION_PREFIX):
         return _DELETION_PREFIX + "{id}"
+    if path.startswith("/v1/webhooks/"):
+        return "/v1/webhooks/{source}"
     if path.startswith(OPEN_PREFIXES):
         return path.split("?", 1)[0][:100]
     return "(unknown)"

@@ -192,6 +192,51 @@ def _deletions_app() -> Any:
     return Starlette(routes=[Route("/{request_id:path}", _get_deletion, methods=["GET"])])
 
 
+async def _inbound(request: Any) -> Any:
+    """``POST /v1/webhooks/{source}``: a commerce platform's order, signed, as purchase
+    events (:mod:`bespoke.channels.inbound`); no API key: the signature is the credential."""
+    from bespoke.channels.inbound import InboundError, check_signature, order_events
+
+    service = bentoml.get_current_service()
+    name = request.path_params["source"]
+    source = service.inbound.get(name)
+    if source is None:
+        return _json({"error": f"no inbound webhook source named {name[:100]!r}"}, 404)
+    limit = service.settings.serving_max_body_bytes
+    declared = request.headers.get("content-length", "")
+    body = b""
+    if not (declared.isdigit() and int(declared) > limit):
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                break
+    if len(body) > limit or (declared.isdigit() and int(declared) > limit):
+        return _json(
+            {"error": f"the request body is larger than {limit} bytes", "limit": limit}, 413
+        )
+    try:
+        check_signature(source, request.headers, body)
+        try:
+            order = json.loads(body)
+        except ValueError:
+            raise InboundError(422, "the body is not JSON", "body") from None
+        events = order_events(name, source, order)
+    except InboundError as error:
+        return _json({"error": str(error), "field": error.field}, error.status)
+    result = service.store.accept_events(events, source.dataset or service.dataset,
+                                         scorer=service.scorer)  # fmt: skip
+    return _json({"accepted": result.accepted, "duplicates": result.duplicates,
+                  "rejected": result.rejected,
+                  "errors": [e.model_dump() for e in result.errors]})  # fmt: skip
+
+
+def _inbound_app() -> Any:
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    return Starlette(routes=[Route("/{source}", _inbound, methods=["POST"])])
+
+
 _SETTINGS = get_settings()
 # Per-request overheads off by default, each one setting away: BentoML's access log (ours,
 # BESPOKE_ACCESS_LOG, is structured and carries request ids), and OpenTelemetry's
@@ -271,6 +316,7 @@ def _live_scorer(settings: Any, dataset: str) -> Any:
         return LiveScorer()
 
 
+@bentoml.asgi_app(_inbound_app(), path="/v1/webhooks")
 @bentoml.asgi_app(sdk_app(), path="/sdk")
 @bentoml.asgi_app(demo_app(lambda: bentoml.get_current_service().catalog), path="/demo")
 @bentoml.asgi_app(_profiles_app(), path="/v1/profiles")
@@ -342,6 +388,10 @@ class Personalization:
         self.experimenter = _experimenter(settings, self.dataset, self.store, self.model_source)
         self.cache: TTLCache = TTLCache(maxsize=50_000, ttl=60)
         self.gate = self.store.gate()
+        from bespoke.channels.inbound import load_sources
+
+        #: The commerce platforms that may POST orders (a bad file stops the start).
+        self.inbound = load_sources(settings.inbound_webhooks_path)
         self.audit = audit_log(settings)
         # Every worker empties its answer cache when a deletion advances this (one stat
         # per request): no answer about an erased person stays in any worker's memory.

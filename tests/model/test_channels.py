@@ -18,6 +18,7 @@ from bespoke.serving.local import local_settings, start_local_service, stop_loca
 from bespoke.serving.store import open_store
 
 SHOP = "https://shop.example"
+SHOP_SECRET = "shop-webhook-secret"
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,14 @@ def served(
     prepared, secret = prepared_service_home
     home = tmp_path_factory.mktemp("channels") / "home"
     shutil.copytree(prepared, home, ignore=shutil.ignore_patterns("service.log"))
-    url, process = start_local_service(home)
+    sources = home / "inbound.json"
+    sources.write_text(json.dumps({"shop": {
+        "signature": {"header": "X-Shop-Hmac-Sha256", "encoding": "base64", "secret": SHOP_SECRET},
+        "mapping": {"order_id": "id", "timestamp": "created_at", "user_id": "customer.id",
+                    "email": "email", "line_items": "line_items", "item_id": "product_id",
+                    "quantity": "quantity", "value": "price",
+                    "default_consent": ["personalization"]}}}))  # fmt: skip
+    url, process = start_local_service(home, env={"BESPOKE_INBOUND_WEBHOOKS_PATH": str(sources)})
     keys = ApiKeys(local_settings(home).online_store_url or "")
     page = keys.create("demo-page", publishable=True, origins=[url, SHOP])
     tight = keys.create("tight", publishable=True, origins=[SHOP], client_rate=3)
@@ -168,3 +176,72 @@ def test_the_sdk_is_served_minified_and_gzipped_within_8_kb_and_the_demo_store_l
     demo = httpx.get(f"{served['url']}/demo/", follow_redirects=True)
     assert demo.status_code == 200 and "Toy Story" in demo.text
     assert 'data-bespoke-slot="for-you"' in demo.text and "/sdk/v1/bespoke.js" in demo.text
+
+
+def _order(user: str, items: list[tuple[str, int, str]], order_id: int = 1001) -> bytes:
+    """An order as a commerce platform sends it (Shopify's shape)."""
+    return json.dumps({
+        "id": order_id, "created_at": "2026-12-01T10:30:00Z", "email": "Buyer@Example.org",
+        "customer": {"id": int(user)}, "currency": "EUR",
+        "line_items": [{"product_id": int(i), "quantity": q, "price": p} for i, q, p in items],
+    }).encode()  # fmt: skip
+
+
+def _signed(body: bytes, secret: str = SHOP_SECRET) -> dict[str, str]:
+    import base64
+    import hashlib
+    import hmac
+
+    digest = hmac.new(secret.encode(), body, hashlib.sha256).digest()
+    return {"X-Shop-Hmac-Sha256": base64.b64encode(digest).decode(),
+            "Content-Type": "application/json"}  # fmt: skip
+
+
+def _purchases(served: dict, user: str) -> list[tuple[str, float]]:
+    from bespoke.serving.db import Database, sqlite_path
+
+    database = Database(sqlite_path(local_settings(served["home"]).online_store_url or ""))
+    with database.read() as con:
+        rows = con.execute(
+            "SELECT item_id, value FROM inbox WHERE user_id = ? AND event_type = 'purchase' "
+            "ORDER BY seq", (user,)).fetchall()  # fmt: skip
+    database.close()
+    return rows
+
+
+def test_a_signed_order_becomes_purchase_events_once(served) -> None:
+    url = f"{served['url']}/v1/webhooks/shop"
+    body = _order("7", [("50", 1, "9.99"), ("181", 2, "14.50")])
+    taken = httpx.post(url, content=body, headers=_signed(body))  # no API key: the signature
+    assert taken.status_code == 200, taken.text
+    assert taken.json()["accepted"] == 2
+    assert _purchases(served, "7")[-2:] == [("50", 9.99), ("181", 14.5)]
+    again = httpx.post(url, content=body, headers=_signed(body))  # the platform redelivers
+    assert again.json()["duplicates"] == 2 and len(_purchases(served, "7")) == 2
+    # the e-mail is kept only as its pseudonym
+    from bespoke.serving.db import Database, sqlite_path
+
+    database = Database(sqlite_path(local_settings(served["home"]).online_store_url or ""))
+    with database.read() as con:
+        (stored,) = con.execute("SELECT DISTINCT email_hash FROM inbox WHERE user_id = '7' "
+                                "AND event_type = 'purchase'").fetchone()  # fmt: skip
+    assert stored and "@" not in stored and len(stored) == 64
+
+
+def test_a_bad_signature_an_unknown_source_or_a_broken_order_stores_nothing(served) -> None:
+    url = f"{served['url']}/v1/webhooks/shop"
+    body = _order("8", [("50", 1, "9.99")], order_id=2002)
+    forged = httpx.post(url, content=body, headers=_signed(body, "guessed"))
+    assert forged.status_code == 401 and "does not match" in forged.json()["error"]
+    unsigned = httpx.post(url, content=body, headers={"Content-Type": "application/json"})
+    assert unsigned.status_code == 401 and "X-Shop-Hmac-Sha256" in unsigned.json()["error"]
+    tampered = body.replace(b"9.99", b"0.01")
+    assert httpx.post(url, content=tampered, headers=_signed(body)).status_code == 401
+    other = httpx.post(f"{served['url']}/v1/webhooks/elsewhere", content=body,
+                       headers=_signed(body))  # fmt: skip
+    assert other.status_code == 404 and "elsewhere" in other.json()["error"]
+    broken = json.dumps({"id": 3003, "customer": {"id": 8},
+                         "line_items": [{"quantity": 1, "price": "1"}]}).encode()  # fmt: skip
+    refused = httpx.post(url, content=broken, headers=_signed(broken))
+    assert refused.status_code == 422 and refused.json()["field"] == "line_items[0].product_id"
+    assert _purchases(served, "8") == []
