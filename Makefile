@@ -78,3 +78,5 @@ bench: setup  ## run the benchmarks; JSON results and tables under bench/results
 	@$(UV) run --locked python bench/online_store.py --out bench/results/online_store.json
 	@$(UV) run --locked python bench/experiments.py --out bench/results/experiments.json
 	@$(UV) run --locked python bench/privacy.py --out bench/results/privacy.json
+	@scripts/test-system-packages
+	@$(UV) run --locked python bench/channels.py --out bench/results/channels.json
