@@ -69,11 +69,13 @@ from bespoke.experiments.cli import experiment_app  # noqa: E402
 from bespoke.monitoring import drift_cli, kpi_cli, quality_cli  # noqa: E402, F401
 from bespoke.monitoring.apps import monitor_app, report_app  # noqa: E402
 from bespoke.privacy.cli import audit_app, privacy_app  # noqa: E402
+from bespoke.stream.cli import stream_app  # noqa: E402
 
 app.add_typer(monitor_app, name="monitor")
 app.add_typer(report_app, name="report")
 app.add_typer(experiment_app, name="experiment")
 app.add_typer(campaign_app, name="campaign")
+app.add_typer(stream_app, name="stream")
 app.add_typer(privacy_app, name="privacy")
 app.add_typer(audit_app, name="audit")
 app.command("retrain")(quality_cli.retrain_command)

@@ -185,6 +185,12 @@ class Settings(BaseSettings):
         description="A person's live churn probability crossing this (up or down) is announced "
         "by the churn_crossed webhook.",
     )  # fmt: skip
+    event_stream_url: str | None = Field(
+        default=None,
+        description="A Redis URL (redis://host:6379/0): /v1/events appends to its stream and "
+        "`bespoke stream consume` workers apply it (bespoke.stream.events). Unset: the "
+        "service applies events itself.",
+    )
     inbound_webhooks_path: Path | None = Field(
         default=None,
         description="A JSON file of the commerce platforms that may POST orders to "

@@ -392,6 +392,11 @@ class Personalization:
 
         #: The commerce platforms that may POST orders (a bad file stops the start).
         self.inbound = load_sources(settings.inbound_webhooks_path)
+        from bespoke.stream.events import RedisEventStream
+
+        #: Where /v1/events appends when a stream is configured (workers apply it).
+        self.stream = (RedisEventStream(settings.event_stream_url)
+                       if settings.event_stream_url else None)  # fmt: skip
         self.audit = audit_log(settings)
         # Every worker empties its answer cache when a deletion advances this (one stat
         # per request): no answer about an erased person stays in any worker's memory.
@@ -625,6 +630,12 @@ class Personalization:
                  "limit": MAX_EVENTS},
                 413,
             )  # fmt: skip
+        if self.stream is not None:  # durable in the stream; workers apply it
+            good, errors = self.store.screen(batch, self.dataset)
+            self.stream.append(self.dataset, good)
+            return EventsResponse(accepted=len(good), rejected=len(errors), duplicates=0,
+                                  errors=[e.model_dump() for e in errors], merges=[],
+                                  segment_changes=[])  # fmt: skip
         result = self.store.accept_events(batch, self.dataset, scorer=self.scorer)
         return EventsResponse(
             accepted=result.accepted,

@@ -527,6 +527,28 @@ class SQLiteStore:
 
     # --- live events ---------------------------------------------------------------------
 
+    def screen(
+        self, events: Sequence[EventIn], dataset: str
+    ) -> tuple[list[EventIn], list[ItemError]]:
+        """(the events that may be stored, why each other one may not): an e-mail as an
+        id, no personalization consent, a withdrawal, an erasure. The event stream appends
+        only what passes (``bespoke.stream.events``)."""
+        check_dataset_name(dataset)
+        errors: list[ItemError] = []
+        good: list[EventIn] = []
+        gated = self.gate().live_reasons(dataset, events) if events else []
+        for index, event in enumerate(events):
+            problem = rejection(event)
+            if problem is None and gated[index] is not None:
+                named = "user_id" if event.user_id is not None else "anonymous_id"
+                problem = ("consent" if gated[index] == WITHDRAWN else named,
+                           GATE_MESSAGES[gated[index]])  # fmt: skip
+            if problem is not None:
+                errors.append(ItemError(index=index, field=problem[0], message=problem[1]))
+            else:
+                good.append(event)
+        return good, errors
+
     def accept_events(
         self,
         events: Sequence[EventIn],
@@ -546,21 +568,9 @@ class SQLiteStore:
         segment is recorded (``segment_changes``) and, when the scorer notifies, queued in
         the outbox for the ``segment_changed`` webhook.
         """
-        check_dataset_name(dataset)
         received = _micros(now or datetime.now(UTC))
-        errors: list[ItemError] = []
-        rows: list[tuple[Any, ...]] = []
-        gated = self.gate().live_reasons(dataset, events) if events else []
-        for index, event in enumerate(events):
-            problem = rejection(event)
-            if problem is None and gated[index] is not None:
-                named = "user_id" if event.user_id is not None else "anonymous_id"
-                problem = ("consent" if gated[index] == WITHDRAWN else named,
-                           GATE_MESSAGES[gated[index]])  # fmt: skip
-            if problem is not None:
-                errors.append(ItemError(index=index, field=problem[0], message=problem[1]))
-            else:
-                rows.append(self._inbox_row(event))
+        good, errors = self.screen(events, dataset)
+        rows: list[tuple[Any, ...]] = [self._inbox_row(event) for event in good]
         accepted = len(rows)
         duplicates = 0
         merges: list[Merge] = []

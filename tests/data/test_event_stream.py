@@ -1,0 +1,139 @@
+"""The event stream on a real ``redis-server`` (Debian's package, installed by
+scripts/test-system-packages; skipped with the reason where it is missing): 3,000 real
+ML-100K ratings appended; a ``bespoke stream consume`` worker killed with ``kill -9`` after
+a batch is applied but before it is acknowledged; another worker takes the batch back and
+finishes: every event is in the online store and the lake exactly once."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bespoke.features.lake import Lake
+from bespoke.features.schema import EventIn
+from bespoke.serving.store import open_store
+from bespoke.settings import get_settings
+from bespoke.stream.events import RedisEventStream, consume
+
+TOTAL, BATCH = 3000, 200
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed: `make test` installs Debian's redis-server "
+                    "where it runs as root with apt-get (scripts/test-system-packages)")  # fmt: skip
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "yes", "--appendfsync", "always", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    stream = RedisEventStream(url)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            stream.client.ping()
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                server.kill()
+                raise
+            time.sleep(0.05)
+    try:
+        yield url
+    finally:
+        server.kill()
+        server.wait()
+
+
+def _ratings(datasets_dir: Path) -> list[EventIn]:
+    frame = pd.read_csv(datasets_dir / "ml-100k" / "u.data", sep="\t",
+                        names=["user", "item", "rating", "ts"]).head(TOTAL)  # fmt: skip
+    return [
+        EventIn.model_validate(
+            {
+                "user_id": str(r.user),
+                "item_id": str(r.item),
+                "event_type": "rate",
+                "value": float(r.rating),
+                "consent": ["personalization"],
+                "timestamp": pd.Timestamp(r.ts, unit="s", tz="UTC").isoformat(),
+            }
+        )
+        for r in frame.itertuples()
+    ]
+
+
+def _inbox(settings) -> tuple[int, int]:
+    with open_store(settings).database().read() as con:
+        return con.execute(
+            "SELECT count(*), count(DISTINCT source_event_id) FROM inbox WHERE dataset = 'ml-100k'"
+        ).fetchone()
+
+
+def test_a_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(
+    datasets_dir: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BESPOKE_EVENT_STREAM_URL", redis_url)
+    get_settings.cache_clear()
+    settings = get_settings()
+    stream = RedisEventStream(redis_url)
+    ids = stream.append("ml-100k", _ratings(datasets_dir))
+    assert len(ids) == TOTAL == stream.length()
+
+    worker = subprocess.Popen(
+        [str(Path(sys.executable).with_name("bespoke")), "stream", "consume", "--name", "w1",
+         "--batch", str(BATCH)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    try:
+        # kill it once a batch is applied to the store, before it is written to the lake
+        # and acknowledged (the flush and the acknowledgement follow the commit)
+        while True:
+            stored, _ = _inbox(settings)
+            if 0 < stored < TOTAL and stored % BATCH == 0 and stored >= 2 * BATCH:
+                os.killpg(worker.pid, signal.SIGKILL)
+                break
+            assert worker.poll() is None, worker.stdout.read().decode()
+            assert time.monotonic() < deadline, "the worker applied nothing"
+            time.sleep(0.002)
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+    stream.ensure_group()
+    assert stream.pending() > 0  # it read a batch and never acknowledged it
+    killed_at, _ = _inbox(settings)
+    assert killed_at < TOTAL
+
+    # another worker takes back the dead one's batch (idle for a moment) and finishes
+    report = consume(stream, open_store(settings), Lake(settings.lake_url or ""),
+                     consumer="w2", batch=BATCH, until_empty=True, claim_idle_ms=200)  # fmt: skip
+    assert report.reclaimed > 0 and report.duplicates > 0  # the taken-back batch was applied once
+    assert report.applied == TOTAL - killed_at
+    assert _inbox(settings) == (TOTAL, TOTAL)
+    assert stream.pending() == 0
+    lake = Lake(settings.lake_url or "")
+    rows, distinct = lake.connect().execute(
+        "SELECT count(*), count(DISTINCT (user_id, item_id, timestamp)) FROM events "
+        "WHERE dataset = 'ml-100k'").fetchone()  # fmt: skip
+    assert rows == distinct == TOTAL
+    # the CLI says how the stream stands
+    status = subprocess.run([str(Path(sys.executable).with_name("bespoke")), "stream", "status"],
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    assert f"{TOTAL} entries; 0 pending" in status.stdout
