@@ -80,3 +80,4 @@ bench: setup  ## run the benchmarks; JSON results and tables under bench/results
 	@$(UV) run --locked python bench/privacy.py --out bench/results/privacy.json
 	@scripts/test-system-packages
 	@$(UV) run --locked python bench/channels.py --out bench/results/channels.json
+	@$(UV) run --locked python bench/scale.py --out bench/results/scale.json

@@ -47,6 +47,9 @@ def stream_consume(
     until_empty: Annotated[
         bool, typer.Option("--until-empty", help="Stop when nothing is left (else run on).")
     ] = False,
+    flush_every: Annotated[
+        float, typer.Option("--flush-every", help="Seconds between writes to the lake.", min=0.0)
+    ] = 5.0,
 ) -> None:
     """Apply the stream to profiles and the lake in micro-batches: at least once, each
     event applied once (event ids); a killed worker's batch is taken back."""
@@ -70,7 +73,8 @@ def stream_consume(
     try:
         report = consume(stream, open_store(settings), Lake(settings.lake_url or ""),
                          group=group, consumer=worker, batch=batch, scorer=scorer,
-                         until_empty=until_empty, stop=lambda: stopping["now"])  # fmt: skip
+                         until_empty=until_empty, stop=lambda: stopping["now"],
+                         flush_every_s=flush_every)  # fmt: skip
     except redis.ConnectionError as error:
         errors.print(f"[bold red]error:[/] the stream is unreachable: {escape(str(error))}")
         raise typer.Exit(code=1) from None

@@ -7,14 +7,16 @@ them itself; each event gets a ``source_event_id`` when it has none, so that eve
 downstream can apply it once. ``bespoke stream consume`` workers share the work in a
 consumer group:
 
-1. a worker first takes back what it read and never acknowledged (its own pending entries:
-   it died mid-batch), then what another worker left pending for longer than
-   ``claim_idle_ms`` (that worker died), then new entries;
-2. it applies a batch to the online store in one transaction (profiles, scores, webhooks;
-   the consent gate and suppression list apply here), where an event id already held is
-   accepted again but applied once;
-3. it writes what it applied to the lake (the inbox's idempotent flush: a micro-batch);
-4. only then it acknowledges the batch.
+1. a worker first takes back what it read and never acknowledged in a previous life (it
+   died mid-batch), then, as it goes, what another worker left pending for longer than
+   ``claim_idle_ms`` (that worker died), and new entries;
+2. it applies each batch to the online store in one transaction (profiles, scores,
+   webhooks; the consent gate and suppression list apply here), where an event id already
+   held is accepted again but applied once: profiles are current within a batch;
+3. every ``flush_every_s`` seconds (and when the stream runs dry) it writes what it applied
+   to the lake (the inbox's idempotent flush: a micro-batch; the lake's write costs far
+   more than the store's, so it is not done per batch);
+4. only then it acknowledges those entries.
 
 So delivery is at least once and the writes are idempotent: a worker killed at any point
 loses nothing and duplicates nothing (``tests/data/test_event_stream.py`` kills one with
@@ -24,6 +26,7 @@ methods.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -102,16 +105,17 @@ class RedisEventStream:
                              EventIn.model_validate_json(fields["event"])))  # fmt: skip
         return out
 
+    def own_pending(self, group: str, consumer: str, count: int, after: str = "0") -> list[Entry]:
+        """What ``consumer`` read and never acknowledged (it died), after id ``after``."""
+        own = self.client.xreadgroup(group, consumer, {self.name: after}, count=count)
+        return self._entries(own[0][1] if own else [])
+
     def next_batch(
         self, group: str, consumer: str, count: int, *, block_ms: int = 1000,
         claim_idle_ms: int = 30_000,
     ) -> tuple[list[Entry], int]:  # fmt: skip
-        """(the next batch for ``consumer``, how many of it were taken back): its own
-        unacknowledged entries first, then other workers' idle ones, then new ones."""
-        own = self.client.xreadgroup(group, consumer, {self.name: "0"}, count=count)
-        mine = self._entries(own[0][1] if own else [])
-        if mine:
-            return mine, len(mine)
+        """(the next batch for ``consumer``, how many of it were taken back): other
+        workers' entries idle for ``claim_idle_ms`` (they died) first, then new ones."""
         _, claimed, *_ = self.client.xautoclaim(self.name, group, consumer, claim_idle_ms,
                                                 start_id="0-0", count=count)  # fmt: skip
         taken = self._entries(claimed)
@@ -140,21 +144,21 @@ def consume(
     until_empty: bool = False,
     stop: Callable[[], bool] = lambda: False,
     claim_idle_ms: int = 30_000,
+    flush_every_s: float = 5.0,
     on_batch: Callable[[ConsumeReport], None] | None = None,
 ) -> ConsumeReport:
     """Apply the stream to the online store and the lake until ``stop()`` (or, with
     ``until_empty``, until nothing is left for this consumer); see the module."""
+    if flush_every_s * 1000 >= claim_idle_ms:
+        raise ValueError("entries are acknowledged every flush_every_s: it must be shorter than "
+                         "claim_idle_ms, after which other workers take them")  # fmt: skip
     stream.ensure_group(group)
     report = ConsumeReport()
-    while not stop():
-        entries, reclaimed = stream.next_batch(group, consumer, batch,
-                                               block_ms=200 if until_empty else 1000,
-                                               claim_idle_ms=claim_idle_ms)  # fmt: skip
-        if not entries:
-            if until_empty:
-                break
-            continue
-        report.reclaimed += reclaimed
+    applied: list[str] = []  # in the store, not yet in the lake: not acknowledged
+    touched: set[str] = set()
+    last_flush = time.monotonic()
+
+    def apply(entries: list[Entry]) -> None:
         by_dataset: dict[str, list[EventIn]] = defaultdict(list)
         for entry in entries:
             by_dataset[entry.dataset].append(entry.event)
@@ -164,9 +168,38 @@ def consume(
             report.duplicates += result.duplicates
             report.rejected += result.rejected
             report.errors += [f"{dataset}: {e.field}: {e.message}" for e in result.errors][:10]
-            report.flushed += store.flush(lake, dataset=dataset).flushed
-        report.acknowledged += stream.ack(group, [e.id for e in entries])
+            touched.add(dataset)
+        applied.extend(e.id for e in entries)
         report.batches += 1
+
+    def flush() -> None:
+        nonlocal last_flush
+        for dataset in sorted(touched):
+            report.flushed += store.flush(lake, dataset=dataset).flushed
+        touched.clear()
+        report.acknowledged += stream.ack(group, applied)
+        applied.clear()
+        last_flush = time.monotonic()
         if on_batch is not None:
             on_batch(report)
+
+    # first what this worker read in a previous life and never acknowledged
+    after = "0"
+    while entries := stream.own_pending(group, consumer, batch, after):
+        report.reclaimed += len(entries)
+        apply(entries)
+        after = entries[-1].id
+    while not stop():
+        entries, reclaimed = stream.next_batch(group, consumer, batch,
+                                               block_ms=200 if until_empty else 1000,
+                                               claim_idle_ms=claim_idle_ms)  # fmt: skip
+        report.reclaimed += reclaimed
+        if entries:
+            apply(entries)
+        if applied and (not entries or time.monotonic() - last_flush >= flush_every_s):
+            flush()
+        if not entries and until_empty:
+            break
+    if applied:
+        flush()
     return report
