@@ -138,3 +138,44 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(
     status = subprocess.run([str(Path(sys.executable).with_name("bespoke")), "stream", "status"],
                             capture_output=True, text=True, check=True)  # fmt: skip
     assert f"{TOTAL} entries; 0 pending" in status.stdout
+
+
+def test_the_service_appends_to_the_stream_and_a_worker_applies_it(
+    prepared_service_home, redis_url: str, tmp_path: Path
+) -> None:
+    import httpx
+
+    from bespoke.serving.local import local_settings, start_local_service, stop_local_service
+
+    prepared, key = prepared_service_home
+    home = tmp_path / "home"
+    shutil.copytree(prepared, home, ignore=shutil.ignore_patterns("service.log"))
+    url, process = start_local_service(home, env={"BESPOKE_EVENT_STREAM_URL": redis_url})
+    try:
+
+        def post(path: str, body: dict) -> httpx.Response:
+            return httpx.post(f"{url}{path}", json=body, headers={"X-API-Key": key}, timeout=30)
+
+        event = {"user_id": "streamed", "event_type": "click", "consent": ["personalization"],
+                 "timestamp": "2026-12-01T10:00:00Z"}  # fmt: skip
+        answer = post("/v1/events", {"events": [
+            {**event, "item_id": "50"}, {**event, "item_id": "181"},
+            {**event, "item_id": "1", "consent": []},  # no consent: refused at the door
+        ]})  # fmt: skip
+        assert answer.status_code == 200, answer.text
+        assert (answer.json()["accepted"], answer.json()["rejected"]) == (2, 1)
+        assert answer.json()["errors"][0]["index"] == 2
+        stream = RedisEventStream(redis_url)
+        assert stream.length() == 2  # durable in the stream, not applied yet
+        assert post("/v1/profiles", {"user_id": "streamed"}).status_code == 404
+        env = {**os.environ, **local_settings(home).as_environment(),
+               "BESPOKE_EVENT_STREAM_URL": redis_url}  # fmt: skip
+        done = subprocess.run([str(Path(sys.executable).with_name("bespoke")), "stream",
+                               "consume", "--until-empty"], env=env, capture_output=True,
+                              text=True, check=False)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "2 events applied" in done.stdout
+        profile = post("/v1/profiles", {"user_id": "streamed"}).json()
+        assert {e["item_id"] for e in profile["recent"]} == {"50", "181"}
+    finally:
+        stop_local_service(process)
