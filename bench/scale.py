@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,29 +32,6 @@ from rich.table import Table
 
 COMMAND = "python bench/scale.py --out FILE"
 BATCH = 500
-
-
-def _redis(folder: Path) -> tuple[subprocess.Popen, str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(folder)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"redis://127.0.0.1:{port}/0"
-    from bespoke.stream.events import RedisEventStream
-
-    for _ in range(200):
-        try:
-            RedisEventStream(url).client.ping()
-            return server, url
-        except Exception:
-            time.sleep(0.05)
-    server.kill()
-    raise RuntimeError("redis-server did not start")
 
 
 def _events(datasets_dir: Path, n: int) -> list[Any]:
@@ -73,10 +49,10 @@ def _events(datasets_dir: Path, n: int) -> list[Any]:
 def drain(datasets_dir: Path, workers: int, n: int, scratch: Path) -> dict[str, float]:
     from bespoke.serving.db import Database, sqlite_path
     from bespoke.serving.local import local_settings
-    from bespoke.stream.events import RedisEventStream
+    from bespoke.stream.events import RedisEventStream, start_redis
 
     home = scratch / f"home-{workers}"
-    server, url = _redis(scratch / f"redis-{workers}")
+    server, url = start_redis(scratch / f"redis-{workers}")
     try:
         stream = RedisEventStream(url)
         events = _events(datasets_dir, n)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from bespoke.features.lake import Lake
 from bespoke.features.schema import EventIn
 from bespoke.serving.store import open_store
 from bespoke.settings import get_settings
-from bespoke.stream.events import RedisEventStream, consume
+from bespoke.stream.events import RedisEventStream, consume, start_redis
 
 TOTAL, BATCH = 3000, 200
 
@@ -33,26 +32,7 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed: `make test` installs Debian's redis-server "
                     "where it runs as root with apt-get (scripts/test-system-packages)")  # fmt: skip
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "yes", "--appendfsync", "always", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"redis://127.0.0.1:{port}/0"
-    stream = RedisEventStream(url)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            stream.client.ping()
-            break
-        except Exception:
-            if time.monotonic() > deadline:
-                server.kill()
-                raise
-            time.sleep(0.05)
+    server, url = start_redis(tmp_path / "redis")
     try:
         yield url
     finally:
