@@ -211,17 +211,14 @@ def engine_for(settings: Settings, dataset: str) -> tuple[Engine, Any]:
     from bespoke.features.lake import Lake
     from bespoke.segments.live import LiveScorer, known_segments
     from bespoke.serving.rules import SHIPPED_RULES_DIR, RulesFile
-    from bespoke.training.data import event_counts, load_catalog
+    from bespoke.training.data import catalog_categories, event_counts, load_catalog
 
     lake = Lake(settings.lake_url or "")
     _, item_events = event_counts(lake, dataset)
     models = load_from_registry(settings.mlflow_tracking_uri or "", dataset,
                                 catalog=bool(item_events))  # fmt: skip
     catalog = load_catalog(lake, dataset)
-    categories = {
-        str(item): [str(g) for g in (genres if genres is not None else [])]
-        for item, genres in zip(catalog["item_id"], catalog["genres"], strict=True)
-    }
+    categories = catalog_categories(catalog)
     try:
         segmenter = LiveScorer.load(settings, dataset).segmenter
     except Exception:  # no segment model: the rules name no behavioural segment

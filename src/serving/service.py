@@ -340,7 +340,12 @@ class Personalization:
         from bespoke.serving.rules import SHIPPED_RULES_DIR, RulesFile
         from bespoke.serving.store import open_store
         from bespoke.serving.watchdog import exit_with_parent
-        from bespoke.training.data import catalog_fields, event_counts, load_catalog
+        from bespoke.training.data import (
+            catalog_categories,
+            catalog_fields,
+            event_counts,
+            load_catalog,
+        )
 
         configure_service_logging()
         exit_with_parent()  # a kill -9 of the server must not leave this worker serving
@@ -373,10 +378,7 @@ class Personalization:
                 ).start()
         catalog = load_catalog(lake, self.dataset)
         self.catalog = catalog_fields(catalog)
-        categories = {
-            str(item): [str(g) for g in (genres if genres is not None else [])]
-            for item, genres in zip(catalog["item_id"], catalog["genres"], strict=True)
-        }
+        categories = catalog_categories(catalog)
         self.scorer = _live_scorer(settings, self.dataset)
         segments = known_segments(self.scorer.segmenter, lake, self.dataset)
         rules = RulesFile(settings.rules_path or SHIPPED_RULES_DIR, segments=segments)

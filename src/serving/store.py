@@ -646,11 +646,21 @@ class SQLiteStore:
                  scores.expected_value, received),
             )  # fmt: skip
             old = before[0] if before else None
-            # the webhooks feed marketing tools: not for who withdrew marketing
-            notify = scorer.notify and (
-                ConsentLedger.allows_in(con, dataset, MARKETING, user_id=user) is not False
+            changed = scores.segment is not None and scores.segment != old
+            was, now_p = (before[1] if before else None), scores.churn_probability
+            threshold = scorer.churn_threshold
+            crossed = (
+                threshold is not None and was is not None and now_p is not None
+                and (was < threshold) != (now_p < threshold)
+            )  # fmt: skip
+            # the webhooks feed marketing tools: not for who withdrew marketing (asked only
+            # when there is something to announce: this runs for every event)
+            notify = (
+                (changed or crossed)
+                and scorer.notify
+                and (ConsentLedger.allows_in(con, dataset, MARKETING, user_id=user) is not False)
             )
-            if scores.segment is not None and scores.segment != old:
+            if changed:
                 change = SegmentChange(user_id=user, from_segment=old, to_segment=scores.segment,
                                        at=_moment(at))  # fmt: skip
                 changes.append(change)
@@ -665,12 +675,7 @@ class SQLiteStore:
                         "at": change.at.isoformat(), "churn_probability": scores.churn_probability,
                         "expected_value": scores.expected_value,
                     }, received)  # fmt: skip
-            was, now_p = (before[1] if before else None), scores.churn_probability
-            threshold = scorer.churn_threshold
-            if (
-                notify and threshold is not None and was is not None and now_p is not None
-                and (was < threshold) != (now_p < threshold)
-            ):  # fmt: skip
+            if notify and crossed:
                 enqueue_webhook(con, dataset, "churn_crossed", {
                     "dataset": dataset, "user_id": user, "threshold": threshold,
                     "from": was, "to": now_p, "direction": "up" if now_p >= threshold else "down",

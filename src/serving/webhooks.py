@@ -249,6 +249,8 @@ CREATE TABLE IF NOT EXISTS cart_alerts (
     PRIMARY KEY (dataset, kind, subject, added_at)
 ) WITHOUT ROWID
 """
+#: Seconds between two looks for abandoned carts in the service's delivery thread.
+CART_SWEEP_S = 60.0
 #: How far back an add-to-cart is looked for: older carts were someone else's business.
 CART_LOOKBACK_US = 24 * 3600 * 1_000_000
 
@@ -311,10 +313,15 @@ def deliver_every(
     stop: Callable[[], bool] = lambda: False,
     sleep: Callable[[float], None] = time.sleep,
 ) -> None:
-    """Deliver what is due every ``seconds`` until ``stop()`` (the service's thread)."""
+    """Deliver what is due every ``seconds`` until ``stop()`` (the service's thread); look
+    for abandoned carts every :data:`CART_SWEEP_S` (carts are abandoned in minutes, and
+    the look reads the profiles' recent add-to-carts)."""
+    swept = float("-inf")
     while not stop():
         try:
-            queue_abandoned_carts(db, settings.cart_abandon_minutes)
+            if time.monotonic() - swept >= CART_SWEEP_S:
+                queue_abandoned_carts(db, settings.cart_abandon_minutes)
+                swept = time.monotonic()
             deliver_due(db, settings)
         except sqlite3.Error as error:  # busy or closing: the next round tries again
             logger.warning("webhook delivery failed this round: %s", error)

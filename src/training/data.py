@@ -213,6 +213,14 @@ def load_catalog(lake: Lake, dataset: str) -> pd.DataFrame:
     )
 
 
+def catalog_categories(catalog: pd.DataFrame) -> dict[str, list[str]]:
+    """Per item id, its genres (what the rules' category conditions read)."""
+    return {
+        str(item): [str(g) for g in (genres if genres is not None else [])]
+        for item, genres in zip(catalog["item_id"], catalog["genres"], strict=True)
+    }
+
+
 def catalog_fields(catalog: pd.DataFrame) -> dict[str, dict[str, Any]]:
     """Per item id, the catalog fields an answer carries (missing values left out)."""
     out: dict[str, dict[str, Any]] = {}
