@@ -27,7 +27,7 @@ setup:  ## install uv if missing, then the locked environment into .venv
 # --compile-bytecode: every service worker, notebook kernel and CLI call imports MLflow,
 # scikit-learn and LightGBM; with PYTHONDONTWRITEBYTECODE set (as on our CI machines)
 # they were compiled from source each time, which tripled a service's start time.
-	@$(UV) sync --locked --quiet --compile-bytecode
+	@$(UV) sync --locked --quiet --compile-bytecode $(SYNC_EXTRAS)
 
 demo: setup  ## ingest, validate, report, tune, train, register: end to end on the defaults
 	@$(UV) run --locked bespoke demo
@@ -53,6 +53,8 @@ bento: setup  ## build the service's Bento offline (bentofile.yaml), into the Be
 # System packages a test needs (a headless Chromium) are installed by the project's own
 # script where the machine allows it (root with apt-get); elsewhere those tests skip,
 # printing why.
+# The tests also cover the scale-out engines (Spark, PostgreSQL drivers): their extras.
+test: SYNC_EXTRAS = --all-extras
 test: setup  ## run the tests (code, data, browser, notebooks)
 	@scripts/test-system-packages
 	@$(UV) run --locked pytest -n $(PYTEST_WORKERS) --nbmake tests notebooks
@@ -65,6 +67,7 @@ format: setup  ## apply ruff's fixes and formatting
 	@$(UV) run --locked ruff check --fix .
 	@$(UV) run --locked ruff format .
 
+bench: SYNC_EXTRAS = --all-extras
 bench: setup  ## run the benchmarks; JSON results and tables under bench/results/
 	@mkdir -p bench/results
 	@$(UV) run --locked python bench/ingest.py --out bench/results/ingest.json
