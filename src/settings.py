@@ -23,6 +23,9 @@ KEY_ROTATIONS_DIR = "hmac-rotations"
 #: A SQLite URL is this prefix and a path (``sqlite:////abs/path`` is absolute, as in
 #: SQLAlchemy and MLflow).
 SQLITE_PREFIX = "sqlite:///"
+#: The Optuna study storages supported (SQLAlchemy URLs; PostgreSQL through psycopg2,
+#: the ``postgres`` extra).
+OPTUNA_STORAGE_SCHEMES = (SQLITE_PREFIX, "postgresql://", "postgresql+psycopg2://")
 
 
 def find_project_root(start: Path | None = None) -> Path:
@@ -97,6 +100,12 @@ class Settings(BaseSettings):
     )
     mlflow_artifacts_dir: Path | None = Field(
         default=None, description="Where MLflow stores artifacts. Default <root>/mlruns/artifacts."
+    )
+    optuna_storage_url: str | None = Field(
+        default=None,
+        description="Where Optuna keeps the tuning studies: sqlite:///<path> (one machine) or "
+        "postgresql://user@host:5432/db (several workers and hosts sharing studies). "
+        "Default sqlite:///<root>/mlruns/optuna.db.",
     )
     online_store_url: str | None = Field(
         default=None,
@@ -228,6 +237,17 @@ class Settings(BaseSettings):
     def _absolute(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().resolve()
 
+    @field_validator("optuna_storage_url")
+    @classmethod
+    def _study_storage(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(OPTUNA_STORAGE_SCHEMES):
+            raise ValueError(
+                f"BESPOKE_OPTUNA_STORAGE_URL (optuna_storage_url) {value!r} is not a study "
+                "storage Bespoke supports: use sqlite:///<path> or "
+                "postgresql://user@host:5432/database"
+            )
+        return value
+
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
         if self.home is None:
@@ -245,6 +265,11 @@ class Settings(BaseSettings):
             self.mlflow_artifacts_dir = self.root / "mlruns" / "artifacts"
         if self.mlflow_tracking_uri is None:
             self.mlflow_tracking_uri = f"sqlite:///{self.root / 'mlruns' / 'mlflow.db'}"
+        if self.optuna_storage_url is None:
+            self.optuna_storage_url = f"{SQLITE_PREFIX}{self.root / 'mlruns' / 'optuna.db'}"
+        elif self.optuna_storage_url.startswith(SQLITE_PREFIX):
+            path = Path(self.optuna_storage_url.removeprefix(SQLITE_PREFIX)).expanduser()
+            self.optuna_storage_url = f"{SQLITE_PREFIX}{path.resolve()}"
         if self.reports_dir is None:
             self.reports_dir = self.root / "reports"
         return self
@@ -254,7 +279,8 @@ class Settings(BaseSettings):
         CLI call) reads these same locations; the HMAC key is left out (a secret: the
         other process finds the generated one under the same home)."""
         names = ("root", "home", "lake_url", "datasets_dir", "mlflow_tracking_uri",
-                 "mlflow_artifacts_dir", "online_store_url", "reports_dir")  # fmt: skip
+                 "mlflow_artifacts_dir", "optuna_storage_url", "online_store_url",
+                 "reports_dir")  # fmt: skip
         return {
             f"BESPOKE_{name.upper()}": str(value)
             for name in names
