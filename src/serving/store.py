@@ -30,222 +30,73 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import re
 import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
-import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
 
 from bespoke.features.build import Profile
-from bespoke.features.collect import EVENT_INPUT_TYPES, SourceBatch, ingest
+from bespoke.features.collect import SourceBatch, ingest
 from bespoke.features.lake import Lake
-from bespoke.features.parse import ROW, SOURCE
-from bespoke.features.privacy import pseudonym
-from bespoke.features.schema import (
-    PERSONALIZATION,
-    TEXT,
-    Channel,
-    ConsentPurpose,
-    EventIn,
-    check_dataset_name,
-    person_id_of,
-)
+from bespoke.features.schema import ConsentPurpose, EventIn, check_dataset_name, person_id_of
 from bespoke.privacy.consent import ConsentLedger
-from bespoke.privacy.gate import MESSAGES as GATE_MESSAGES
-from bespoke.privacy.gate import WITHDRAWN, PersonGate
-from bespoke.segments.features import load_person_events
-from bespoke.segments.live import Counters, LiveScorer, counters_from_events
+from bespoke.privacy.gate import PersonGate
+from bespoke.segments.live import Counters, LiveScorer
 from bespoke.serving.db import Database
+from bespoke.serving.store_parts import (
+    ANONYMOUS,
+    ATTRIBUTES,
+    EPOCH,
+    FIELD,
+    FLUSH_CHUNK,
+    INBOX_FIELDS,
+    INTERACTION_SET,
+    INTERACTION_TYPES,
+    KEEP_FLUSHED,
+    MAX_BATCH,
+    MICROSECOND,
+    RECENT_EVENTS,
+    USER,
+    AcceptResult,
+    FlushResult,
+    ItemError,
+    Merge,
+    ProfileView,
+    RecentEvent,
+    RecentEvents,
+    SegmentChange,
+    Snapshot,
+    as_user,
+    count_events,
+    from_micros,
+    inbox_batch,
+    inbox_row,
+    lake_history,
+    lake_identifiers,
+    rejection,
+    rescored,
+    screen,
+    seed_cut,
+    seeded_scores,
+    to_micros,
+)
 from bespoke.serving.webhooks import enqueue_webhook
 from bespoke.settings import SQLITE_PREFIX, Settings, get_settings
 
+__all__ = [
+    "ANONYMOUS", "ATTRIBUTES", "FLUSH_CHUNK", "INTERACTION_TYPES", "KEEP_FLUSHED", "MAX_BATCH",
+    "RECENT_EVENTS", "USER", "AcceptResult", "FlushResult", "ItemError", "Merge",
+    "OnlineStore", "ProfileView", "RecentEvent", "RecentEvents", "SQLiteStore",
+    "SegmentChange", "Snapshot", "flush_every", "open_store", "rejection",
+]  # fmt: skip
+
 MARKETING = ConsentPurpose.MARKETING
-
-#: The most events one request may send (the service answers 413 above it); a batch of
-#: this size is one transaction.
-MAX_BATCH = 1_000
-#: Events kept per profile: the latest ones.
-RECENT_EVENTS = 500
-#: Flushed inbox rows are kept this long, so that a client re-sending an event with its
-#: own ``source_event_id`` is recognised and not applied to the profile twice.
-KEEP_FLUSHED = timedelta(days=1)
-#: Inbox rows per ingestion run when flushing.
-FLUSH_CHUNK = 500_000
-#: Event types whose items make up the history the ranker sees (as in training).
-INTERACTION_TYPES = ("rate", "purchase", "click", "add_to_cart", "like", "view")
-#: The user attributes copied from the lake.
-ATTRIBUTES = ("age", "gender", "occupation", "state", "region", "country")
-
-_INTERACTION_SET = frozenset(INTERACTION_TYPES)
-USER, ANONYMOUS = "u", "a"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
-
-
-# --- what callers get back -----------------------------------------------------------------
-
-
-class ItemError(BaseModel):
-    """Why one event of a request was not accepted."""
-
-    index: int = Field(description="Position of the event in the request.")
-    field: str | None = Field(default=None, description="The field at fault, if one is.")
-    message: str
-
-
-class Merge(BaseModel):
-    """What an event carrying both an anonymous id and a user id (a login, an identify
-    call) did to the anonymous visitor's live history."""
-
-    anonymous_id: str
-    user_id: str
-    status: Literal["merged", "already", "refused"] = Field(
-        description="merged: the visitor's history is now the user's; already: it was; "
-        "refused: the cookie already belongs to another user (a shared device)."
-    )
-    events_moved: int = 0
-    reason: str | None = None
-
-
-class SegmentChange(BaseModel):
-    """A person moved to another behavioural segment when their events were re-scored."""
-
-    user_id: str
-    from_segment: str | None = Field(alias="from", serialization_alias="from")
-    to_segment: str | None = Field(alias="to", serialization_alias="to")
-    at: datetime
-
-    model_config = ConfigDict(validate_by_name=True, serialize_by_alias=True)
-
-
-class AcceptResult(BaseModel):
-    """What became of a request's events."""
-
-    accepted: int = Field(description="Events stored (including re-sent ones already held).")
-    rejected: int
-    duplicates: int = Field(
-        default=0, description="Accepted events whose source_event_id was already held."
-    )
-    errors: list[ItemError] = Field(default_factory=list)
-    merges: list[Merge] = Field(
-        default_factory=list, description="Anonymous visitors joined to a user by these events."
-    )
-    segment_changes: list[SegmentChange] = Field(
-        default_factory=list, description="People these events moved to another segment."
-    )
-
-
-class RecentEvent(BaseModel):
-    event_type: str
-    item_id: str | None
-    value: float | None
-    timestamp: datetime | None
-
-
-class ProfileView(BaseModel):
-    """One person as the service shows them."""
-
-    user_id: str
-    dataset: str
-    anonymous: bool = False
-    known: bool = Field(description="Whether anything is known about this person.")
-    person_id: str | None = Field(
-        default=None, description="The person in the identity graph (see bespoke.identity)."
-    )
-    merged_into: str | None = Field(
-        default=None, description="For an anonymous id that logged in: the user it became."
-    )
-    identifiers: list[dict[str, str]] = Field(
-        default_factory=list,
-        description="The person's identifiers known live (type and id; pseudonyms for PII).",
-    )
-    channels: dict[str, int] = Field(default_factory=dict, description="Recent events per channel.")
-    first_seen: datetime | None = None
-    last_seen: datetime | None = None
-    attributes: dict[str, Any] = Field(default_factory=dict)
-    recent: list[RecentEvent] = Field(default_factory=list, description="Newest first.")
-    last_event_at: dict[str, datetime] = Field(default_factory=dict)
-    segment: str | None = Field(default=None, description="The behavioural segment.")
-    segments: list[str] = Field(default_factory=list, description="The rule segments.")
-    churn_probability: float | None = None
-    expected_value: float | None = None
-
-
-@dataclass
-class Snapshot:
-    """What a live request needs of one person, read in one transaction: the ranker's
-    :class:`~bespoke.features.build.Profile`, the latest events as the rules see them
-    (newest first: ``type``, ``item_id``, ``timestamp``, ``value``) and ``version``, which
-    changes with every new event of theirs (the answer cache's key)."""
-
-    profile: Profile
-    events: Sequence[Mapping[str, Any]]
-    version: str | None
-
-
-class RecentEvents(Sequence[dict[str, Any]]):
-    """A profile's latest events, newest first, from the store's rows ``(type, item_id,
-    value, timestamp)`` (oldest first): built as mappings when first read, since most
-    answers (a cache hit, rules that read only attributes) never read them."""
-
-    def __init__(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        self._rows = rows
-        self._events: list[dict[str, Any]] | None = None
-
-    def _built(self) -> list[dict[str, Any]]:
-        if self._events is None:
-            self._events = [
-                {"type": t, "item_id": i, "value": v, "timestamp": _moment(ts)}
-                for t, i, v, ts in reversed(self._rows)
-            ]
-        return self._events
-
-    def __getitem__(self, index: Any) -> Any:
-        return self._built()[index]
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return iter(self._built())
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-
-@dataclass
-class FlushResult:
-    """Per dataset, the inbox rows sent to the lake and what ingestion made of them."""
-
-    datasets: dict[str, dict[str, int]] = field(default_factory=dict)
-    runs: list[str] = field(default_factory=list)
-
-    @property
-    def flushed(self) -> int:
-        return sum(c["flushed"] for c in self.datasets.values())
-
-    @property
-    def stored(self) -> int:
-        return sum(c["stored"] for c in self.datasets.values())
-
-    def add(self, dataset: str, rows: int, manifest: dict[str, Any], run_id: str) -> None:
-        events = manifest.get("events", {})
-        counts = self.datasets.setdefault(
-            dataset,
-            {"flushed": 0, "stored": 0, "already_present": 0, "quarantined": 0},
-        )
-        counts["flushed"] += rows
-        counts["stored"] += events.get("stored", 0)
-        counts["already_present"] += events.get("already_present", 0)
-        counts["quarantined"] += sum(events.get("quarantined", {}).values())
-        self.runs.append(run_id)
 
 
 class OnlineStore(Protocol):
@@ -293,41 +144,6 @@ def open_store(settings: Settings | None = None) -> OnlineStore:
 
 # --- consent, PII ---------------------------------------------------------------------------
 
-
-def rejection(event: EventIn) -> tuple[str, str] | None:
-    """Why ``event`` may not be stored for personalisation, as (field, message), if it may
-    not: the same rules as ingestion's (consent gate; no e-mail address as an id)."""
-    if PERSONALIZATION.value not in event.consent:
-        return (
-            "consent",
-            "no 'personalization' consent purpose: the event is not stored for personalisation",
-        )
-    for name in ("user_id", "anonymous_id"):
-        value = getattr(event, name)
-        if value is not None and _EMAIL.fullmatch(value):
-            return (
-                name,
-                f"{name} looks like an e-mail address; send it as 'email' so that it is "
-                "stored only as a keyed pseudonym",
-            )
-    return None
-
-
-def _micros(moment: datetime) -> int:
-    return (moment - _EPOCH) // _MICROSECOND
-
-
-def _moment(micros: int | None) -> datetime | None:
-    return None if micros is None else _EPOCH + micros * _MICROSECOND
-
-
-#: Inbox columns after ``seq``, ``dataset`` and ``received_at``, in row-tuple order.
-_INBOX_FIELDS = (
-    "source_event_id", "timestamp", "user_id", "anonymous_id", "event_type", "item_id",
-    "value", "quantity", "channel", "device", "geo", "page", "referrer", "ip_hash",
-    "email_hash", "phone_hash", "consent", "kind", "subject", "device_id", "crm_id",
-)  # fmt: skip
-_F = {name: position for position, name in enumerate(_INBOX_FIELDS)}
 
 #: Columns added after the first stores were written (added to older files on open).
 _ADDED_COLUMNS = {
@@ -533,21 +349,7 @@ class SQLiteStore:
         """(the events that may be stored, why each other one may not): an e-mail as an
         id, no personalization consent, a withdrawal, an erasure. The event stream appends
         only what passes (``bespoke.stream.events``)."""
-        check_dataset_name(dataset)
-        errors: list[ItemError] = []
-        good: list[EventIn] = []
-        gated = self.gate().live_reasons(dataset, events) if events else []
-        for index, event in enumerate(events):
-            problem = rejection(event)
-            if problem is None and gated[index] is not None:
-                named = "user_id" if event.user_id is not None else "anonymous_id"
-                problem = ("consent" if gated[index] == WITHDRAWN else named,
-                           GATE_MESSAGES[gated[index]])  # fmt: skip
-            if problem is not None:
-                errors.append(ItemError(index=index, field=problem[0], message=problem[1]))
-            else:
-                good.append(event)
-        return good, errors
+        return screen(self.gate(), events, dataset)
 
     def accept_events(
         self,
@@ -568,9 +370,9 @@ class SQLiteStore:
         segment is recorded (``segment_changes``) and, when the scorer notifies, queued in
         the outbox for the ``segment_changed`` webhook.
         """
-        received = _micros(now or datetime.now(UTC))
+        received = to_micros(now or datetime.now(UTC))
         good, errors = self.screen(events, dataset)
-        rows: list[tuple[Any, ...]] = [self._inbox_row(event) for event in good]
+        rows: list[tuple[Any, ...]] = [inbox_row(self._key, event) for event in good]
         accepted = len(rows)
         duplicates = 0
         merges: list[Merge] = []
@@ -603,25 +405,16 @@ class SQLiteStore:
     ) -> list[SegmentChange]:
         """Inside the caller's transaction: count each known person's events, score them
         as of their latest event, keep the scores, record changes of segment."""
-        kind, subject, ts = _F["kind"], _F["subject"], _F["timestamp"]
-        touched: dict[str, tuple[Counters, int]] = {}
-        for r in rows:
-            if r[kind] != USER:
-                continue
-            user = r[subject]
-            if user not in touched:
-                found = con.execute(
-                    "SELECT data FROM person_counters WHERE dataset = ? AND user_id = ?",
-                    (dataset, user),
-                ).fetchone()
-                touched[user] = (Counters.from_json(found and found[0]), 0)
-            counters, latest = touched[user]
-            at = r[ts] if r[ts] is not None else received
-            counters.add(at, scorer.is_order(r[_F["event_type"]]), r[_F["value"]],
-                         r[_F["quantity"]], r[_F["channel"]], r[_F["device"]])  # fmt: skip
-            touched[user] = (counters, max(latest, at))
+
+        def counters_of(user: str) -> Counters:
+            found = con.execute(
+                "SELECT data FROM person_counters WHERE dataset = ? AND user_id = ?",
+                (dataset, user),
+            ).fetchone()
+            return Counters.from_json(found and found[0])
+
         changes = []
-        for user, (counters, at) in touched.items():
+        for user, (counters, at) in count_events(rows, received, scorer, counters_of).items():
             con.execute(
                 "INSERT INTO person_counters (dataset, user_id, data, updated_at) "
                 "VALUES (?, ?, ?, ?) ON CONFLICT (dataset, user_id) DO UPDATE SET "
@@ -645,42 +438,20 @@ class SQLiteStore:
                 (dataset, user, scores.segment, scores.churn_probability,
                  scores.expected_value, received),
             )  # fmt: skip
-            old = before[0] if before else None
-            changed = scores.segment is not None and scores.segment != old
-            was, now_p = (before[1] if before else None), scores.churn_probability
-            threshold = scorer.churn_threshold
-            crossed = (
-                threshold is not None and was is not None and now_p is not None
-                and (was < threshold) != (now_p < threshold)
+            # asked only when there is something to announce: this runs for every event
+            outcome = rescored(
+                dataset, user, scores, before, at, scorer,
+                lambda u=user: ConsentLedger.allows_in(con, dataset, MARKETING, user_id=u),
             )  # fmt: skip
-            # the webhooks feed marketing tools: not for who withdrew marketing (asked only
-            # when there is something to announce: this runs for every event)
-            notify = (
-                (changed or crossed)
-                and scorer.notify
-                and (ConsentLedger.allows_in(con, dataset, MARKETING, user_id=user) is not False)
-            )
-            if changed:
-                change = SegmentChange(user_id=user, from_segment=old, to_segment=scores.segment,
-                                       at=_moment(at))  # fmt: skip
-                changes.append(change)
+            if outcome.change is not None:
+                changes.append(outcome.change)
                 con.execute(
                     "INSERT INTO segment_changes (dataset, user_id, from_segment, to_segment, "
                     "at, recorded_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    (dataset, user, old, scores.segment, at, received),
+                    (dataset, user, outcome.change.from_segment, scores.segment, at, received),
                 )
-                if notify:
-                    enqueue_webhook(con, dataset, "segment_changed", {
-                        "dataset": dataset, "user_id": user, "from": old, "to": scores.segment,
-                        "at": change.at.isoformat(), "churn_probability": scores.churn_probability,
-                        "expected_value": scores.expected_value,
-                    }, received)  # fmt: skip
-            if notify and crossed:
-                enqueue_webhook(con, dataset, "churn_crossed", {
-                    "dataset": dataset, "user_id": user, "threshold": threshold,
-                    "from": was, "to": now_p, "direction": "up" if now_p >= threshold else "down",
-                    "at": _moment(at).isoformat(), "segment": scores.segment or old,
-                }, received)  # fmt: skip
+            for topic, payload in outcome.webhooks:
+                enqueue_webhook(con, dataset, topic, payload, received)
         return changes
 
     def _identify(
@@ -691,7 +462,7 @@ class SQLiteStore:
         history to the user, once; a cookie that already belongs to another user is not
         moved (a shared device: refused, and recorded); events of an anonymous id that
         logged in belong to its user from then on."""
-        kind, subject, anonymous = _F["kind"], _F["subject"], _F["anonymous_id"]
+        kind, subject, anonymous = FIELD["kind"], FIELD["subject"], FIELD["anonymous_id"]
         merges: dict[str, Merge] = {}
         for row in rows:
             cookie = row[anonymous]
@@ -726,7 +497,7 @@ class SQLiteStore:
                 ).fetchall()
             )
         if owners:
-            rows = [_as_user(r, owners[r[subject]]) if r[kind] == ANONYMOUS and r[subject] in owners else r
+            rows = [as_user(r, owners[r[subject]]) if r[kind] == ANONYMOUS and r[subject] in owners else r
                     for r in rows]  # fmt: skip
         return rows, list(merges.values())
 
@@ -761,46 +532,12 @@ class SQLiteStore:
         self._trim(con, dataset, [(USER, user)])
         return moved
 
-    def _inbox_row(self, event: EventIn) -> tuple[Any, ...]:
-        """The inbox row of an event: PII replaced by the same keyed pseudonyms as at
-        ingestion, and whose profile it belongs to."""
-        key = self._key
-        email = None if event.email is None else pseudonym(key, "email", event.email)
-        phone = None if event.phone is None else pseudonym(key, "phone", event.phone)
-        context = event.context
-        ip = None if context.ip is None else pseudonym(key, "ip", context.ip)
-        user = event.user_id if event.user_id is not None else email  # as ingestion does
-        kind, subject = (USER, user) if user is not None else (ANONYMOUS, event.anonymous_id)
-        return (
-            event.source_event_id,
-            _micros(event.timestamp),
-            event.user_id,
-            event.anonymous_id,
-            str(event.event_type),
-            event.item_id,
-            event.value,
-            event.quantity,
-            str(event.channel),
-            context.device,
-            context.geo,
-            context.page,
-            context.referrer,
-            ip,
-            email,
-            phone,
-            "|".join(sorted(str(p) for p in event.consent)),
-            kind,
-            subject,
-            event.device_id,
-            event.crm_id,
-        )
-
     @staticmethod
     def _new_only(
         con: sqlite3.Connection, dataset: str, rows: list[tuple[Any, ...]]
     ) -> list[tuple[Any, ...]]:
         """``rows`` without those whose sender id is already held (or earlier in ``rows``)."""
-        position = _F["source_event_id"]
+        position = FIELD["source_event_id"]
         ids = [row[position] for row in rows if row[position] is not None]
         if not ids:
             return rows
@@ -830,15 +567,15 @@ class SQLiteStore:
             "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'inbox'), 0)"
         ).fetchone()
         seqs = range(last_seq + 1, last_seq + 1 + len(rows))
-        columns = ", ".join(_INBOX_FIELDS)
-        marks = ", ".join("?" * (len(_INBOX_FIELDS) + 3))
+        columns = ", ".join(INBOX_FIELDS)
+        marks = ", ".join("?" * (len(INBOX_FIELDS) + 3))
         con.executemany(
             f"INSERT INTO inbox (seq, dataset, received_at, {columns}) VALUES ({marks})",
             [(seq, dataset, received, *row) for seq, row in zip(seqs, rows, strict=True)],
         )
-        kind, subject, ts = _F["kind"], _F["subject"], _F["timestamp"]
-        event_type, item, value = _F["event_type"], _F["item_id"], _F["value"]
-        channel = _F["channel"]
+        kind, subject, ts = FIELD["kind"], FIELD["subject"], FIELD["timestamp"]
+        event_type, item, value = FIELD["event_type"], FIELD["item_id"], FIELD["value"]
+        channel = FIELD["channel"]
         con.executemany(
             _INSERT_EVENT,
             [
@@ -951,15 +688,15 @@ class SQLiteStore:
             merged_into=merged_into,
             identifiers=identifiers,
             channels=dict(channels),
-            first_seen=_moment(min(times)) if times else None,
-            last_seen=_moment(max(times)) if times else None,
+            first_seen=from_micros(min(times)) if times else None,
+            last_seen=from_micros(max(times)) if times else None,
             attributes=attributes,
             **scores,
             recent=[
-                RecentEvent(event_type=t, item_id=i, value=v, timestamp=_moment(ts))
+                RecentEvent(event_type=t, item_id=i, value=v, timestamp=from_micros(ts))
                 for t, i, v, ts in events
             ],
-            last_event_at={t: _EPOCH + at * _MICROSECOND for t, at in last},
+            last_event_at={t: EPOCH + at * MICROSECOND for t, at in last},
         )
 
     def as_profile(self, user_id: str, dataset: str, *, anonymous: bool = False) -> Profile:
@@ -1014,7 +751,7 @@ class SQLiteStore:
                 (dataset, kind, subject),
             ).fetchall()
             latest = con.execute(_LATEST, (dataset, kind, subject)).fetchone()[0]
-        interactions = [r for r in rows if r[1] is not None and r[0] in _INTERACTION_SET]
+        interactions = [r for r in rows if r[1] is not None and r[0] in INTERACTION_SET]
         micros = np.array(
             [np.iinfo(np.int64).min if r[3] is None else r[3] for r in interactions],
             dtype=np.int64,
@@ -1050,7 +787,7 @@ class SQLiteStore:
             .execute(f"SELECT user_id, {columns} FROM users WHERE dataset = ?", [dataset])
             .fetchall()
         )
-        now = _micros(datetime.now(UTC))
+        now = to_micros(datetime.now(UTC))
         with self._database().write() as con:
             con.execute("DELETE FROM attributes WHERE dataset = ?", (dataset,))
             con.executemany(
@@ -1083,20 +820,11 @@ class SQLiteStore:
         """
         check_dataset_name(dataset)
         per_user = per_user or self.recent_events
-        cut = None
-        if as_of is not None:
-            stamp = pd.Timestamp(as_of)
-            cut = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-        recent, latest, aliases = _lake_history(lake, dataset, cut, per_user)
-        identifiers = _lake_identifiers(lake, dataset)
-        scores = _lake_scores(lake, dataset)
-        counters, moment = _lake_counters(lake, dataset, cut)
-        now = _micros(datetime.now(UTC))
-        live = {}
-        if scorer is not None and scorer.active and counters:
-            people = list(counters)
-            scored = scorer.score_many([counters[p] for p in people], moment)
-            live = dict(zip(people, scored, strict=True))
+        cut = seed_cut(as_of)
+        recent, latest, aliases = lake_history(lake, dataset, cut, per_user)
+        identifiers = lake_identifiers(lake, dataset)
+        counters, people = seeded_scores(lake, dataset, cut, scorer)
+        now = to_micros(datetime.now(UTC))
         with self._database().write() as con:
             watermark = self._watermark(con, dataset)
             con.execute(
@@ -1112,17 +840,13 @@ class SQLiteStore:
                 [(dataset, cookie, user, now) for cookie, user in aliases],
             )
             con.execute("DELETE FROM person_scores WHERE dataset = ?", (dataset,))
-            rules = {person: list(names) for person, _, names in scores}
-            segments = {person: segment for person, segment, _ in scores}
-            for person, scored in live.items():
-                segments[person] = scored.segment or segments.get(person)
             con.executemany(
                 "INSERT INTO person_scores (dataset, user_id, segment, segments, "
                 "churn_probability, expected_value, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(dataset, person, segments.get(person), json.dumps(rules.get(person, [])),
-                  live[person].churn_probability if person in live else None,
-                  live[person].expected_value if person in live else None, now)
-                 for person in segments.keys() | rules.keys()],
+                [(dataset, person, segment, json.dumps(rules),
+                  live.churn_probability if live else None,
+                  live.expected_value if live else None, now)
+                 for person, segment, rules, live in people],
             )  # fmt: skip
             con.execute("DELETE FROM person_counters WHERE dataset = ?", (dataset,))
             con.executemany(
@@ -1214,10 +938,10 @@ class SQLiteStore:
                             "INSERT INTO flushed (dataset, seq, at) VALUES (?, ?, ?) "
                             "ON CONFLICT (dataset) DO UPDATE SET seq = max(seq, excluded.seq), "
                             "at = excluded.at",
-                            (name, last_seq, _micros(datetime.now(UTC))),
+                            (name, last_seq, to_micros(datetime.now(UTC))),
                         )
                     result.add(name, len(batch.events), run.manifest, run.run_id)
-            cutoff = _micros(datetime.now(UTC) - keep_flushed)
+            cutoff = to_micros(datetime.now(UTC) - keep_flushed)
             with database.write() as con:
                 con.execute(
                     "DELETE FROM inbox WHERE received_at < ? AND seq <= "
@@ -1229,7 +953,7 @@ class SQLiteStore:
     def _pending_batch(self, dataset: str, limit: int) -> tuple[SourceBatch, int] | None:
         """Up to ``limit`` pending rows of ``dataset`` as an ingestion batch (pseudonyms in
         place of raw PII), and the last sequence number among them."""
-        columns = [c for c in _INBOX_FIELDS if c not in ("kind", "subject")]
+        columns = [c for c in INBOX_FIELDS if c not in ("kind", "subject")]
         with self.db.read() as con:
             watermark = self._watermark(con, dataset)
             cursor = con.execute(
@@ -1240,19 +964,7 @@ class SQLiteStore:
             rows = cursor.fetchall()
         if not rows:
             return None
-        frame = pd.DataFrame.from_records(rows, columns=["seq", *columns])
-        last_seq = int(frame["seq"].iloc[-1])
-        micros = frame.pop("timestamp").astype("Int64")
-        frame["timestamp"] = pd.to_datetime(micros, unit="us", utc=True)
-        frame[ROW] = frame.pop("seq").astype(np.int64)
-        frame[SOURCE] = "inbox"
-        types = {c: t for c, t in EVENT_INPUT_TYPES.items() if isinstance(t, str) and c in frame}
-        types |= {c: TEXT for c in ("ip_hash", "email_hash", "phone_hash")}
-        frame = frame.astype(types)
-        batch = SourceBatch(
-            dataset=dataset, source="inbox", events=frame, default_channel=Channel.API
-        )
-        return batch, last_seq
+        return inbox_batch(dataset, rows), int(rows[-1][0])
 
     @contextmanager
     def _flush_lock(self) -> Iterator[None]:
@@ -1330,127 +1042,6 @@ def _scores(con: sqlite3.Connection, dataset: str, user_id: str) -> dict[str, An
         return {}
     return {"segment": row[0], "segments": json.loads(row[1]),
             "churn_probability": row[2], "expected_value": row[3]}  # fmt: skip
-
-
-def _lake_scores(lake: Lake, dataset: str) -> list[tuple[Any, ...]]:
-    """Each person's latest segment assignment in the lake (``bespoke train segments``)."""
-    return (
-        lake.connect()
-        .execute("SELECT person, segment, rule_segments FROM segments WHERE dataset = ?", [dataset])
-        .fetchall()
-    )
-
-
-def _lake_counters(
-    lake: Lake, dataset: str, cut: pd.Timestamp | None
-) -> tuple[dict[str, Counters], int]:
-    """Every person's counters from their lake events up to ``cut``, and the moment (µs)
-    they are as of: ``cut``, or the latest event. None for a dataset without timestamps."""
-    try:
-        events = load_person_events(lake, dataset)
-    except ValueError:  # no events, or no timestamps: nothing to count
-        return {}, 0
-    times = pd.to_datetime(events["timestamp"], utc=True)
-    if cut is not None:
-        events, times = events[times <= cut], times[times <= cut]
-    if events.empty:
-        return {}, 0
-    moment = cut if cut is not None else times.max()
-    return counters_from_events(events), int(moment.value // 1000)
-
-
-def _lake_identifiers(lake: Lake, dataset: str) -> list[tuple[Any, ...]]:
-    """Each known person's identifiers from the identity graph, as (user id, type,
-    identifier, the channel most of its events came through, first and last seen in µs)."""
-    columns = {"crm_id": "crm_id", "email": "email_hash", "phone": "phone_hash",
-               "device_id": "device_id", "anonymous_id": "anonymous_id"}  # fmt: skip
-    carried = " UNION ALL ".join(
-        f"SELECT '{kind}' AS identifier_type, {column} AS identifier, channel FROM events "
-        f"WHERE dataset = $dataset AND {column} IS NOT NULL"
-        for kind, column in columns.items()
-    )
-    return (
-        lake.connect()
-        .execute(
-            f"""
-            WITH users_of AS (
-                SELECT person_id, min(identifier) AS user_id FROM identity_graph
-                WHERE dataset = $dataset AND identifier_type = 'user_id' GROUP BY person_id
-            ), channels AS (
-                SELECT identifier_type, identifier, mode(channel) AS channel
-                FROM ({carried}) GROUP BY ALL
-            )
-            SELECT u.user_id, g.identifier_type, g.identifier, c.channel,
-                   epoch_us(g.first_seen), epoch_us(g.last_seen)
-            FROM identity_graph g JOIN users_of u USING (person_id)
-            LEFT JOIN channels c USING (identifier_type, identifier)
-            WHERE g.dataset = $dataset AND g.identifier_type <> 'user_id'
-            ORDER BY u.user_id, g.identifier_type, g.identifier
-            """,
-            {"dataset": dataset},
-        )
-        .fetchall()
-    )
-
-
-def _as_user(row: tuple[Any, ...], user: str) -> tuple[Any, ...]:
-    """An inbox row of an anonymous id that logged in, as its user's."""
-    row = list(row)
-    row[_F["kind"]], row[_F["subject"]] = USER, user
-    return tuple(row)
-
-
-def _lake_history(
-    lake: Lake, dataset: str, cut: pd.Timestamp | None, per_user: int
-) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[str, str]]]:
-    """From the lake: each person's latest ``per_user`` events before ``cut`` as
-    (kind, subject, µs, type, item, value, channel), their last time per event type, and
-    the (anonymous id, user id) pairs of the identity graph. An anonymous event whose
-    person (identity graph) has a user id is that user's."""
-    con = lake.connect()
-    where = "dataset = $dataset AND coalesce(user_id, person_user, anonymous_id) IS NOT NULL"
-    params: dict[str, Any] = {"dataset": dataset}
-    if cut is not None:
-        where += " AND timestamp < $cut"
-        params["cut"] = cut.to_pydatetime()
-    users_of = """
-        SELECT person_id, min(identifier) AS person_user FROM identity_graph
-        WHERE dataset = $dataset AND identifier_type = 'user_id' GROUP BY person_id
-    """
-    people = f"""
-        SELECT CASE WHEN coalesce(user_id, person_user) IS NULL THEN '{ANONYMOUS}'
-                    ELSE '{USER}' END AS kind,
-               coalesce(user_id, person_user, anonymous_id) AS subject, timestamp,
-               event_type, item_id, value, event_id, channel
-        FROM (SELECT e.*, u.person_user FROM events e LEFT JOIN ({users_of}) u USING (person_id))
-        WHERE {where}
-    """
-    recent = con.execute(
-        f"""
-        SELECT kind, subject, epoch_us(timestamp), event_type, item_id, value, channel
-        FROM ({people})
-        QUALIFY row_number() OVER (
-            PARTITION BY kind, subject ORDER BY timestamp DESC NULLS LAST, event_id DESC
-        ) <= $per_user
-        ORDER BY kind, subject, timestamp NULLS FIRST, event_id
-        """,
-        params | {"per_user": per_user},
-    ).fetchall()
-    latest = con.execute(
-        f"""
-        SELECT kind, subject, event_type, epoch_us(max(timestamp)) FROM ({people})
-        GROUP BY ALL HAVING max(timestamp) IS NOT NULL
-        """,
-        params,
-    ).fetchall()
-    aliases = con.execute(
-        f"""
-        SELECT g.identifier, u.person_user FROM identity_graph g JOIN ({users_of}) u USING (person_id)
-        WHERE g.dataset = $dataset AND g.identifier_type = 'anonymous_id'
-        """,
-        {"dataset": dataset},
-    ).fetchall()
-    return recent, latest, aliases
 
 
 def flush_every(
