@@ -23,6 +23,9 @@ KEY_ROTATIONS_DIR = "hmac-rotations"
 #: A SQLite URL is this prefix and a path (``sqlite:////abs/path`` is absolute, as in
 #: SQLAlchemy and MLflow).
 SQLITE_PREFIX = "sqlite:///"
+#: The URL schemes of a Redis online store (``BESPOKE_ONLINE_STORE_URL``).
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+ONLINE_STORE_SCHEMES = (SQLITE_PREFIX, *REDIS_SCHEMES)
 #: The Optuna study storages supported (SQLAlchemy URLs; PostgreSQL through psycopg2,
 #: the ``postgres`` extra).
 OPTUNA_STORAGE_SCHEMES = (SQLITE_PREFIX, "postgresql://", "postgresql+psycopg2://")
@@ -111,8 +114,16 @@ class Settings(BaseSettings):
         default=None,
         description=(
             "Online profile store and event inbox, shared by the service's workers. "
-            "Default sqlite:///<home>/online.db (SQLite in WAL mode)."
+            "Default sqlite:///<home>/online.db (SQLite in WAL mode); redis://host:6379/0 "
+            "(or rediss://, unix://): Redis, shared by replicas on several hosts."
         ),
+    )
+    control_store_url: str | None = Field(
+        default=None,
+        description="The control plane's SQL database: consent ledger, suppression list, API "
+        "keys, experiment ledger, webhook outbox, deletion requests. Default "
+        "sqlite:///<home>/online.db (the embedded online store's own file); with a Redis "
+        "online store, replicas on several hosts need it on a shared disk.",
     )
     reports_dir: Path | None = Field(
         default=None,
@@ -261,6 +272,21 @@ class Settings(BaseSettings):
         elif self.online_store_url.startswith(SQLITE_PREFIX):
             path = Path(self.online_store_url.removeprefix(SQLITE_PREFIX)).expanduser()
             self.online_store_url = f"{SQLITE_PREFIX}{path.resolve()}"
+        elif not self.online_store_url.startswith(ONLINE_STORE_SCHEMES):
+            raise ValueError(
+                f"BESPOKE_ONLINE_STORE_URL={self.online_store_url!r}: expected "
+                f"{SQLITE_PREFIX}<path> (SQLite) or redis://, rediss://, unix:// (Redis)"
+            )
+        if self.control_store_url is None:
+            self.control_store_url = f"{SQLITE_PREFIX}{self.home / 'online.db'}"
+        elif self.control_store_url.startswith(SQLITE_PREFIX):
+            path = Path(self.control_store_url.removeprefix(SQLITE_PREFIX)).expanduser()
+            self.control_store_url = f"{SQLITE_PREFIX}{path.resolve()}"
+        else:
+            raise ValueError(
+                f"BESPOKE_CONTROL_STORE_URL={self.control_store_url!r}: expected "
+                f"{SQLITE_PREFIX}<path> (a SQLite file)"
+            )
         if self.mlflow_artifacts_dir is None:
             self.mlflow_artifacts_dir = self.root / "mlruns" / "artifacts"
         if self.mlflow_tracking_uri is None:
@@ -280,6 +306,7 @@ class Settings(BaseSettings):
         other process finds the generated one under the same home)."""
         names = ("root", "home", "lake_url", "datasets_dir", "mlflow_tracking_uri",
                  "mlflow_artifacts_dir", "optuna_storage_url", "online_store_url",
+                 "control_store_url",
                  "reports_dir")  # fmt: skip
         return {
             f"BESPOKE_{name.upper()}": str(value)
