@@ -277,16 +277,7 @@ class Settings(BaseSettings):
                 f"BESPOKE_ONLINE_STORE_URL={self.online_store_url!r}: expected "
                 f"{SQLITE_PREFIX}<path> (SQLite) or redis://, rediss://, unix:// (Redis)"
             )
-        if self.control_store_url is None:
-            self.control_store_url = f"{SQLITE_PREFIX}{self.home / 'online.db'}"
-        elif self.control_store_url.startswith(SQLITE_PREFIX):
-            path = Path(self.control_store_url.removeprefix(SQLITE_PREFIX)).expanduser()
-            self.control_store_url = f"{SQLITE_PREFIX}{path.resolve()}"
-        else:
-            raise ValueError(
-                f"BESPOKE_CONTROL_STORE_URL={self.control_store_url!r}: expected "
-                f"{SQLITE_PREFIX}<path> (a SQLite file)"
-            )
+        self._control_store_default()
         if self.mlflow_artifacts_dir is None:
             self.mlflow_artifacts_dir = self.root / "mlruns" / "artifacts"
         if self.mlflow_tracking_uri is None:
@@ -299,6 +290,30 @@ class Settings(BaseSettings):
         if self.reports_dir is None:
             self.reports_dir = self.root / "reports"
         return self
+
+    def _control_store_default(self) -> None:
+        """The control plane is the SQLite online store's own file (one file, as it always
+        was); beside a Redis store, a SQLite file of its own (``<home>/online.db``)."""
+        online = self.online_store_url or ""
+        if self.control_store_url is None:
+            embedded = online.startswith(SQLITE_PREFIX)
+            self.control_store_url = (
+                online if embedded else f"{SQLITE_PREFIX}{self.home / 'online.db'}"
+            )
+            return
+        if not self.control_store_url.startswith(SQLITE_PREFIX):
+            raise ValueError(
+                f"BESPOKE_CONTROL_STORE_URL={self.control_store_url!r}: expected "
+                f"{SQLITE_PREFIX}<path> (a SQLite file)"
+            )
+        path = Path(self.control_store_url.removeprefix(SQLITE_PREFIX)).expanduser()
+        self.control_store_url = f"{SQLITE_PREFIX}{path.resolve()}"
+        if online.startswith(SQLITE_PREFIX) and self.control_store_url != online:
+            raise ValueError(
+                f"BESPOKE_CONTROL_STORE_URL={self.control_store_url!r} differs from the SQLite "
+                f"online store {online!r}, which keeps the control plane in its own file: "
+                "set it only with a Redis BESPOKE_ONLINE_STORE_URL"
+            )
 
     def as_environment(self) -> dict[str, str]:
         """The ``BESPOKE_*`` variables under which another process (a service, a job, a
