@@ -22,7 +22,8 @@ events; the last time of each event type is kept whatever the cap drops.
 
 The store sits behind :class:`OnlineStore` (what the service calls); :func:`open_store`
 picks the backend from ``BESPOKE_ONLINE_STORE_URL``. SQLite (WAL) is the embedded default,
-safe for several worker processes sharing one file.
+safe for several worker processes sharing one file; Redis
+(:mod:`bespoke.serving.redis_store`) is shared by replicas on several hosts.
 """
 
 from __future__ import annotations
@@ -49,9 +50,11 @@ from bespoke.privacy.consent import ConsentLedger
 from bespoke.privacy.gate import PersonGate
 from bespoke.segments.live import Counters, LiveScorer
 from bespoke.serving.db import Database
+from bespoke.serving.redis_store import RedisStore
 from bespoke.serving.store_parts import (
     ANONYMOUS,
     ATTRIBUTES,
+    CONTROL_SCHEMA,
     EPOCH,
     FIELD,
     FLUSH_CHUNK,
@@ -87,12 +90,12 @@ from bespoke.serving.store_parts import (
     to_micros,
 )
 from bespoke.serving.webhooks import enqueue_webhook
-from bespoke.settings import SQLITE_PREFIX, Settings, get_settings
+from bespoke.settings import REDIS_SCHEMES, SQLITE_PREFIX, Settings, get_settings
 
 __all__ = [
     "ANONYMOUS", "ATTRIBUTES", "FLUSH_CHUNK", "INTERACTION_TYPES", "KEEP_FLUSHED", "MAX_BATCH",
     "RECENT_EVENTS", "USER", "AcceptResult", "FlushResult", "ItemError", "Merge",
-    "OnlineStore", "ProfileView", "RecentEvent", "RecentEvents", "SQLiteStore",
+    "OnlineStore", "ProfileView", "RecentEvent", "RecentEvents", "RedisStore", "SQLiteStore",
     "SegmentChange", "Snapshot", "flush_every", "open_store", "rejection",
 ]  # fmt: skip
 
@@ -132,13 +135,18 @@ class OnlineStore(Protocol):
 
 
 def open_store(settings: Settings | None = None) -> OnlineStore:
-    """The online store the settings name (``BESPOKE_ONLINE_STORE_URL``)."""
+    """The online store the settings name (``BESPOKE_ONLINE_STORE_URL``): SQLite, or Redis
+    with the control plane in ``BESPOKE_CONTROL_STORE_URL``'s SQLite file."""
     settings = settings or get_settings()
     url = settings.online_store_url or ""
     if url.startswith(SQLITE_PREFIX):
         return SQLiteStore(url, settings.pseudonym_key())
+    if url.startswith(REDIS_SCHEMES):
+        control = Database(settings.control_store_url or "")
+        return RedisStore(url, settings.pseudonym_key(), control=control)
     raise ValueError(
-        f"no online store backend for {url!r}; supported: {SQLITE_PREFIX}<path> (SQLite)"
+        f"BESPOKE_ONLINE_STORE_URL={url!r}: no online store backend; supported: "
+        f"{SQLITE_PREFIX}<path> (SQLite), {', '.join(REDIS_SCHEMES)} (Redis)"
     )
 
 
@@ -151,7 +159,8 @@ _ADDED_COLUMNS = {
     "profile_events": {"channel": "TEXT"},
 }
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS inbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     dataset TEXT NOT NULL,
@@ -250,29 +259,6 @@ CREATE TABLE IF NOT EXISTS person_counters (
     updated_at INTEGER NOT NULL,
     PRIMARY KEY (dataset, user_id)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS segment_changes (
-    id INTEGER PRIMARY KEY,
-    dataset TEXT NOT NULL,
-    user_id TEXT NOT NULL,
-    from_segment TEXT,
-    to_segment TEXT,
-    at INTEGER NOT NULL,
-    recorded_at INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS segment_changes_user ON segment_changes (dataset, user_id);
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY,
-    dataset TEXT NOT NULL,
-    topic TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    status TEXT NOT NULL DEFAULT 'pending',
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_at INTEGER NOT NULL,
-    last_error TEXT,
-    delivered_at INTEGER
-);
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, next_at);
 CREATE TABLE IF NOT EXISTS refused_aliases (
     dataset TEXT NOT NULL,
     anonymous_id TEXT NOT NULL,
@@ -286,8 +272,10 @@ CREATE TABLE IF NOT EXISTS attributes (
     data TEXT NOT NULL,
     updated_at INTEGER NOT NULL,
     PRIMARY KEY (dataset, user_id)
-) WITHOUT ROWID
+) WITHOUT ROWID;
 """
+    + CONTROL_SCHEMA
+)
 
 _UPSERT_PROFILE = (
     "INSERT INTO profiles (dataset, kind, subject, n_events, updated_at) VALUES (?, ?, ?, ?, ?) "

@@ -55,6 +55,35 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
+#: The tables of the control plane that the online store writes in the same transaction
+#: as the change they record (segment changes, the webhook outbox): in the SQLite
+#: store's own file, or in the control database beside a Redis store.
+CONTROL_SCHEMA = """
+CREATE TABLE IF NOT EXISTS segment_changes (
+    id INTEGER PRIMARY KEY,
+    dataset TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    from_segment TEXT,
+    to_segment TEXT,
+    at INTEGER NOT NULL,
+    recorded_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS segment_changes_user ON segment_changes (dataset, user_id);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY,
+    dataset TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at INTEGER NOT NULL,
+    last_error TEXT,
+    delivered_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, next_at)
+"""
+
 
 # --- what callers get back -----------------------------------------------------------------
 
