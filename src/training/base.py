@@ -55,6 +55,9 @@ class Recommender:
     #: Whether ``fit`` runs ``iterations`` rounds, calling the callback after each and
     #: stopping when it returns False (one-shot families call it once, at the end).
     iterative: ClassVar[bool] = False
+    #: The optional extra (``pip install 'bespoke[<extra>]'``) that ``fit`` needs, if any:
+    #: the base install scores and loads every family, but fits these only with it.
+    requires_extra: ClassVar[str | None] = None
 
     def needs_item_text(self) -> bool:
         """Whether ``fit`` takes the items' text (content models and blends with one)."""

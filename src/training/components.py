@@ -11,9 +11,10 @@ from bespoke.training.content import ContentBased
 from bespoke.training.ease import EASE
 from bespoke.training.itemknn import ItemKNN
 from bespoke.training.popularity import Popularity
+from bespoke.training.spark_als import SparkALS
 
 COMPONENTS: dict[str, type[Recommender]] = {
-    model.family: model for model in (Popularity, ItemKNN, EASE, ALS, BPR, ContentBased)
+    model.family: model for model in (Popularity, ItemKNN, EASE, ALS, BPR, ContentBased, SparkALS)
 }
 
 
