@@ -1067,7 +1067,8 @@ def _keys() -> Any:
     from bespoke.settings import get_settings
 
     settings = get_settings()
-    return ApiKeys(settings.online_store_url, audit=audit_log(settings), actor=getpass.getuser())
+    control = settings.control_store_url or ""
+    return ApiKeys(control, audit=audit_log(settings), actor=getpass.getuser())
 
 
 KeyNameOption = Annotated[str, typer.Option("--name", help="The key's name, e.g. the caller's.")]

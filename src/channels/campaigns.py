@@ -194,7 +194,7 @@ def render_campaign(
     now = now or datetime.now(UTC)
     started = time.perf_counter()
     members = segment_members(Lake(settings.lake_url or ""), dataset, segment)
-    database = Database(sqlite_path(settings.online_store_url or ""))
+    database = Database(sqlite_path(settings.control_store_url or ""))
     ledger = ConsentLedger(database)
     grants = {}
     for person in members:

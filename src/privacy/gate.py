@@ -59,7 +59,8 @@ class PersonGate:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PersonGate:
-        return cls(Database(sqlite_path(settings.online_store_url)), settings.pseudonym_key())
+        control = Database(sqlite_path(settings.control_store_url or ""))
+        return cls(control, settings.pseudonym_key())
 
     def live_reasons(self, dataset: str, events: Sequence[EventIn]) -> list[str | None]:
         """Per event: why it may not be stored (None: it may)."""

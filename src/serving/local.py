@@ -91,7 +91,7 @@ def prepare_local_home(
         # floor), where an untuned LightGBM does not and would be refused.
         train_ranker(settings, "ml-100k", objective="logistic")
     seed_online_store(settings, "ml-100k")
-    return ApiKeys(settings.online_store_url or "").create(key_name)
+    return ApiKeys(settings.control_store_url or "").create(key_name)
 
 
 def seed_online_store(settings: Settings, dataset: str, as_of: str | None = None) -> dict[str, int]:
@@ -144,7 +144,7 @@ def round_trip(
 
     from bespoke.serving.keys import ApiKeys
 
-    keys = ApiKeys(settings.online_store_url or "")
+    keys = ApiKeys(settings.control_store_url or "")
     name = f"round-trip-{uuid.uuid4().hex[:8]}"
     headers = {"X-API-Key": keys.create(name)}
     assert settings.home is not None

@@ -112,7 +112,7 @@ class Gateway:
         #: Body routes answered here, past the checks: path → a function from the body
         #: to the route's complete ASGI response (see the service's model routes).
         self.direct = dict(direct or {})
-        self.keys = ApiKeys(settings.online_store_url or "")
+        self.keys = ApiKeys(settings.control_store_url or "")
         self.verified: TTLCache = TTLCache(maxsize=1024, ttl=KEY_TTL_S)
         self.origins: TTLCache = TTLCache(maxsize=1, ttl=ORIGINS_TTL_S)
         self.limits = RateLimits()
