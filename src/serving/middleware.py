@@ -58,6 +58,7 @@ from bespoke.serving.keys import (
     KeyInfo,
 )
 from bespoke.serving.logs import access_log
+from bespoke.serving.shared_state import MemoryRequestCounts, RequestCounts, request_counts
 from bespoke.settings import Settings, get_settings
 
 #: How long a verified key is trusted without asking the store again (a revoked key stops
@@ -78,24 +79,18 @@ _ALLOWED_HEADERS = b"content-type, x-api-key, authorization, x-request-id"
 
 
 class RateLimits:
-    """Requests counted in one-minute windows per publishable key and per (key, client),
-    in this worker's memory (each worker counts its own share)."""
+    """Requests counted in one-minute windows per publishable key and per (key, client):
+    in this worker's memory (each worker counts its own share), or once across every
+    replica when ``counts`` is shared (:mod:`bespoke.serving.shared_state`)."""
 
-    def __init__(self) -> None:
-        self.counts: TTLCache = TTLCache(maxsize=200_000, ttl=120)
+    def __init__(self, counts: RequestCounts | None = None) -> None:
+        self.counts = counts if counts is not None else MemoryRequestCounts()
 
     def take(
         self, key: str, client: str, client_rate: int, key_rate: int, now: float | None = None
     ) -> float | None:
         """Count one request; the seconds to wait when it is over a limit (not counted)."""
-        now = time.time() if now is None else now
-        window = int(now // 60)
-        mine, everyone = (key, client, window), (key, window)
-        if self.counts.get(mine, 0) >= client_rate or self.counts.get(everyone, 0) >= key_rate:
-            return 60.0 - now % 60
-        self.counts[mine] = self.counts.get(mine, 0) + 1
-        self.counts[everyone] = self.counts.get(everyone, 0) + 1
-        return None
+        return self.counts.take({f"{key}\x1f{client}": client_rate, key: key_rate}, 60, now)
 
 
 class Gateway:
@@ -115,7 +110,7 @@ class Gateway:
         self.keys = ApiKeys(settings.control_store_url or "")
         self.verified: TTLCache = TTLCache(maxsize=1024, ttl=KEY_TTL_S)
         self.origins: TTLCache = TTLCache(maxsize=1, ttl=ORIGINS_TTL_S)
-        self.limits = RateLimits()
+        self.limits = RateLimits(request_counts(settings))
         self.max_body = settings.serving_max_body_bytes
         self.log = access_log() if settings.access_log else None
         self._document: bytes | None = None

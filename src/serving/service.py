@@ -324,8 +324,6 @@ def _live_scorer(settings: Any, dataset: str) -> Any:
 @bentoml.service(name="bespoke", **_SERVICE_CONFIG)
 class Personalization:
     def __init__(self) -> None:
-        from cachetools import TTLCache
-
         from bespoke.features.lake import Lake
         from bespoke.segments.live import known_segments
         from bespoke.serving.champions import (
@@ -338,6 +336,7 @@ class Personalization:
         from bespoke.serving.engine import Engine
         from bespoke.serving.logs import configure_service_logging
         from bespoke.serving.rules import SHIPPED_RULES_DIR, RulesFile
+        from bespoke.serving.shared_state import answer_cache
         from bespoke.serving.store import open_store
         from bespoke.serving.watchdog import exit_with_parent
         from bespoke.training.data import (
@@ -388,7 +387,8 @@ class Personalization:
                                                            catalog=bool(item_events)),
         )  # fmt: skip
         self.experimenter = _experimenter(settings, self.dataset, self.store, self.model_source)
-        self.cache: TTLCache = TTLCache(maxsize=50_000, ttl=60)
+        # answers by key: this worker's, or shared by every replica beside a Redis store
+        self.cache = answer_cache(settings)
         self.gate = self.store.gate()
         from bespoke.channels.inbound import load_sources
 
@@ -487,7 +487,7 @@ class Personalization:
         if ready.snapshot.version != ready.version:
             person = request.user_id or request.anonymous_id
             key = self._key(kind, person, ready.snapshot.version, request, True)
-        self.cache[key] = body
+        self.cache.set(key, body)
 
     # The model routes are coroutines that do their (short, CPU-bound) work inline on the
     # event loop, as a bare ASGI app would. As plain methods BentoML runs them in a thread
