@@ -19,6 +19,7 @@ from bespoke.privacy.requests import DeletionRequest, Deletions
 from bespoke.privacy.stores import FileStore, ModelStore, PersonStore, export_subject, registry
 from bespoke.privacy.subjects import Subject, SubjectError, resolve, resolve_all
 from bespoke.serving.db import Database
+from bespoke.serving.redis_store import RedisStore
 from bespoke.settings import Settings
 
 
@@ -41,10 +42,12 @@ class Installation:
         from bespoke.identity.vault import Vault
         from bespoke.serving.store import open_store
 
-        online = open_store(settings).database()
+        store = open_store(settings)
+        online = store.database()  # the SQLite store's file, or the control plane beside Redis
         lake = Lake(settings.lake_url)
         stores = registry(
             online=online, lake=lake, vault=Vault.from_settings(settings),
+            redis=store if isinstance(store, RedisStore) else None,
             models=ModelStore.of(settings.mlflow_artifacts_dir, bentoml_home()),
             files=[
                 FileStore("logs", [settings.home / "service.log", settings.home / "logs"],

@@ -18,12 +18,20 @@ Stores here:
   a reader sees the old file or the new one, never a half-written one.
 - **vault**: the person's data keys are destroyed (crypto-shredding) and ciphertexts
   dropped.
+- **online_redis** (the online store on Redis, when ``BESPOKE_ONLINE_STORE_URL`` names
+  one; its control plane stays in the SQL file above): every kind of key holding person
+  data (:data:`REDIS_PERSONAL`), found by the person's identifiers and the logins Redis
+  links to them; verification also reads every key and value of the dataset for their
+  identifiers, and a deletion asks Redis to rewrite its append-only file (no old copy
+  kept on its disk). **shared_answers**: the answers the replicas share in that Redis.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +40,18 @@ from typing import Any, Protocol, runtime_checkable
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import redis
 
 from bespoke.features.lake import TMP_SUFFIX, Lake
 from bespoke.features.privacy import PSEUDONYM_KINDS, Rekeying
 from bespoke.features.schema import TABLES
 from bespoke.privacy.subjects import ANONYMOUS, USER, Subject
 from bespoke.serving.db import Database
+from bespoke.serving.redis_store import RedisKeys, RedisStore
+from bespoke.serving.shared_state import RedisAnswerCache
+from bespoke.serving.store_parts import ANONYMOUS as LIVE_ANONYMOUS
+from bespoke.serving.store_parts import INBOX_FIELDS
+from bespoke.serving.store_parts import USER as LIVE_USER
 
 #: Identifiers shorter than this are not searched for as raw bytes (``"7"`` is in every
 #: file); the row-level checks cover them.
@@ -584,6 +598,265 @@ class AnswerCaches:
         return {"workers": 0}
 
 
+# --- the online store on Redis ----------------------------------------------------------
+
+#: The kinds of key of the Redis online store (:attr:`RedisKeys.PARTS`) that hold person
+#: data, and what of theirs.
+REDIS_PERSONAL: dict[str, str] = {
+    "inbox": "their events not yet dropped after the flush (pseudonyms, ids)",
+    "sent": "the sender ids of their events (dropped with the events)",
+    "events": "their profile's latest events",
+    "last": "their last time per event type",
+    "alias": "the user each of their anonymous ids became",
+    "logins": "the anonymous ids each user logged in with",
+    "refused": "refused logins (a cookie of another user)",
+    "attributes": "their attributes from the lake",
+    "identifiers": "their identifiers from the identity graph",
+    "scores": "their live segment, churn probability and value",
+    "counters": "their running counters",
+}
+#: Kinds of key of the same store that hold no person data, and why.
+REDIS_NOT_PERSONAL: dict[str, str] = {
+    "flushed": "the id of the last inbox entry in the lake",
+    "sequence": "a counter ordering profile events",
+    "flush-lock": "a running flush's lock token",
+}
+
+
+@dataclass
+class RedisOnlineStore:
+    """The online store's data in Redis (profiles, inbox, logins, scores)."""
+
+    store: RedisStore
+    name: str = "online_redis"
+
+    def covers(self) -> set[str]:
+        return {f"{self.name}:{part}" for part in REDIS_PERSONAL}
+
+    def _linked(self, subject: Subject) -> tuple[set[str], set[str]]:
+        """(user ids, anonymous ids) of the person, with the logins Redis links to them
+        (an anonymous id that became one of their users, and back)."""
+        keys, client = RedisKeys(subject.dataset), self.store.client
+        users, anons = set(subject.user_ids) | subject.ids, set(subject.anonymous_ids)
+        for cookie in sorted(anons):
+            if owner := client.get(keys.alias(cookie)):
+                users.add(owner)
+        for user in sorted(users):
+            anons |= set(client.hkeys(keys.logins(user)))
+        return users, anons
+
+    def _found(self, subject: Subject) -> dict[str, dict[str, Any]]:
+        """Per kind of key: the person's keys (or hash fields, entries) and their content."""
+        keys, client = RedisKeys(subject.dataset), self.store.client
+        users, anons = self._linked(subject)
+        everyone = users | anons
+        values: dict[str, dict[str, Any]] = {part: {} for part in REDIS_PERSONAL}
+        kinds = {column: subject.values_of(kind) for column, kind in (
+            ("email_hash", "email"), ("phone_hash", "phone"), ("device_id", "device_id"),
+            ("crm_id", "crm_id"))}  # fmt: skip
+        position = {name: 1 + i for i, name in enumerate(INBOX_FIELDS)}
+        for entry_id, row in self.store.inbox(subject.dataset):
+            mine = (row[position["user_id"]] in users or row[position["anonymous_id"]] in anons
+                    or row[position["subject"]] in everyone
+                    or any(row[position[c]] in v for c, v in kinds.items() if v))  # fmt: skip
+            if mine:
+                values["inbox"][entry_id] = dict(zip(INBOX_FIELDS, row[1:], strict=True))
+                sender = row[position["source_event_id"]]
+                if sender is not None and client.exists(keys.sent(sender)):
+                    values["sent"][keys.sent(sender)] = sender
+        for person in sorted(everyone):
+            for kind in (LIVE_USER, LIVE_ANONYMOUS):
+                if found := client.zrange(keys.events(kind, person), 0, -1, withscores=True):
+                    values["events"][keys.events(kind, person)] = found
+                if found := client.hgetall(keys.last(kind, person)):
+                    values["last"][keys.last(kind, person)] = found
+            for part, key in (("scores", keys.scores(person)), ("logins", keys.logins(person))):
+                if found := client.hgetall(key):
+                    values[part][key] = found
+            if found := client.get(keys.counters(person)):
+                values["counters"][keys.counters(person)] = found
+            for part, key in (("attributes", keys.attributes), ("identifiers", keys.identifiers)):
+                if found := client.hget(key, person):
+                    values[part][f"{key}#{person}"] = found
+        for cookie in sorted(anons):
+            if found := client.get(keys.alias(cookie)):
+                values["alias"][keys.alias(cookie)] = found
+        for index, text in enumerate(client.lrange(keys.refused, 0, -1)):
+            refusal = json.loads(text)
+            if refusal["anonymous_id"] in anons or refusal["user_id"] in users:
+                values["refused"][f"{index}"] = text
+        return values
+
+    def export(self, subject: Subject) -> dict[str, list[dict[str, Any]]]:
+        return {part: [{"key": k, "value": v} for k, v in found.items()]
+                for part, found in self._found(subject).items() if found}  # fmt: skip
+
+    def delete(self, subject: Subject) -> dict[str, int]:
+        keys, client = RedisKeys(subject.dataset), self.store.client
+        found = self._found(subject)
+        pipe = client.pipeline(transaction=True)
+        if found["inbox"]:
+            pipe.xdel(keys.inbox, *found["inbox"])
+        for part in ("sent", "events", "last", "scores", "logins", "counters", "alias"):
+            if found[part]:
+                pipe.delete(*found[part])
+        for part, key in (("attributes", keys.attributes), ("identifiers", keys.identifiers)):
+            people = [name.split("#", 1)[1] for name in found[part]]
+            if people:
+                pipe.hdel(key, *people)
+        for text in found["refused"].values():
+            pipe.lrem(keys.refused, 0, text)
+        pipe.execute()
+        # the append-only file holds the deleted values until rewritten (a rewrite already
+        # running writes the current data too)
+        with contextlib.suppress(redis.ResponseError):
+            client.bgrewriteaof()
+        return {part: len(values) for part, values in found.items()}
+
+    def verify(self, subject: Subject) -> dict[str, int]:
+        traces = {part: len(values) for part, values in self._found(subject).items()}
+        traces["keys_and_values"] = self._scan(subject)
+        return traces
+
+    def _scan(self, subject: Subject) -> int:
+        """Keys of the dataset whose name or content holds one of the person's longer
+        identifiers (the raw scan the SQLite store gets as bytes of its file)."""
+        client = self.store.client
+        needles = [i for i in subject.ids if len(i) >= MIN_SCANNED_LENGTH]
+        if not needles:
+            return 0
+        found = 0
+        for name in client.scan_iter(match=RedisKeys(subject.dataset).prefix + "*", count=1000):
+            text = name + "\n" + "\n".join(_redis_values(client, name))
+            found += any(n in text for n in needles)
+        return found
+
+    def pseudonyms(self) -> dict[str, str]:
+        found: dict[str, str] = {}
+        client = self.store.client
+        for dataset in self.store.datasets():
+            for _, row in self.store.inbox(dataset):
+                values = dict(zip(INBOX_FIELDS, row[1:], strict=True))
+                for kind in ("email", "phone", "ip"):
+                    if values[f"{kind}_hash"] is not None:
+                        found[values[f"{kind}_hash"]] = kind
+            for text in client.hvals(RedisKeys(dataset).identifiers):
+                for kind, value, *_ in json.loads(text):
+                    if kind in PSEUDONYM_KINDS:
+                        found[value] = kind
+        return found
+
+    def rekey(self, rekeying: Rekeying) -> dict[str, int]:
+        """Every key's name and content re-keyed (a person named after a pseudonym has
+        keys named after it); the inbox stream rebuilt with the same entry ids."""
+        client = self.store.client
+        changed: dict[str, int] = defaultdict(int)
+        for dataset in self.store.datasets():
+            for name in list(client.scan_iter(match=RedisKeys(dataset).prefix + "*", count=1000)):
+                if _rekey_key(client, name, rekeying):
+                    changed[RedisKeys.part(name) or "other"] += 1
+        return dict(changed)
+
+
+def _redis_values(client: Any, name: str) -> list[str]:
+    """Everything a key holds, as text, whatever its type."""
+    kind = client.type(name)
+    if kind == "string":
+        return [client.get(name) or ""]
+    if kind == "hash":
+        return [text for pair in client.hgetall(name).items() for text in pair]
+    if kind == "list":
+        return client.lrange(name, 0, -1)
+    if kind == "set":
+        return sorted(client.smembers(name))
+    if kind == "zset":
+        return client.zrange(name, 0, -1)
+    if kind == "stream":
+        return [t for _, fields in client.xrange(name) for pair in fields.items() for t in pair]
+    return []
+
+
+def _rekey_key(client: Any, name: str, rekeying: Rekeying) -> bool:
+    """Re-key one key's name and content in one transaction; whether anything changed."""
+    new_name = rekeying.text(name)
+    kind = client.type(name)
+    pipe = client.pipeline(transaction=True)
+    if kind == "string":
+        value = client.get(name)
+        new, moved = rekeying.text(value), rekeying.text(value) != value
+        pipe.delete(name)
+        pipe.set(new_name, new)
+    elif kind == "hash":
+        fields = client.hgetall(name)
+        new = {rekeying.text(k): rekeying.text(v) for k, v in fields.items()}
+        moved = new != fields
+        pipe.delete(name)
+        pipe.hset(new_name, mapping=new)
+    elif kind == "list":
+        items = client.lrange(name, 0, -1)
+        new = [rekeying.text(v) for v in items]
+        moved = new != items
+        pipe.delete(name)
+        pipe.rpush(new_name, *new)
+    elif kind == "set":
+        members = client.smembers(name)
+        new = {rekeying.text(v) for v in members}
+        moved = new != members
+        pipe.delete(name)
+        pipe.sadd(new_name, *new)
+    elif kind == "zset":
+        scored = client.zrange(name, 0, -1, withscores=True)
+        new = {rekeying.text(m): score for m, score in scored}
+        moved = set(new) != {m for m, _ in scored}
+        pipe.delete(name)
+        pipe.zadd(new_name, new)
+    elif kind == "stream":
+        entries = client.xrange(name)
+        new = [(entry_id, {k: rekeying.text(v) for k, v in fields.items()})
+               for entry_id, fields in entries]  # fmt: skip
+        moved = new != entries
+        if not moved and new_name == name:
+            return False
+        pipe.delete(name)
+        for entry_id, fields in new:  # the same ids: the flush's watermark still holds
+            pipe.xadd(new_name, fields, id=entry_id)
+    else:
+        return False
+    if not moved and new_name == name:
+        pipe.reset()
+        return False
+    pipe.execute()
+    return True
+
+
+@dataclass
+class SharedAnswerCache:
+    """The answers service replicas share in Redis (beside a Redis online store): a
+    deletion drops them all, as every worker drops its own (:class:`AnswerCaches`), and
+    its verification searches what is cached meanwhile for the person's identifiers."""
+
+    cache: RedisAnswerCache
+    name: str = "shared_answers"
+
+    def covers(self) -> set[str]:
+        return {f"{self.name}:entries"}
+
+    def export(self, subject: Subject) -> dict[str, list[dict[str, Any]]]:
+        return {}  # copies of answers computed from the other stores, which export them
+
+    def delete(self, subject: Subject) -> dict[str, int]:
+        naming = self.cache.naming(subject.ids)
+        self.cache.clear()
+        return {"entries": naming}
+
+    def verify(self, subject: Subject) -> dict[str, int]:
+        return {"entries": self.cache.naming(subject.ids)}
+
+    def rekey(self, rekeying: Rekeying) -> dict[str, int]:
+        self.cache.clear()  # computed under the old pseudonyms
+        return {}
+
+
 # --- models that embed histories ----------------------------------------------------------
 
 #: The files of a logged model that hold people, by what they are.
@@ -979,13 +1252,18 @@ def registry(
     vault: Any | None,
     models: ModelStore | None = None,
     files: Iterable[FileStore] = (),
+    redis: RedisStore | None = None,
 ) -> list[PersonStore]:
-    """Every store holding person data that this installation has."""
+    """Every store holding person data that this installation has (``online``: the
+    SQLite online store's file, or the control database beside a ``redis`` one)."""
     stores: list[PersonStore] = []
     if online is not None:
         stores.append(OnlineStore(online))
         stores.append(AnswerCaches(online))
         stores.append(CampaignFiles(online))
+    if redis is not None:
+        stores.append(RedisOnlineStore(redis))
+        stores.append(SharedAnswerCache(RedisAnswerCache(redis.url)))
     if lake is not None:
         stores.append(LakeStore(lake))
     if vault is not None:
