@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bespoke.channels.campaigns import CampaignSends
 from bespoke.experiments.ledger import ExperimentLedger
+from bespoke.features.lake import Lake
 from bespoke.features.schema import TABLES, EventIn
 from bespoke.identity.vault import Vault
 from bespoke.privacy.consent import ConsentLedger
@@ -22,11 +23,17 @@ from bespoke.privacy.stores import (
     LAKE_TABLES,
     ONLINE_NOT_PERSONAL,
     ONLINE_TABLES,
+    REDIS_NOT_PERSONAL,
+    REDIS_PERSONAL,
     OnlineStore,
+    RedisOnlineStore,
     VaultStore,
 )
+from bespoke.privacy.subjects import Subject
 from bespoke.privacy.suppression import SuppressionList
+from bespoke.serving.db import Database
 from bespoke.serving.keys import ApiKeys
+from bespoke.serving.redis_store import DATASETS_KEY, RedisKeys, RedisStore
 from bespoke.serving.store import SQLiteStore
 from bespoke.serving.webhooks import queue_abandoned_carts
 from bespoke.settings import get_settings
@@ -106,3 +113,36 @@ def test_every_vault_table_is_handled(tmp_path: Path, isolated_settings: Path) -
                 r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")
             }
     assert {f"vault:{t}" for t in found} == VaultStore(vault).covers()
+
+
+def test_every_redis_key_is_handled_or_declared_free_of_person_data(
+    empty_redis: str, tmp_path: Path, key: bytes
+) -> None:
+    """Every kind of key the Redis online store writes has a handler or a reason; the
+    keys a real store writes (logins, a refused one, sender ids, a flush) are all known."""
+    assert set(REDIS_PERSONAL) | set(REDIS_NOT_PERSONAL) == set(RedisKeys.PARTS)
+    assert not set(REDIS_PERSONAL) & set(REDIS_NOT_PERSONAL)
+    store = RedisStore(empty_redis, key, control=Database(tmp_path / "control.db"))
+    events = [{"anonymous_id": "cookie-0001", "event_type": "view", "item_id": "1"},
+              {"user_id": "user-0001", "anonymous_id": "cookie-0001", "event_type": "identify"},
+              {"user_id": "user-0002", "anonymous_id": "cookie-0001", "event_type": "identify"},
+              {"user_id": "user-0001", "event_type": "view", "item_id": "2", "source_event_id": "s1",
+               "email": "ann@example.com"}]  # fmt: skip
+    for one in events:  # one request each: the second login with the cookie is refused
+        store.accept_events([EventIn.model_validate(
+            one | {"consent": ["personalization"], "timestamp": datetime(2026, 12, 1, tzinfo=UTC)}
+        )], "ml-100k")  # fmt: skip
+    store.flush(Lake(str(tmp_path / "lake")))
+    parts = {RedisKeys.part(k) for k in store.client.scan_iter() if k != DATASETS_KEY}
+    assert None not in parts, "a key of no known kind"
+    assert {"inbox", "sent", "events", "last", "alias", "logins", "refused"} <= parts
+    assert RedisOnlineStore(store).covers() == {f"online_redis:{p}" for p in REDIS_PERSONAL}
+    # erased: nothing of user-0001 nor of the cookie that became theirs is left anywhere
+    # (the other user's refused login with that cookie included)
+    handler = RedisOnlineStore(store)
+    subject = Subject("ml-100k", user_ids=frozenset({"user-0001"}))
+    assert handler.verify(subject)["keys_and_values"] > 0
+    removed = handler.delete(subject)
+    assert removed["inbox"] == 4 and removed["alias"] == 1 and removed["refused"] == 1
+    assert not any(handler.verify(subject).values())
+    assert store.profile("user-0002", "ml-100k").known  # the other user of the shared device stays
