@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from bespoke.features.privacy import Rekeying, pseudonym, rekeyed
-from bespoke.features.schema import person_id_of
+from bespoke.features.schema import EventIn, person_id_of
 from bespoke.privacy.installation import Installation
 from bespoke.privacy.rotation import rekeying_for
 from bespoke.settings import PseudonymKey, get_settings
@@ -82,3 +82,30 @@ def test_every_registered_store_can_be_rekeyed(isolated_settings: Path) -> None:
     for store in place.stores:
         changed = store.rekey(nothing)
         assert all(n == 0 for n in changed.values()), (store.name, changed)
+
+
+def test_the_redis_online_store_is_registered_and_rekeyed(
+    isolated_settings: Path, empty_redis: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beside a Redis online store the registry holds it and the shared answers; a
+    rotation re-keys the pseudonyms in its keys' names and values, once."""
+    monkeypatch.setenv("BESPOKE_ONLINE_STORE_URL", empty_redis)
+    get_settings.cache_clear()
+    place = Installation.from_settings(get_settings())
+    names = {store.name for store in place.stores}
+    assert {"online", "online_redis", "shared_answers", "lake"} <= names
+    online = next(s for s in place.stores if s.name == "online_redis")
+    # a person known only by e-mail is keyed by its pseudonym (as ingestion keys them)
+    event = EventIn.model_validate({"email": "ada@example.org", "anonymous_id": "c-1", "event_type": "view",
+                                    "item_id": "1", "consent": ["personalization"]})  # fmt: skip
+    online.store.accept_events([event], "shop")
+    old = pseudonym(get_settings().pseudonym_key(), "email", "ada@example.org")
+    assert online.pseudonyms() == {old: "email"}
+    for store in place.stores:
+        assert all(n == 0 for n in store.rekey(Rekeying({})).values()), store.name
+    rekeying = rekeying_for(online.pseudonyms(), K2)
+    assert sum(online.rekey(rekeying).values()) >= 3  # inbox, events, last
+    new = rekeyed(K2, old)
+    assert online.pseudonyms() == {new: "email"}
+    assert online.store.profile(new, "shop").known and not online.store.profile(old, "shop").known
+    assert sum(online.rekey(rekeying).values()) == 0
