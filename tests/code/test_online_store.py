@@ -370,6 +370,29 @@ def test_the_ranker_profile_holds_interactions_oldest_first(store: Store) -> Non
     assert store.as_profile("nobody", "shop").items == []
 
 
+def test_a_login_joins_the_visitors_history_once_and_a_shared_cookie_is_refused(
+    store: Store,
+) -> None:
+    store.accept_events([event(0, user_id=None, anonymous_id="c1"),
+                         event(1, user_id=None, anonymous_id="c1")], "shop")  # fmt: skip
+    before = store.version("u1", "shop")
+    login = store.accept_events([event(2, anonymous_id="c1", event_type="identify")], "shop")
+    assert [(m.status, m.events_moved) for m in login.merges] == [("merged", 2)]
+    assert store.version("u1", "shop") != before  # no cached answer outlives a login
+    assert [e.item_id for e in store.profile("u1", "shop").recent] == ["i2", "i1", "i0"]
+    view = store.profile("c1", "shop", anonymous=True)
+    assert view.merged_into == "u1" and len(view.recent) == 3
+    later = store.accept_events([event(3, user_id=None, anonymous_id="c1")], "shop")
+    assert later.merges == [] and len(store.snapshot("u1", "shop").events) == 4
+    again = store.accept_events([event(4, anonymous_id="c1")], "shop")
+    assert [m.status for m in again.merges] == ["already"]
+    shared = store.accept_events([event(5, user_id="u2", anonymous_id="c1")], "shop")
+    assert [m.status for m in shared.merges] == ["refused"]
+    assert "already belongs to user u1" in (shared.merges[0].reason or "")
+    assert [e.item_id for e in store.profile("u2", "shop").recent] == ["i5"]
+    assert {"type": "anonymous_id", "id": "c1"} in store.profile("u1", "shop").identifiers
+
+
 # --- several worker processes ---------------------------------------------------------------
 
 
