@@ -57,7 +57,8 @@ bento: setup  ## build the service's Bento offline (bentofile.yaml), into the Be
 test: SYNC_EXTRAS = --all-extras
 test: setup  ## run the tests (code, data, browser, notebooks)
 	@scripts/test-system-packages
-	@$(UV) run --locked pytest -n $(PYTEST_WORKERS) --nbmake tests notebooks
+# --dist loadgroup: the tests marked xdist_group("spark") run on one worker, one JVM.
+	@$(UV) run --locked pytest -n $(PYTEST_WORKERS) --dist loadgroup --nbmake tests notebooks
 
 lint: setup  ## ruff lint and format check
 	@$(UV) run --locked ruff check .

@@ -284,3 +284,48 @@ def prepared_service_home(
     shared.mkdir(exist_ok=True)
     home = _prepared_home(shared, datasets_dir)
     return home, (shared / _KEY_FILE).read_text()
+
+
+# --- a private PostgreSQL server (shared tuning studies, MLflow tracking) ----------------
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A private PostgreSQL cluster for the test session (one per xdist worker), stopped
+    and removed at its end; a test creates the fresh databases it needs. Skipped, saying
+    why, where Debian's postgresql or the ``postgres`` extra's driver is missing."""
+    if postgres_binaries() is None:
+        pytest.skip(
+            "PostgreSQL's initdb is not installed: install Debian's postgresql "
+            "(scripts/test-system-packages does it where it runs as root with apt-get)"
+        )
+    pytest.importorskip(
+        "psycopg2", reason="psycopg2 (the `postgres` extra) is missing: `make test` syncs it"
+    )
+    server = start_postgres(databases=())
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[Any]:
+    """One local Spark session for the test process (a start costs seconds): the batch
+    engine's parity tests and the Spark families use it. Skipped, saying why, without
+    pyspark or Java. Tests using it carry ``xdist_group("spark")`` so that one worker
+    runs them all and one JVM starts."""
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("pyspark") is None:
+        pytest.skip("pyspark is not installed: it is the `spark` extra, which `make test` "
+                    "installs (uv sync --all-extras)")  # fmt: skip
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        pytest.skip("java is not installed: Spark needs Java 17; install "
+                    "openjdk-17-jre-headless; scripts/test-system-packages does it")  # fmt: skip
+    from bespoke.engine.engines import spark_session
+
+    session = spark_session("local[2]")
+    yield session
+    session.stop()

@@ -74,8 +74,9 @@ def _strongest_identifier_sql() -> str:
     return f"CASE {cases} END"
 
 
-#: The latest snapshot of each dataset's identity graph.
-_LATEST_GRAPH = "SELECT * FROM {raw} QUALIFY built_at = max(built_at) OVER (PARTITION BY dataset)"
+#: The latest snapshot of each dataset's identity graph. (The views are written without
+#: DuckDB's QUALIFY so that bespoke.engine can run them on Spark unchanged.)
+_LATEST_GRAPH = "SELECT * EXCLUDE (_latest) FROM (SELECT *, max(built_at) OVER (PARTITION BY dataset) AS _latest FROM {raw}) WHERE built_at = _latest"
 #: Events with the person they belong to: that of their strongest identifier in the
 #: identity graph, or, for an identifier no graph has seen yet, the person it would name
 #: alone (``bespoke.features.schema.person_id_of`` in SQL).
@@ -112,7 +113,7 @@ _VIEWS = {
     "identity_links": "SELECT * FROM {raw}",
     # A person's latest assignment, and every assignment with the time the next one
     # replaced it (valid_to; open while none has).
-    "segments": "SELECT * FROM {raw} QUALIFY valid_from = max(valid_from) OVER (PARTITION BY dataset, person)",
+    "segments": "SELECT * EXCLUDE (_latest) FROM (SELECT *, max(valid_from) OVER (PARTITION BY dataset, person) AS _latest FROM {raw}) WHERE valid_from = _latest",
     "segments_history": "SELECT *, lead(valid_from) OVER (PARTITION BY dataset, person ORDER BY valid_from) AS valid_to FROM {raw}",
     "users": _LATEST.replace("{key}", "user_id"),
     "users_history": "SELECT * FROM {raw}",
@@ -120,7 +121,7 @@ _VIEWS = {
     "items_history": "SELECT * FROM {raw}",
     "quarantine": "SELECT * FROM {raw}",
     # A re-sent flush writes an exposure again: the earliest copy counts.
-    "exposures": "SELECT * FROM {raw} QUALIFY row_number() OVER (PARTITION BY dataset, exposure_id ORDER BY exposed_at, written_at) = 1",
+    "exposures": "SELECT * EXCLUDE (_rank) FROM (SELECT *, row_number() OVER (PARTITION BY dataset, exposure_id ORDER BY exposed_at, written_at) AS _rank FROM {raw}) WHERE _rank = 1",
 }
 _VIEW_TABLE = {
     "events": "events",
@@ -136,6 +137,17 @@ _VIEW_TABLE = {
     "quarantine": "quarantine",
     "exposures": "exposures",
 }
+
+
+def view_definitions(*, withheld: bool = False) -> dict[str, str]:
+    """The lake's views as SQL (DuckDB's dialect) over ``_raw_<table>`` relations of each
+    table's Parquet files, in creation order; with ``withheld``, ``events`` also leaves out
+    the people of a ``_withheld`` relation (see :attr:`Lake.withheld`). DuckDB runs them
+    as they are; :mod:`bespoke.engine` transpiles them for Spark."""
+    views = {view: sql.format(raw=f"_raw_{_VIEW_TABLE[view]}") for view, sql in _VIEWS.items()}
+    if withheld:
+        views["events"] = f"SELECT * FROM ({views['events']}) {_NOT_WITHHELD}"
+    return views
 
 
 _RUN_COLUMNS = ["run_id", "dataset", "source", "started_at", "finished_at"]
@@ -232,17 +244,11 @@ class Lake:
                 )
             else:
                 con.execute(f"CREATE OR REPLACE VIEW {raw} AS SELECT * FROM _empty_{table}")
-        for view, sql in _VIEWS.items():
-            con.execute(
-                f"CREATE OR REPLACE VIEW {view} AS " + sql.format(raw=f"_raw_{_VIEW_TABLE[view]}")
-            )
-        if self.withheld is not None and self.withheld.num_rows:
+        withheld = self.withheld is not None and self.withheld.num_rows > 0
+        if withheld:
             con.register("_withheld", self.withheld)
-            con.execute(
-                "CREATE OR REPLACE VIEW events AS SELECT * FROM ("
-                + _EVENTS.format(raw="_raw_events")
-                + f") {_NOT_WITHHELD}"
-            )
+        for view, sql in view_definitions(withheld=withheld).items():
+            con.execute(f"CREATE OR REPLACE VIEW {view} AS {sql}")
         runs = pa.Table.from_pylist(
             [
                 {**{k: run.get(k) for k in _RUN_COLUMNS}, "manifest": json.dumps(run, default=str)}

@@ -20,6 +20,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from bespoke.engine.engines import BatchEngine, DuckDBEngine
 from bespoke.features.lake import Lake
 
 #: Activity windows, in days before the as-of time.
@@ -28,19 +29,30 @@ PERSON_WINDOWS_DAYS = (30, 90, 180)
 ORDER_TYPES = (("purchase",), ("rate", "like", "click", "view"))
 
 
-def load_person_events(lake: Lake | duckdb.DuckDBPyConnection, dataset: str) -> pd.DataFrame:
+#: A dataset's events keyed on the person: one query for both batch engines.
+PERSON_EVENTS_SQL = (
+    "SELECT coalesce(p.user_id, e.user_id, e.person_id) AS person, e.timestamp, "
+    "e.event_type, e.value, e.quantity, e.channel, e.device "
+    "FROM events e LEFT JOIN persons p USING (dataset, person_id) "
+    "WHERE e.dataset = ? ORDER BY e.timestamp, e.event_id"
+)
+
+
+def load_person_events(
+    lake: Lake | duckdb.DuckDBPyConnection | BatchEngine, dataset: str
+) -> pd.DataFrame:
     """The dataset's events keyed on the person (their user id when they have one, else
     their ``person_id``; see the identity graph), with ``timestamp``, ``event_type``,
-    ``value``, ``quantity``, ``channel`` and ``device``. Refuses a dataset without
-    timestamps: point-in-time features need them."""
-    con = lake.connect() if isinstance(lake, Lake) else lake
-    frame = con.execute(
-        "SELECT coalesce(p.user_id, e.user_id, e.person_id) AS person, e.timestamp, "
-        "e.event_type, e.value, e.quantity, e.channel, e.device "
-        "FROM events e LEFT JOIN persons p USING (dataset, person_id) "
-        "WHERE e.dataset = ? ORDER BY e.timestamp, e.event_id",
-        [dataset],
-    ).df()
+    ``value``, ``quantity``, ``channel`` and ``device``, read by a batch engine (a lake or
+    a DuckDB connection: DuckDB). Refuses a dataset without timestamps: point-in-time
+    features need them."""
+    if isinstance(lake, Lake):
+        engine: BatchEngine = DuckDBEngine(lake)
+    elif isinstance(lake, duckdb.DuckDBPyConnection):
+        engine = DuckDBEngine(con=lake)
+    else:
+        engine = lake
+    frame = engine.frame(PERSON_EVENTS_SQL, [dataset])
     if frame.empty:
         where = lake.url if isinstance(lake, Lake) else "the lake"
         raise ValueError(f"dataset {dataset!r} has no events in {where}")
@@ -130,3 +142,113 @@ def person_features(
             out = out.join(shares, how="left")
     out.index.name = "person"
     return out
+
+
+#: Days between two moments, as the frame version computes them (exact, in microseconds).
+#: (Cast first: Spark reads a literal like ``86400000000.0`` as a decimal, not a double.)
+_DAYS = "CAST(date_diff('microsecond', {start}, {end}) AS DOUBLE) / 86400000000"
+
+
+def person_features_sql(
+    events: str,
+    types: Sequence[str] | None,
+    windows_days: Sequence[int],
+    shares: dict[str, list[str]],
+) -> str:
+    """:func:`person_features` as one SQL query (DuckDB's dialect; ``bespoke.engine`` runs it
+    on Spark too) over ``events`` (a relation shaped like :data:`PERSON_EVENTS_SQL`'s rows),
+    with parameters ``$cut`` (and ``$types`` when ``types`` is not None). ``shares``: the
+    values of ``channel``/``device`` to give a share column each."""
+    chosen = "list_contains($types, event_type)" if types is not None else "true"
+    windows = "".join(
+        f", CAST(count(*) FILTER (WHERE day > $cut - INTERVAL {days} DAY) AS DOUBLE) AS orders_{days}d"
+        f", coalesce(sum(value) FILTER (WHERE day > $cut - INTERVAL {days} DAY), 0.0) AS value_{days}d"
+        for days in windows_days
+    )
+    share_columns = "".join(
+        f', s.{column}_share_{index} AS "{column}_share_{value}"'
+        for column, values in shares.items()
+        for index, value in enumerate(values)
+    )
+    share_sums = ", ".join(
+        f"avg(CASE WHEN coalesce({column}, 'unknown') = '{value.replace(chr(39), chr(39) * 2)}' "
+        f"THEN CAST(1 AS DOUBLE) ELSE 0 END) AS {column}_share_{index}"
+        for column, values in shares.items()
+        for index, value in enumerate(values)
+    )
+    shares_join = (
+        f"LEFT JOIN (SELECT person, {share_sums} FROM past GROUP BY person) s USING (person)"
+        if share_sums
+        else ""
+    )
+    return f"""
+WITH past AS (SELECT * FROM ({events}) WHERE timestamp <= $cut),
+orders AS (
+    SELECT person, date_trunc('day', timestamp) AS day, sum(coalesce(value, 0.0)) AS value,
+           sum(coalesce(quantity, 1)) AS quantity
+    FROM past WHERE {chosen} GROUP BY person, date_trunc('day', timestamp)
+),
+ranked AS (
+    SELECT *, {_DAYS.format(start="lag(day) OVER (PARTITION BY person ORDER BY day)", end="day")} AS gap,
+           row_number() OVER (PARTITION BY person ORDER BY day) AS n_asc,
+           row_number() OVER (PARTITION BY person ORDER BY day DESC) AS n_desc
+    FROM orders
+),
+people AS (
+    SELECT person,
+           {_DAYS.format(start="max(day)", end="$cut")} AS recency_days,
+           {_DAYS.format(start="min(day)", end="$cut")} AS tenure_days,
+           CAST(count(*) AS DOUBLE) AS orders,
+           CAST(count(*) - 1 AS DOUBLE) AS repeat_orders,
+           sum(value) AS monetary_total,
+           sum(value) / count(*) AS average_order_value,
+           max(CASE WHEN n_asc = 1 THEN value END) AS first_order_value,
+           max(CASE WHEN n_desc = 1 THEN value END) AS last_order_value,
+           sum(quantity) / count(*) AS items_per_order,
+           avg(gap) AS gap_mean_days,
+           stddev_samp(gap) AS gap_std_days,
+           max(CASE WHEN n_desc = 1 THEN gap END) AS gap_last_days
+           {windows}
+    FROM ranked GROUP BY person
+)
+SELECT p.person, recency_days, tenure_days, orders, repeat_orders, monetary_total,
+       average_order_value, first_order_value, last_order_value, items_per_order,
+       gap_mean_days, gap_std_days, gap_last_days,
+       recency_days / gap_mean_days AS overdue, orders / (tenure_days / 30 + 1) AS orders_per_30_days
+       {"".join(f", orders_{d}d, value_{d}d" for d in windows_days)}
+       {share_columns}
+FROM people p {shares_join}
+ORDER BY p.person
+"""
+
+
+def build_person_features(
+    engine: BatchEngine,
+    dataset: str,
+    as_of: str | pd.Timestamp,
+    windows_days: Sequence[int] = PERSON_WINDOWS_DAYS,
+) -> pd.DataFrame:
+    """:func:`person_features` of the dataset's people computed by a batch engine where the
+    events are (DuckDB or Spark), without loading the events: the same columns and values
+    (to rounding of sums)."""
+    cut = pd.Timestamp(as_of)
+    cut = cut.tz_localize("UTC") if cut.tzinfo is None else cut.tz_convert("UTC")
+    events = PERSON_EVENTS_SQL.replace("WHERE e.dataset = ? ORDER BY e.timestamp, e.event_id",
+                                       "WHERE e.dataset = $dataset")  # fmt: skip
+    seen = engine.frame(
+        f"SELECT DISTINCT event_type, channel, device FROM ({events}) WHERE timestamp <= $cut",
+        {"dataset": dataset, "cut": cut},
+    )
+    if seen.empty:
+        raise ValueError(f"no events at or before {cut.isoformat()}")
+    types = order_types(seen["event_type"].unique())
+    shares = {
+        column: sorted(seen[column].fillna("unknown").unique())
+        for column in ("channel", "device")
+        if seen[column].notna().any()
+    }
+    params: dict[str, object] = {"dataset": dataset, "cut": cut}
+    if types is not None:
+        params["types"] = list(types)
+    out = engine.frame(person_features_sql(events, types, windows_days, shares), params)
+    return out.set_index("person")

@@ -15,13 +15,14 @@ import pandas as pd
 import pyarrow as pa
 from sklearn.metrics import roc_auc_score
 
+from bespoke.engine.engines import open_engine
 from bespoke.features.collect import new_run_id
 from bespoke.features.lake import Lake
 from bespoke.features.schema import SEGMENT_SCHEMA
 from bespoke.privacy.gate import consented_lake
 from bespoke.segments.behaviour import Segmenter
 from bespoke.segments.churn import ChurnModel, ValueModel, baseline_value, person_rows, recipe
-from bespoke.segments.features import load_person_events, person_features
+from bespoke.segments.features import build_person_features, load_person_events
 from bespoke.segments.pyfunc import ENTRY_POINT, signature
 from bespoke.segments.rules import load_rule_segments, rule_memberships
 from bespoke.settings import Settings
@@ -123,17 +124,17 @@ def train_segments(
     :data:`MIN_STABILITY` (an unstable refit would relabel people at random)."""
     rules = load_rule_segments(rules_path) if rules_path else []
     lake = consented_lake(settings)  # who withdrew personalization is left out
-    events = load_person_events(lake, dataset)
+    engine = open_engine(settings, lake)  # DuckDB, or Spark (BESPOKE_ENGINE)
     moment = pd.Timestamp(as_of)
     moment = moment.tz_localize("UTC") if moment.tzinfo is None else moment.tz_convert("UTC")
-    features = person_features(events, moment)
+    features = build_person_features(engine, dataset, moment)
     registry = Registry.of(settings)
     previous = champion_segmenter(settings, dataset)
     model = Segmenter(k_range=k_range).fit(features, previous=previous)
-    attributes = lake.connect().execute(
+    attributes = engine.frame(
         "SELECT user_id, * EXCLUDE (user_id, dataset, imputed, run_id, ingested_at) FROM users "
         "WHERE dataset = ?", [dataset]
-    ).df().set_index("user_id")  # fmt: skip
+    ).set_index("user_id")  # fmt: skip
     members = rule_memberships(rules, features, attributes) if rules else pd.Series(
         [[] for _ in range(len(features))], index=features.index
     )  # fmt: skip
@@ -155,7 +156,7 @@ def train_segments(
                 "segments", dataset, ENTRY_POINT, {ARTIFACTS["segments"]: str(folder)},
                 signature("segments", list(model.features)), example,
                 held_out=model.stability_, trained_on=ALL_DATA,
-                data_fingerprint=_fingerprint(events, moment),
+                data_fingerprint=_features_fingerprint(features),
             )  # fmt: skip
         promoted = previous is None or model.stability_ >= MIN_STABILITY
         decision = (
@@ -298,7 +299,8 @@ def train_churn(
         raise ValueError(f"the horizon must be a positive number of days, got {horizon_days}")
     moment = pd.Timestamp(as_of)
     moment = moment.tz_localize("UTC") if moment.tzinfo is None else moment.tz_convert("UTC")
-    events = load_person_events(consented_lake(settings), dataset)
+    lake = consented_lake(settings)
+    events = load_person_events(open_engine(settings, lake), dataset)
     cuts = training_cuts(moment, horizon_days)
     first_event = pd.to_datetime(events["timestamp"], utc=True).min()
     if cuts[0] <= first_event:
@@ -382,6 +384,13 @@ def train_churn(
         cuts=[str(c.date()) for c in cuts], train_rows=len(every), churn=results["churn"],
         clv=results["clv"], params={"churn": params, "clv": value_params}, run_id=run_id,
     )  # fmt: skip
+
+
+def _features_fingerprint(features: pd.DataFrame) -> str:
+    """A digest of the person features a model was fitted on, the same whichever engine
+    computed them (rounded below the last bits where the engines' sums may differ)."""
+    digest = pd.util.hash_pandas_object(features.round(9), index=True)
+    return hashlib.sha256(digest.to_numpy().tobytes()).hexdigest()[:16]
 
 
 def _fingerprint(events: pd.DataFrame, moment: pd.Timestamp) -> str:

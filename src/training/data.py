@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from bespoke.engine.engines import BatchEngine, DuckDBEngine
 from bespoke.features.lake import Lake
 from bespoke.features.schema import EventType
 
@@ -129,23 +130,28 @@ def _index_of(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     return lookup.get_indexer(wanted).astype(np.int64)
 
 
+#: The training set's rows: one query for both batch engines (bespoke.engine).
+INTERACTIONS_SQL = (
+    "SELECT coalesce(p.user_id, e.user_id, e.person_id) AS user_id, e.item_id, e.value, "
+    "e.timestamp FROM events e LEFT JOIN persons p USING (dataset, person_id) "
+    "WHERE e.dataset = ? AND e.item_id IS NOT NULL AND e.person_id IS NOT NULL "
+    "AND list_contains(?, e.event_type) ORDER BY e.timestamp NULLS FIRST, e.event_id"
+)
+
+
 def load_interactions(
     lake: Lake,
     dataset: str,
     event_types: tuple[str, ...] = tuple(e.value for e in POSITIVE_EVENT_TYPES),
+    *,
+    engine: BatchEngine | None = None,
 ) -> Interactions:
     """The dataset's positive interactions (events with an item), one row per event, keyed
     on the person (identity graph): the person's user id when they have one — so an
     anonymous visit stitched to a logged-in person counts as theirs — else their
-    ``person_id``."""
-    con = lake.connect()
-    frame = con.execute(
-        "SELECT coalesce(p.user_id, e.user_id, e.person_id) AS user_id, e.item_id, e.value, "
-        "e.timestamp FROM events e LEFT JOIN persons p USING (dataset, person_id) "
-        "WHERE e.dataset = ? AND e.item_id IS NOT NULL AND e.person_id IS NOT NULL "
-        "AND list_contains(?, e.event_type) ORDER BY e.timestamp NULLS FIRST, e.event_id",
-        [dataset, list(event_types)],
-    ).df()
+    ``person_id``. ``engine`` runs the query (default: DuckDB over ``lake``)."""
+    engine = engine or DuckDBEngine(lake)
+    frame = engine.frame(INTERACTIONS_SQL, [dataset, list(event_types)])
     if frame.empty:
         raise ValueError(
             f"dataset {dataset!r} has no interactions of types {list(event_types)} in {lake.url}"

@@ -16,68 +16,20 @@ MLlib's ``regParam``, so its good values differ from the ``als`` family's.
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from bespoke.settings import Settings, get_settings
+from bespoke.engine.engines import spark_session
+from bespoke.settings import get_settings
 from bespoke.training.base import FitCallback, Recommender
 from bespoke.training.data import Interactions
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
-
-#: Where Spark runs when the settings do not say (the batch engine's ``spark_master``
-#: setting, once it exists): two local cores, what CI and a laptop have.
-DEFAULT_MASTER = "local[2]"
-
-
-def spark_session(settings: Settings) -> SparkSession:
-    """The process's Spark session (started on first use, then shared): the settings'
-    ``spark_master`` or local mode, no web UI, UTC, few shuffle partitions, quiet logs.
-
-    Fails with what to install when pyspark or Java is missing.
-    """
-    try:
-        from pyspark.sql import SparkSession
-    except ImportError:
-        raise RuntimeError(
-            "the spark-als family needs pyspark: install the `spark` extra "
-            "(pip install 'bespoke[spark]')"
-        ) from None
-    if SparkSession.getActiveSession() is None and not _java_found():
-        raise RuntimeError(
-            "Spark needs Java 17 or later and finds none (no JAVA_HOME, no `java` on PATH): "
-            "install openjdk-17-jre-headless (scripts/test-system-packages does it)"
-        )
-    master = getattr(settings, "spark_master", None) or DEFAULT_MASTER
-    session = (
-        SparkSession.builder.master(master)
-        .appName("bespoke")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.sql.shuffle.partitions", "4")
-        .config("spark.default.parallelism", "4")
-        .config("spark.driver.memory", "1g")
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .getOrCreate()
-    )
-    session.sparkContext.setLogLevel("ERROR")
-    return session
-
-
-def _java_found() -> bool:
-    """Whether Spark's launcher will find a ``java``: JAVA_HOME's (what it prefers; the
-    JVM's own variable, not a bespoke setting) or one on PATH."""
-    home = os.environ.get("JAVA_HOME")
-    return bool(home and (Path(home) / "bin" / "java").exists()) or shutil.which("java") is not None
+    from pyspark.sql import DataFrame
 
 
 class SparkALS(Recommender):
@@ -126,14 +78,14 @@ class SparkALS(Recommender):
         call, with no hook between them and no warm start: the callback hears one round,
         at the end (as EASE's does), and ``show_progress`` has nothing to show."""
         self._check_params()
-        spark_session(get_settings())  # started (or found) before any fitted attribute
+        spark_session(get_settings().spark_master)  # started (or found) before any fitted attribute
         return super().fit(interactions, callback=callback, show_progress=show_progress)
 
     def _fit(
         self, matrix: sp.csr_matrix, callback: FitCallback | None, show_progress: bool
     ) -> None:
         started = time.perf_counter()
-        session = spark_session(get_settings())
+        session = spark_session(get_settings().spark_master)
         from pyspark.ml.recommendation import ALS as MLlibALS
 
         coo = matrix.tocoo()

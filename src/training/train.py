@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from bespoke.engine.engines import open_engine
 from bespoke.privacy.gate import consented_lake
 from bespoke.settings import Settings
 from bespoke.training import tracking
@@ -199,7 +200,8 @@ def compare_recommenders(
 ) -> pd.DataFrame:
     """Train each ``model name -> params`` on the same split; one row of held-out metrics
     per model, with whether it became ``@champion``."""
-    interactions = load_interactions(consented_lake(settings), dataset)
+    lake = consented_lake(settings)
+    interactions = load_interactions(lake, dataset, engine=open_engine(settings, lake))
     rows = []
     for name, params in candidates.items():
         result = train_recommender(

@@ -3,19 +3,15 @@ one mixin, one subclass per family, all on real MovieLens 100K interactions."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from bespoke.settings import Settings
 from bespoke.training.als import ALS
 from bespoke.training.base import STATE_FILE, NotFittedError, Recommender, rename_saved_users
 from bespoke.training.bpr import BPR
@@ -27,7 +23,7 @@ from bespoke.training.families import FAMILIES
 from bespoke.training.hybrid import Hybrid
 from bespoke.training.itemknn import ItemKNN
 from bespoke.training.popularity import Popularity
-from bespoke.training.spark_als import SparkALS, spark_session
+from bespoke.training.spark_als import SparkALS
 from bespoke.training.split import ms_stratified
 
 
@@ -302,22 +298,8 @@ class TestHybrid(RecommenderContract):
         assert not hasattr(model, "item_ids_")
 
 
-@pytest.fixture(scope="session")
-def spark() -> Iterator[None]:
-    """One local Spark session for the test process (its start costs seconds): every
-    ``fit`` of a Spark family finds it running. Skipped, saying why, without Spark."""
-    if importlib.util.find_spec("pyspark") is None:
-        pytest.skip("pyspark is not installed: it is the `spark` extra, which `make test` "
-                    "installs (uv sync --all-extras)")  # fmt: skip
-    if shutil.which("java") is None:
-        pytest.skip("java is not installed: Spark needs Java 17; install "
-                    "openjdk-17-jre-headless; scripts/test-system-packages does it")  # fmt: skip
-    session = spark_session(Settings())
-    yield
-    session.stop()
-
-
 @pytest.mark.usefixtures("spark")
+@pytest.mark.xdist_group("spark")
 class TestSparkALS(RecommenderContract):
     @classmethod
     def make(cls) -> Recommender:

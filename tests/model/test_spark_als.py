@@ -72,7 +72,7 @@ _WITHOUT_SPARK = textwrap.dedent(
 @pytest.mark.parametrize(
     ("case", "message"),
     [
-        ("no-pyspark", "needs pyspark: install the `spark` extra (pip install 'bespoke[spark]')"),
+        ("no-pyspark", "needs pyspark: install the `spark` extra (pip install 'bespoke[spark]'"),
         ("no-java", "install openjdk-17-jre-headless (scripts/test-system-packages does it)"),
     ],
 )
