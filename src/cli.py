@@ -538,15 +538,25 @@ def tune_recommender_command(
     params_file: Annotated[
         Path | None, typer.Option("--params-file", help="Where to merge the best parameters.")
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Processes running the trials at once on the one study, the trials split "
+            "between them. Hosts join the same study by tuning the same data with the same "
+            "BESPOKE_OPTUNA_STORAGE_URL (PostgreSQL).",
+        ),
+    ] = 1,
 ) -> None:
     """Seeded TPE on a validation split of the training part, pruned trials, nested MLflow
     runs; the best parameters are written down, refit, registered and gated."""
     from bespoke.settings import get_settings
     from bespoke.training.params import params_file_of
-    from bespoke.training.tune import tune_recommender
+    from bespoke.training.tune import shown_storage, tune_recommender
 
-    settings = get_settings()
-    with _clear_errors():
+    with _clear_errors():  # a bad setting (BESPOKE_OPTUNA_STORAGE_URL…) is said plainly
+        settings = get_settings()
         result = tune_recommender(
             settings,
             dataset,
@@ -555,12 +565,14 @@ def tune_recommender_command(
             protocol=protocol,
             seed=seed,  # type: ignore[arg-type]
             params_file=params_file or params_file_of(settings),
-            show_progress=True,
+            show_progress=workers == 1,
+            workers=workers,
         )
     console.print(
         f"{trials} trials run ({result.trials} in the study, {result.pruned} pruned); best validation nDCG@10 "
         f"{result.best_value:.4f} with {result.best_params}"
     )
+    console.print(f"[dim]study {result.study_name} in {shown_storage(result.storage)}[/]")
     if result.final is not None:
         final = result.final
         console.print(

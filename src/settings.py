@@ -26,9 +26,10 @@ SQLITE_PREFIX = "sqlite:///"
 #: The URL schemes of a Redis online store (``BESPOKE_ONLINE_STORE_URL``).
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 ONLINE_STORE_SCHEMES = (SQLITE_PREFIX, *REDIS_SCHEMES)
-#: The Optuna study storages supported (SQLAlchemy URLs; PostgreSQL through psycopg2,
-#: the ``postgres`` extra).
-OPTUNA_STORAGE_SCHEMES = (SQLITE_PREFIX, "postgresql://", "postgresql+psycopg2://")
+#: PostgreSQL URLs (Optuna's studies, MLflow's tracking) name psycopg2, the ``postgres``
+#: extra's driver; the Optuna study storages supported (SQLAlchemy URLs).
+POSTGRESQL_PREFIX, POSTGRESQL_DRIVER = "postgresql://", "postgresql+psycopg2://"
+OPTUNA_STORAGE_SCHEMES = (SQLITE_PREFIX, POSTGRESQL_PREFIX, POSTGRESQL_DRIVER)
 
 
 def find_project_root(start: Path | None = None) -> Path:
@@ -108,7 +109,7 @@ class Settings(BaseSettings):
         default=None,
         description="Where Optuna keeps the tuning studies: sqlite:///<path> (one machine) or "
         "postgresql://user@host:5432/db (several workers and hosts sharing studies). "
-        "Default sqlite:///<root>/mlruns/optuna.db.",
+        "Unset: sqlite:///<root>/mlruns/optuna.db (bespoke.training.tune.study_storage).",
     )
     online_store_url: str | None = Field(
         default=None,
@@ -211,17 +212,6 @@ class Settings(BaseSettings):
         "`bespoke stream consume` workers apply it (bespoke.stream.events). Unset: the "
         "service applies events itself.",
     )
-    engine: Literal["duckdb", "spark"] = Field(
-        default="duckdb",
-        description="What runs the lake's batch queries (training sets, person features, KPI "
-        "aggregates): DuckDB in-process, or Apache Spark (the `spark` extra and Java 17) at "
-        "spark_master. Both run the same SQL (bespoke.engine).",
-    )
-    spark_master: str = Field(
-        default="local[*]",
-        description="The Spark master when engine=spark: local[N] for one machine, "
-        "spark://host:7077 or yarn/k8s://… for a cluster.",
-    )
     inbound_webhooks_path: Path | None = Field(
         default=None,
         description="A JSON file of the commerce platforms that may POST orders to "
@@ -293,11 +283,14 @@ class Settings(BaseSettings):
             self.mlflow_artifacts_dir = self.root / "mlruns" / "artifacts"
         if self.mlflow_tracking_uri is None:
             self.mlflow_tracking_uri = f"sqlite:///{self.root / 'mlruns' / 'mlflow.db'}"
-        if self.optuna_storage_url is None:
-            self.optuna_storage_url = f"{SQLITE_PREFIX}{self.root / 'mlruns' / 'optuna.db'}"
-        elif self.optuna_storage_url.startswith(SQLITE_PREFIX):
+        if self.optuna_storage_url and self.optuna_storage_url.startswith(SQLITE_PREFIX):
             path = Path(self.optuna_storage_url.removeprefix(SQLITE_PREFIX)).expanduser()
             self.optuna_storage_url = f"{SQLITE_PREFIX}{path.resolve()}"
+        # SQLAlchemy 2.1 reads postgresql:// as psycopg 3; the postgres extra installs psycopg2.
+        for name in ("optuna_storage_url", "mlflow_tracking_uri"):
+            value = getattr(self, name)
+            if value and value.startswith(POSTGRESQL_PREFIX):
+                setattr(self, name, POSTGRESQL_DRIVER + value.removeprefix(POSTGRESQL_PREFIX))
         if self.reports_dir is None:
             self.reports_dir = self.root / "reports"
         return self

@@ -12,7 +12,7 @@ import fcntl
 import hashlib
 import io
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import pytest
 from bespoke.features import collect, sources
 from bespoke.features.lake import Lake
 from bespoke.settings import get_settings
+from bespoke.training.postgres_server import PostgresServer, postgres_binaries, start_postgres
 
 #: A fixed 32-byte HMAC key, so pseudonyms are the same in every run.
 KEY = bytes(range(32))
@@ -38,6 +39,7 @@ _STATE_VARIABLES = (
     "BESPOKE_HMAC_KEY",
     "BESPOKE_MLFLOW_TRACKING_URI",
     "BESPOKE_MLFLOW_ARTIFACTS_DIR",
+    "BESPOKE_OPTUNA_STORAGE_URL",
     "BESPOKE_REPORTS_DIR",
     "BESPOKE_TUNED_PARAMS_FILE",
     "BESPOKE_MODEL_SOURCE",

@@ -112,7 +112,7 @@ def start_postgres(
     folder = Path(tempfile.mkdtemp(prefix="bespoke-postgres-"))
     if owner is not None:
         shutil.chown(folder, user=owner, group=owner)
-    server = PostgresServer(folder, _free_port(), binaries, owner)
+    server = PostgresServer(folder, free_port(), binaries, owner)
     try:
         server._run("initdb", "-D", str(server.data_dir), "-U", SUPERUSER, "--auth=trust",
                     "--encoding=UTF8", "--no-locale", "--no-sync")  # fmt: skip
@@ -132,7 +132,8 @@ def start_postgres(
     return server
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])

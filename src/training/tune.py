@@ -10,11 +10,20 @@ and goes through the same registration and champion gate as ``bespoke train``.
 The click-through ranker is tuned the same way (:func:`tune_ranker`): its candidates and
 features are prepared once, each trial is one LightGBM fit early-stopped and pruned on
 the validation people's nDCG@10, and the best parameters go under the ``"ranker"`` key.
+
+**Where studies live, who runs trials.** Studies are kept in ``optuna_storage_url``
+(:func:`study_storage`: a SQLite file under ``mlruns/`` by default, PostgreSQL to share
+them). ``tune_recommender(…, workers=N)`` runs the trials in N processes on the one study,
+the trials split between them; several hosts join the same study by running ``bespoke
+tune`` over the same data (the study's name holds its fingerprint) with the same
+PostgreSQL storage URL, each host's best being the whole study's best.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bespoke.privacy.gate import consented_lake
-from bespoke.settings import Settings
+from bespoke.settings import SQLITE_PREFIX, Settings
 from bespoke.training import ranking, tracking
 from bespoke.training.data import Interactions, load_interactions
 from bespoke.training.evaluate import evaluate
@@ -104,10 +113,135 @@ class TuneResult:
 
 
 def study_storage(settings: Settings) -> str:
-    """Where the Optuna studies are kept: ``<root>/mlruns/optuna.db`` (created here)."""
-    studies = settings.root / "mlruns" / "optuna.db"
-    studies.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{studies}"
+    """Where the Optuna studies are kept: ``settings.optuna_storage_url``, by default
+    ``sqlite:///<root>/mlruns/optuna.db`` (a SQLite file's folder is created here)."""
+    url = settings.optuna_storage_url or f"{SQLITE_PREFIX}{settings.root / 'mlruns' / 'optuna.db'}"
+    if url.startswith(SQLITE_PREFIX):
+        Path(url.removeprefix(SQLITE_PREFIX)).parent.mkdir(parents=True, exist_ok=True)
+    return url
+
+
+def shown_storage(url: str) -> str:
+    """``url`` with its password (if any) hidden, for messages and logs."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _open_study(study_name: str, storage: str, sampler: Any, pruner: Any, *, create: bool) -> Any:
+    """The study, created when missing (``create``) or loaded; a storage that cannot be
+    reached is a clear error naming the setting."""
+    import optuna
+    from sqlalchemy.exc import OperationalError
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        if create:
+            return optuna.create_study(
+                study_name=study_name, storage=storage, load_if_exists=True,
+                direction="maximize", sampler=sampler, pruner=pruner,
+            )  # fmt: skip
+        return optuna.load_study(
+            study_name=study_name, storage=storage, sampler=sampler, pruner=pruner
+        )
+    except OperationalError as error:
+        raise ValueError(
+            f"the study storage {shown_storage(storage)} (BESPOKE_OPTUNA_STORAGE_URL) cannot "
+            f"be used: {str(error.orig).strip()}"
+        ) from error
+
+
+def _sampler(seed: int, concurrent: bool) -> Any:
+    """Seeded TPE; with other processes running trials on the study at once, it counts
+    their running trials as scoring badly ("constant liar") so that it does not propose
+    what they are trying already."""
+    import optuna
+
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=concurrent)
+
+
+def _pruner() -> Any:
+    import optuna
+
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=REPORT_EVERY)
+
+
+def search_space(
+    model_name: str, dataset: str, protocol: str, params_file: Path | None = None
+) -> SearchSpace:
+    """The family's search space (a blend's: weights over the families tuned in
+    ``params_file``); a family without one is refused."""
+    space = SEARCH_SPACES.get(model_name)
+    if model_name == "hybrid" and params_file is not None:
+        space = blend_space(params_file, dataset, protocol)
+    if space is None:
+        raise ValueError(
+            f"no search space for {model_name!r}; tunable: {', '.join(sorted(SEARCH_SPACES))}"
+        )
+    return space
+
+
+def worker_id() -> str:
+    """Who ran a trial (its ``worker`` attribute): this host and process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def trial_shares(trials: int, workers: int) -> list[int]:
+    """``trials`` split between at most ``workers`` processes, as evenly as can be (none
+    gets zero: there are never more processes than trials, and always one)."""
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    count = max(1, min(workers, trials))
+    return [trials // count + (index < trials % count) for index in range(count)]
+
+
+@dataclass(frozen=True)
+class _WorkerJob:
+    """What one tuning process needs, pickled to it: where the study and the runs are,
+    its share of the trials, its seed, and the validation split."""
+
+    settings: Settings
+    study_name: str
+    storage: str
+    trials: int
+    seed: int
+    model_name: str
+    dataset: str
+    protocol: str
+    params_file: Path | None
+    inner: Split
+    k: int
+    parent_id: str
+
+
+def _run_worker(job: _WorkerJob) -> int:
+    """One tuning process: its share of the trials on the shared study, each a nested run
+    under the tuning's parent run; returns how many it ran."""
+    space = search_space(job.model_name, job.dataset, job.protocol, job.params_file)
+    study = _open_study(
+        job.study_name, job.storage, _sampler(job.seed, True), _pruner(), create=False
+    )
+    with tracking.session(job.settings, experiment_name("recommender", job.dataset)) as experiment:
+        study.optimize(
+            lambda trial: _objective(
+                trial, job.model_name, space, job.inner, job.k, experiment, job.parent_id
+            ),
+            n_trials=job.trials,
+        )
+    return job.trials
+
+
+def _run_workers(jobs: list[_WorkerJob]) -> None:
+    """Run the jobs in as many fresh processes at once; the first failure is raised
+    after all have ended."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # Spawned, not forked: a forked child would inherit the parent's open database
+    # connections (Optuna's and MLflow's SQLAlchemy pools) and share them mid-conversation.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=len(jobs), mp_context=context) as pool:
+        list(pool.map(_run_worker, jobs))
 
 
 def tune_recommender(
@@ -124,41 +258,39 @@ def tune_recommender(
     interactions: Interactions | None = None,
     split: Split | None = None,
     show_progress: bool = False,
+    workers: int = 1,
 ) -> TuneResult:
     """Run ``trials`` Optuna trials for ``model_name`` on ``dataset``; see the module doc.
 
     ``split`` (default: the protocol's split of the dataset) is the outer split: only its
-    training part is read by the trials.
+    training part is read by the trials. ``workers`` > 1 runs the trials in that many
+    processes at once on the one study (each with its own seed: ``seed``, ``seed + 1``…,
+    so the study is no longer repeatable trial for trial); the best trial of the whole
+    study is then written down and registered as with one.
     """
     import mlflow
     import optuna
 
     family(model_name)  # an unknown family fails before anything runs
+    shares = trial_shares(trials, workers)
     if split is not None:
         protocol = split.protocol  # the parameters are filed under the split's protocol
-    space = SEARCH_SPACES.get(model_name)
-    if model_name == "hybrid" and params_file is not None:
-        space = blend_space(params_file, dataset, protocol)
-    if space is None:
-        raise ValueError(
-            f"no search space for {model_name!r}; tunable: {', '.join(sorted(SEARCH_SPACES))}"
-        )
+    space = search_space(model_name, dataset, protocol, params_file)
     if split is None:
         interactions = interactions or load_interactions(consented_lake(settings), dataset)
         split = make_split(interactions, protocol)
     inner = validation(split)  # tuning sees only the outer training part
     storage = study_storage(settings)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     # The validation data's fingerprint is in the name: a study is resumed only over the
     # same data, since trials scored on older data (a retrain after new events) are not
-    # comparable and their "best" would win on stale numbers.
-    study = optuna.create_study(
-        study_name=f"{dataset}-{model_name}-{protocol}-{inner.train.fingerprint()[:12]}",
-        storage=storage,
-        load_if_exists=True,
-        direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=REPORT_EVERY),
+    # comparable and their "best" would win on stale numbers. It is also what lets
+    # processes and hosts tuning the same data meet in one study.
+    study = _open_study(
+        f"{dataset}-{model_name}-{protocol}-{inner.train.fingerprint()[:12]}",
+        storage,
+        _sampler(seed, concurrent=len(shares) > 1),
+        _pruner(),
+        create=True,
     )
     with (
         tracking.session(settings, experiment_name("recommender", dataset)) as experiment,
@@ -176,15 +308,40 @@ def tune_recommender(
             )
         )
         mlflow.log_params(
-            {"trials": trials, "seed": seed, "protocol": protocol, "study": study.study_name}
-        )
-        study.optimize(
-            lambda trial: _objective(
-                trial, model_name, space, inner, k, experiment, parent.info.run_id
-            ),
-            n_trials=trials,
-            show_progress_bar=show_progress,
-        )
+            {"trials": trials, "seed": seed, "protocol": protocol, "study": study.study_name,
+             "workers": len(shares), "study_storage": shown_storage(storage)}
+        )  # fmt: skip
+        if len(shares) == 1:
+            study.optimize(
+                lambda trial: _objective(
+                    trial, model_name, space, inner, k, experiment, parent.info.run_id
+                ),
+                n_trials=trials,
+                show_progress_bar=show_progress,
+            )
+        else:
+            # With SQLite storage too: Optuna and MLflow wait on SQLite's lock (a busy
+            # timeout) and hold it for milliseconds between trials of seconds, so a few
+            # processes on one machine take turns; PostgreSQL is for many, or several hosts.
+            _run_workers(
+                [
+                    _WorkerJob(
+                        settings,
+                        study.study_name,
+                        storage,
+                        share,
+                        seed + index,
+                        model_name,
+                        dataset,
+                        protocol,
+                        params_file,
+                        inner,
+                        k,
+                        parent.info.run_id,
+                    )
+                    for index, share in enumerate(shares)
+                ]
+            )
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
         best = study.best_trial if complete else None
@@ -233,6 +390,7 @@ def _objective(
     import optuna
 
     params = space(trial)
+    trial.set_user_attr("worker", worker_id())
     model = family(model_name)(**params)
 
     def report(iteration: int, metrics: dict[str, float]) -> None:
@@ -344,14 +502,12 @@ def tune_ranker(
             f"the prepared data is {data.dataset} ({data.protocol}), not {dataset} ({protocol})"
         )
     storage = study_storage(settings)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        study_name=f"{dataset}-{RANKER}-{protocol}",
-        storage=storage,
-        load_if_exists=True,
-        direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=RANKER_WARMUP_ROUNDS),
+    study = _open_study(
+        f"{dataset}-{RANKER}-{protocol}",
+        storage,
+        _sampler(seed, concurrent=False),
+        optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=RANKER_WARMUP_ROUNDS),
+        create=True,
     )
     metric_key = RANKER_METRIC.replace("@", "_at_")
     stage = fit_stage_key(data)
