@@ -212,6 +212,17 @@ class Settings(BaseSettings):
         "`bespoke stream consume` workers apply it (bespoke.stream.events). Unset: the "
         "service applies events itself.",
     )
+    engine: Literal["duckdb", "spark"] = Field(
+        default="duckdb",
+        description="What runs the lake's batch queries (training sets, person features, KPI "
+        "aggregates): DuckDB in-process, or Apache Spark (the `spark` extra and Java 17) at "
+        "spark_master. Both run the same SQL (bespoke.engine).",
+    )
+    spark_master: str = Field(
+        default="local[*]",
+        description="The Spark master when engine=spark: local[N] for one machine, "
+        "spark://host:7077 or yarn/k8s://… for a cluster.",
+    )
     inbound_webhooks_path: Path | None = Field(
         default=None,
         description="A JSON file of the commerce platforms that may POST orders to "
