@@ -1,16 +1,21 @@
-"""Scale-out benchmark (so far: the event stream). Events per second through a real
-``redis-server`` stream into the online store and the lake, with 1 and with 2
-``bespoke stream consume`` worker processes in one consumer group, on ML-100K's ratings.
+"""Scale-out benchmark: the event stream, the batch engines, service replicas sharing Redis.
 
-- ``stream_events_per_s``: ``{"1": …, "2": …}``, from the first event appended to the last
-  one applied and written to the lake (the backlog is appended first, then the workers
-  start: a drain rate);
-- ``append_events_per_s``: appending to the stream (what ``/v1/events`` does with a stream).
+- ``stream_events_per_s``: ``{"1": …, "2": …}``: ML-100K's ratings through a real
+  ``redis-server`` stream into the online store and the lake by 1 and 2 ``bespoke stream
+  consume`` worker processes in one consumer group, from the first event appended to the
+  last one applied and written to the lake (the backlog is appended first: a drain rate);
+  ``append_events_per_s``: appending to the stream (what ``/v1/events`` does with one);
+- ``feature_build_s``: ``{dataset: {"duckdb": …, "spark": …}}``: the person-feature build
+  (``bespoke.segments.features.build_person_features``, one SQL text for both engines)
+  on DuckDB and on Spark local mode (``local[2]``) over the same lake, median of 3 warm
+  runs; ``feature_build_identical`` whether the two outputs are equal (floats to 1e-9);
+  ``spark_session_start_s`` the JVM's start, once;
+- ``replicas``: ``{"1": {"rps", "p50_ms", "p99_ms"}, "2": …}``: N ``bentoml serve``
+  processes (1 worker each, as N hosts would run) sharing one Redis online store and
+  answer cache, each loaded by its own client process (``POST /v1/recommend``, k = 10, a
+  nonce per request so every answer is computed, 8 connections per replica).
 
-Still to come (issue 18): the same feature build on DuckDB and Spark, N service replicas
-sharing Redis.
-
-    python bench/scale.py --out FILE [--events N] [--datasets-dir DIR]
+    python bench/scale.py --out FILE [--events N] [--datasets-dir DIR] [--only PART,…]
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -95,20 +101,160 @@ def drain(datasets_dir: Path, workers: int, n: int, scratch: Path) -> dict[str, 
             "append_events_per_s": round(n / appended)}  # fmt: skip
 
 
-def run(datasets_dir: Path, n: int, console: Console) -> dict[str, Any]:
-    figures: dict[str, Any] = {"events": n, "batch": BATCH}
+def feature_build(datasets_dir: Path, scratch: Path, console: Console) -> dict[str, Any]:
+    """The person-feature build on both engines over the same lakes (see the module doc)."""
+    from bespoke.engine.engines import DuckDBEngine, SparkEngine, spark_session
+    from bespoke.features import collect, sources
+    from bespoke.features.lake import Lake
+    from bespoke.segments.features import build_person_features
+
+    cases = {"ml-100k": (sources.movielens_100k, "ml-100k", "1998-03-01"),
+             "cdnow": (sources.cdnow, "cdnow", "1998-01-01")}  # fmt: skip
+    started = time.perf_counter()
+    session = spark_session("local[2]")
+    out: dict[str, Any] = {"spark_session_start_s": round(time.perf_counter() - started, 1),
+                           "feature_build_s": {}, "feature_build_identical": {},
+                           "feature_build_people": {}}  # fmt: skip
+    for dataset, (source, folder, as_of) in cases.items():
+        lake = Lake(str(scratch / f"lake-{dataset}"))
+        collect.ingest(source(datasets_dir / folder), lake, b"k" * 32)
+        frames, seconds = {}, {}
+        for engine in (DuckDBEngine(lake), SparkEngine(lake, session)):
+            build_person_features(engine, dataset, as_of)  # warm: files listed, plans cached
+            times = []
+            for _ in range(3):
+                begin = time.perf_counter()
+                frames[engine.name] = build_person_features(engine, dataset, as_of)
+                times.append(time.perf_counter() - begin)
+            seconds[engine.name] = round(statistics.median(times), 2)
+            console.print(f"features {dataset} on {engine.name}: {seconds[engine.name]} s")
+        try:
+            pd.testing.assert_frame_equal(frames["duckdb"], frames["spark"], check_dtype=False,
+                                          rtol=1e-9)  # fmt: skip
+            identical = True
+        except AssertionError:
+            identical = False
+        out["feature_build_s"][dataset] = seconds
+        out["feature_build_identical"][dataset] = identical
+        out["feature_build_people"][dataset] = len(frames["duckdb"])
+    session.stop()
+    return out
+
+
+def replicas(datasets_dir: Path, scratch: Path, console: Console, seconds: float) -> dict[str, Any]:
+    """N service replicas sharing one Redis online store (see the module doc)."""
+    import multiprocessing as mp
+
+    import numpy as np
+
+    import serving  # bench/serving.py: its preparation, servers and load generator
+    from bespoke.stream.events import start_redis
+
+    home = scratch / "replicas"
+    home.mkdir()
+    redis, url = start_redis(scratch / "redis-replicas")
+    os.environ["BESPOKE_ONLINE_STORE_URL"] = url  # prepare() seeds the Redis store
+    try:
+        prepared = serving.prepare(home, datasets_dir)
+        env = {**prepared["env"], "BESPOKE_ONLINE_STORE_URL": url}
+        out: dict[str, Any] = {}
+        for n in (1, 2):
+            servers = [serving.Server("bentoml-1w", home, env, "bespoke") for _ in range(n)]
+            try:
+                for server in servers:
+                    server.wait_first_answer(prepared["key"], prepared["users"][0])
+                jobs = [{"port": s.port, "key": prepared["key"], "path": "/v1/recommend",
+                         "kind": "recommend", "users": prepared["users"], "concurrency": 8,
+                         "warmup_s": 3.0, "seconds": seconds, "min_requests": 0}
+                        for s in servers]  # fmt: skip
+                pipes, processes = [], []
+                for job in jobs:
+                    parent, child = mp.get_context("spawn").Pipe()
+                    process = mp.get_context("spawn").Process(
+                        target=serving.client_process, args=(job, child)
+                    )
+                    process.start()
+                    pipes.append(parent)
+                    processes.append(process)
+                results = []
+                for parent in pipes:
+                    parent.recv()  # "measuring"
+                for parent, process in zip(pipes, processes, strict=True):
+                    results.append(parent.recv())
+                    process.join()
+                failed = [r for r in results if "failed" in r or not r["latencies"]]
+                if failed:
+                    raise RuntimeError(f"replicas={n}: {failed}")
+                latencies = 1000.0 * np.concatenate([r["latencies"] for r in results])
+                wall = max(r["wall_s"] for r in results)
+                out[str(n)] = {"rps": round(len(latencies) / wall, 1),
+                               "p50_ms": round(float(np.percentile(latencies, 50)), 2),
+                               "p99_ms": round(float(np.percentile(latencies, 99)), 2),
+                               "errors": sum(len(r["errors"]) for r in results)}  # fmt: skip
+                console.print(f"replicas={n}: {out[str(n)]}")
+            finally:
+                for server in servers:
+                    server.stop()
+        return {"replicas": out, "replica_users": len(prepared["users"])}
+    finally:
+        os.environ.pop("BESPOKE_ONLINE_STORE_URL", None)
+        redis.kill()
+        redis.wait()
+
+
+PARTS = ("stream", "features", "replicas")
+
+
+def run(
+    datasets_dir: Path,
+    n: int,
+    console: Console,
+    parts: tuple[str, ...] = PARTS,
+    replica_seconds: float = 20.0,
+) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bespoke-bench-scale-") as scratch:
-        results = {}
-        for workers in (1, 2):
-            console.print(f"stream: {n} events, {workers} worker(s)…")
-            results[str(workers)] = drain(datasets_dir, workers, n, Path(scratch))
-    figures["stream_events_per_s"] = {k: v["events_per_s"] for k, v in results.items()}
-    figures["stream_drain_s"] = {k: v["drain_s"] for k, v in results.items()}
-    figures["append_events_per_s"] = results["1"]["append_events_per_s"]
+        if "stream" in parts:
+            figures.update(events=n, batch=BATCH)
+            results = {}
+            for workers in (1, 2):
+                console.print(f"stream: {n} events, {workers} worker(s)…")
+                results[str(workers)] = drain(datasets_dir, workers, n, Path(scratch))
+            figures["stream_events_per_s"] = {k: v["events_per_s"] for k, v in results.items()}
+            figures["stream_drain_s"] = {k: v["drain_s"] for k, v in results.items()}
+            figures["append_events_per_s"] = results["1"]["append_events_per_s"]
+        if "features" in parts:
+            figures.update(feature_build(datasets_dir, Path(scratch), console))
+        if "replicas" in parts:
+            figures.update(replicas(datasets_dir, Path(scratch), console, replica_seconds))
     return figures
 
 
 def show(figures: dict[str, Any], console: Console) -> None:
+    if "stream_events_per_s" in figures:
+        show_stream(figures, console)
+    if "feature_build_s" in figures:
+        table = Table(title="Person-feature build, one SQL on both engines (median of 3, warm)",
+                      header_style="bold")  # fmt: skip
+        for column in ("dataset", "people", "DuckDB (s)", "Spark local[2] (s)", "identical"):
+            table.add_column(column)
+        for dataset, took in figures["feature_build_s"].items():
+            table.add_row(dataset, str(figures["feature_build_people"][dataset]),
+                          str(took["duckdb"]), str(took["spark"]),
+                          str(figures["feature_build_identical"][dataset]))  # fmt: skip
+        console.print(table)
+    if "replicas" in figures:
+        table = Table(title="Service replicas sharing one Redis online store (/v1/recommend)",
+                      header_style="bold")  # fmt: skip
+        for column in ("replicas", "req/s", "p50 ms", "p99 ms", "errors"):
+            table.add_column(column)
+        for n, cell in figures["replicas"].items():
+            table.add_row(n, str(cell["rps"]), str(cell["p50_ms"]), str(cell["p99_ms"]),
+                          str(cell["errors"]))  # fmt: skip
+        console.print(table)
+
+
+def show_stream(figures: dict[str, Any], console: Console) -> None:
     table = Table(title=f"Event stream: {figures['events']} ML-100K ratings through redis-server",
                   header_style="bold")  # fmt: skip
     for column in ("figure", "1 worker", "2 workers"):
@@ -125,14 +271,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--datasets-dir", type=Path, default=os.environ.get("BESPOKE_DATASETS_DIR"))
+    parser.add_argument("--only", default=",".join(PARTS), help=f"parts to run: {PARTS}")
+    parser.add_argument("--replica-seconds", type=float, default=20.0)
     args = parser.parse_args()
+    parts = tuple(p.strip() for p in args.only.split(",") if p.strip())
+    if unknown := set(parts) - set(PARTS):
+        parser.error(f"--only: unknown part(s) {sorted(unknown)}; known: {', '.join(PARTS)}")
     if args.datasets_dir is None:
         parser.error("set BESPOKE_DATASETS_DIR or pass --datasets-dir")
     if shutil.which("redis-server") is None:
         parser.error("needs redis-server (scripts/test-system-packages installs it)")
     console = Console()
     start = time.perf_counter()
-    figures = run(Path(args.datasets_dir), args.events, console)
+    figures = run(Path(args.datasets_dir), args.events, console, parts, args.replica_seconds)
     figures["total_seconds"] = round(time.perf_counter() - start, 1)
     figures["command"] = COMMAND
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -162,7 +162,7 @@ def prepare(home: Path, datasets_dir: Path) -> dict[str, Any]:
     store.load_attributes(lake, DATASET)
     seeded = store.seed_history(lake, DATASET)
     steps["seed_store_s"] = time.perf_counter() - start
-    key = ApiKeys(settings.online_store_url or "").create(KEY_NAME)
+    key = ApiKeys(settings.control_store_url or "").create(KEY_NAME)  # beside any online store
     users = [
         str(user)
         for (user,) in lake.connect()

@@ -101,6 +101,10 @@ def spark_session(master: str, app_name: str = "bespoke") -> Any:
     return session
 
 
+#: Whose lake views each Spark session holds now: session id → engine id.
+_VIEWS_OF: dict[int, int] = {}
+
+
 def _java_found() -> bool:
     """Whether Spark's launcher will find a ``java``: JAVA_HOME's (what it prefers; the
     JVM's own variable, not a bespoke setting) or one on PATH."""
@@ -117,7 +121,6 @@ class SparkEngine:
     def __init__(self, lake: Lake, session: Any) -> None:
         self.lake = lake
         self.session = session
-        self._registered = False
 
     def refresh(self) -> None:
         """(Re)register the tables and views so that they cover the files there are now."""
@@ -138,7 +141,7 @@ class SparkEngine:
             )
         for view, sql in view_definitions(withheld=withheld).items():
             self.session.sql(f"CREATE OR REPLACE TEMPORARY VIEW {view} AS {to_spark(sql)}")
-        self._registered = True
+        _VIEWS_OF[id(self.session)] = id(self)
 
     def _spark_path(self, path: str) -> str:
         if self.lake.is_local:
@@ -147,7 +150,9 @@ class SparkEngine:
         return "s3a://" + url.removeprefix("s3://") if url.startswith("s3://") else url
 
     def frame(self, sql: str, params: Params = None) -> pd.DataFrame:
-        if not self._registered:
+        # The views are the session's (one per process): another engine's lake, or the
+        # same lake with other people withheld, may have replaced them since.
+        if _VIEWS_OF.get(id(self.session)) != id(self):
             self.refresh()
         result = self.session.sql(to_spark(sql, params))
         return _as_utc(result.toArrow())

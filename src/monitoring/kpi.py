@@ -49,6 +49,7 @@ if TYPE_CHECKING:  # heavy imports stay inside functions: `bespoke --help` must 
     import pandas as pd
     import plotly.graph_objects as go
 
+    from bespoke.engine.engines import BatchEngine
     from bespoke.monitoring.windows import Window
     from bespoke.settings import Settings
 
@@ -256,18 +257,17 @@ def _check_options(by: Sequence[str] | None, grain: str, conversion: str | None)
     return _parse_by(by)
 
 
-def _span(con: duckdb.DuckDBPyConnection, dataset: str) -> tuple[datetime, datetime, set[str], int]:
+def _span(engine: BatchEngine, dataset: str) -> tuple[datetime, datetime, set[str], int]:
     """First and last event time of ``dataset``, its event types and how many events have
     no time, with specific errors when it has no (dated) events."""
-    rows, dated, first, last, types = con.execute(
-        "SELECT count(*), count(timestamp), min(timestamp), max(timestamp), "
-        "list(DISTINCT event_type) FROM events WHERE dataset = $dataset",
+    span = engine.frame(
+        "SELECT count(*) AS n, count(timestamp) AS dated, min(timestamp) AS first, "
+        "max(timestamp) AS last FROM events WHERE dataset = $dataset",
         {"dataset": dataset},
-    ).fetchone()  # type: ignore[misc]
+    ).iloc[0]
+    rows, dated, first, last = int(span["n"]), int(span["dated"]), span["first"], span["last"]
     if rows == 0:
-        known = [
-            r[0] for r in con.execute("SELECT DISTINCT dataset FROM events ORDER BY 1").fetchall()
-        ]
+        known = list(engine.frame("SELECT DISTINCT dataset FROM events ORDER BY 1")["dataset"])
         raise KpiError(
             f"no dataset {dataset!r} in the lake; it has {', '.join(known) or 'none'}"
             + ("" if known else " (run `bespoke ingest …` first)")
@@ -277,7 +277,11 @@ def _span(con: duckdb.DuckDBPyConnection, dataset: str) -> tuple[datetime, datet
             f"dataset {dataset!r} has no timestamped events ({rows:,} undated), and a KPI "
             "report is over time; MovieLens 1M, for one, ships without times"
         )
-    return first.astimezone(UTC), last.astimezone(UTC), set(types), rows - dated
+    types = engine.frame(
+        "SELECT DISTINCT event_type FROM events WHERE dataset = $dataset", {"dataset": dataset}
+    )["event_type"]
+    return (first.to_pydatetime().astimezone(UTC), last.to_pydatetime().astimezone(UTC),
+            set(types), rows - dated)  # fmt: skip
 
 
 def _window(text: str | None, first: datetime, last: datetime) -> tuple[Window, Window]:
@@ -325,15 +329,19 @@ class _Experiment:
     chosen: bool
 
 
-def _experiment(con: duckdb.DuckDBPyConnection, dataset: str, key: str | None) -> _Experiment:
+def _experiment(engine: BatchEngine, dataset: str, key: str | None) -> _Experiment:
     """The experiment ``key`` (default: the one with the latest exposure that is not a QA
     override) with its variants in index order; a clear error for a key without exposures."""
-    rows = con.execute(
+    import pandas as pd
+
+    found = engine.frame(
         "SELECT experiment, max(exposed_at) FILTER (WHERE NOT forced) AS latest "
         "FROM exposures WHERE dataset = $dataset GROUP BY experiment "
         "ORDER BY latest DESC NULLS LAST, experiment",
         {"dataset": dataset},
-    ).fetchall()
+    )
+    rows = [(name, None if pd.isna(latest) else latest)
+            for name, latest in zip(found["experiment"], found["latest"], strict=True)]  # fmt: skip
     known = [row[0] for row in rows]
     asked = key is not None
     if asked and key not in known:
@@ -349,14 +357,13 @@ def _experiment(con: duckdb.DuckDBPyConnection, dataset: str, key: str | None) -
         key = next((name for name, latest in rows if latest is not None), None)
     if key is None:
         return _Experiment(None, [], known, False)
-    variants = [
-        row[0]
-        for row in con.execute(
+    variants = list(
+        engine.frame(
             "SELECT variant FROM exposures WHERE dataset = $dataset AND experiment = "
             "$experiment AND NOT forced GROUP BY variant ORDER BY min(variant_index), variant",
             {"dataset": dataset, "experiment": key},
-        ).fetchall()
-    ]
+        )["variant"]
+    )
     return _Experiment(key, variants, known, asked)
 
 
@@ -537,7 +544,7 @@ def period_label(period: pd.Timestamp, grain: str) -> str:
 
 
 def compute_kpis(
-    con: duckdb.DuckDBPyConnection,
+    source: duckdb.DuckDBPyConnection | BatchEngine,
     dataset: str,
     *,
     window: str | None = None,
@@ -548,15 +555,21 @@ def compute_kpis(
 ) -> KpiReport:
     """The KPIs of ``dataset`` over ``window`` (default: all of it) at ``grain``, overall,
     per event type and per breakdown in ``by`` (names of :func:`dimensions`; default
-    segment and channel), on a lake connection (:meth:`Lake.connect`). When the dataset
+    segment and channel), on a lake connection (:meth:`Lake.connect`) or a batch engine
+    (DuckDB or Spark: the same SQL, :mod:`bespoke.engine`). When the dataset
     has exposures, every metric is broken down by the variants of ``experiment`` too
     (default: the experiment exposed most recently).
 
     Raises :class:`KpiError` for an unknown dataset, breakdown or experiment, a bad or
     empty window, or ``--by variant`` on a dataset without exposures."""
+    import duckdb
+
+    from bespoke.engine.engines import DuckDBEngine
+
+    engine = DuckDBEngine(con=source) if isinstance(source, duckdb.DuckDBPyConnection) else source
     names = _check_options(by, grain, conversion)
-    first, last, types, undated = _span(con, dataset)
-    exp = _experiment(con, dataset, experiment)
+    first, last, types, undated = _span(engine, dataset)
+    exp = _experiment(engine, dataset, experiment)
     has_variant = exp.key is not None
     if VARIANT_COLUMN in names and not has_variant:
         raise KpiError(f"--by variant: {no_exposures(dataset)}")
@@ -569,7 +582,7 @@ def compute_kpis(
     params: dict[str, Any] = {"dataset": dataset, "start": observed.start, "end": observed.end}
     if has_variant:
         params["experiment"] = exp.key
-    raw = con.execute(sql, params).df()
+    raw = engine.frame(sql, params)
     keys = ["event_type", *[f"d_{d.name}" for d in chosen]]
     has_revenue = bool(raw.revenue.notna().any())
     series = _reshape(raw, keys, observed, grain)

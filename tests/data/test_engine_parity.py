@@ -14,6 +14,7 @@ import pytest
 from bespoke.engine.engines import DuckDBEngine, SparkEngine, open_engine
 from bespoke.engine.sql import to_spark
 from bespoke.features.lake import Lake
+from bespoke.monitoring.kpi import compute_kpis
 from bespoke.segments.features import build_person_features, load_person_events, person_features
 from bespoke.settings import Settings
 from bespoke.training.data import INTERACTIONS_SQL, load_interactions
@@ -105,6 +106,9 @@ def test_withheld_people_are_left_out_on_both(ml100k_lake: tuple[Lake, Any], spa
     sparked = SparkEngine(gated, spark).frame(query, ["ml-100k"])
     assert not {"1", "2"} & set(duck["user_id"]) and len(duck) == 941
     _same(duck, sparked, keys=["user_id"])
+    # the session's views follow the engine asking: the ungated lake sees everyone again
+    everyone = SparkEngine(lake, spark).frame(query, ["ml-100k"])
+    assert {"1", "2"} <= set(everyone["user_id"]) and len(everyone) == 943
 
 
 def test_the_setting_chooses_the_engine(ml100k_lake: tuple[Lake, Any], spark: Any) -> None:
@@ -114,3 +118,13 @@ def test_the_setting_chooses_the_engine(ml100k_lake: tuple[Lake, Any], spark: An
     assert isinstance(chosen, SparkEngine) and chosen.session is spark  # the running one
     with pytest.raises(ValueError, match="engine"):
         Settings(engine="flink")
+
+
+def test_the_kpi_aggregates_are_the_same(engines: tuple[DuckDBEngine, SparkEngine]) -> None:
+    """One scan with grouping sets, a users join for the gender breakdown, week periods."""
+    duck, spark = (compute_kpis(e, "ml-100k", by=["gender"], grain="week") for e in engines)
+    assert len(duck.series) > 100 and duck.periods == spark.periods
+    keys = [c for c in duck.series.columns if duck.series[c].dtype == object]
+    _same(duck.series, spark.series, keys=[*keys, "period"] if "period" in duck.series else keys)
+    _same(duck.headline, spark.headline)
+    assert duck.notes == spark.notes
