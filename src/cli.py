@@ -528,6 +528,18 @@ def train_churn_command(
     )
 
 
+WorkersOption = Annotated[
+    int,
+    typer.Option(
+        "--workers",
+        min=1,
+        help="Processes running the trials at once on the one study, the trials split "
+        "between them. Hosts join the same study by tuning the same data with the same "
+        "BESPOKE_OPTUNA_STORAGE_URL (PostgreSQL).",
+    ),
+]
+
+
 @tune_app.command("recommender")
 def tune_recommender_command(
     dataset: Annotated[str, typer.Option("--dataset", help="Dataset in the lake, e.g. ml-100k.")],
@@ -538,16 +550,7 @@ def tune_recommender_command(
     params_file: Annotated[
         Path | None, typer.Option("--params-file", help="Where to merge the best parameters.")
     ] = None,
-    workers: Annotated[
-        int,
-        typer.Option(
-            "--workers",
-            min=1,
-            help="Processes running the trials at once on the one study, the trials split "
-            "between them. Hosts join the same study by tuning the same data with the same "
-            "BESPOKE_OPTUNA_STORAGE_URL (PostgreSQL).",
-        ),
-    ] = 1,
+    workers: WorkersOption = 1,
 ) -> None:
     """Seeded TPE on a validation split of the training part, pruned trials, nested MLflow
     runs; the best parameters are written down, refit, registered and gated."""
@@ -740,6 +743,7 @@ def tune_ranker_command(
     params_file: Annotated[
         Path | None, typer.Option("--params-file", help="Where to merge the best parameters.")
     ] = None,
+    workers: WorkersOption = 1,
 ) -> None:
     """Seeded TPE over the objective and LightGBM's parameters on the validation people
     (candidates and features prepared once), pruned through LightGBM, nested MLflow runs;
@@ -748,7 +752,8 @@ def tune_ranker_command(
     from bespoke.training.params import params_file_of
     from bespoke.training.tune import tune_ranker
 
-    settings = get_settings()
+    with _clear_errors():  # a bad setting (BESPOKE_OPTUNA_STORAGE_URL…) is said plainly
+        settings = get_settings()
     target = params_file or params_file_of(settings)
     with _clear_errors(), _progress() as update:
         result = tune_ranker(
@@ -759,6 +764,7 @@ def tune_ranker_command(
             seed=seed,
             params_file=target,
             callback=update,
+            workers=workers,
         )
     console.print(
         f"{trials} trials run ({result.trials} in the study, {result.pruned} pruned); best "

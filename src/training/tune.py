@@ -13,7 +13,7 @@ the validation people's nDCG@10, and the best parameters go under the ``"ranker"
 
 **Where studies live, who runs trials.** Studies are kept in ``optuna_storage_url``
 (:func:`study_storage`: a SQLite file under ``mlruns/`` by default, PostgreSQL to share
-them). ``tune_recommender(…, workers=N)`` runs the trials in N processes on the one study,
+them). ``workers=N`` (either tuning) runs the trials in N processes on the one study,
 the trials split between them; several hosts join the same study by running ``bespoke
 tune`` over the same data (the study's name holds its fingerprint) with the same
 PostgreSQL storage URL, each host's best being the whole study's best.
@@ -135,15 +135,17 @@ def _open_study(study_name: str, storage: str, sampler: Any, pruner: Any, *, cre
     from sqlalchemy.exc import OperationalError
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Processes sharing a SQLite file take turns on its lock: wait for it longer than
+    # SQLite's 5 s, which a loaded machine can exceed.
+    options = {"connect_args": {"timeout": 60}} if storage.startswith(SQLITE_PREFIX) else {}
     try:
+        rdb = optuna.storages.RDBStorage(storage, engine_kwargs=options)
         if create:
             return optuna.create_study(
-                study_name=study_name, storage=storage, load_if_exists=True,
+                study_name=study_name, storage=rdb, load_if_exists=True,
                 direction="maximize", sampler=sampler, pruner=pruner,
             )  # fmt: skip
-        return optuna.load_study(
-            study_name=study_name, storage=storage, sampler=sampler, pruner=pruner
-        )
+        return optuna.load_study(study_name=study_name, storage=rdb, sampler=sampler, pruner=pruner)
     except OperationalError as error:
         raise ValueError(
             f"the study storage {shown_storage(storage)} (BESPOKE_OPTUNA_STORAGE_URL) cannot "
@@ -160,10 +162,10 @@ def _sampler(seed: int, concurrent: bool) -> Any:
     return optuna.samplers.TPESampler(seed=seed, constant_liar=concurrent)
 
 
-def _pruner() -> Any:
+def _pruner(warmup_steps: int = REPORT_EVERY) -> Any:
     import optuna
 
-    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=REPORT_EVERY)
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=warmup_steps)
 
 
 def search_space(
@@ -196,44 +198,90 @@ def trial_shares(trials: int, workers: int) -> list[int]:
 
 
 @dataclass(frozen=True)
-class _WorkerJob:
-    """What one tuning process needs, pickled to it: where the study and the runs are,
-    its share of the trials, its seed, and the validation split."""
+class _Share:
+    """One process's part of a study, pickled to it: where the study and the runs are,
+    how many trials it runs, its seed, and the parent run its trials nest under."""
 
     settings: Settings
     study_name: str
     storage: str
     trials: int
     seed: int
+    parent_id: str
+
+
+@dataclass(frozen=True)
+class _RecommenderJob:
+    """A recommender family's trials on the validation split."""
+
+    share: _Share
     model_name: str
     dataset: str
     protocol: str
     params_file: Path | None
     inner: Split
     k: int
-    parent_id: str
 
-
-def _run_worker(job: _WorkerJob) -> int:
-    """One tuning process: its share of the trials on the shared study, each a nested run
-    under the tuning's parent run; returns how many it ran."""
-    space = search_space(job.model_name, job.dataset, job.protocol, job.params_file)
-    study = _open_study(
-        job.study_name, job.storage, _sampler(job.seed, True), _pruner(), create=False
-    )
-    with tracking.session(job.settings, experiment_name("recommender", job.dataset)) as experiment:
-        study.optimize(
-            lambda trial: _objective(
-                trial, job.model_name, space, job.inner, job.k, experiment, job.parent_id
-            ),
-            n_trials=job.trials,
+    def run(self) -> int:
+        share = self.share
+        space = search_space(self.model_name, self.dataset, self.protocol, self.params_file)
+        study = _open_study(
+            share.study_name, share.storage, _sampler(share.seed, True), _pruner(), create=False
         )
-    return job.trials
+        experiment_of = experiment_name("recommender", self.dataset)
+        with tracking.session(share.settings, experiment_of) as experiment:
+            study.optimize(
+                lambda trial: _objective(
+                    trial, self.model_name, space, self.inner, self.k, experiment, share.parent_id
+                ),
+                n_trials=share.trials,
+            )
+        return share.trials
 
 
-def _run_workers(jobs: list[_WorkerJob]) -> None:
+@dataclass(frozen=True)
+class _RankerJob:
+    """The click-through ranker's trials on a prepared fit stage."""
+
+    share: _Share
+    data: RankingData
+    stage: str
+
+    def run(self) -> int:
+        import mlflow
+
+        share = self.share
+        study = _open_study(
+            share.study_name, share.storage, _sampler(share.seed, True),
+            _pruner(RANKER_WARMUP_ROUNDS), create=False,
+        )  # fmt: skip
+        with tracking.session(share.settings, experiment_name("ranker", self.data.dataset)) as exp:
+            mlflow.lightgbm.autolog(
+                log_models=False, log_datasets=False, log_input_examples=False, silent=True
+            )
+            try:
+                study.optimize(
+                    lambda trial: _ranker_objective(
+                        trial, self.data, self.stage, exp, share.parent_id
+                    ),
+                    n_trials=share.trials,
+                )
+            finally:
+                mlflow.lightgbm.autolog(disable=True)
+        return share.trials
+
+
+def _run_job(job: _RecommenderJob | _RankerJob) -> int:
+    return job.run()
+
+
+def _run_in_processes(jobs: list[_RecommenderJob] | list[_RankerJob]) -> None:
     """Run the jobs in as many fresh processes at once; the first failure is raised
-    after all have ended."""
+    after all have ended.
+
+    With SQLite storage too: Optuna and MLflow wait on SQLite's lock and hold it for
+    milliseconds between trials of seconds, so a few processes on one machine take
+    turns; PostgreSQL is for more of them, or several hosts."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -241,7 +289,7 @@ def _run_workers(jobs: list[_WorkerJob]) -> None:
     # connections (Optuna's and MLflow's SQLAlchemy pools) and share them mid-conversation.
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=len(jobs), mp_context=context) as pool:
-        list(pool.map(_run_worker, jobs))
+        list(pool.map(_run_job, jobs))
 
 
 def tune_recommender(
@@ -320,24 +368,23 @@ def tune_recommender(
                 show_progress_bar=show_progress,
             )
         else:
-            # With SQLite storage too: Optuna and MLflow wait on SQLite's lock (a busy
-            # timeout) and hold it for milliseconds between trials of seconds, so a few
-            # processes on one machine take turns; PostgreSQL is for many, or several hosts.
-            _run_workers(
+            _run_in_processes(
                 [
-                    _WorkerJob(
-                        settings,
-                        study.study_name,
-                        storage,
-                        share,
-                        seed + index,
+                    _RecommenderJob(
+                        _Share(
+                            settings,
+                            study.study_name,
+                            storage,
+                            share,
+                            seed + index,
+                            parent.info.run_id,
+                        ),
                         model_name,
                         dataset,
                         protocol,
                         params_file,
                         inner,
                         k,
-                        parent.info.run_id,
                     )
                     for index, share in enumerate(shares)
                 ]
@@ -474,6 +521,7 @@ def tune_ranker(
     data: RankingData | None = None,
     show_progress: bool = False,
     callback: Callable[[str, int, int], None] | None = None,
+    workers: int = 1,
 ) -> TuneResult:
     """Run ``trials`` Optuna trials of the click-through ranker on ``dataset``.
 
@@ -486,13 +534,16 @@ def tune_ranker(
     into ``params_file`` under ``"ranker"``
     and, with ``register``, refit by :func:`~bespoke.training.ranking.train_ranker`, which
     evaluates on the test stage, registers and applies the champion gate.
-    ``callback(stage, done, total)`` follows the progress.
+    ``callback(stage, done, total)`` follows the progress. ``workers`` > 1 runs the trials
+    in that many processes at once, as :func:`tune_recommender` does (each is handed the
+    prepared fit stage).
     """
     import mlflow
     import optuna
 
     if trials < 1:
         raise ValueError(f"trials must be at least 1, got {trials}")
+    shares = trial_shares(trials, workers)
     report = callback or (lambda stage, done, total: None)
     if data is None:
         report("preparing candidates and features", 0, 1)
@@ -505,8 +556,8 @@ def tune_ranker(
     study = _open_study(
         f"{dataset}-{RANKER}-{protocol}",
         storage,
-        _sampler(seed, concurrent=False),
-        optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=RANKER_WARMUP_ROUNDS),
+        _sampler(seed, concurrent=len(shares) > 1),
+        _pruner(RANKER_WARMUP_ROUNDS),
         create=True,
     )
     metric_key = RANKER_METRIC.replace("@", "_at_")
@@ -534,21 +585,35 @@ def tune_ranker(
         )
         mlflow.log_params(
             {"trials": trials, "seed": seed, "protocol": protocol, "study": study.study_name,
-             "n_candidates": data.train.n_candidates}
+             "n_candidates": data.train.n_candidates, "workers": len(shares),
+             "study_storage": shown_storage(storage)}
         )  # fmt: skip
         report("tuning the ranker", 0, trials)
-        mlflow.lightgbm.autolog(
-            log_models=False, log_datasets=False, log_input_examples=False, silent=True
-        )
-        try:
-            study.optimize(
-                lambda trial: _ranker_objective(trial, data, stage, experiment, parent.info.run_id),
-                n_trials=trials,
-                show_progress_bar=show_progress,
-                callbacks=[after_trial],
+        if len(shares) > 1:
+            report(f"tuning the ranker in {len(shares)} processes", 0, trials)
+            _run_in_processes(
+                [
+                    _RankerJob(_Share(settings, study.study_name, storage, share, seed + index,
+                                      parent.info.run_id), data, stage)
+                    for index, share in enumerate(shares)
+                ]
+            )  # fmt: skip
+            report("tuning the ranker", trials, trials)
+        else:
+            mlflow.lightgbm.autolog(
+                log_models=False, log_datasets=False, log_input_examples=False, silent=True
             )
-        finally:  # autologging is process-wide: leave no stray runs behind
-            mlflow.lightgbm.autolog(disable=True)
+            try:
+                study.optimize(
+                    lambda trial: _ranker_objective(
+                        trial, data, stage, experiment, parent.info.run_id
+                    ),
+                    n_trials=trials,
+                    show_progress_bar=show_progress,
+                    callbacks=[after_trial],
+                )
+            finally:  # autologging is process-wide: leave no stray runs behind
+                mlflow.lightgbm.autolog(disable=True)
         # A resumed study may hold trials scored on another fit stage (other retriever
         # parameters): only trials on this one are comparable.
         complete = [
@@ -616,6 +681,7 @@ def _ranker_objective(
 
     params = ranker_space(trial)
     trial.set_user_attr("fit_stage", stage)
+    trial.set_user_attr("worker", worker_id())
     pruning = LightGBMPruningCallback(trial, "ndcg@10", valid_name="valid")
     with mlflow.start_run(
         run_name=f"trial {trial.number}",

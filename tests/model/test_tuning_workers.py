@@ -4,25 +4,28 @@ On a real PostgreSQL server (a private cluster the session starts; Debian's post
 installed by scripts/test-system-packages, skipped with the reason where it is missing):
 three worker processes share one study, and MLflow's runs, registered versions and
 ``@champion`` alias live in PostgreSQL. On the embedded default (SQLite files) two
-processes share a study too. A storage that cannot be reached is refused, naming the
+processes share the click-through ranker's study. A storage that cannot be reached is refused, naming the
 setting, before anything is written."""
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import optuna
 import pytest
 
 from bespoke.settings import get_settings
+from bespoke.training import ranking
 from bespoke.training.data import load_interactions
-from bespoke.training.params import tuned_params
+from bespoke.training.params import tuned_params, tuned_ranker_params
 from bespoke.training.postgres_server import PostgresServer, free_port
 from bespoke.training.registry import CHAMPION, Registry, experiment_name, registered_name
 from bespoke.training.split import Split, ms_stratified
-from bespoke.training.tune import tune_recommender, worker_id
+from bespoke.training.tune import fit_stage_key, tune_ranker, tune_recommender, worker_id
 
 
 @pytest.fixture(scope="module")
@@ -111,20 +114,31 @@ def test_three_processes_tune_one_study_and_the_best_is_tracked_and_registered_i
     assert not (settings.root / "mlruns" / "optuna.db").exists()
 
 
-def test_two_processes_share_a_study_on_the_embedded_sqlite_files(split: Split) -> None:
+def test_the_ranker_tunes_in_two_processes_on_one_study_in_the_embedded_sqlite_file(
+    ml100k_lake, tmp_path: Path
+) -> None:
+    lake, _ = ml100k_lake
+    prepared = ranking.prepare(lake, "ml-100k", "ms-stratified")
+    data = replace(prepared, train=prepared.train.take(np.arange(300)))  # quick trials
     settings = get_settings()
-    result = tune_recommender(settings, "ml-100k", "ease", 3, split=split, register=False,
-                              workers=2)  # fmt: skip
+    params_file = tmp_path / "tuned.json"
+
+    result = tune_ranker(settings, "ml-100k", 3, protocol="ms-stratified", data=data,
+                         params_file=params_file, register=False, workers=2)  # fmt: skip
+
     assert result.storage == f"sqlite:///{settings.root / 'mlruns' / 'optuna.db'}"
     study = optuna.load_study(study_name=result.study_name, storage=result.storage)
     assert len(study.trials) == result.trials == 3
-    assert len({t.user_attrs["worker"] for t in study.trials}) == 2
+    assert sorted(Counter(t.user_attrs["worker"] for t in study.trials).values()) == [1, 2]
+    assert {t.user_attrs["fit_stage"] for t in study.trials} == {fit_stage_key(data)}
+    assert result.best_value == pytest.approx(max(t.value for t in study.trials))
+    assert tuned_ranker_params(params_file, "ml-100k", "ms-stratified") == result.best_params
     client = mlflow.MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
-    experiment = client.get_experiment_by_name(experiment_name("recommender", "ml-100k"))
+    experiment = client.get_experiment_by_name(experiment_name("ranker", "ml-100k"))
     runs = client.search_runs([experiment.experiment_id])
     (parent,) = [run for run in runs if run.data.tags.get("kind") == "study"]
     nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(nested) == 3
+    assert len(nested) == 3 and all("best_iteration" in r.data.metrics for r in nested)
 
 
 def test_a_study_storage_that_cannot_be_reached_is_refused_before_anything_is_written(
