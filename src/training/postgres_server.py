@@ -124,11 +124,14 @@ def start_postgres(
                     "-w", "-t", str(int(timeout)), "-o", " ".join(options))  # fmt: skip
         for name in databases:
             server.create_database(name)
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
+    except (OSError, subprocess.SubprocessError) as error:  # runuser missing, a tool failed
+        said = str(getattr(error, "stderr", None) or "").strip()
         log = folder / "server.log"
         tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
         server.stop()
-        raise RuntimeError(f"PostgreSQL did not start in {folder}: {error}\n{tail}") from error
+        raise RuntimeError(
+            f"PostgreSQL did not start in {folder}: {error}\n{said}\n{tail}".strip()
+        ) from error
     return server
 
 
