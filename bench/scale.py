@@ -9,11 +9,18 @@
   (``bespoke.segments.features.build_person_features``, one SQL text for both engines)
   on DuckDB and on Spark local mode (``local[2]``) over the same lake, median of 3 warm
   runs; ``feature_build_identical`` whether the two outputs are equal (floats to 1e-9);
-  ``spark_session_start_s`` the JVM's start, once;
+  ``spark_session_start_s`` the JVM's start, once; ``lake_bytes_per_event`` the events'
+  Parquet bytes over their count;
+- ``identity_s``: ``{"duckdb": …, "spark": …}``: Splink's linkage of Febrl 4's first 300
+  originals to their duplicates on each backend (bespoke.identity.matching.splink_backend),
+  ``identity_identical`` whether the accepted links are the same;
 - ``replicas``: ``{"1": {"rps", "p50_ms", "p99_ms"}, "2": …}``: N ``bentoml serve``
   processes (1 worker each, as N hosts would run) sharing one Redis online store and
   answer cache, each loaded by its own client process (``POST /v1/recommend``, k = 10, a
-  nonce per request so every answer is computed, 8 connections per replica).
+  nonce per request so every answer is computed, 8 connections per replica);
+  ``redis_bytes_per_person`` / ``redis_bytes_per_event``: Redis's ``used_memory`` grown by
+  seeding every ML-100K person's attributes and history (the store's cap of recent events
+  per profile applies), over people and events.
 
     python bench/scale.py --out FILE [--events N] [--datasets-dir DIR] [--only PART,…]
 """
@@ -137,6 +144,11 @@ def feature_build(datasets_dir: Path, scratch: Path, console: Console) -> dict[s
         out["feature_build_s"][dataset] = seconds
         out["feature_build_identical"][dataset] = identical
         out["feature_build_people"][dataset] = len(frames["duckdb"])
+        files = lake.files("events", dataset)
+        rows = DuckDBEngine(lake).frame("SELECT count(*) AS n FROM events")["n"].iloc[0]
+        out.setdefault("lake_bytes_per_event", {})[dataset] = round(
+            sum(os.path.getsize(f) for f in files) / rows, 1
+        )
     session.stop()
     return out
 
@@ -146,6 +158,7 @@ def replicas(datasets_dir: Path, scratch: Path, console: Console, seconds: float
     import multiprocessing as mp
 
     import numpy as np
+    from redis import Redis as redis_client
 
     import serving  # bench/serving.py: its preparation, servers and load generator
     from bespoke.stream.events import start_redis
@@ -155,7 +168,10 @@ def replicas(datasets_dir: Path, scratch: Path, console: Console, seconds: float
     redis, url = start_redis(scratch / "redis-replicas")
     os.environ["BESPOKE_ONLINE_STORE_URL"] = url  # prepare() seeds the Redis store
     try:
+        client = redis_client(url)
+        before = client.info("memory")["used_memory"]
         prepared = serving.prepare(home, datasets_dir)
+        seeded = client.info("memory")["used_memory"] - before
         env = {**prepared["env"], "BESPOKE_ONLINE_STORE_URL": url}
         out: dict[str, Any] = {}
         for n in (1, 2):
@@ -195,14 +211,54 @@ def replicas(datasets_dir: Path, scratch: Path, console: Console, seconds: float
             finally:
                 for server in servers:
                     server.stop()
-        return {"replicas": out, "replica_users": len(prepared["users"])}
+        people, events = len(prepared["users"]), prepared["setup"]["seeded_events"]
+        return {"replicas": out, "replica_users": people,
+                "redis_bytes_per_person": round(seeded / people),
+                "redis_bytes_per_event": round(seeded / events, 1),
+                "redis_seeded": {"people": people, "events": events, "bytes": seeded}}  # fmt: skip
     finally:
         os.environ.pop("BESPOKE_ONLINE_STORE_URL", None)
         redis.kill()
         redis.wait()
 
 
-PARTS = ("stream", "features", "replicas")
+def identity(datasets_dir: Path, console: Console, records: int) -> dict[str, Any]:
+    """Splink's record linkage on DuckDB and on its Spark backend (local[2]): Febrl 4's
+    first ``records`` originals against their first ``records`` duplicates."""
+    from bespoke.engine.engines import spark_session
+    from bespoke.identity.matching import RecordMapping, match_records, read_records, splink_backend
+    from bespoke.settings import Settings
+
+    mapping = RecordMapping.model_validate(FEBRL)
+    folder = datasets_dir / "febrl"
+    frames = [read_records(folder / f"dataset4{part}.csv", mapping).head(records)
+              for part in ("a", "b")]  # fmt: skip
+    spark_session("local[2]")
+    out: dict[str, Any] = {"identity_records": records, "identity_s": {}}
+    links = {}
+    for engine in ("duckdb", "spark"):
+        backend = splink_backend(Settings(engine=engine, spark_master="local[2]"))
+        begin = time.perf_counter()
+        result = match_records(frames, link_type="link_only", backend=backend)
+        out["identity_s"][engine] = round(time.perf_counter() - begin, 1)
+        links[engine] = {frozenset(pair) for pair in
+                         zip(result.links["record_id_l"], result.links["record_id_r"], strict=True)}  # fmt: skip
+        console.print(
+            f"identity on {engine}: {out['identity_s'][engine]} s, {len(links[engine])} links"
+        )
+    out["identity_links"] = len(links["duckdb"])
+    out["identity_identical"] = links["duckdb"] == links["spark"]
+    return out
+
+
+#: Febrl's columns (as tests/data/test_identity.py maps them).
+FEBRL = {"record_id": "rec_id", "given_name": "given_name", "surname": "surname",
+         "date_of_birth": "date_of_birth", "street_number": "street_number",
+         "address": "address_1", "address_2": "address_2", "city": "suburb",
+         "postcode": "postcode", "state": "state", "national_id": "soc_sec_id",
+         "date_format": "%Y%m%d"}  # fmt: skip
+
+PARTS = ("stream", "features", "replicas", "identity")
 
 
 def run(
@@ -211,6 +267,7 @@ def run(
     console: Console,
     parts: tuple[str, ...] = PARTS,
     replica_seconds: float = 20.0,
+    identity_records: int = 300,
 ) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bespoke-bench-scale-") as scratch:
@@ -225,6 +282,8 @@ def run(
             figures["append_events_per_s"] = results["1"]["append_events_per_s"]
         if "features" in parts:
             figures.update(feature_build(datasets_dir, Path(scratch), console))
+        if "identity" in parts:
+            figures.update(identity(datasets_dir, console, identity_records))
         if "replicas" in parts:
             figures.update(replicas(datasets_dir, Path(scratch), console, replica_seconds))
     return figures
@@ -242,6 +301,15 @@ def show(figures: dict[str, Any], console: Console) -> None:
             table.add_row(dataset, str(figures["feature_build_people"][dataset]),
                           str(took["duckdb"]), str(took["spark"]),
                           str(figures["feature_build_identical"][dataset]))  # fmt: skip
+        console.print(table)
+    if "identity_s" in figures:
+        table = Table(title=f"Record linkage with Splink: Febrl 4, {figures['identity_records']} "
+                      "records a side", header_style="bold")  # fmt: skip
+        for column in ("DuckDB (s)", "Spark local[2] (s)", "links", "identical"):
+            table.add_column(column)
+        took = figures["identity_s"]
+        table.add_row(str(took["duckdb"]), str(took["spark"]), str(figures["identity_links"]),
+                      str(figures["identity_identical"]))  # fmt: skip
         console.print(table)
     if "replicas" in figures:
         table = Table(title="Service replicas sharing one Redis online store (/v1/recommend)",

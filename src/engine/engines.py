@@ -91,7 +91,12 @@ def spark_session(master: str, app_name: str = "bespoke") -> Any:
             "install openjdk-17-jre-headless (scripts/test-system-packages does it)"
         )
     builder = SparkSession.builder.master(master).appName(app_name)
-    conf = {**SPARK_CONF, **(LOCAL_CONF if master.startswith("local") else {})}
+    # Splink's string-similarity functions (Jaro-Winkler, …) for its Spark backend
+    # (bespoke.identity.matching.splink_backend); its module imports pyspark, so here.
+    from splink.backends.spark import similarity_jar_location
+
+    conf = {**SPARK_CONF, **(LOCAL_CONF if master.startswith("local") else {}),
+            "spark.jars": str(similarity_jar_location())}  # fmt: skip
     for name, value in conf.items():
         builder = builder.config(name, value)
     # The executors' Python is the driver's (local mode runs both here).

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from splink import DuckDBAPI, Linker, SettingsCreator, block_on
 from splink.internals.exceptions import SplinkException
 
+from bespoke.engine.engines import spark_session
 from bespoke.features.lake import Lake
 from bespoke.features.parse import (
     ROW,
@@ -42,6 +43,7 @@ from bespoke.features.schema import ID_PATTERN, MAX_ID_LENGTH
 from bespoke.identity.build import add_records, load_graph
 from bespoke.identity.identifiers import IdentifierType, IdentityError, is_blocked
 from bespoke.identity.vault import Vault
+from bespoke.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -161,13 +163,18 @@ def read_records(path: str | Path, mapping: RecordMapping) -> pd.DataFrame:
     return out
 
 
-def _comparisons(fields: list[str]) -> list[Any]:
+#: How each Splink backend's SQL spells the records' date format.
+DATE_FORMATS = {"duckdb": "%Y-%m-%d", "spark": "yyyy-MM-dd"}
+
+
+def _comparisons(fields: list[str], dialect: str = "duckdb") -> list[Any]:
+    date_format = DATE_FORMATS[dialect]
     make = {
         "given_name": lambda: cl.NameComparison("given_name"),
         "surname": lambda: cl.NameComparison("surname"),
         "full_name": lambda: cl.NameComparison("full_name"),
         "date_of_birth": lambda: cl.DateOfBirthComparison(
-            "date_of_birth", input_is_string=True, datetime_format="%Y-%m-%d"
+            "date_of_birth", input_is_string=True, datetime_format=date_format
         ),
         "street_number": lambda: cl.DamerauLevenshteinAtThresholds("street_number", [1]),
         "address": lambda: cl.NameComparison("address"),
@@ -240,23 +247,37 @@ def expected_f1_threshold(probabilities: np.ndarray) -> tuple[float, float]:
     return float(p[best]), float(f1[best])
 
 
+def splink_backend(settings: Settings) -> Any:
+    """Splink's database API for the settings' batch engine: DuckDB in-process, or
+    Splink's Spark backend on the session at ``spark_master`` (its string-similarity UDFs
+    are on every session :func:`~bespoke.engine.engines.spark_session` starts)."""
+    if settings.engine == "spark":
+        from splink import SparkAPI  # imports pyspark: only for the optional engine
+
+        return SparkAPI(spark_session=spark_session(settings.spark_master),
+                        break_lineage_method="persist")  # fmt: skip
+    return DuckDBAPI()
+
+
 def match_records(
     frames: list[pd.DataFrame],
     link_type: str = "dedupe_only",
     threshold: float | None = None,
     review_floor: float = 0.1,
     seed: int = 42,
+    backend: Any | None = None,
 ) -> MatchResult:
     """Score candidate pairs of records (one frame: deduplicate; several: link them, with
     ``link_type`` ``link_only`` when each frame is free of duplicates), choose the
-    threshold without labels unless given, and cluster the accepted links."""
+    threshold without labels unless given, and cluster the accepted links. ``backend``:
+    Splink's database API (:func:`splink_backend`; default DuckDB)."""
     start = time.perf_counter()
     fields = [f for f in MATCH_FIELDS if all(f in frame for frame in frames)]
     if len(fields) < 2:
         raise IdentityError(
             f"matching needs at least two fields the records share; they share {fields}"
         )
-    db = DuckDBAPI()
+    db = backend if backend is not None else DuckDBAPI()
     keep = ["record_id", *fields]
     tables = [
         db.register(
@@ -271,7 +292,7 @@ def match_records(
     settings = SettingsCreator(
         link_type=link_type if len(frames) > 1 else "dedupe_only",
         unique_id_column_name="unique_id",
-        comparisons=_comparisons(fields),
+        comparisons=_comparisons(fields, db.sql_dialect.sql_dialect_str),
         blocking_rules_to_generate_predictions=_blocking(fields),
         retain_intermediate_calculation_columns=False,
     )

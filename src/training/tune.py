@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bespoke.engine.engines import open_engine
 from bespoke.privacy.gate import consented_lake
 from bespoke.settings import SQLITE_PREFIX, Settings
 from bespoke.training import ranking, tracking
@@ -68,6 +69,13 @@ SEARCH_SPACES: dict[str, SearchSpace] = {
         "learning_rate": trial.suggest_float("learning_rate", 1e-3, 5e-2, log=True),
         "regularization": trial.suggest_float("regularization", 1e-4, 1e-1, log=True),
         "iterations": trial.suggest_int("iterations", 20, 200),
+    },
+    # MLlib scales the ridge term by each row's interaction count: smaller values than als'.
+    "spark-als": lambda trial: {
+        "factors": trial.suggest_categorical("factors", [16, 32, 64, 128]),
+        "regularization": trial.suggest_float("regularization", 1e-3, 1.0, log=True),
+        "alpha": trial.suggest_float("alpha", 0.1, 50.0, log=True),
+        "iterations": trial.suggest_int("iterations", 5, 30),
     },
 }
 #: Families a tuned blend draws on, each with the parameters tuning found for it.
@@ -325,7 +333,9 @@ def tune_recommender(
         protocol = split.protocol  # the parameters are filed under the split's protocol
     space = search_space(model_name, dataset, protocol, params_file)
     if split is None:
-        interactions = interactions or load_interactions(consented_lake(settings), dataset)
+        if interactions is None:
+            lake = consented_lake(settings)
+            interactions = load_interactions(lake, dataset, engine=open_engine(settings, lake))
         split = make_split(interactions, protocol)
     inner = validation(split)  # tuning sees only the outer training part
     storage = study_storage(settings)
