@@ -998,7 +998,7 @@ def identity_resolve(
     from datetime import UTC, datetime
 
     from bespoke.features.lake import Lake
-    from bespoke.identity.matching import RecordMapping, resolve_records
+    from bespoke.identity.matching import RecordMapping, resolve_records, splink_backend
     from bespoke.identity.vault import Vault
     from bespoke.settings import get_settings
 
@@ -1019,6 +1019,7 @@ def identity_resolve(
             out_dir=folder,
             link_only=link_only,
             threshold=threshold,
+            backend=splink_backend(settings),  # DuckDB, or Spark (BESPOKE_ENGINE)
         )
     match = result.match
     decided = ", ".join(f"{n:,} {d}" for d, n in sorted(result.graph.items())) or "no changes"

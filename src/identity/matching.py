@@ -366,11 +366,13 @@ def resolve_records(
     out_dir: Path,
     link_only: bool = False,
     threshold: float | None = None,
+    backend: Any | None = None,
 ) -> Resolution:
     """Match customer records (one file: deduplicate; several: link), keep their raw
     values only in the vault, join their CRM ids, pseudonymised e-mails and phones and the
     accepted links to the dataset's identity graph, and write the clusters, links and the
-    review list (ids and probabilities only) under ``out_dir``."""
+    review list (ids and probabilities only) under ``out_dir``. ``backend``: Splink's
+    database API (:func:`splink_backend`; default DuckDB)."""
     frames = [read_records(path, mapping) for path in files]
     ids = pd.concat([f["record_id"] for f in frames])
     if ids.duplicated().any():
@@ -379,8 +381,9 @@ def resolve_records(
             "record ids must be unique across the files resolved together"
         )
     result = match_records(
-        frames, link_type="link_only" if link_only else "link_and_dedupe", threshold=threshold
-    )
+        frames, link_type="link_only" if link_only else "link_and_dedupe", threshold=threshold,
+        backend=backend,
+    )  # fmt: skip
     records = pd.concat(frames, ignore_index=True)
     crm = dict(zip(records["record_id"], records["crm_id"], strict=True))
     identifiers = [
