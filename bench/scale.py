@@ -3,7 +3,9 @@
 - ``stream_events_per_s``: ``{"1": …, "2": …}``: ML-100K's ratings through a real
   ``redis-server`` stream into the online store and the lake by 1 and 2 ``bespoke stream
   consume`` worker processes in one consumer group, from the first event appended to the
-  last one applied and written to the lake (the backlog is appended first: a drain rate);
+  last one applied and written to the lake (the backlog is appended first: a drain rate),
+  into the SQLite online store; ``stream_redis_store_events_per_s`` the same into a Redis
+  online store (``BESPOKE_ONLINE_STORE_URL=redis://…``);
   ``append_events_per_s``: appending to the stream (what ``/v1/events`` does with one);
 - ``feature_build_s``: ``{dataset: {"duckdb": …, "spark": …}}``: the person-feature build
   (``bespoke.segments.features.build_person_features``, one SQL text for both engines)
@@ -59,13 +61,16 @@ def _events(datasets_dir: Path, n: int) -> list[Any]:
         "source_event_id": f"ml-100k-{i}"}) for i, r in enumerate(frame.itertuples())]  # fmt: skip
 
 
-def drain(datasets_dir: Path, workers: int, n: int, scratch: Path) -> dict[str, float]:
-    from bespoke.serving.db import Database, sqlite_path
+def drain(
+    datasets_dir: Path, workers: int, n: int, scratch: Path, store: str = "sqlite"
+) -> dict[str, float]:
+    from bespoke.engine.engines import DuckDBEngine
+    from bespoke.features.lake import Lake
     from bespoke.serving.local import local_settings
     from bespoke.stream.events import RedisEventStream, start_redis
 
-    home = scratch / f"home-{workers}"
-    server, url = start_redis(scratch / f"redis-{workers}")
+    home = scratch / f"home-{store}-{workers}"
+    server, url = start_redis(scratch / f"redis-{store}-{workers}")
     try:
         stream = RedisEventStream(url)
         events = _events(datasets_dir, n)
@@ -75,6 +80,8 @@ def drain(datasets_dir: Path, workers: int, n: int, scratch: Path) -> dict[str, 
         appended = time.perf_counter() - started
         env = {**os.environ, **local_settings(home).as_environment(),
                "BESPOKE_EVENT_STREAM_URL": url, "BESPOKE_SERVING_DATASET": "ml-100k"}  # fmt: skip
+        if store == "redis":  # the online store in the same server's database 1
+            env["BESPOKE_ONLINE_STORE_URL"] = url.removesuffix("/0") + "/1"
         bespoke = str(Path(sys.executable).with_name("bespoke"))
         begin = time.perf_counter()
         procs = [
@@ -97,10 +104,9 @@ def drain(datasets_dir: Path, workers: int, n: int, scratch: Path) -> dict[str, 
         for proc in procs:
             proc.wait()
         drained = time.perf_counter() - begin
-        database = Database(sqlite_path(local_settings(home).online_store_url or ""))
-        with database.read() as con:
-            (stored,) = con.execute("SELECT count(DISTINCT source_event_id) FROM inbox").fetchone()
-        assert stored == n, (stored, n)
+        lake = Lake(local_settings(home).lake_url)
+        stored = DuckDBEngine(lake).frame("SELECT count(*) AS n FROM events")["n"].iloc[0]
+        assert stored == n, (stored, n)  # each event in the lake once
     finally:
         server.kill()
         server.wait()
@@ -168,7 +174,7 @@ def replicas(datasets_dir: Path, scratch: Path, console: Console, seconds: float
     redis, url = start_redis(scratch / "redis-replicas")
     os.environ["BESPOKE_ONLINE_STORE_URL"] = url  # prepare() seeds the Redis store
     try:
-        client = redis_client(url)
+        client = redis_client.from_url(url)
         before = client.info("memory")["used_memory"]
         prepared = serving.prepare(home, datasets_dir)
         seeded = client.info("memory")["used_memory"] - before
@@ -280,6 +286,13 @@ def run(
             figures["stream_events_per_s"] = {k: v["events_per_s"] for k, v in results.items()}
             figures["stream_drain_s"] = {k: v["drain_s"] for k, v in results.items()}
             figures["append_events_per_s"] = results["1"]["append_events_per_s"]
+            on_redis = {}
+            for workers in (1, 2):
+                console.print(f"stream into a Redis online store: {workers} worker(s)…")
+                on_redis[str(workers)] = drain(datasets_dir, workers, n, Path(scratch), "redis")
+            figures["stream_redis_store_events_per_s"] = {
+                k: v["events_per_s"] for k, v in on_redis.items()
+            }
         if "features" in parts:
             figures.update(feature_build(datasets_dir, Path(scratch), console))
         if "identity" in parts:
@@ -331,6 +344,9 @@ def show_stream(figures: dict[str, Any], console: Console) -> None:
     table.add_row("events/s (applied + in the lake)", str(rate["1"]), str(rate["2"]))
     table.add_row("drain time (s)", str(took["1"]), str(took["2"]))
     table.add_row("append events/s", str(figures["append_events_per_s"]), "")
+    if "stream_redis_store_events_per_s" in figures:
+        rate = figures["stream_redis_store_events_per_s"]
+        table.add_row("events/s, Redis online store", str(rate["1"]), str(rate["2"]))
     console.print(table)
 
 
