@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -41,13 +42,20 @@ SPARK_CONF = {
 LOCAL_CONF = {"spark.driver.bindAddress": "127.0.0.1", "spark.driver.host": "127.0.0.1"}
 
 
+#: Rows a query reads besides the lake's views, by the name it uses.
+Relations = Mapping[str, pd.DataFrame | pa.Table]
+
+
 class BatchEngine(Protocol):
     """What runs the lake's batch queries."""
 
     name: str
 
-    def frame(self, sql: str, params: Params = None) -> pd.DataFrame:
-        """The rows of ``sql`` (DuckDB's dialect, over the lake's views) as a frame."""
+    def frame(
+        self, sql: str, params: Params = None, relations: Relations | None = None
+    ) -> pd.DataFrame:
+        """The rows of ``sql`` (DuckDB's dialect, over the lake's views and ``relations``:
+        name → rows the query may read besides the lake) as a frame."""
         ...
 
 
@@ -71,8 +79,17 @@ class DuckDBEngine:
             self._con = self.lake.connect()
         return self._con
 
-    def frame(self, sql: str, params: Params = None) -> pd.DataFrame:
-        return self.connection().execute(sql, params).df()
+    def frame(
+        self, sql: str, params: Params = None, relations: Relations | None = None
+    ) -> pd.DataFrame:
+        con = self.connection()
+        for name, rows in (relations or {}).items():
+            con.register(name, rows)
+        try:
+            return con.execute(sql, params).df()
+        finally:
+            for name in relations or {}:
+                con.unregister(name)
 
 
 def spark_session(master: str, app_name: str = "bespoke") -> Any:
@@ -123,14 +140,16 @@ class SparkEngine:
 
     name = "spark"
 
-    def __init__(self, lake: Lake, session: Any) -> None:
-        self.lake = lake
+    def __init__(self, lake: Lake | None, session: Any) -> None:
+        self.lake = lake  # None: queries over their relations only
         self.session = session
 
     def refresh(self) -> None:
         """(Re)register the tables and views so that they cover the files there are now."""
         from pyspark.sql.pandas.types import from_arrow_schema
 
+        if self.lake is None:
+            raise ValueError("this Spark engine has no lake: its queries read their relations")
         for table, (_, schema) in TABLES.items():
             files = [self._spark_path(path) for path in self.lake.files(table)]
             spark_schema = from_arrow_schema(schema)
@@ -154,7 +173,18 @@ class SparkEngine:
         url = self.lake._duckdb_path(path)
         return "s3a://" + url.removeprefix("s3://") if url.startswith("s3://") else url
 
-    def frame(self, sql: str, params: Params = None) -> pd.DataFrame:
+    def frame(
+        self, sql: str, params: Params = None, relations: Relations | None = None
+    ) -> pd.DataFrame:
+        for name, rows in (relations or {}).items():
+            table = (
+                rows
+                if isinstance(rows, pa.Table)
+                else pa.Table.from_pandas(rows, preserve_index=False)
+            )
+            self.session.createDataFrame(table).createOrReplaceTempView(name)
+        if self.lake is None:
+            return _as_utc(self.session.sql(to_spark(sql, params)).toArrow())
         # The views are the session's (one per process): another engine's lake, or the
         # same lake with other people withheld, may have replaced them since.
         if _VIEWS_OF.get(id(self.session)) != id(self):

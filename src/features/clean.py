@@ -7,7 +7,8 @@ listed) and all of them; nothing is dropped silently. Gaps in rows that pass are
 the meaning differs (a purchase's value is not a rating) — and each row records which of
 its fields were imputed.
 
-:func:`flag` and :func:`impute` apply the rules to a DataFrame (notebooks, tests);
+:func:`flag` and :func:`impute` apply the rules to a DataFrame (notebooks, tests; ``flag``
+on either batch engine: the rules' SQL is DuckDB's, which Spark runs transpiled);
 ingestion composes :func:`checks`, :func:`fill_values` and :func:`imputed_sql` into its
 own queries over Arrow data.
 """
@@ -25,6 +26,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from bespoke.engine.engines import BatchEngine, DuckDBEngine
 from bespoke.features.schema import MONETARY_EVENT_TYPES, TEXT, Channel, EventType
 
 #: How far ahead of the ingesting clock a timestamp may be before it counts as future
@@ -246,9 +248,12 @@ def register_context(con: duckdb.DuckDBPyConnection, ctx: RuleContext) -> None:
         con.register("known_items", items)
 
 
-def flag(data: pd.DataFrame, rules: RuleSet, ctx: RuleContext) -> pd.DataFrame:
+def flag(
+    data: pd.DataFrame, rules: RuleSet, ctx: RuleContext, engine: BatchEngine | None = None
+) -> pd.DataFrame:
     """``reason`` (first failed rule) and ``reasons`` ("|"-joined, all failed rules) for
-    the flagged rows of ``data``, indexed like ``data``."""
+    the flagged rows of ``data``, indexed like ``data``. ``engine`` runs the rules' SQL
+    (default: DuckDB in-process; Spark runs the same text, :mod:`bespoke.engine`)."""
     check = checks(rules, ctx)
     frame = data.reset_index(drop=True).assign(
         **{
@@ -256,21 +261,27 @@ def flag(data: pd.DataFrame, rules: RuleSet, ctx: RuleContext) -> pd.DataFrame:
             OCCURRENCE: occurrences(data[rules.key].reset_index(drop=True)),
         }
     )
-    with duckdb.connect() as con:
-        register_context(con, ctx)
-        con.register("data", frame)
-        found = con.execute(
-            f"SELECT {POSITION}, {check.reasons} FROM (SELECT *, {check.flags} AS {FLAGS} "
-            f"FROM data) WHERE {FLAGS} <> 0 ORDER BY {POSITION}",
-            check.params,
-        ).fetchall()
-    index = data.index[[position for position, _ in found]]
+    relations: dict[str, pd.DataFrame | pa.Table] = {"data": frame}
+    if ctx.known_items is not None:
+        relations["known_items"] = pa.table(
+            {"item_id": pa.array(sorted(ctx.known_items), pa.string())}
+        )
+    sql = (
+        f"SELECT {POSITION}, {check.reasons} AS _reasons FROM (SELECT *, {check.flags} AS "
+        f"{FLAGS} FROM data) WHERE {FLAGS} <> 0 ORDER BY {POSITION}"
+    )
+    if engine is None:
+        with duckdb.connect() as con:
+            found = DuckDBEngine(con=con).frame(sql, check.params, relations)
+    else:
+        found = engine.frame(sql, check.params, relations)
+    reasons = [list(names) for names in found["_reasons"]]
     return pd.DataFrame(
         {
-            "reason": pd.array([reasons[0] for _, reasons in found], dtype=TEXT),
-            "reasons": pd.array(["|".join(reasons) for _, reasons in found], dtype=TEXT),
+            "reason": pd.array([names[0] for names in reasons], dtype=TEXT),
+            "reasons": pd.array(["|".join(names) for names in reasons], dtype=TEXT),
         },
-        index=index,
+        index=data.index[found[POSITION].to_numpy(dtype=np.int64)],
     )
 
 

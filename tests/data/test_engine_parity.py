@@ -13,6 +13,7 @@ import pytest
 
 from bespoke.engine.engines import DuckDBEngine, SparkEngine, open_engine
 from bespoke.engine.sql import to_spark
+from bespoke.features import clean
 from bespoke.features.lake import Lake
 from bespoke.monitoring.kpi import compute_kpis
 from bespoke.segments.features import build_person_features, load_person_events, person_features
@@ -128,3 +129,36 @@ def test_the_kpi_aggregates_are_the_same(engines: tuple[DuckDBEngine, SparkEngin
     _same(duck.series, spark.series, keys=[*keys, "period"] if "period" in duck.series else keys)
     _same(duck.headline, spark.headline)
     assert duck.notes == spark.notes
+
+
+def test_the_cleaning_rules_flag_the_same_rows(datasets_dir: Any, spark: Any) -> None:
+    """ML-100K ratings with anomalies planted: both engines flag the same rows, with the
+    same first reason and the same list, and every planted one is flagged."""
+    raw = pd.read_csv(datasets_dir / "ml-100k" / "u.data", sep="\t",
+                      names=["user_id", "item_id", "value", "ts"]).head(2_000)  # fmt: skip
+    data = pd.DataFrame({
+        "event_id": [f"e{i}" for i in range(len(raw))],
+        "user_id": raw["user_id"].astype(str), "anonymous_id": None,
+        "event_type": "rate", "channel": "web", "item_id": raw["item_id"].astype(str),
+        "value": raw["value"].astype(float), "quantity": pd.array([None] * len(raw), "Int64"),
+        "timestamp": pd.to_datetime(raw["ts"], unit="s", utc=True),
+    })  # fmt: skip
+    for column in ("event_id", "user_id", "anonymous_id", "event_type", "channel", "item_id"):
+        data[column] = data[column].astype("string")
+    planted = {10: "missing_identity", 20: "unknown_event_type", 30: "unknown_channel",
+               40: "future_timestamp", 50: "unknown_item", 60: "rating_out_of_range",
+               70: "exact_duplicate"}  # fmt: skip
+    data.loc[10, "user_id"] = pd.NA
+    data.loc[20, "event_type"] = "teleport"
+    data.loc[30, "channel"] = "pigeon"
+    data.loc[40, "timestamp"] = pd.Timestamp("2100-01-01", tz="UTC")
+    data.loc[50, "item_id"] = "99999"
+    data.loc[60, "value"] = 9.0
+    data.loc[70, "event_id"] = "e0"
+    ctx = clean.RuleContext(now=pd.Timestamp("2026-01-01", tz="UTC").to_pydatetime(),
+                            known_items=frozenset(raw["item_id"].astype(str)),
+                            rating_scale=(1.0, 5.0))  # fmt: skip
+    duck = clean.flag(data, clean.EVENT_RULES, ctx)
+    sparked = clean.flag(data, clean.EVENT_RULES, ctx, engine=SparkEngine(None, spark))
+    assert duck["reason"].to_dict() == planted
+    pd.testing.assert_frame_equal(duck, sparked)
