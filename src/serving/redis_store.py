@@ -296,6 +296,14 @@ class RedisStore:
                         break
                     except redis.WatchError:
                         continue  # another writer touched the same people: again
+            if linked := [m for m in batch.merges if m.status == "merged"]:
+                # the consent ledger follows logins through the control database
+                with self.database().write() as con:
+                    con.executemany(
+                        "INSERT OR IGNORE INTO aliases (dataset, anonymous_id, user_id, "
+                        "linked_at) VALUES (?, ?, ?, ?)",
+                        [(dataset, m.anonymous_id, m.user_id, received) for m in linked],
+                    )
             if batch.changes or batch.webhooks:
                 with self.database().write() as con:
                     con.executemany(

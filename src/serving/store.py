@@ -223,15 +223,7 @@ CREATE TABLE IF NOT EXISTS last_events (
     at INTEGER NOT NULL,
     PRIMARY KEY (dataset, kind, subject, event_type)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS aliases (
-    dataset TEXT NOT NULL,
-    anonymous_id TEXT NOT NULL,
-    user_id TEXT NOT NULL,
-    linked_at INTEGER NOT NULL,
-    inbox_seq INTEGER,
-    PRIMARY KEY (dataset, anonymous_id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS aliases_user ON aliases (dataset, user_id);
+-- aliases: CONTROL_SCHEMA (the consent ledger reads them)
 CREATE TABLE IF NOT EXISTS person_identifiers (
     dataset TEXT NOT NULL,
     user_id TEXT NOT NULL,

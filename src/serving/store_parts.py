@@ -81,7 +81,19 @@ CREATE TABLE IF NOT EXISTS outbox (
     last_error TEXT,
     delivered_at INTEGER
 );
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, next_at)
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, next_at);
+-- Which user an anonymous id logged in as: the consent ledger follows these links (a
+-- withdrawal made while anonymous holds after the login). The SQLite store writes them
+-- as it merges, and beside Redis the Redis store mirrors its logins here.
+CREATE TABLE IF NOT EXISTS aliases (
+    dataset TEXT NOT NULL,
+    anonymous_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    linked_at INTEGER NOT NULL,
+    inbox_seq INTEGER,
+    PRIMARY KEY (dataset, anonymous_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS aliases_user ON aliases (dataset, user_id)
 """
 
 

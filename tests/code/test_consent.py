@@ -130,3 +130,24 @@ def test_withdrawn_people_are_left_out_of_a_batch_source(store: SQLiteStore, key
         WITHDRAWN,
         "",
     ]
+
+
+def test_a_login_on_the_redis_store_links_the_withdrawal_made_while_anonymous(
+    tmp_path: Path, key: bytes, empty_redis: str
+) -> None:
+    """Beside Redis the logins live in Redis; the store mirrors them into the control
+    database, where the ledger follows them."""
+    from bespoke.serving.db import Database
+    from bespoke.serving.redis_store import RedisStore
+
+    store = RedisStore(empty_redis, key, control=Database(f"sqlite:///{tmp_path / 'c.db'}"))
+    ledger = ConsentLedger(store.database())
+    ledger.record("d", {P: False}, source=ConsentSource.API, anonymous_id="browser-1",
+                  decided_at=DAY)  # fmt: skip
+    store.accept_events([_event(None, "browser-2", DAY), _event("u8", "browser-2", DAY)], "d")
+    assert ledger.allows("d", P, user_id="u8") is None  # browser-2 withdrew nothing
+    ledger.record("d", {P: False}, source=ConsentSource.API, anonymous_id="browser-2",
+                  decided_at=DAY + timedelta(hours=1))  # fmt: skip
+    assert ledger.allows("d", P, user_id="u8") is False  # followed through the login
+    refused = store.accept_events([_event("u8", None, DAY + timedelta(hours=2))], "d")
+    assert refused.accepted == 0 and refused.errors[0].field == "consent"
