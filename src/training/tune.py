@@ -25,6 +25,7 @@ import json
 import os
 import socket
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,6 +121,11 @@ class TuneResult:
     storage: str = ""
 
 
+#: Seconds between a running trial's heartbeats, and without one before it counts as dead.
+HEARTBEAT_S = 30
+HEARTBEAT_GRACE_S = 120
+
+
 def study_storage(settings: Settings) -> str:
     """Where the Optuna studies are kept: ``settings.optuna_storage_url``, by default
     ``sqlite:///<root>/mlruns/optuna.db`` (a SQLite file's folder is created here)."""
@@ -147,7 +153,14 @@ def _open_study(study_name: str, storage: str, sampler: Any, pruner: Any, *, cre
     # SQLite's 5 s, which a loaded machine can exceed.
     options = {"connect_args": {"timeout": 60}} if storage.startswith(SQLITE_PREFIX) else {}
     try:
-        rdb = optuna.storages.RDBStorage(storage, engine_kwargs=options)
+        # Every running trial beats a heartbeat; a trial whose worker died (a killed
+        # process, a lost host) stops beating and is marked failed by the next worker
+        # that asks for a trial, instead of staying RUNNING for ever.
+        with warnings.catch_warnings():  # "experimental" since Optuna 2.9, unchanged since
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            rdb = optuna.storages.RDBStorage(storage, engine_kwargs=options,
+                                             heartbeat_interval=HEARTBEAT_S,
+                                             grace_period=HEARTBEAT_GRACE_S)  # fmt: skip
         if create:
             return optuna.create_study(
                 study_name=study_name, storage=rdb, load_if_exists=True,
