@@ -614,6 +614,7 @@ REDIS_PERSONAL: dict[str, str] = {
     "identifiers": "their identifiers from the identity graph",
     "scores": "their live segment, churn probability and value",
     "counters": "their running counters",
+    "carts": "when they last added to their cart",
 }
 #: Kinds of key of the same store that hold no person data, and why.
 REDIS_NOT_PERSONAL: dict[str, str] = {
@@ -681,6 +682,11 @@ class RedisOnlineStore:
         for cookie in sorted(anons):
             if found := client.get(keys.alias(cookie)):
                 values["alias"][keys.alias(cookie)] = found
+        for kind in (LIVE_USER, LIVE_ANONYMOUS):
+            for person in sorted(users if kind == LIVE_USER else anons):
+                member = RedisKeys.cart_member(kind, person)
+                if (added := client.zscore(keys.carts, member)) is not None:
+                    values["carts"][member] = added
         for index, text in enumerate(client.lrange(keys.refused, 0, -1)):
             refusal = json.loads(text)
             if refusal["anonymous_id"] in anons or refusal["user_id"] in users:
@@ -706,6 +712,8 @@ class RedisOnlineStore:
                 pipe.hdel(key, *people)
         for text in found["refused"].values():
             pipe.lrem(keys.refused, 0, text)
+        if found["carts"]:
+            pipe.zrem(keys.carts, *found["carts"])
         pipe.execute()
         # the append-only file holds the deleted values until rewritten (a rewrite already
         # running writes the current data too)

@@ -98,7 +98,7 @@ from bespoke.serving.store_parts import (
     seeded_scores,
     to_micros,
 )
-from bespoke.serving.webhooks import enqueue_webhook
+from bespoke.serving.webhooks import Cart, enqueue_webhook
 from bespoke.settings import REDIS_SCHEMES
 
 MARKETING = ConsentPurpose.MARKETING
@@ -121,7 +121,8 @@ class RedisKeys:
     #: What each kind of key holds, by the name after the dataset's prefix; the privacy
     #: registry handles each of these or declares it free of person data.
     PARTS = ("inbox", "flushed", "sent", "events", "last", "alias", "logins", "refused",
-             "attributes", "identifiers", "scores", "counters", "sequence", "flush-lock")  # fmt: skip
+             "attributes", "identifiers", "scores", "counters", "sequence", "flush-lock",
+             "carts")  # fmt: skip
 
     def __init__(self, dataset: str) -> None:
         self.dataset = dataset
@@ -133,6 +134,13 @@ class RedisKeys:
         self.attributes = self.prefix + "attributes"
         self.identifiers = self.prefix + "identifiers"
         self.flush_lock = self.prefix + "flush-lock"
+        #: Sorted set: ``<kind>:<subject>`` of each profile with an add-to-cart, scored by
+        #: its latest (the abandoned-cart webhook's sweep reads a time range of it).
+        self.carts = self.prefix + "carts"
+
+    @staticmethod
+    def cart_member(kind: str, subject: str) -> str:
+        return f"{kind}:{subject}"
 
     def sent(self, source_event_id: str) -> str:
         return f"{self.prefix}sent:{source_event_id}"
@@ -477,6 +485,10 @@ class RedisStore:
         for (kind, subject), times in last.items():
             if times:
                 pipe.hset(keys.last(kind, subject), mapping=times)
+            if "add_to_cart" in times:
+                pipe.zadd(keys.carts, {RedisKeys.cart_member(kind, subject): times["add_to_cart"]})
+        for cookie, _ in joining:  # the visitor's cart is their user's now
+            pipe.zrem(keys.carts, RedisKeys.cart_member(ANONYMOUS, cookie))
         for kind, subject in people:
             pipe.zremrangebyrank(keys.events(kind, subject), 0, -self.recent_events - 1)
         for user, data in written_counters.items():
@@ -486,6 +498,31 @@ class RedisStore:
                 pipe.hset(keys.scores(user), mapping=fields)
         batch.merges = list(merges.values())
         return batch
+
+    def abandoned_carts(self, oldest: int, now: int, cutoff: int) -> list[Cart]:
+        """The carts last added to between ``oldest`` and ``cutoff`` (microseconds), with
+        the last purchase and what was added since: the ``cart_abandoned`` sweep's finder
+        (:func:`bespoke.serving.webhooks.queue_abandoned_carts`)."""
+        carts = []
+        for dataset in self.datasets():
+            keys = RedisKeys(dataset)
+            for member, added in self.client.zrangebyscore(
+                keys.carts, oldest, min(cutoff, now), withscores=True
+            ):
+                kind, subject = member.split(":", 1)
+                last = self.client.hget(keys.last(kind, subject), "purchase")
+                bought = None if last is None else int(last)
+                since = f"({bought}" if bought is not None else "-inf"
+                items = [
+                    (item, value)
+                    for event_type, item, value, _, _ in (
+                        _event(m, score) for m, score in self.client.zrangebyscore(
+                            keys.events(kind, subject), since, "+inf", withscores=True)
+                    )
+                    if event_type == "add_to_cart"
+                ]  # fmt: skip
+                carts.append(Cart(dataset, kind, subject, int(added), bought, items))
+        return carts
 
     def _allows_marketing(self, dataset: str, user: str) -> bool | None:
         with self.database().read() as con:
@@ -819,6 +856,7 @@ class RedisStore:
                 if senders:
                     pipe.delete(*senders)
             pipe.delete(keys.events(kind, user_id), keys.last(kind, user_id))
+            pipe.zrem(keys.carts, RedisKeys.cart_member(kind, user_id))
             if not anonymous:
                 pipe.hdel(keys.attributes, user_id)
             pipe.execute()

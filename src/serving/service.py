@@ -409,7 +409,8 @@ class Personalization:
 
             threading.Thread(
                 target=deliver_every, args=(self.store.database(), settings, WEBHOOK_POLL_S),
-                name="bespoke-webhooks", daemon=True,
+                kwargs={"carts": self.store.abandoned_carts}, name="bespoke-webhooks",
+                daemon=True,
             ).start()  # fmt: skip
 
     def _swap(self, models: Any) -> None:

@@ -89,7 +89,7 @@ from bespoke.serving.store_parts import (
     seeded_scores,
     to_micros,
 )
-from bespoke.serving.webhooks import enqueue_webhook
+from bespoke.serving.webhooks import Cart, enqueue_webhook, sql_carts
 from bespoke.settings import REDIS_SCHEMES, SQLITE_PREFIX, Settings, get_settings
 
 __all__ = [
@@ -132,6 +132,8 @@ class OnlineStore(Protocol):
     def delete_user(
         self, user_id: str, dataset: str | None = None, *, anonymous: bool = False
     ) -> dict[str, int]: ...
+
+    def abandoned_carts(self, oldest: int, now: int, cutoff: int) -> list[Cart]: ...
 
 
 def open_store(settings: Settings | None = None) -> OnlineStore:
@@ -320,6 +322,11 @@ class SQLiteStore:
     def gate(self) -> PersonGate:
         """The consent ledger and suppression list kept in this store's file."""
         return PersonGate(self._database(), self._key)
+
+    def abandoned_carts(self, oldest: int, now: int, cutoff: int) -> list[Cart]:
+        """The carts the ``cart_abandoned`` sweep looks at (see
+        :func:`bespoke.serving.webhooks.queue_abandoned_carts`), from the profiles."""
+        return sql_carts(self._database())(oldest, now, cutoff)
 
     # --- live events ---------------------------------------------------------------------
 

@@ -255,34 +255,76 @@ CART_SWEEP_S = 60.0
 CART_LOOKBACK_US = 24 * 3600 * 1_000_000
 
 
-def queue_abandoned_carts(db: Database, minutes: float, *, now_us: int | None = None) -> int:
+@dataclass(frozen=True)
+class Cart:
+    """A person's cart: when they last added to it, when they last bought (None: never),
+    and what they added since (item id, value), oldest first."""
+
+    dataset: str
+    kind: str  # "u": a user, "a": an anonymous visitor
+    subject: str
+    added: int
+    bought: int | None
+    items: list[tuple[str | None, float | None]]
+
+
+#: (oldest, now, cutoff) → the carts last added to between ``oldest`` and ``now`` whose
+#: last add-to-cart is at or before ``cutoff`` (microseconds): the online store's finder.
+CartFinder = Callable[[int, int, int], list[Cart]]
+
+
+def sql_carts(db: Database) -> CartFinder:
+    """The carts of the SQLite online store's profiles (``profile_events``)."""
+
+    def find(oldest: int, now: int, cutoff: int) -> list[Cart]:
+        with db.read() as con:
+            if not table_exists(con, "profile_events"):
+                return []
+            found = con.execute(
+                "SELECT dataset, kind, subject, max(timestamp) FROM profile_events "
+                "WHERE event_type = 'add_to_cart' AND timestamp BETWEEN ? AND ? "
+                "GROUP BY dataset, kind, subject HAVING max(timestamp) <= ?",
+                (oldest, now, cutoff),
+            ).fetchall()
+            carts = []
+            for dataset, kind, subject, added in found:
+                bought = con.execute(
+                    "SELECT max(timestamp) FROM profile_events WHERE dataset = ? AND kind = ? "
+                    "AND subject = ? AND event_type = 'purchase'", (dataset, kind, subject),
+                ).fetchone()[0]  # fmt: skip
+                items = con.execute(
+                    "SELECT item_id, value FROM profile_events WHERE dataset = ? AND kind = ? "
+                    "AND subject = ? AND event_type = 'add_to_cart' AND timestamp > ? "
+                    "ORDER BY timestamp", (dataset, kind, subject, bought or -(2**62)),
+                ).fetchall()  # fmt: skip
+                carts.append(Cart(dataset, kind, subject, added, bought, items))
+            return carts
+
+    return find
+
+
+def queue_abandoned_carts(
+    db: Database, minutes: float, *, now_us: int | None = None, carts: CartFinder | None = None
+) -> int:
     """Queue ``cart_abandoned`` for each person (user or anonymous visitor) whose last
     add-to-cart is more than ``minutes`` old (and less than a day, or twice ``minutes``),
-    with no purchase since; once per cart. Returns how many were queued."""
+    with no purchase since; once per cart. ``carts`` finds them in the online store (the
+    Redis store's :meth:`~bespoke.serving.redis_store.RedisStore.abandoned_carts`;
+    default: the SQLite store's profiles in ``db``). Returns how many were queued."""
     db.ensure("cart-alerts", _CART_SCHEMA)
     now = now_us if now_us is not None else _now_us()
     cutoff = now - int(minutes * 60e6)
     oldest = now - max(CART_LOOKBACK_US, 2 * int(minutes * 60e6))
+    found = (carts or sql_carts(db))(oldest, now, cutoff)
     queued = 0
     with db.write() as con:
-        if not table_exists(con, "profile_events"):
-            return 0
-        carts = con.execute(
-            "SELECT dataset, kind, subject, max(timestamp) FROM profile_events "
-            "WHERE event_type = 'add_to_cart' AND timestamp BETWEEN ? AND ? "
-            "GROUP BY dataset, kind, subject HAVING max(timestamp) <= ?",
-            (oldest, now, cutoff),
-        ).fetchall()
-        for dataset, kind, subject, added in carts:
-            bought = con.execute(
-                "SELECT max(timestamp) FROM profile_events WHERE dataset = ? AND kind = ? "
-                "AND subject = ? AND event_type = 'purchase'", (dataset, kind, subject),
-            ).fetchone()[0]  # fmt: skip
+        for cart in found:
+            dataset, kind, subject, added = cart.dataset, cart.kind, cart.subject, cart.added
             told = con.execute(
                 "SELECT 1 FROM cart_alerts WHERE dataset = ? AND kind = ? AND subject = ? "
                 "AND added_at = ?", (dataset, kind, subject, added),
             ).fetchone()  # fmt: skip
-            if told or (bought is not None and bought >= added):
+            if told or (cart.bought is not None and cart.bought >= added):
                 continue
             ids = {"user_id": subject} if kind == "u" else {"anonymous_id": subject}
             con.execute("INSERT INTO cart_alerts VALUES (?, ?, ?, ?, ?)",
@@ -290,14 +332,9 @@ def queue_abandoned_carts(db: Database, minutes: float, *, now_us: int | None = 
             marketing = ConsentPurpose.MARKETING
             if ConsentLedger.allows_in(con, dataset, marketing, **ids) is False:
                 continue
-            items = con.execute(
-                "SELECT item_id, value, timestamp FROM profile_events WHERE dataset = ? "
-                "AND kind = ? AND subject = ? AND event_type = 'add_to_cart' AND timestamp > ? "
-                "ORDER BY timestamp", (dataset, kind, subject, bought or -(2**62)),
-            ).fetchall()  # fmt: skip
             enqueue_webhook(con, dataset, "cart_abandoned", {
                 "dataset": dataset, **ids,
-                "items": [{"item_id": i, "value": v} for i, v, _ in items],
+                "items": [{"item_id": i, "value": v} for i, v in cart.items],
                 "added_at": datetime.fromtimestamp(added / 1e6, UTC).isoformat(),
                 "minutes": minutes,
             }, now)  # fmt: skip
@@ -312,6 +349,7 @@ def deliver_every(
     *,
     stop: Callable[[], bool] = lambda: False,
     sleep: Callable[[float], None] = time.sleep,
+    carts: CartFinder | None = None,
 ) -> None:
     """Deliver what is due every ``seconds`` until ``stop()`` (the service's thread); look
     for abandoned carts every :data:`CART_SWEEP_S` (carts are abandoned in minutes, and
@@ -320,7 +358,7 @@ def deliver_every(
     while not stop():
         try:
             if time.monotonic() - swept >= CART_SWEEP_S:
-                queue_abandoned_carts(db, settings.cart_abandon_minutes)
+                queue_abandoned_carts(db, settings.cart_abandon_minutes, carts=carts)
                 swept = time.monotonic()
             deliver_due(db, settings)
         except sqlite3.Error as error:  # busy or closing: the next round tries again

@@ -142,18 +142,25 @@ def test_a_delivered_webhook_is_replayed_with_its_id(
     assert _Answers.seen[0][1] == _Answers.seen[1][1]  # the same webhook (same id and body)
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
 def test_an_abandoned_cart_is_announced_once_and_a_bought_one_never(
-    tmp_path: Path, receiver: str
+    tmp_path: Path, receiver: str, backend: str, request: pytest.FixtureRequest
 ) -> None:
     from datetime import UTC, datetime, timedelta
+    from functools import partial
 
     from bespoke.features.schema import ConsentPurpose, EventIn
     from bespoke.privacy.consent import ConsentLedger, ConsentSource
+    from bespoke.serving.redis_store import RedisStore
     from bespoke.serving.webhooks import queue_abandoned_carts
 
     store, settings = _setup(tmp_path, receiver)
     with store.database().write() as con:
         con.execute("DELETE FROM outbox")
+    if backend == "redis":  # the profiles in Redis, the outbox in the same control database
+        store = RedisStore(request.getfixturevalue("empty_redis"), bytes(32),
+                           control=store.database())  # fmt: skip
+        queue_abandoned_carts = partial(queue_abandoned_carts, carts=store.abandoned_carts)
     now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
     def event(kind: str, item: str, minutes_ago: float, **ids: str) -> EventIn:
