@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -117,7 +118,7 @@ def spark_session(master: str, app_name: str = "bespoke") -> Any:
     for name, value in conf.items():
         builder = builder.config(name, value)
     # The executors' Python is the driver's (local mode runs both here).
-    os.environ.setdefault("PYSPARK_PYTHON", os.environ.get("PYSPARK_DRIVER_PYTHON", "python3"))
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")
     return session
@@ -170,7 +171,7 @@ class SparkEngine:
     def _spark_path(self, path: str) -> str:
         if self.lake.is_local:
             return f"file://{path}"
-        url = self.lake._duckdb_path(path)
+        url = self.lake.file_url(path)
         return "s3a://" + url.removeprefix("s3://") if url.startswith("s3://") else url
 
     def frame(

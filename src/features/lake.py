@@ -180,7 +180,9 @@ class Lake:
     def path(self, *parts: str) -> str:
         return "/".join([self._root, *parts])
 
-    def _duckdb_path(self, path: str) -> str:
+    def file_url(self, path: str) -> str:
+        """``path`` (of this lake's file system) as a URL other readers open: the path
+        itself for a local lake, ``<protocol>://path`` otherwise (DuckDB, Spark)."""
         if self.is_local:
             return path
         protocol = self._fs.protocol if isinstance(self._fs.protocol, str) else self._fs.protocol[0]
@@ -236,7 +238,7 @@ class Lake:
                 # A glob, not a list: the view sees files added later, and stays short.
                 # Unioned by name with the empty table, so that a column added to the
                 # schema after files were written reads as missing in those files.
-                pattern = self._duckdb_path(self._glob(table, None))
+                pattern = self.file_url(self._glob(table, None))
                 con.execute(
                     f"CREATE OR REPLACE VIEW {raw} AS SELECT * FROM read_parquet('{pattern}', "
                     f"union_by_name = true, hive_partitioning = false) "
@@ -273,13 +275,13 @@ class Lake:
         if not self.files("events", dataset):
             return []
         con = self.connect()
-        pattern = self._duckdb_path(self._glob("events", dataset))
+        pattern = self.file_url(self._glob("events", dataset))
         found = con.execute(
             f"SELECT DISTINCT filename FROM read_parquet('{pattern}', filename = true, "
             "hive_partitioning = false) WHERE user_id = ? ORDER BY filename",
             [user_id],
         ).fetchall()
-        prefix = "" if self.is_local else self._duckdb_path("")
+        prefix = "" if self.is_local else self.file_url("")
         return [name.removeprefix(prefix) for (name,) in found]
 
     def runs(self) -> list[dict[str, Any]]:

@@ -30,12 +30,12 @@ ORDER_TYPES = (("purchase",), ("rate", "like", "click", "view"))
 
 
 #: A dataset's events keyed on the person: one query for both batch engines.
-PERSON_EVENTS_SQL = (
+_PERSON_EVENTS_OF = (
     "SELECT coalesce(p.user_id, e.user_id, e.person_id) AS person, e.timestamp, "
     "e.event_type, e.value, e.quantity, e.channel, e.device "
-    "FROM events e LEFT JOIN persons p USING (dataset, person_id) "
-    "WHERE e.dataset = ? ORDER BY e.timestamp, e.event_id"
+    "FROM events e LEFT JOIN persons p USING (dataset, person_id) WHERE e.dataset = "
 )
+PERSON_EVENTS_SQL = _PERSON_EVENTS_OF + "? ORDER BY e.timestamp, e.event_id"
 
 
 def load_person_events(
@@ -233,8 +233,7 @@ def build_person_features(
     (to rounding of sums)."""
     cut = pd.Timestamp(as_of)
     cut = cut.tz_localize("UTC") if cut.tzinfo is None else cut.tz_convert("UTC")
-    events = PERSON_EVENTS_SQL.replace("WHERE e.dataset = ? ORDER BY e.timestamp, e.event_id",
-                                       "WHERE e.dataset = $dataset")  # fmt: skip
+    events = _PERSON_EVENTS_OF + "$dataset"
     seen = engine.frame(
         f"SELECT DISTINCT event_type, channel, device FROM ({events}) WHERE timestamp <= $cut",
         {"dataset": dataset, "cut": cut},
